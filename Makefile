@@ -1,0 +1,45 @@
+# The two commands: `make run` and `make test`. Both create .venv from the lock files first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint bench ui lock clean
+
+setup: $(STAMP)
+
+# Rebuilt whenever a lock file or pyproject changes; the lock files are the source of truth.
+$(STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "bnpipe needs Python >= 3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-bootstrap.lock
+	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/bnpipe run $(ARGS)
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/bnpipe bench $(ARGS)
+
+# The MLflow UI on the local store, bound to localhost.
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+lock: setup
+	$(BIN)/uv pip compile pyproject.toml --group dev --universal --python-version 3.11 \
+		--generate-hashes -o requirements.lock
+	echo "uv==$$($(BIN)/uv --version | cut -d' ' -f2)" | $(BIN)/uv pip compile - --universal \
+		--python-version 3.11 --generate-hashes --no-header -o requirements-bootstrap.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

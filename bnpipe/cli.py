@@ -1,0 +1,140 @@
+"""``bnpipe``: parse arguments, load params, call a flow, print the summary."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+from bnpipe.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_PARAMS = "params.yaml"
+
+
+def _add_params_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--params",
+        default=None,
+        help=f"experiment definition (default: ./{DEFAULT_PARAMS} if present, else built-ins)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one setting, e.g. --set train.epochs=2 --set grid.seeds=[0,1]",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the BN x batch-size x seed grid")
+    _add_params_args(run)
+    bench = sub.add_parser("bench", help="time the reference recipe and both engines")
+    from bnpipe import bench as bench_mod
+
+    bench_mod.add_arguments(bench)
+    return parser
+
+
+def resolve_config(params: str | None, overrides: list[str]) -> Config:
+    """params.yaml (explicit, or ./params.yaml when present) plus overrides, validated."""
+    if params is None and Path(DEFAULT_PARAMS).is_file():
+        params = DEFAULT_PARAMS
+    return load_config(params, overrides)
+
+
+def preflight(cfg: Config) -> None:
+    """Fail fast, before any run is created: the data must verify and the store must open."""
+    from bnpipe.data import load_mnist
+    from bnpipe.tracking import Tracker, resolve_uri
+
+    load_mnist(cfg.data.dir)
+    Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment).check()
+
+
+def format_summary(summary: list[dict]) -> str:
+    """The per-batch-size table printed at the end of a run."""
+    head = (
+        f"{'batch':>5}  {'n':>3}  {'acc no BN':>9}  {'acc BN':>7}  {'BN - no BN':>10}  "
+        f"{'95% CI':>19}  {'p (t)':>7}  {'p Holm':>7}"
+    )
+    lines = [head, "-" * len(head)]
+
+    def f(x: float, spec: str) -> str:
+        return format(x, spec) if x is not None and math.isfinite(x) else "n/a"
+
+    for r in summary:
+        ci = f"[{f(r['ci_low'], '+.4f')}, {f(r['ci_high'], '+.4f')}]"
+        lines.append(
+            f"{r['batch_size']:>5}  {r['n_pairs']:>3}  {f(r['acc_no_bn'], '.4f'):>9}  "
+            f"{f(r['acc_bn'], '.4f'):>7}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
+            f"{f(r['t_pvalue'], '.4f'):>7}  {f(r['p_holm'], '.4f'):>7}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bnpipe.data import DataError
+    from bnpipe.tracking import TrackingError
+
+    try:
+        cfg = resolve_config(args.params, args.overrides)
+        preflight(cfg)
+    except (ConfigError, DataError, TrackingError) as exc:
+        print(f"bnpipe: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from flows.pipeline import ablation
+
+    out = ablation(cfg.model_dump(mode="json"))
+    results = out["results"]
+    failed = [r for r in results if r["status"] == "failed"]
+    diverged = [r for r in results if r["status"] == "diverged"]
+    print()
+    print(
+        f"BN minus no-BN test accuracy, paired by seed ({len(results)} cells, "
+        f"{out['wall_time_s']:.0f}s):"
+    )
+    print(format_summary(out["summary"]))
+    for r in diverged:
+        print(
+            f"diverged: bn={'on' if r['bn'] else 'off'} bs={r['batch_size']} seed={r['seed']}"
+            " (its pair is left out of the statistics)"
+        )
+    for r in failed:
+        print(
+            f"FAILED: bn={'on' if r['bn'] else 'off'} bs={r['batch_size']} seed={r['seed']}: "
+            f"{r['error']}"
+        )
+    print(f"parent run: {out['parent_run_id']} ({out['run_name']}) in {out['tracking_uri']}")
+    return EXIT_FAILED_CELLS if failed else EXIT_OK
+
+
+def _quiet_defaults() -> None:
+    """Keep the console readable: progress lines, not a log line per task state or TF banner.
+
+    Only defaults: anything the user set in the environment wins.
+    """
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_defaults()
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "bench":
+        from bnpipe import bench
+
+        return bench.run(args)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""params.yaml -> a frozen, validated, typed config. The one module that reads YAML."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+
+class ConfigError(ValueError):
+    """Invalid params: the message is one line naming the field or file."""
+
+
+class _Section(BaseModel):
+    # Frozen so a config passed down can't be changed behind the caller's back; forbid so a typo
+    # in params.yaml is an error instead of a silently ignored setting. Strict numbers: "10" is
+    # not an epoch count.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_quirks(cls, v: Any, info: ValidationInfo) -> Any:
+        # YAML gives lists; tuples keep the frozen config hashable and immutable.
+        if isinstance(v, list):
+            return tuple(v)
+        # For float fields: YAML 1.1 reads "1e-3" as a string and "1" as an int; both are
+        # meant as numbers. Nothing else is coerced (strict mode).
+        if cls.model_fields[info.field_name].annotation is float:
+            if isinstance(v, int) and not isinstance(v, bool):
+                return float(v)
+            if isinstance(v, str):
+                try:
+                    return float(v)
+                except ValueError:
+                    return v
+        return v
+
+
+class DataConfig(_Section):
+    dir: str | None = None
+    limit_train: int | None = Field(default=None, gt=0)
+    limit_test: int | None = Field(default=None, gt=0)
+
+
+class ModelConfig(_Section):
+    hidden_units: tuple[int, ...] = (64, 64)
+    num_classes: int = Field(default=10, ge=2)
+
+    @field_validator("hidden_units")
+    @classmethod
+    def _positive_units(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(u <= 0 for u in v):
+            raise ValueError("must be a non-empty list of positive layer widths")
+        return v
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=10, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    engine: Literal["fused", "keras"] = "fused"
+    steps_per_execution: int = Field(default=100, ge=1)
+    max_models_per_chunk: int | None = Field(default=None, ge=1)
+
+
+class GridConfig(_Section):
+    bn: tuple[bool, ...] = (False, True)
+    batch_sizes: tuple[int, ...] = (16, 32, 64, 128)
+    seeds: tuple[int, ...] = tuple(range(10))
+
+    @field_validator("bn", "batch_sizes", "seeds")
+    @classmethod
+    def _non_empty_unique(cls, v: tuple) -> tuple:
+        if not v:
+            raise ValueError("must not be empty")
+        if len(set(v)) != len(v):
+            raise ValueError("has duplicates")
+        return v
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batch(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= 0 for b in v):
+            raise ValueError("batch sizes must be > 0")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _non_negative_seed(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 0 for s in v):
+            raise ValueError("seeds must be >= 0")
+        return v
+
+
+class StatsConfig(_Section):
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    equivalence_margin: float = Field(default=0.002, gt=0)
+    n_resamples: int = Field(default=9999, ge=99)
+    val_threshold: float = Field(default=0.97, gt=0, le=1)
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None
+    experiment: str = Field(default="bnpipe-bn-ablation", min_length=1)
+    log_weights: bool = True
+
+
+class OrchestrationConfig(_Section):
+    task_runner: Literal["serial", "dask"] = "serial"
+    dask_address: str | None = None
+    dask_workers: int = Field(default=2, ge=1)
+    retries: int = Field(default=2, ge=0)
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    grid: GridConfig = GridConfig()
+    stats: StatsConfig = StatsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view (``train.epochs`` -> 10), for logging as MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _section_fields(path: tuple[str | int, ...]) -> list[str]:
+    """Valid keys at ``path`` (for did-you-mean suggestions)."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not isinstance(p, int))
+    field = ".".join(str(p) for p in loc) or "<root>"
+    if e["type"] == "extra_forbidden":
+        valid = _section_fields(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+        return f"{source}: unknown key '{field}'{hint} (valid: {', '.join(valid)})"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: {field}: {msg} (got {e.get('input')!r})"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.epochs=2`` -> (["train", "epochs"], 2); the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"--set {key}: unreadable value {raw!r} ({exc.__class__.__name__})"
+        ) from exc
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read params.yaml (or defaults when ``path`` is None), apply ``--set`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read ({exc.strerror})") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"{source}: unreadable YAML{at}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        raw = loaded or {}
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(keys)}: '{k}' is not a section")
+            node = child
+        node[keys[-1]] = value
+        source = source if path is not None else "--set"
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, source)) from None

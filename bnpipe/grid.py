@@ -1,0 +1,108 @@
+"""The experiment grid: cells, training groups, what defines a cell, and the results table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bnpipe.config import Config
+from bnpipe.provenance import NUMERIC_PACKAGES, cell_key, package_versions
+from bnpipe.train.common import HISTORY_KEYS, Cell, TrainResult
+
+RESULT_COLUMNS = (
+    "bn",
+    "batch_size",
+    "seed",
+    "status",
+    "test_accuracy",
+    "test_loss",
+    "train_accuracy",
+    "epoch_time_s",
+    "run_id",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Cells that train together: one (BN, batch size) with all seeds (fused) or one seed."""
+
+    bn: bool
+    batch_size: int
+    seeds: tuple[int, ...]
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [Cell(self.bn, self.batch_size, s) for s in self.seeds]
+
+    @property
+    def name(self) -> str:
+        return f"bn={'on' if self.bn else 'off'} bs={self.batch_size}"
+
+
+def groups(cfg: Config) -> list[Group]:
+    """Training groups in a stable order (batch size, then BN off before on)."""
+    return [
+        Group(bn, bs, cfg.grid.seeds) for bs in cfg.grid.batch_sizes for bn in sorted(cfg.grid.bn)
+    ]
+
+
+def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
+    """Every setting that defines a cell's result (logged as the child run's params)."""
+    return {
+        "bn": cell.bn,
+        "batch_size": cell.batch_size,
+        "seed": cell.seed,
+        "epochs": cfg.train.epochs,
+        "learning_rate": cfg.train.learning_rate,
+        "optimizer": "adam",
+        "loss": "sparse_categorical_crossentropy",
+        "hidden_units": list(cfg.model.hidden_units),
+        "num_classes": cfg.model.num_classes,
+        "engine": cfg.train.engine,
+        "limit_train": cfg.data.limit_train,
+        "limit_test": cfg.data.limit_test,
+        "data_digest": data_digest,
+    }
+
+
+def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
+    """Cell key: the cell's params plus the versions of packages that change its numbers."""
+    versions = package_versions(NUMERIC_PACKAGES)
+    return cell_key({"params": cell_params(cfg, cell, data_digest), "versions": versions})
+
+
+def history_frame(result: TrainResult) -> pd.DataFrame:
+    """Per-epoch history with a 1-based ``epoch`` column."""
+    frame = pd.DataFrame(result.history, columns=list(HISTORY_KEYS))
+    frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def result_row(
+    cell: Cell,
+    *,
+    status: str,
+    run_id: str = "",
+    test_accuracy: float = float("nan"),
+    test_loss: float = float("nan"),
+    history: pd.DataFrame | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One row of the results table (schema RESULT_COLUMNS)."""
+    has_history = history is not None and len(history) > 0
+    return {
+        "bn": cell.bn,
+        "batch_size": cell.batch_size,
+        "seed": cell.seed,
+        "status": status,
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "train_accuracy": float(history["accuracy"].iloc[-1]) if has_history else float("nan"),
+        "epoch_time_s": float(history["epoch_time_s"].mean()) if has_history else float("nan"),
+        "run_id": run_id,
+        "error": error or "",
+    }

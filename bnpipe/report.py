@@ -1,0 +1,570 @@
+"""Markdown report and figures for the BN ablation.
+
+Pure functions: data frames in, files out, paths returned. Figures are drawn on
+``matplotlib.figure.Figure`` objects (Agg canvas) rather than pyplot, so building a report
+never touches matplotlib's global backend or state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+from scipy import stats as sps
+
+from bnpipe import stats
+
+FIGSIZE = (7.0, 4.0)
+DPI = 100
+COLORS = {False: "#1f77b4", True: "#d62728"}  # no BN / BN, colour-blind-safe pair
+LABELS = {False: "no BN", True: "BN"}
+FIGURE_FILES = {
+    "learning_curves": "learning_curves.png",
+    "accuracy_vs_batch_size": "accuracy_vs_batch_size.png",
+    "bn_difference": "bn_difference.png",
+    "paired_seeds": "paired_seeds.png",
+}
+
+
+@dataclass(frozen=True)
+class ReportOutput:
+    """What ``build_report`` wrote and computed."""
+
+    report_path: Path
+    figures: list[Path]
+    summary: pd.DataFrame
+    anova: pd.DataFrame
+    batch_effect: pd.DataFrame
+    dynamics: pd.DataFrame
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def _new_figure(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def mean_ci(values: np.ndarray | pd.Series, alpha: float = 0.05) -> tuple[float, float, int]:
+    """Mean and t-based CI half-width of the finite values; half-width NaN when n < 2."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n < 2:
+        return float(x.mean()), math.nan, 1
+    half = sps.t.ppf(1 - alpha / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return float(x.mean()), float(half), n
+
+
+def _finished(results: pd.DataFrame) -> pd.DataFrame:
+    ok = (results["status"] == stats.FINISHED) & np.isfinite(results["test_accuracy"].astype(float))
+    return results.loc[ok].assign(bn=lambda d: d["bn"].astype(bool))
+
+
+def _level(alpha: float) -> str:
+    return f"{100 * (1 - alpha):g}%"
+
+
+def _grid_shape(k: int) -> tuple[int, int]:
+    return (1, k) if k <= 2 else (2, math.ceil(k / 2))
+
+
+def _hide_unused(axes: np.ndarray, used: int) -> None:
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def plot_learning_curves(
+    histories: pd.DataFrame, results: pd.DataFrame, path: Path, *, alpha: float = 0.05
+) -> Path:
+    """Validation accuracy per epoch: mean over seeds with a t-based band, panel per batch size.
+
+    Only finished cells are drawn, matching the cells the statistics use.
+    """
+    done = _finished(results)[["bn", "batch_size", "seed"]]
+    h = histories.assign(bn=histories["bn"].astype(bool)).merge(
+        done, on=["bn", "batch_size", "seed"]
+    )
+    sizes = sorted(int(b) for b in pd.unique(results["batch_size"]))
+    nrows, ncols = _grid_shape(max(len(sizes), 1))
+    fig, axes = _new_figure(nrows, ncols, sharex=True, sharey=True)
+    for ax, bs in zip(axes.flat, sizes, strict=False):
+        for bn in (False, True):
+            cell = h.loc[(h["batch_size"] == bs) & (h["bn"] == bn)]
+            if cell.empty:
+                continue
+            agg = [(e, *mean_ci(g["val_accuracy"], alpha)) for e, g in cell.groupby("epoch")]
+            epochs, means, halves, ns = (np.array(v) for v in zip(*agg, strict=True))
+            ax.plot(epochs, means, color=COLORS[bn], marker="o", ms=3, lw=1.5)
+            ax.fill_between(epochs, means - halves, means + halves, color=COLORS[bn], alpha=0.2)
+            ax.plot([], [], color=COLORS[bn], label=f"{LABELS[bn]} (n={int(ns.max())})")
+        ax.set_title(f"batch size {bs}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+        ax.tick_params(labelsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+    _hide_unused(axes, len(sizes))
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("val accuracy", fontsize=9)
+    fig.suptitle(
+        f"Validation accuracy per epoch (mean, {_level(alpha)} CI over seeds)", fontsize=10
+    )
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_batch_size(results: pd.DataFrame, path: Path, *, alpha: float = 0.05) -> Path:
+    """Test accuracy per batch size, BN and no BN dodged, mean with t-based CI and seed dots."""
+    done = _finished(results)
+    sizes = sorted(int(b) for b in pd.unique(results["batch_size"]))
+    fig, axes = _new_figure()
+    ax = axes[0, 0]
+    x = np.arange(len(sizes))
+    rng = np.random.default_rng(0)  # jitter only; fixed so figures are reproducible
+    for bn, offset in ((False, -0.15), (True, 0.15)):
+        arm = done.loc[done["bn"] == bn]
+        stats_per = [
+            mean_ci(arm.loc[arm["batch_size"] == bs, "test_accuracy"], alpha) for bs in sizes
+        ]
+        means = np.array([s[0] for s in stats_per])
+        halves = np.array([s[1] for s in stats_per])
+        for i, bs in enumerate(sizes):
+            vals = arm.loc[arm["batch_size"] == bs, "test_accuracy"].to_numpy()
+            jitter = rng.uniform(-0.05, 0.05, vals.size)
+            ax.scatter(x[i] + offset + jitter, vals, s=9, color=COLORS[bn], alpha=0.35, lw=0)
+        ax.errorbar(
+            x + offset,
+            means,
+            yerr=np.nan_to_num(halves),
+            fmt="o",
+            color=COLORS[bn],
+            capsize=4,
+            ms=6,
+            label=f"{LABELS[bn]}: mean ± {_level(alpha)} CI",
+        )
+    ax.set_xticks(x, [str(b) for b in sizes])
+    ax.set_xlim(-0.6, len(sizes) - 0.4)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("test accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=2))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Test accuracy by batch size (dots: individual seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_bn_difference(summary: pd.DataFrame, path: Path, *, equivalence_margin: float) -> Path:
+    """BN minus no-BN test accuracy per batch size with its CI, zero line and ±margin band."""
+    fig, axes = _new_figure()
+    ax = axes[0, 0]
+    x = np.arange(len(summary))
+    pp = 100.0
+    margin = pp * equivalence_margin
+    ax.axhspan(-margin, margin, color="0.85", label=f"equivalence band ±{margin:.2f} pp")
+    ax.axhline(0.0, color="0.3", lw=1)
+    mean = pp * summary["mean_diff"].to_numpy(dtype=float)
+    low = pp * summary["ci_low"].to_numpy(dtype=float)
+    high = pp * summary["ci_high"].to_numpy(dtype=float)
+    alpha = float(summary["alpha"].iloc[0]) if len(summary) else 0.05
+    ax.errorbar(
+        x,
+        mean,
+        yerr=np.nan_to_num(np.vstack([mean - low, high - mean])),
+        fmt="o",
+        color="k",
+        capsize=5,
+        ms=6,
+        label=f"mean paired difference ± {_level(alpha)} CI",
+    )
+    labels = [
+        f"{int(r.batch_size)}\nn={int(r.n_pairs)}, p_Holm={_fmt_p(r.p_holm)}"
+        for r in summary.itertuples(index=False)
+    ]
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xlim(-0.6, len(summary) - 0.4)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("BN − no BN test accuracy (pp)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Effect of BN per batch size (paired by seed)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_paired_seeds(results: pd.DataFrame, path: Path) -> Path:
+    """Per-seed no-BN vs BN test accuracy joined by a line, panel per batch size."""
+    pairs = stats.paired_frame(results, treatment_bn=True)
+    sizes = sorted(int(b) for b in pd.unique(results["batch_size"]))
+    nrows, ncols = _grid_shape(max(len(sizes), 1))
+    fig, axes = _new_figure(nrows, ncols, sharey=True)
+    colors = {True: "#2ca02c", False: "#9467bd"}
+    for ax, bs in zip(axes.flat, sizes, strict=False):
+        p = pairs.loc[pairs["batch_size"] == bs]
+        for r in p.itertuples(index=False):
+            up = r.diff > 0
+            ax.plot(
+                [0, 1],
+                [r.control, r.treatment],
+                color=colors[up],
+                alpha=0.6,
+                lw=1,
+                marker="o",
+                ms=3,
+            )
+        n_up = int((p["diff"] > 0).sum())
+        ax.set_title(f"batch size {bs}: BN higher in {n_up}/{len(p)}", fontsize=9)
+        ax.set_xticks([0, 1], [LABELS[False], LABELS[True]], fontsize=8)
+        ax.set_xlim(-0.3, 1.3)
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    _hide_unused(axes, len(sizes))
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy", fontsize=9)
+    handles = [
+        axes.flat[0].plot([], [], color=colors[k], marker="o", ms=3, label=lab)[0]
+        for k, lab in ((True, "BN higher"), (False, "BN lower or equal"))
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    fig.suptitle("Per-seed pairs (same data order and Dense init)", fontsize=10)
+    return _save(fig, path)
+
+
+# -------------------------------------------------------------------------------- markdown
+
+
+def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _fmt(x: float, spec: str = ".4f") -> str:
+    return format(x, spec) if np.isfinite(x) else "n/a"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%" if np.isfinite(x) else "n/a"
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.2f}" if np.isfinite(x) else "n/a"
+
+
+def _seeds(x: float) -> str:
+    if np.isinf(x):
+        return f"> {stats.MAX_SEEDS:,}"
+    return f"{int(x)}" if np.isfinite(x) else "n/a"
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Render a GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict_table(summary: pd.DataFrame) -> str:
+    """The per-batch-size verdict table (differences in percentage points)."""
+    level = _level(float(summary["alpha"].iloc[0])) if len(summary) else "95%"
+    headers = [
+        "batch size",
+        "n",
+        "mean no BN",
+        "mean BN",
+        f"diff pp [{level} CI]",
+        "p (t)",
+        "p Holm",
+        "TOST p",
+        "d_z",
+        "verdict",
+        "seeds needed (80% power)",
+    ]
+    rows = [
+        [
+            int(r.batch_size),
+            int(r.n_pairs),
+            _pct(r.acc_no_bn),
+            _pct(r.acc_bn),
+            f"{_pp(r.mean_diff)} [{_pp(r.ci_low)}, {_pp(r.ci_high)}]",
+            _fmt_p(r.t_pvalue),
+            _fmt_p(r.p_holm),
+            _fmt_p(r.tost_pvalue),
+            _fmt(r.cohens_dz, ".2f"),
+            r.verdict,
+            _seeds(r.seeds_for_80pct_power),
+        ]
+        for r in summary.itertuples(index=False)
+    ]
+    return md_table(headers, rows)
+
+
+def anova_table(anova: pd.DataFrame) -> str:
+    """Two-way RM-ANOVA table."""
+    rows = [
+        [
+            r.effect,
+            f"F({int(r.df)}, {int(r.df_error)}) = {_fmt(r.F, '.2f')}"
+            if np.isfinite(r.F)
+            else "n/a",
+            _fmt_p(r.p),
+            _fmt(r.gg_epsilon, ".3f"),
+            _fmt_p(r.p_gg),
+            _fmt(r.partial_eta_sq, ".3f"),
+        ]
+        for r in anova.itertuples(index=False)
+    ]
+    return md_table(["effect", "F", "p", "GG ε", "p (GG)", "partial η²"], rows)
+
+
+def batch_effect_table(effect: pd.DataFrame) -> str:
+    """One-way RM-ANOVA over batch size within each BN setting, with Friedman."""
+    rows = [
+        [
+            LABELS[bool(r.bn)],
+            int(r.n_seeds),
+            f"F({_fmt(r.df, '.0f')}, {_fmt(r.df_error, '.0f')}) = {_fmt(r.F, '.2f')}",
+            _fmt_p(r.p),
+            _fmt_p(r.p_gg),
+            f"χ² = {_fmt(r.friedman_stat, '.2f')}",
+            _fmt_p(r.friedman_p),
+        ]
+        for r in effect.itertuples(index=False)
+    ]
+    headers = ["BN", "seeds", "RM-ANOVA", "p", "p (GG)", "Friedman", "Friedman p"]
+    return md_table(headers, rows)
+
+
+def dynamics_table(summary: pd.DataFrame, threshold: float) -> str:
+    """Per (BN, batch size) training-dynamics means."""
+    rows = [
+        [
+            LABELS[bool(r.bn)],
+            int(r.batch_size),
+            int(r.n),
+            f"{int(r.n_reached)}/{int(r.n)}",
+            _fmt(r.epochs_to_threshold, ".1f"),
+            _fmt(100 * r.stability, ".3f"),
+            _fmt(100 * r.generalization_gap, ".2f"),
+            _fmt(r.time_per_epoch, ".2f"),
+        ]
+        for r in summary.itertuples(index=False)
+    ]
+    headers = [
+        "BN",
+        "batch size",
+        "n",
+        f"reached {100 * threshold:g}%",
+        "epochs to threshold",
+        "stability (SD pp, last 3)",
+        "train − test (pp)",
+        "s / epoch",
+    ]
+    return md_table(headers, rows)
+
+
+def anova_sentence(anova: pd.DataFrame, alpha: float) -> str:
+    """Plain-language reading of the interaction term."""
+    row = anova.set_index("effect").loc["bn:batch_size"]
+    if not np.isfinite(row["F"]):
+        return (
+            f"The BN x batch-size interaction could not be tested "
+            f"({int(row['n_seeds'])} seed(s) complete across all cells; at least 2 are needed)."
+        )
+    p = row["p_gg"] if np.isfinite(row["p_gg"]) else row["p"]
+    does = "does" if p < alpha else "does not detectably"
+    return (
+        f"Across {int(row['n_seeds'])} seeds complete in every cell, the effect of BN "
+        f"{does} depend on batch size (interaction F({int(row['df'])}, {int(row['df_error'])}) "
+        f"= {row['F']:.2f}, Greenhouse-Geisser p = {_fmt_p(p)})."
+    )
+
+
+def methods_note(
+    results: pd.DataFrame, summary: pd.DataFrame, *, alpha: float, n_resamples: int
+) -> str:
+    """Which tests ran, with how many pairs, and which pairs were dropped and why."""
+    k = int((summary["n_pairs"] > 0).sum())
+    lines = [
+        "Each seed pairs a BN and a no-BN cell (same data order, same Dense init), so every "
+        "comparison is on per-seed differences (BN − no BN test accuracy). Only cells with "
+        "status `finished` and a finite test accuracy are used.",
+        "",
+        f"- Paired t-test (scipy `ttest_rel`) with a t-based {_level(alpha)} CI; BCa bootstrap "
+        f"CI ({n_resamples} resamples); Wilcoxon signed-rank; sign-flip permutation test of the "
+        "mean (exact when 2^n ≤ resamples).",
+        f"- Holm-Bonferroni across the {k} batch size(s) with at least one pair (on the t-test "
+        "p); equivalence by TOST (two one-sided paired t-tests) against "
+        f"±{100 * float(summary['equivalence_margin'].iloc[0]) if len(summary) else 0:.2f} pp.",
+        "- Effect sizes: Cohen's d_z = mean/SD of differences; Hedges' g_z with the exact "
+        "gamma-function small-sample correction.",
+        "- Seeds needed: smallest n giving 80% power for the observed mean difference and SD "
+        f"(two-sided paired t-test, alpha = {alpha:g}, noncentral t).",
+        "- Verdict: significant if Holm p < alpha (sign gives improvement/harm), else equivalent "
+        "if TOST p < alpha, else inconclusive.",
+        f"- Interaction: {stats.ANOVA_METHOD}. Batch-size effect within each BN setting: "
+        "one-way RM-ANOVA plus Friedman's test.",
+        "",
+        "Pairs used per comparison:",
+        "",
+    ]
+    for r in summary.itertuples(index=False):
+        lines.append(
+            f"- batch size {int(r.batch_size)}: n = {int(r.n_pairs)} pairs "
+            f"(Wilcoxon: {r.wilcoxon_method}; permutation: {r.permutation_method})"
+        )
+    lines += ["", "Dropped pairs:", ""]
+    dropped = stats.dropped_pairs(results)
+    if dropped.empty:
+        lines.append("- none: every seed finished in both arms at every batch size.")
+    for bs, group in dropped.groupby("batch_size", sort=True):
+        n = len(group)
+        lines.append(
+            f"- {n} pair{'s' if n != 1 else ''} dropped at batch size {int(bs)}: "
+            + "; ".join(group["reason"])
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(
+    *,
+    title: str,
+    run_info: Mapping[str, Any],
+    summary: pd.DataFrame,
+    anova: pd.DataFrame,
+    batch_effect: pd.DataFrame,
+    dyn_summary: pd.DataFrame,
+    figures: Sequence[Path],
+    methods: str,
+    alpha: float,
+    threshold: float,
+) -> str:
+    """Assemble report.md from computed tables (figure links relative to the report)."""
+    parts = [f"# {title}", "", "## Run", ""]
+    parts += [f"- **{k}**: {v}" for k, v in run_info.items()] or ["- (no run info)"]
+    parts += [
+        "",
+        "## Verdict per batch size",
+        "",
+        "Differences are BN minus no BN, in percentage points (pp) of test accuracy.",
+        "",
+        verdict_table(summary),
+        "",
+    ]
+    parts += [f"- {stats.verdict_sentence(row)}" for _, row in summary.iterrows()]
+    parts += [
+        "",
+        "## Does batch size change the effect of BN?",
+        "",
+        anova_sentence(anova, alpha),
+        "",
+        anova_table(anova),
+        "",
+        f"_{stats.ANOVA_METHOD}._",
+        "",
+        "Batch-size effect within each BN setting:",
+        "",
+        batch_effect_table(batch_effect),
+        "",
+        "## Training dynamics",
+        "",
+        f"Means over finished cells; epochs to threshold = first epoch with val accuracy ≥ "
+        f"{100 * threshold:g}% (averaged over the cells that reached it).",
+        "",
+        dynamics_table(dyn_summary, threshold),
+        "",
+        "## Figures",
+        "",
+    ]
+    parts += [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in figures]
+    parts += ["## Methods", "", methods, ""]
+    return "\n".join(parts)
+
+
+def build_report(
+    results: pd.DataFrame,
+    histories: pd.DataFrame,
+    out_dir: Path,
+    *,
+    title: str,
+    alpha: float = 0.05,
+    equivalence_margin: float = 0.002,
+    threshold: float = 0.97,
+    n_resamples: int = 9999,
+    run_info: Mapping[str, Any] | None = None,
+) -> ReportOutput:
+    """Compute the statistics, draw the figures and write ``out_dir/report.md``.
+
+    Args:
+        results: Results frame (one row per grid cell).
+        histories: Per-epoch histories (one row per cell per epoch).
+        out_dir: Directory for report.md and the PNG figures (created if needed).
+        title: Report title.
+        alpha: Significance level (also sets the CI level).
+        equivalence_margin: TOST margin on test accuracy (fraction, e.g. 0.002 = 0.2 pp).
+        threshold: Validation accuracy threshold for epochs-to-threshold.
+        n_resamples: Bootstrap/permutation budget.
+        run_info: Key facts shown at the top (run id, config digest, versions, ...).
+
+    Returns:
+        A ``ReportOutput`` with the written paths and the computed tables.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = stats.summarize_by_batch_size(
+        results, alpha=alpha, equivalence_margin=equivalence_margin, n_resamples=n_resamples
+    )
+    anova = stats.interaction_anova(results)
+    batch_effect = stats.batch_size_effect(results)
+    dyn = stats.dynamics(histories, results, threshold)
+    dyn_summary = stats.dynamics_summary(histories, results, threshold)
+    figures = [
+        plot_learning_curves(
+            histories, results, out_dir / FIGURE_FILES["learning_curves"], alpha=alpha
+        ),
+        plot_accuracy_vs_batch_size(
+            results, out_dir / FIGURE_FILES["accuracy_vs_batch_size"], alpha=alpha
+        ),
+        plot_bn_difference(
+            summary, out_dir / FIGURE_FILES["bn_difference"], equivalence_margin=equivalence_margin
+        ),
+        plot_paired_seeds(results, out_dir / FIGURE_FILES["paired_seeds"]),
+    ]
+    text = render_markdown(
+        title=title,
+        run_info=dict(run_info or {}),
+        summary=summary,
+        anova=anova,
+        batch_effect=batch_effect,
+        dyn_summary=dyn_summary,
+        figures=figures,
+        methods=methods_note(results, summary, alpha=alpha, n_resamples=n_resamples),
+        alpha=alpha,
+        threshold=threshold,
+    )
+    report_path = out_dir / "report.md"
+    report_path.write_text(text, encoding="utf-8")
+    return ReportOutput(report_path, figures, summary, anova, batch_effect, dyn)

@@ -1,0 +1,397 @@
+"""Fused engine: all seeds of one (BN, batch size) group train together as one stacked model.
+
+Every weight gets a leading model axis K, so one batched matmul does the work of K small ones
+and one XLA-compiled epoch loop replaces K * steps Python-driven ``fit`` steps. Each member
+still trains exactly as the keras engine would train it alone:
+
+- initial weights come from :func:`bnpipe.models.build_model` for that member's seed;
+- member k's batch at step s is ``x[epoch_permutation(seed_k, epoch, n)][s*B:(s+1)*B]`` (the
+  rows are gathered on device per step, so the data is never copied K times);
+- the last partial batch is a step of its own, as in ``fit``;
+- BN uses per-member batch moments in training and per-member moving averages (momentum 0.99,
+  epsilon 1e-3) in validation, with the same formulas as ``keras.layers.BatchNormalization``;
+- the loss is Keras' sparse categorical cross-entropy of a softmax output. Keras reads the
+  logits cached on its softmax output, so it never clips probabilities here; neither do we;
+- Adam is Keras 3's update written out (epsilon 1e-7, bias correction folded into the step);
+- epoch loss/accuracy are Keras' ``Mean`` trackers: batch loss weighted by batch size.
+
+The members only share the step counter and the batch schedule, which are identical anyway,
+so fusion changes speed, not results (tests/test_fused.py checks this against the keras engine).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from bnpipe.models import build_model
+from bnpipe.train.common import Cell, TrainResult, epoch_permutation
+
+EpochCallback = Callable[[Cell, int, dict[str, float]], None]
+Tensors = tuple[tf.Tensor, ...]
+
+# Keras 3 defaults (keras.optimizers.Adam and keras.layers.BatchNormalization).
+ADAM_BETA_1 = 0.9
+ADAM_BETA_2 = 0.999
+ADAM_EPSILON = 1e-7
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each variable sits in the flat ``model.get_weights()`` list of one member."""
+
+    bn: bool
+    n_layers: int  # hidden layers + output layer
+
+    @property
+    def per_hidden(self) -> int:
+        # Dense kernel, bias [, BN gamma, beta, moving_mean, moving_variance]
+        return 6 if self.bn else 2
+
+    @property
+    def n_weights(self) -> int:
+        return (self.n_layers - 1) * self.per_hidden + 2
+
+    def trainable(self) -> tuple[int, ...]:
+        """Indices of trainable weights, in ``model.trainable_weights`` order."""
+        idx: list[int] = []
+        for layer in range(self.n_layers - 1):
+            base = layer * self.per_hidden
+            idx += [base, base + 1] + ([base + 2, base + 3] if self.bn else [])
+        base = (self.n_layers - 1) * self.per_hidden
+        return (*idx, base, base + 1)
+
+
+def forward(
+    layout: Layout, weights: Sequence[tf.Tensor], x: tf.Tensor, *, training: bool
+) -> tuple[tf.Tensor, dict[int, tf.Tensor]]:
+    """Logits [K, B, classes] of every member, and (training only) updated BN moving stats.
+
+    Args:
+        layout: the model's variable layout.
+        weights: stacked weights (leading axis K) in ``get_weights`` order.
+        x: [K, B, features] (each member its own batch) or [B, features] (shared batch).
+        training: batch moments (and moving-average updates) instead of moving averages.
+
+    Returns:
+        (logits, {weight index: new moving mean/variance}); the dict is empty unless training.
+    """
+    updates: dict[int, tf.Tensor] = {}
+    h = x
+    for layer in range(layout.n_layers):
+        base = layer * layout.per_hidden
+        kernel, bias = weights[base], weights[base + 1]
+        eq = "kbi,kio->kbo" if h.shape.rank == 3 else "bi,kio->kbo"
+        h = tf.einsum(eq, h, kernel) + bias[:, None, :]
+        if layer == layout.n_layers - 1:
+            return h, updates
+        h = tf.nn.relu(h)
+        if layout.bn:
+            gamma, beta = weights[base + 2], weights[base + 3]
+            moving_mean, moving_var = weights[base + 4], weights[base + 5]
+            if training:
+                # tf.nn.moments is what Keras' TF backend uses: biased variance, gradient
+                # through both moments.
+                mean, var = tf.nn.moments(h, axes=[1], keepdims=True)
+                mean2, var2 = mean[:, 0, :], var[:, 0, :]
+                updates[base + 4] = moving_mean * BN_MOMENTUM + mean2 * (1.0 - BN_MOMENTUM)
+                updates[base + 5] = moving_var * BN_MOMENTUM + var2 * (1.0 - BN_MOMENTUM)
+            else:
+                mean, var = moving_mean[:, None, :], moving_var[:, None, :]
+            h = tf.nn.batch_normalization(
+                h, mean, var, beta[:, None, :], gamma[:, None, :], BN_EPSILON
+            )
+    raise AssertionError("unreachable: the output layer returns")
+
+
+def _loss_and_correct(logits: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-member batch loss (sum / batch size, as Keras reduces) and number of correct [K]."""
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+    batch = tf.cast(tf.shape(y)[1], tf.float32)
+    loss = tf.reduce_sum(per_example, axis=1) / batch
+    # Keras' accuracy takes the argmax of the softmax probabilities (ties resolve the same way).
+    pred = tf.argmax(tf.nn.softmax(logits), axis=-1, output_type=y.dtype)
+    correct = tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float32), axis=1)
+    return loss, correct
+
+
+def _adam(
+    var: tf.Tensor, m: tf.Tensor, v: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor, step: tf.Tensor
+) -> Tensors:
+    """One Keras 3 Adam update; ``step`` is the 1-based float32 iteration count."""
+    beta_1_power = tf.pow(tf.constant(ADAM_BETA_1, tf.float32), step)
+    beta_2_power = tf.pow(tf.constant(ADAM_BETA_2, tf.float32), step)
+    alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+    m = m + (grad - m) * (1 - ADAM_BETA_1)
+    v = v + (tf.square(grad) - v) * (1 - ADAM_BETA_2)
+    return var - (m * alpha) / (tf.sqrt(v) + ADAM_EPSILON), m, v
+
+
+def train_step(
+    layout: Layout,
+    state: tuple[Tensors, Tensors, Tensors],
+    x: tf.Tensor,
+    y: tf.Tensor,
+    lr: tf.Tensor,
+    step: tf.Tensor,
+) -> tuple[tuple[Tensors, Tensors, Tensors], tf.Tensor, tf.Tensor]:
+    """One optimizer step of every member on its own batch.
+
+    Args:
+        layout: variable layout.
+        state: (weights in get_weights order, Adam m, Adam v), all with leading axis K.
+        x: [K, B, features] batches.
+        y: [K, B] int labels.
+        lr: learning rate.
+        step: 1-based iteration number (float32), shared by all members.
+
+    Returns:
+        (new state, batch loss [K], number correct [K]).
+    """
+    weights, ms, vs = state
+    trainable = layout.trainable()
+    with tf.GradientTape() as tape:
+        params = [weights[i] for i in trainable]
+        tape.watch(params)
+        # Rebuild the weight list with the watched tensors so the tape sees them.
+        watched = list(weights)
+        for i, p in zip(trainable, params, strict=True):
+            watched[i] = p
+        logits, updates = forward(layout, watched, x, training=True)
+        loss, correct = _loss_and_correct(logits, y)
+        # Members share no parameters, so the gradient of the sum is each member's own gradient.
+        total = tf.reduce_sum(loss)
+    grads = tape.gradient(total, params)
+    new_weights = list(weights)
+    new_ms, new_vs = list(ms), list(vs)
+    for j, (i, g) in enumerate(zip(trainable, grads, strict=True)):
+        new_weights[i], new_ms[j], new_vs[j] = _adam(weights[i], ms[j], vs[j], g, lr, step)
+    for i, value in updates.items():
+        new_weights[i] = value
+    return (tuple(new_weights), tuple(new_ms), tuple(new_vs)), loss, correct
+
+
+def _run_epoch(
+    layout: Layout,
+    batch_size: int,
+    state: tuple[Tensors, Tensors, Tensors],
+    x: tf.Tensor,
+    y: tf.Tensor,
+    perms: tf.Tensor,
+    lr: tf.Tensor,
+    iterations: tf.Tensor,
+) -> tuple[tuple[Tensors, Tensors, Tensors], tf.Tensor, tf.Tensor, tf.Tensor]:
+    """One epoch of every member: full steps in a while loop, then the partial batch.
+
+    ``perms`` [K, n] holds each member's epoch order; returns (state, iterations, epoch loss [K],
+    epoch accuracy [K]) with loss and accuracy as Keras' metric trackers report them.
+    """
+    k, n = perms.shape[0], perms.shape[1]
+    full_steps, rest = divmod(n, batch_size)
+    zeros = tf.zeros([k], tf.float32)
+
+    def one_step(carry, start, size):
+        st, it, loss_sum, correct_sum = carry
+        idx = tf.slice(perms, [0, start], [k, size])
+        step = tf.cast(it + 1, tf.float32)
+        st, loss, correct = train_step(layout, st, tf.gather(x, idx), tf.gather(y, idx), lr, step)
+        # Keras' loss tracker: total += batch mean loss * batch size.
+        return st, it + 1, loss_sum + loss * float(size), correct_sum + correct
+
+    def body(s, st, it, loss_sum, correct_sum):
+        return (s + 1, *one_step((st, it, loss_sum, correct_sum), s * batch_size, batch_size))
+
+    _, state, iterations, loss_sum, correct_sum = tf.while_loop(
+        lambda s, *_: s < full_steps,
+        body,
+        (tf.constant(0), state, iterations, zeros, zeros),
+    )
+    if rest:
+        # fit's last partial batch: a step of its own with a smaller batch.
+        state, iterations, loss_sum, correct_sum = one_step(
+            (state, iterations, loss_sum, correct_sum), full_steps * batch_size, rest
+        )
+    return state, iterations, loss_sum / float(n), correct_sum / float(n)
+
+
+def _evaluate(
+    layout: Layout, weights: Tensors, x: tf.Tensor, y: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Inference-mode loss [K] and accuracy [K] of every member on one shared (x, y)."""
+    logits, _ = forward(layout, weights, x, training=False)
+    k = weights[0].shape[0]
+    loss, correct = _loss_and_correct(logits, tf.broadcast_to(y, [k, y.shape[0]]))
+    return loss, correct / float(y.shape[0])
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(layout: Layout, batch_size: int) -> tuple[Callable, Callable]:
+    """XLA-compiled epoch and evaluation functions for one layout and batch size.
+
+    Cached so every chunk and call with the same shapes reuses one trace and compile. Wrapping
+    partials (not closures) gives each (layout, batch size) its own retracing statistics, so
+    tf.function does not warn about "frequent retracing" when a grid moves between groups.
+    """
+    run_epoch = tf.function(functools.partial(_run_epoch, layout, batch_size), jit_compile=True)
+    evaluate = tf.function(functools.partial(_evaluate, layout), jit_compile=True)
+    return run_epoch, evaluate
+
+
+def stack_initial_weights(
+    bn: bool, seeds: Sequence[int], hidden_units: tuple[int, ...]
+) -> list[np.ndarray]:
+    """Initial weights of each seed's Keras model, stacked on a leading model axis."""
+    per_seed = [
+        build_model(bn=bn, seed=seed, hidden_units=hidden_units).get_weights() for seed in seeds
+    ]
+    return [np.stack(ws).astype(np.float32) for ws in zip(*per_seed, strict=True)]
+
+
+def _chunks(seeds: Sequence[int], size: int | None) -> list[list[int]]:
+    seeds = list(seeds)
+    if size is None or size >= len(seeds):
+        return [seeds]
+    if size < 1:
+        raise ValueError(f"max_models_per_chunk must be >= 1, got {size}")
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
+
+
+def train_fused(
+    bn: bool,
+    batch_size: int,
+    seeds: Sequence[int],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    epochs: int,
+    learning_rate: float,
+    hidden_units: tuple[int, ...] = (64, 64),
+    max_models_per_chunk: int | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[TrainResult]:
+    """Train one model per seed of a (bn, batch_size) group as one stacked model.
+
+    Args:
+        bn: BatchNormalization after each hidden layer.
+        batch_size: examples per step (a final partial batch is a step of its own).
+        seeds: one model per seed; results come back in this order.
+        x_train: [n, features] float32.
+        y_train: [n] int labels.
+        x_val: validation features, evaluated (inference-mode BN) after every epoch.
+        y_val: validation labels.
+        epochs: training epochs.
+        learning_rate: Adam learning rate.
+        hidden_units: hidden layer widths.
+        max_models_per_chunk: train at most this many members at once (bounds memory).
+        on_epoch: called as ``on_epoch(cell, epoch, row)`` (1-based epoch) per member per epoch.
+
+    Returns:
+        One TrainResult per seed (engine "fused"). ``epoch_time_s`` and ``train_time_s`` are the
+        chunk's wall time divided by its members (the amortized cost of one model). A member whose
+        epoch loss is non-finite is "diverged" with its history and weights up to that epoch; the
+        others carry on.
+    """
+    if len(x_train) < 1 or len(x_val) < 1:
+        raise ValueError("train_fused needs at least one training and one validation example")
+    # XLA on CPU is deterministic; this also pins any op that falls back to TF kernels.
+    tf.config.experimental.enable_op_determinism()
+    x_train_t = tf.constant(np.asarray(x_train, np.float32))
+    y_train_t = tf.constant(np.asarray(y_train, np.int32))
+    x_val_t = tf.constant(np.asarray(x_val, np.float32))
+    y_val_t = tf.constant(np.asarray(y_val, np.int32))
+    results: list[TrainResult] = []
+    for chunk in _chunks(seeds, max_models_per_chunk):
+        results += _train_chunk(
+            bn,
+            batch_size,
+            chunk,
+            (x_train_t, y_train_t, x_val_t, y_val_t),
+            epochs=epochs,
+            learning_rate=learning_rate,
+            hidden_units=tuple(hidden_units),
+            on_epoch=on_epoch,
+        )
+    return results
+
+
+def _train_chunk(
+    bn: bool,
+    batch_size: int,
+    seeds: list[int],
+    data: tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor],
+    *,
+    epochs: int,
+    learning_rate: float,
+    hidden_units: tuple[int, ...],
+    on_epoch: EpochCallback | None,
+) -> list[TrainResult]:
+    x_train, y_train, x_val, y_val = data
+    n = int(x_train.shape[0])
+    k = len(seeds)
+    layout = Layout(bn=bn, n_layers=len(hidden_units) + 1)
+    run_epoch, evaluate = _compiled(layout, batch_size)
+    cells = [Cell(bn=bn, batch_size=batch_size, seed=seed) for seed in seeds]
+
+    start = time.perf_counter()
+    weights = tuple(tf.constant(w) for w in stack_initial_weights(bn, seeds, hidden_units))
+    zeros = tuple(tf.zeros_like(weights[i]) for i in layout.trainable())
+    state = (weights, zeros, zeros)
+    iterations = tf.constant(0, tf.int64)
+    lr = tf.constant(learning_rate, tf.float32)
+    histories: list[list[dict[str, float]]] = [[] for _ in seeds]
+    final: list[list[np.ndarray] | None] = [None] * k
+    end_time = [0.0] * k
+
+    for epoch in range(epochs):
+        active = [i for i in range(k) if final[i] is None]
+        if not active:
+            break
+        t0 = time.perf_counter()
+        perms = tf.constant(np.stack([epoch_permutation(s, epoch, n) for s in seeds]), tf.int32)
+        state, iterations, loss, acc = run_epoch(state, x_train, y_train, perms, lr, iterations)
+        val_loss, val_acc = evaluate(state[0], x_val, y_val)
+        rows = np.stack([t.numpy() for t in (loss, acc, val_loss, val_acc)], axis=1)
+        epoch_time = (time.perf_counter() - t0) / k
+        for i in active:
+            row = {key: float(v) for key, v in zip(METRIC_KEYS, rows[i], strict=True)}
+            row["epoch_time_s"] = epoch_time
+            histories[i].append(row)
+            if on_epoch is not None:
+                on_epoch(cells[i], epoch + 1, row)
+            # Same rule as the keras engine: a non-finite loss never recovers under Adam.
+            if not math.isfinite(row["loss"]):
+                final[i] = _member(state[0], i)
+                end_time[i] = (time.perf_counter() - start) / k
+
+    total_time = (time.perf_counter() - start) / k
+    results = []
+    for i, cell in enumerate(cells):
+        diverged = final[i] is not None
+        results.append(
+            TrainResult(
+                cell=cell,
+                weights=final[i] if diverged else _member(state[0], i),
+                history=histories[i],
+                status="diverged" if diverged else "finished",
+                error="non-finite training loss" if diverged else None,
+                train_time_s=end_time[i] if diverged else total_time,
+                engine="fused",
+            )
+        )
+    return results
+
+
+def _member(weights: Sequence[tf.Tensor], i: int) -> list[np.ndarray]:
+    """Member i's weights in ``model.get_weights()`` order (ready for ``set_weights``)."""
+    return [np.array(w[i].numpy()) for w in weights]

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny generated MNIST-like data, an isolated Prefect API, a temp MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnpipe.data import MnistData
+
+REAL_DATA = os.environ.get("BNPIPE_DATA_DIR")
+requires_mnist = pytest.mark.skipif(
+    not REAL_DATA, reason="set BNPIPE_DATA_DIR to the MNIST folder (CI does)"
+)
+
+
+def make_tiny_mnist(n_train: int = 600, n_test: int = 200, seed: int = 0) -> MnistData:
+    """Learnable fake MNIST: each class is a noisy copy of its own random prototype image."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((10, 784), dtype=np.float32)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 10, n).astype(np.int32)
+        x = np.clip(prototypes[y] + 0.35 * rng.standard_normal((n, 784)), 0, 1)
+        return x.astype(np.float32), y
+
+    x_train, y_train = split(n_train)
+    x_test, y_test = split(n_test)
+    return MnistData(x_train, y_train, x_test, y_test, digest=f"tiny-{seed}", source="generated")
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist() -> MnistData:
+    return make_tiny_mnist()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+    """One isolated temporary Prefect API for the whole session (its start costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite MLflow store under tmp_path; MLFLOW_TRACKING_URI from the caller is ignored."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlruns").mkdir()
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -1,0 +1,128 @@
+"""The flow end to end on tiny generated data, against a real temporary Prefect API and a real
+SQLite MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnpipe.config import load_config
+from bnpipe.tracking import PARENT_TAG
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def run_flow(monkeypatch, tiny_mnist, store, overrides):
+    import flows.pipeline as pipeline
+
+    # The flow's own loader insists on the canonical MNIST checksums; tiny data stands in here.
+    monkeypatch.setattr(pipeline, "load_mnist", lambda _dir: tiny_mnist)
+    cfg = load_config(None, [f"tracking.uri={store}", *overrides])
+    return pipeline.ablation(cfg.model_dump(mode="json")), cfg
+
+
+def _search(store: str, experiment: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(store)
+    try:
+        return mlflow.search_runs(experiment_names=[experiment], max_results=1000)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("engine", ["keras", "fused"])
+def test_flow_logs_parent_and_one_child_per_cell(monkeypatch, tiny_mnist, store, engine):
+    out, cfg = run_flow(
+        monkeypatch,
+        tiny_mnist,
+        store,
+        [
+            f"train.engine={engine}",
+            "train.epochs=2",
+            "grid.seeds=[0,1,2]",
+            "grid.batch_sizes=[32,64]",
+            "stats.n_resamples=199",
+        ],
+    )
+    runs = _search(store, cfg.tracking.experiment)
+    parent = runs[runs["run_id"] == out["parent_run_id"]]
+    children = runs[runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]]
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    assert len(children) == 2 * 2 * 3
+    assert set(children["status"]) == {"FINISHED"}
+    assert sorted(children["tags.mlflow.runName"])[0] == "bn=off bs=32 seed=0"
+    # params, final metrics and provenance tags on every child
+    for col in (
+        "params.bn",
+        "params.batch_size",
+        "params.seed",
+        "params.learning_rate",
+        "params.data_digest",
+        "metrics.test_accuracy",
+        "metrics.val_accuracy",
+        "tags.bnpipe.cell_key",
+        "tags.bnpipe.data_digest",
+        "tags.bnpipe.version.keras",
+    ):
+        assert children[col].notna().all(), col
+    assert children["tags.bnpipe.cell_key"].nunique() == len(children)
+    assert (children["tags.bnpipe.engine"] == engine).all()
+    # the learnable fake data is learned: the pipeline really trains and evaluates
+    acc = children["metrics.test_accuracy"].astype(float)
+    assert acc.mean() > 0.5 and acc.min() > 0.15  # chance is 0.1
+    # per-epoch metrics carry their step
+    client = mlflow.MlflowClient(store)
+    hist = client.get_metric_history(children["run_id"].iloc[0], "val_accuracy")
+    assert sorted(m.step for m in hist) == [1, 2]
+    # analysis: one row per batch size, all pairs used, parent carries the key numbers
+    summary = pd.DataFrame(out["summary"])
+    assert summary["batch_size"].tolist() == [32, 64]
+    assert summary["n_pairs"].tolist() == [3, 3]
+    assert np.isfinite(parent["metrics.diff_bs32"].iloc[0])
+    artifacts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
+    assert {"summary.csv", "results.csv"} <= artifacts
+    child_artifacts = {a.path for a in client.list_artifacts(children["run_id"].iloc[0])}
+    assert {"history.csv", "confusion_matrix.csv", "weights.npz"} <= child_artifacts
+
+
+def test_paired_cells_share_data_order_and_dense_init(monkeypatch, tiny_mnist, store):
+    from bnpipe.models import build_model
+    from bnpipe.train.common import epoch_permutation
+
+    on, off = build_model(bn=True, seed=4), build_model(bn=False, seed=4)
+    for name in ("dense_0", "dense_1", "output"):
+        for a, b in zip(
+            on.get_layer(name).get_weights(), off.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    other = build_model(bn=False, seed=5)
+    assert not np.array_equal(
+        other.get_layer("dense_0").get_weights()[0], off.get_layer("dense_0").get_weights()[0]
+    )
+    np.testing.assert_array_equal(epoch_permutation(4, 2, 100), epoch_permutation(4, 2, 100))
+    assert not np.array_equal(epoch_permutation(4, 2, 100), epoch_permutation(4, 3, 100))
+
+
+def test_diverging_cell_is_recorded_failed_and_dropped(monkeypatch, tiny_mnist, store):
+    out, cfg = run_flow(
+        monkeypatch,
+        tiny_mnist,
+        store,
+        [
+            "train.engine=keras",
+            "train.epochs=3",
+            "train.learning_rate=1e30",
+            "grid.seeds=[0]",
+            "grid.batch_sizes=[64]",
+            "grid.bn=[false]",
+            "stats.n_resamples=199",
+        ],
+    )
+    results = pd.DataFrame(out["results"])
+    assert results["status"].tolist() == ["diverged"]
+    assert out["summary"][0]["n_pairs"] == 0
+    runs = _search(store, cfg.tracking.experiment)
+    child = runs[runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]]
+    assert child["status"].iloc[0] == "FAILED"
+    assert child["tags.bnpipe.failure_reason"].iloc[0] == "diverged"
