@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the BN x batch-size x seed grid")
     _add_params_args(run)
+    report = sub.add_parser("report", help="rebuild a run's report from MLflow (no training)")
+    report.add_argument("run_id", help="the parent run id that `bnpipe run` printed")
+    _add_params_args(report)
     bench = sub.add_parser("bench", help="time the reference recipe and both engines")
     from bnpipe import bench as bench_mod
 
@@ -111,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"FAILED: bn={'on' if r['bn'] else 'off'} bs={r['batch_size']} seed={r['seed']}: "
             f"{r['error']}"
         )
+    print(f"report: {out['report']}")
     print(f"parent run: {out['parent_run_id']} ({out['run_name']}) in {out['tracking_uri']}")
     return EXIT_FAILED_CELLS if failed else EXIT_OK
 
@@ -124,11 +128,52 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from bnpipe.report import build_report
+    from bnpipe.tracking import Tracker, TrackingError, resolve_uri
+
+    try:
+        cfg = resolve_config(args.params, args.overrides)
+        tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
+        tracker.check()
+        results, histories, run_name, _ = tracker.parent_tables(args.run_id)
+    except (ConfigError, TrackingError) as exc:
+        print(f"bnpipe: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"bnpipe: error: run {args.run_id}: {first}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = build_report(
+        results,
+        histories,
+        Path(cfg.tracking.reports_dir) / run_name,
+        title=f"BN ablation: {run_name}",
+        alpha=cfg.stats.alpha,
+        equivalence_margin=cfg.stats.equivalence_margin,
+        threshold=cfg.stats.val_threshold,
+        n_resamples=cfg.stats.n_resamples,
+        run_info={
+            "parent run": args.run_id,
+            "tracking": tracker.uri,
+            "rebuilt by": "bnpipe report",
+        },
+    )
+    tracker.log_report(args.run_id, [out.report_path, *out.figures])
+    print(format_summary(out.summary.to_dict("records")))
+    print(f"report: {out.report_path}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_defaults()
     args = _parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "report":
+        return cmd_report(args)
     if args.command == "bench":
         from bnpipe import bench
 

@@ -112,6 +112,7 @@ class TrackingConfig(_Section):
     uri: str | None = None
     experiment: str = Field(default="bnpipe-bn-ablation", min_length=1)
     log_weights: bool = True
+    reports_dir: str = "reports"
 
 
 class OrchestrationConfig(_Section):

@@ -76,8 +76,9 @@ def mean_ci(values: np.ndarray | pd.Series, alpha: float = 0.05) -> tuple[float,
 
 
 def _finished(results: pd.DataFrame) -> pd.DataFrame:
-    ok = (results["status"] == stats.FINISHED) & np.isfinite(results["test_accuracy"].astype(float))
-    return results.loc[ok].assign(bn=lambda d: d["bn"].astype(bool))
+    results = stats.normalize_results(results)
+    ok = (results["status"] == stats.FINISHED) & np.isfinite(results["test_accuracy"])
+    return results.loc[ok]
 
 
 def _level(alpha: float) -> str:
@@ -104,10 +105,13 @@ def plot_learning_curves(
     Only finished cells are drawn, matching the cells the statistics use.
     """
     done = _finished(results)[["bn", "batch_size", "seed"]]
-    h = histories.assign(bn=histories["bn"].astype(bool)).merge(
-        done, on=["bn", "batch_size", "seed"]
-    )
+    h = stats.normalize_histories(histories).merge(done, on=["bn", "batch_size", "seed"])
     sizes = sorted(int(b) for b in pd.unique(results["batch_size"]))
+    if h.empty:
+        fig, axes = _new_figure()
+        axes[0, 0].set_axis_off()
+        axes[0, 0].text(0.5, 0.5, "no per-epoch history recorded", ha="center", va="center")
+        return _save(fig, path)
     nrows, ncols = _grid_shape(max(len(sizes), 1))
     fig, axes = _new_figure(nrows, ncols, sharex=True, sharey=True)
     for ax, bs in zip(axes.flat, sizes, strict=False):
@@ -201,7 +205,7 @@ def plot_bn_difference(summary: pd.DataFrame, path: Path, *, equivalence_margin:
         label=f"mean paired difference ± {_level(alpha)} CI",
     )
     labels = [
-        f"{int(r.batch_size)}\nn={int(r.n_pairs)}, p_Holm={_fmt_p(r.p_holm)}"
+        f"{int(r.batch_size)}\nn={int(r.n_pairs)}, p_Holm{_p_label(r.p_holm)}"
         for r in summary.itertuples(index=False)
     ]
     ax.set_xticks(x, labels, fontsize=8)
@@ -235,7 +239,19 @@ def plot_paired_seeds(results: pd.DataFrame, path: Path) -> Path:
                 ms=3,
             )
         n_up = int((p["diff"] > 0).sum())
-        ax.set_title(f"batch size {bs}: BN higher in {n_up}/{len(p)}", fontsize=9)
+        if p.empty:
+            ax.set_title(f"batch size {bs}: no complete pair", fontsize=9)
+            ax.text(
+                0.5,
+                0.5,
+                "no seed finished in both arms",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
+        else:
+            ax.set_title(f"batch size {bs}: BN higher in {n_up}/{len(p)}", fontsize=9)
         ax.set_xticks([0, 1], [LABELS[False], LABELS[True]], fontsize=8)
         ax.set_xlim(-0.3, 1.3)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
@@ -260,6 +276,12 @@ def _fmt_p(p: float) -> str:
     if not np.isfinite(p):
         return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_label(p: float) -> str:
+    """p for inline labels: '<0.001', '=0.042' or ' n/a'."""
+    text = _fmt_p(p)
+    return text if text.startswith("<") else (" n/a" if text == "n/a" else f"={text}")
 
 
 def _fmt(x: float, spec: str = ".4f") -> str:
@@ -534,6 +556,8 @@ def build_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    results = stats.normalize_results(results)
+    histories = stats.normalize_histories(histories)
     summary = stats.summarize_by_batch_size(
         results, alpha=alpha, equivalence_margin=equivalence_margin, n_resamples=n_resamples
     )

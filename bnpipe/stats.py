@@ -358,7 +358,76 @@ def verdict(cmp: PairedComparison, p_adj: float, alpha: float, margin: float) ->
     return VERDICTS[3]
 
 
+RESULT_REQUIRED = ("bn", "batch_size", "seed", "status", "test_accuracy")
+HISTORY_COLUMNS = (
+    "bn",
+    "batch_size",
+    "seed",
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "epoch_time_s",
+)
+_TRUE = {"true", "1", "yes", "on"}
+
+
+def _as_bool(s: pd.Series) -> pd.Series:
+    # Read back from CSV/MLflow the flag can be a string; astype(bool) would make "False" True.
+    if s.dtype == bool:
+        return s
+    if s.dtype == object or pd.api.types.is_string_dtype(s):
+        return s.map(lambda v: str(v).strip().lower() in _TRUE).astype(bool)
+    return s.astype(bool)
+
+
+def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
+    """Copy of a results frame with typed keys (bn bool, batch_size/seed int).
+
+    Optional numeric columns (``train_accuracy``, ``epoch_time_s``, ``test_loss``) are added as
+    NaN when absent.
+
+    Raises:
+        ValueError: If a required column is missing.
+    """
+    missing = [c for c in RESULT_REQUIRED if c not in results.columns]
+    if missing:
+        raise ValueError(f"results frame lacks columns {missing}")
+    out = results.copy()
+    out["bn"] = _as_bool(out["bn"])
+    out["batch_size"] = out["batch_size"].astype(int)
+    out["seed"] = out["seed"].astype(int)
+    out["test_accuracy"] = pd.to_numeric(out["test_accuracy"], errors="coerce").astype(float)
+    for col in ("train_accuracy", "epoch_time_s", "test_loss"):
+        out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else math.nan
+    return out
+
+
+def normalize_histories(histories: pd.DataFrame | None) -> pd.DataFrame:
+    """Copy of a histories frame with typed keys; an empty/column-less frame stays empty.
+
+    Raises:
+        ValueError: If a non-empty frame lacks a column needed for the dynamics.
+    """
+    if histories is None or len(histories) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in HISTORY_COLUMNS})
+    needed = ("bn", "batch_size", "seed", "epoch", "val_accuracy")
+    missing = [c for c in needed if c not in histories.columns]
+    if missing:
+        raise ValueError(f"histories frame lacks columns {missing}")
+    out = histories.copy()
+    out["bn"] = _as_bool(out["bn"])
+    for col in ("batch_size", "seed", "epoch"):
+        out[col] = out[col].astype(int)
+    for col in ("accuracy", "epoch_time_s", "loss", "val_loss"):
+        if col not in out:
+            out[col] = math.nan
+    return out
+
+
 def _finished(results: pd.DataFrame) -> pd.DataFrame:
+    results = normalize_results(results)
     ok = (results["status"] == FINISHED) & np.isfinite(results["test_accuracy"].astype(float))
     return results.loc[ok]
 
@@ -452,6 +521,7 @@ def summarize_by_batch_size(
     Returns:
         A DataFrame with ``SUMMARY_COLUMNS``, one row per batch size in ``results``, sorted.
     """
+    results = normalize_results(results)
     done = _finished(results)
     pairs = paired_frame(results, treatment_bn=True)
     rows: list[dict[str, Any]] = []
@@ -632,6 +702,7 @@ def rm_anova_twoway(y: np.ndarray, names: tuple[str, str] = ("A", "B")) -> pd.Da
 
 def _complete_seeds(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[int]]:
     """Wide table (seed x (bn, batch_size)) of finished cells, restricted to complete seeds."""
+    results = normalize_results(results)
     done = _finished(results)
     bns = sorted(bool(v) for v in pd.unique(results["bn"]))
     sizes = sorted(int(v) for v in pd.unique(results["batch_size"]))
@@ -693,6 +764,7 @@ def batch_size_effect(results: pd.DataFrame, metric: str = "test_accuracy") -> p
     Returns:
         One row per BN setting with ``BATCH_EFFECT_COLUMNS``.
     """
+    results = normalize_results(results)
     done = _finished(results)
     sizes = sorted(int(v) for v in pd.unique(results["batch_size"]))
     rows = []
@@ -763,6 +835,8 @@ def dynamics(
     Returns:
         One row per cell in ``results`` with ``DYNAMICS_COLUMNS``, sorted by bn, batch_size, seed.
     """
+    results = normalize_results(results)
+    histories = normalize_histories(histories)
     keys = ["bn", "batch_size", "seed"]
     per_cell = {
         (bool(k[0]), int(k[1]), int(k[2])): _cell_dynamics(h, threshold)
@@ -849,6 +923,7 @@ def dropped_pairs(results: pd.DataFrame) -> pd.DataFrame:
     Returns:
         Columns ``batch_size, seed, reason`` (e.g. ``"seed 4 diverged (BN on)"``).
     """
+    results = normalize_results(results)
     done = _finished(results)
     ok = {(bool(r.bn), int(r.batch_size), int(r.seed)) for r in done.itertuples(index=False)}
     status = {

@@ -234,6 +234,21 @@ class Tracker:
             if not token:
                 return pd.DataFrame(rows)
 
+    def parent_tables(self, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str, dict[str, str]]:
+        """What a parent run recorded: (results, histories, run name, params)."""
+        run = self.client.get_run(run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            tables = [
+                pd.read_csv(self.client.download_artifacts(run_id, f"{name}.csv", tmp))
+                for name in ("results", "histories")
+            ]
+        return tables[0], tables[1], run.info.run_name, dict(run.data.params)
+
+    def log_report(self, run_id: str, files: list[Path]) -> None:
+        """Attach report files (report.md and figures) to a run under ``report/``."""
+        for path in files:
+            self.client.log_artifact(run_id, str(path), artifact_path="report")
+
     def history(self, run_id: str) -> pd.DataFrame:
         """A child run's per-epoch history, read back from its history.csv artifact."""
         with tempfile.TemporaryDirectory() as tmp:

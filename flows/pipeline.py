@@ -7,23 +7,39 @@ from __future__ import annotations
 import time
 import traceback
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from bnpipe import stats
 from bnpipe.config import Config, DataConfig
 from bnpipe.data import MnistData, load_mnist
 from bnpipe.evaluate import Evaluation, evaluate_weights
 from bnpipe.grid import Group, cell_key_for, cell_params, groups, history_frame, result_row
 from bnpipe.progress import Progress
 from bnpipe.provenance import git_commit, package_versions
+from bnpipe.report import ReportOutput, build_report
 from bnpipe.tracking import TAG_PREFIX, Tracker, resolve_uri
 from bnpipe.train import TrainResult, train_group
 from bnpipe.train.common import Cell
+
+VERDICT_COLUMNS = (
+    "batch_size",
+    "n_pairs",
+    "acc_no_bn",
+    "acc_bn",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "t_pvalue",
+    "p_holm",
+    "tost_pvalue",
+    "verdict",
+)
 
 # Tasks pass large arrays in memory: hashing them for Prefect's default cache key would cost more
 # than the work, and finished cells are found in MLflow instead, so no task caches.
@@ -80,8 +96,8 @@ def log_cell(
     evaluation: Evaluation | None,
     error: str | None,
     common_tags: dict[str, str],
-) -> dict[str, Any]:
-    """Write one child run (I/O: retried) and return the cell's row of the results table."""
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Write one child run (I/O: retried); return the cell's results row and its history."""
     history = history_frame(result) if result is not None else history_frame(TrainResult(cell, []))
     if error is not None:
         status, reason = "failed", error
@@ -112,7 +128,7 @@ def log_cell(
         weights=result.weights if (result is not None and cfg.tracking.log_weights) else None,
         status="FINISHED" if status == "finished" else "FAILED",
     )
-    return result_row(
+    row = result_row(
         cell,
         status=status,
         run_id=run_id,
@@ -121,17 +137,46 @@ def log_cell(
         history=history,
         error=reason,
     )
+    return row, history.assign(bn=cell.bn, batch_size=cell.batch_size, seed=cell.seed)
 
 
 @task(cache_policy=NO_CACHE)
-def analyze(results: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Paired BN-minus-noBN comparison per batch size."""
-    return stats.summarize_by_batch_size(
+def analyze(
+    results: pd.DataFrame, histories: pd.DataFrame, cfg: Config, run_name: str, run_info: dict
+) -> ReportOutput:
+    """Statistics, figures and report.md under reports/<run name>/; published to Prefect too."""
+    out = build_report(
         results,
+        histories,
+        Path(cfg.tracking.reports_dir) / run_name,
+        title=f"BN ablation: {run_name}",
         alpha=cfg.stats.alpha,
         equivalence_margin=cfg.stats.equivalence_margin,
+        threshold=cfg.stats.val_threshold,
         n_resamples=cfg.stats.n_resamples,
+        run_info=run_info,
     )
+    key = "bn-ablation-report"
+    create_markdown_artifact(out.report_path.read_text(), key=key, description=run_name)
+    table = out.summary[list(VERDICT_COLUMNS)].round(6)
+    create_table_artifact(
+        table.astype(object).where(table.notna(), None).to_dict("records"),
+        key=key + "-table",
+        description=f"BN minus no-BN per batch size ({run_name})",
+    )
+    return out
+
+
+def cfg_info(cfg: Config, data: MnistData) -> dict[str, Any]:
+    """Facts shown at the top of the report."""
+    return {
+        "grid": f"BN {list(cfg.grid.bn)} x batch sizes {list(cfg.grid.batch_sizes)} x "
+        f"{len(cfg.grid.seeds)} seeds",
+        "training": f"{cfg.train.epochs} epochs, Adam lr {cfg.train.learning_rate}, "
+        f"engine {cfg.train.engine}",
+        "data": f"{len(data.x_train)} train / {len(data.x_test)} test ({data.source}), "
+        f"digest {data.digest[:12]}",
+    }
 
 
 def _error_text(state: State) -> str:
@@ -187,14 +232,16 @@ def ablation(params: dict[str, Any]) -> dict[str, Any]:
     progress = Progress(len(groups(cfg)) * len(cfg.grid.seeds), cfg.train.epochs)
     try:
         rows: list[dict[str, Any]] = []
+        histories: list[pd.DataFrame] = []
         for group in groups(cfg):
             trained = train(group, data, cfg, progress, return_state=True)
             if trained.is_failed():
                 why = _error_text(trained)
                 for cell in group.cells:
-                    rows.append(
-                        log_cell(tracker, parent_id, cell, cfg, data, None, None, why, common_tags)
+                    row, _ = log_cell(
+                        tracker, parent_id, cell, cfg, data, None, None, why, common_tags
                     )
+                    rows.append(row)
                     progress.cell(cell, "failed", float("nan"))
                 continue
             for result in trained.result():
@@ -205,18 +252,23 @@ def ablation(params: dict[str, Any]) -> dict[str, Any]:
                         why = _error_text(evaluated)
                     else:
                         evaluation = evaluated.result()
-                row = log_cell(
+                row, history = log_cell(
                     tracker, parent_id, result.cell, cfg, data, result, evaluation, why, common_tags
                 )
                 rows.append(row)
+                histories.append(history)
                 progress.cell(result.cell, row["status"], row["test_accuracy"])
         results = pd.DataFrame(rows)
-        summary = analyze(results, cfg)
+        history_table = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+        run_info = {"parent run": parent_id, "tracking": tracker.uri, **cfg_info(cfg, data)}
+        report = analyze(results, history_table, cfg, run_name, run_info)
+        summary = report.summary
         failed = results.loc[results["status"] == "failed"]
         tracker.finish_parent(
             parent_id,
             metrics={**summary_metrics(summary), "wall_time_s": time.perf_counter() - started},
-            tables={"results": results, "summary": summary},
+            tables={"results": results, "histories": history_table, "summary": summary},
+            files=[report.report_path, *report.figures],
             tags={
                 TAG_PREFIX + "cells_total": len(results),
                 TAG_PREFIX + "cells_failed": len(failed),
@@ -234,5 +286,6 @@ def ablation(params: dict[str, Any]) -> dict[str, Any]:
         "tracking_uri": tracker.uri,
         "results": results.to_dict("records"),
         "summary": summary.to_dict("records"),
+        "report": str(report.report_path),
         "wall_time_s": time.perf_counter() - started,
     }

@@ -47,7 +47,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite MLflow store under tmp_path; MLFLOW_TRACKING_URI from the caller is ignored."""
+    """A fresh SQLite MLflow store under tmp_path (MLFLOW_TRACKING_URI is ignored)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlruns").mkdir()
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -77,7 +77,7 @@ def test_subset_changes_the_digest(tiny_mnist):
 def test_real_mnist_matches_the_known_facts():
     d = load_mnist(REAL_DATA)
     assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784)
-    assert 0.0 <= d.x_train.min() and d.x_train.max() == 1.0
+    assert d.x_train.min() >= 0.0 and d.x_train.max() == 1.0
     assert np.bincount(d.y_train).tolist() == [
         5923,
         6742,

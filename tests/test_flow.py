@@ -3,6 +3,8 @@ SQLite MLflow store."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -19,7 +21,10 @@ def run_flow(monkeypatch, tiny_mnist, store, overrides):
 
     # The flow's own loader insists on the canonical MNIST checksums; tiny data stands in here.
     monkeypatch.setattr(pipeline, "load_mnist", lambda _dir: tiny_mnist)
-    cfg = load_config(None, [f"tracking.uri={store}", *overrides])
+    reports = store.removeprefix("sqlite:///").replace("mlruns/mlflow.db", "reports")
+    cfg = load_config(
+        None, [f"tracking.uri={store}", f"tracking.reports_dir={reports}", *overrides]
+    )
     return pipeline.ablation(cfg.model_dump(mode="json")), cfg
 
 
@@ -84,6 +89,45 @@ def test_flow_logs_parent_and_one_child_per_cell(monkeypatch, tiny_mnist, store,
     assert {"summary.csv", "results.csv"} <= artifacts
     child_artifacts = {a.path for a in client.list_artifacts(children["run_id"].iloc[0])}
     assert {"history.csv", "confusion_matrix.csv", "weights.npz"} <= child_artifacts
+    report_files = {a.path for a in client.list_artifacts(out["parent_run_id"], "report")}
+    assert "report/report.md" in report_files and len(report_files) >= 5
+    assert Path(out["report"]).read_text().count("| 32 ") >= 1
+
+
+def test_report_command_rebuilds_from_mlflow(monkeypatch, tiny_mnist, store, tmp_path, capsys):
+    from bnpipe.cli import main
+
+    out, _ = run_flow(
+        monkeypatch,
+        tiny_mnist,
+        store,
+        [
+            "train.engine=keras",
+            "train.epochs=1",
+            "grid.seeds=[0,1]",
+            "grid.batch_sizes=[64]",
+            "stats.n_resamples=199",
+        ],
+    )
+    first = Path(out["report"])
+    first.unlink()
+    rebuilt = tmp_path / "rebuilt"
+    code = main(
+        [
+            "report",
+            out["parent_run_id"],
+            "--set",
+            f"tracking.uri={store}",
+            "--set",
+            f"tracking.reports_dir={rebuilt}",
+        ]
+    )
+    assert code == 0
+    text = (rebuilt / first.parent.name / "report.md").read_text()
+    assert "| 64 " in text
+    assert out["parent_run_id"] in text
+    assert main(["report", "0" * 32, "--set", f"tracking.uri={store}"]) == 2
+    assert "bnpipe: error: run 0000" in capsys.readouterr().err
 
 
 def test_paired_cells_share_data_order_and_dense_init(monkeypatch, tiny_mnist, store):

@@ -611,3 +611,13 @@ def test_dynamics_missing_history_and_summary() -> None:
     assert row["n"] == 2  # the diverged cell is excluded
     ref = dyn[(~dyn.bn) & (dyn.batch_size == 16) & (dyn.status == "finished")]
     assert row["generalization_gap"] == pytest.approx(ref["generalization_gap"].mean())
+
+
+def test_bn_flags_read_back_as_strings_are_parsed() -> None:
+    r = make_results(sizes=(16,), seeds=4, effect={16: 0.003}, noise=0.0003)
+    as_text = r.assign(bn=r["bn"].map({True: "True", False: "False"}))
+    pd.testing.assert_frame_equal(S.paired_frame(as_text), S.paired_frame(r))
+    assert S.normalize_results(as_text)["bn"].tolist() == r["bn"].tolist()
+    with pytest.raises(ValueError, match="lacks columns"):
+        S.normalize_results(r.drop(columns="status"))
+    assert list(S.normalize_histories(pd.DataFrame()).columns) == list(S.HISTORY_COLUMNS)

@@ -1,0 +1,311 @@
+"""``bnpipe bench``: time the reference recipe, the keras engine and the fused engine.
+
+All three train the same cells on the same data in one process, so their ratios are fair even
+on a busy machine. A float32 matmul probe measures what this CPU attains, which turns the FLOPs
+of one model-epoch into a floor that no engine can beat by much.
+
+TensorFlow is imported inside functions: ``bnpipe --help`` must not pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnpipe.data import DataError, MnistData, load_mnist
+
+DEFAULT_BATCH_SIZES = (16, 32, 64, 128)
+ENGINE_KEYS = ("reference", "keras", "fused")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def flops_per_model_epoch(
+    n_train: int, n_val: int, hidden_units: Sequence[int] = (64, 64), input_dim: int = 784
+) -> float:
+    """Multiply-add FLOPs of one model-epoch: 3 x forward per training example, 1 x per val one.
+
+    Counts the matmuls only (bias, ReLU, BN and softmax are O(units), not O(units^2)), with the
+    usual backward ~ 2 x forward convention; the first layer's input gradient is not needed, so a
+    good engine may even beat this floor slightly.
+    """
+    dims = [input_dim, *hidden_units, 10]
+    macs = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    return 2.0 * macs * (3 * n_train + n_val)
+
+
+def matmul_probe(seconds: float = 2.0) -> dict[str, float]:
+    """Attainable float32 GEMM speed in GFLOP/s: one large square GEMM and the MLP's layer-1 shape.
+
+    The square GEMM is what the CPU can sustain; the stacked [10, 320, 784] x [10, 784, 64] batch
+    is what the fused engine's biggest matmul looks like at batch 32 with 10 members.
+    """
+    import tensorflow as tf
+
+    def rate(a: tf.Tensor, b: tf.Tensor, flops: float) -> float:
+        mm = tf.function(lambda a, b: tf.reduce_sum(tf.linalg.matmul(a, b)), jit_compile=True)
+        mm(a, b).numpy()  # compile and warm up
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            mm(a, b).numpy()
+            reps += 1
+        return reps * flops / (time.perf_counter() - start) / 1e9
+
+    rng = np.random.default_rng(0)
+    n = 1024
+    square = tf.constant(rng.random((n, n), np.float32))
+    x = tf.constant(rng.random((10, 320, 784), np.float32))
+    w = tf.constant(rng.random((10, 784, 64), np.float32))
+    return {
+        "square_gflops": rate(square, square, 2.0 * n**3),
+        "mlp_shape_gflops": rate(x, w, 2.0 * 10 * 320 * 784 * 64),
+    }
+
+
+def _time_reference(data: MnistData, bn: bool, batch_size: int, seeds: int, epochs: int) -> dict:
+    """The notebook recipe exactly as written: default fit settings (own shuffle, no seeds)."""
+    import keras
+
+    from bnpipe.models import build_model
+
+    epoch_times: list[float] = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            epoch_times.append(time.perf_counter() - self.t0)
+
+    start = time.perf_counter()
+    for seed in range(seeds):
+        model = build_model(bn=bn, seed=seed)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=0.001),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        model.fit(
+            data.x_train,
+            data.y_train,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_data=(data.x_test, data.y_test),
+            verbose=0,
+            callbacks=[EpochTimer()],
+        )
+    total = time.perf_counter() - start
+    return _timing(total, seeds, epochs, [epoch_times[i::epochs] for i in range(epochs)])
+
+
+def _time_engine(
+    engine: str,
+    data: MnistData,
+    bn: bool,
+    batch_size: int,
+    seeds: int,
+    epochs: int,
+    steps_per_execution: int,
+) -> dict:
+    from bnpipe.train.engines import train_group
+
+    start = time.perf_counter()
+    results = train_group(
+        engine,
+        bn,
+        batch_size,
+        list(range(seeds)),
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        epochs=epochs,
+        learning_rate=0.001,
+        steps_per_execution=steps_per_execution,
+    )
+    total = time.perf_counter() - start
+    # Fused rows hold the amortized (per member) time; keras rows one model's own time.
+    per_epoch = [[r.history[e]["epoch_time_s"] for r in results] for e in range(epochs)]
+    timing = _timing(total, seeds, epochs, per_epoch)
+    timing["val_accuracy"] = float(np.mean([r.history[-1]["val_accuracy"] for r in results]))
+    return timing
+
+
+def _timing(
+    total: float,
+    models: int,
+    epochs: int,
+    per_epoch: list[list[float]],
+) -> dict:
+    """Seconds per model-epoch: overall (setup and compiles included) and in steady state.
+
+    ``per_epoch[e]`` lists epoch e's times (one per model, or the amortized share per member).
+    Steady state is the mean over epochs after the first, whose time includes tracing/compiling.
+    """
+    later = [t for row in per_epoch[1:] for t in row]
+    steady = float(np.mean(later)) if later else float("nan")
+    return {
+        "total_s": total,
+        "s_per_model_epoch": total / (models * epochs),
+        "steady_s_per_model_epoch": steady,
+        "models": models,
+        "epochs": epochs,
+    }
+
+
+def run_bench(
+    data: MnistData,
+    *,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    bn_values: Sequence[bool] = (True,),
+    seeds: int = 10,
+    keras_seeds: int = 2,
+    reference_seeds: int = 1,
+    epochs: int = 2,
+    steps_per_execution: int = 100,
+    probe_seconds: float = 2.0,
+    log: Any = print,
+) -> dict:
+    """Time (a) the reference recipe, (b) the keras engine, (c) the fused engine on one data set.
+
+    Engines run phase by phase (all reference cells first) so that the op-determinism switch the
+    engines turn on cannot slow down the reference runs.
+
+    Returns:
+        {"probe": ..., "flops_per_model_epoch", "floor_s", "cells": [per bn x batch size rows],
+        "peak_rss_mib", ...}; each row holds the three timings, speed-ups over the reference and
+        the fused engine's ratio to the FLOP floor.
+    """
+    log("matmul probe ...")
+    probe = matmul_probe(probe_seconds)
+    gflops = probe["square_gflops"]
+    log(
+        f"  square GEMM {gflops:.1f} GFLOP/s, "
+        f"fused layer-1 shape {probe['mlp_shape_gflops']:.1f} GFLOP/s"
+    )
+    flops = flops_per_model_epoch(len(data.x_train), len(data.x_test))
+    floor = flops / (gflops * 1e9)
+    log(f"  {flops / 1e9:.2f} GFLOP per model-epoch -> floor {floor:.3f} s per model-epoch")
+
+    cells = [(bn, bs) for bn in bn_values for bs in batch_sizes]
+    timings: dict[tuple[bool, int], dict[str, dict]] = {c: {} for c in cells}
+    plan = [("reference", reference_seeds), ("keras", keras_seeds), ("fused", seeds)]
+    for engine, models in plan:
+        for bn, bs in cells:
+            log(f"{engine:>9}: bn={'on' if bn else 'off'} bs={bs} ({models} models x {epochs} ep)")
+            if engine == "reference":
+                t = _time_reference(data, bn, bs, models, epochs)
+            else:
+                t = _time_engine(engine, data, bn, bs, models, epochs, steps_per_execution)
+            timings[(bn, bs)][engine] = t
+            log(
+                f"           {t['s_per_model_epoch']:.3f} s/model-epoch overall, "
+                f"{t['steady_s_per_model_epoch']:.3f} steady; peak RSS {peak_rss_mib():.0f} MiB"
+            )
+
+    rows = []
+    for bn, bs in cells:
+        t = timings[(bn, bs)]
+        ref = t["reference"]["s_per_model_epoch"]
+        rows.append(
+            {
+                "bn": bn,
+                "batch_size": bs,
+                **{k: t[k] for k in ENGINE_KEYS},
+                "speedup_keras": ref / t["keras"]["s_per_model_epoch"],
+                "speedup_fused": ref / t["fused"]["s_per_model_epoch"],
+                "fused_floor_ratio": t["fused"]["s_per_model_epoch"] / floor,
+                "fused_steady_floor_ratio": t["fused"]["steady_s_per_model_epoch"] / floor,
+            }
+        )
+    return {
+        "n_train": len(data.x_train),
+        "n_val": len(data.x_test),
+        "probe": probe,
+        "flops_per_model_epoch": flops,
+        "floor_s": floor,
+        "cells": rows,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def format_report(report: dict) -> str:
+    """A fixed-width table: seconds per model-epoch, speed-ups over (a), fused / FLOP floor."""
+    lines = [
+        f"MNIST {report['n_train']} train / {report['n_val']} val; floor "
+        f"{report['floor_s']:.3f} s/model-epoch at {report['probe']['square_gflops']:.1f} GFLOP/s",
+        "s/model-epoch overall (steady state after epoch 1 in brackets)",
+        f"{'bn':>3} {'bs':>4} {'(a) reference':>16} {'(b) keras':>16} {'(c) fused':>16}"
+        f" {'b/a':>6} {'c/a':>6} {'c/floor':>13}",
+    ]
+    for row in report["cells"]:
+
+        def cell(key: str, row: dict = row) -> str:
+            t = row[key]
+            return f"{t['s_per_model_epoch']:.3f} ({t['steady_s_per_model_epoch']:.3f})"
+
+        lines.append(
+            f"{'on' if row['bn'] else 'off':>3} {row['batch_size']:>4} {cell('reference'):>16}"
+            f" {cell('keras'):>16} {cell('fused'):>16} {row['speedup_keras']:>5.1f}x"
+            f" {row['speedup_fused']:>5.1f}x"
+            f" {row['fused_floor_ratio']:>5.2f} ({row['fused_steady_floor_ratio']:.2f})"
+        )
+    lines.append(f"peak RSS {report['peak_rss_mib']:.0f} MiB")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bnpipe bench``."""
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=list(DEFAULT_BATCH_SIZES), metavar="B"
+    )
+    parser.add_argument("--bn", choices=("on", "off", "both"), default="on")
+    parser.add_argument("--seeds", type=int, default=10, help="models trained by the fused engine")
+    parser.add_argument("--keras-seeds", type=int, default=2, help="models for the keras engine")
+    parser.add_argument(
+        "--reference-seeds", type=int, default=1, help="models for the reference recipe"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="epochs per model (>= 2 gives steady-state times)"
+    )
+    parser.add_argument("--steps-per-execution", type=int, default=100, help="keras engine knob")
+    parser.add_argument("--limit-train", type=int, default=None, help="first N training images")
+    parser.add_argument("--limit-test", type=int, default=None, help="first N test images")
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (else $BNPIPE_DATA_DIR)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``bnpipe bench``; returns the exit status."""
+    try:
+        data = load_mnist(args.data_dir).subset(args.limit_train, args.limit_test)
+    except DataError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    bn_values = {"on": (True,), "off": (False,), "both": (False, True)}[args.bn]
+    report = run_bench(
+        data,
+        batch_sizes=args.batch_sizes,
+        bn_values=bn_values,
+        seeds=args.seeds,
+        keras_seeds=args.keras_seeds,
+        reference_seeds=args.reference_seeds,
+        epochs=args.epochs,
+        steps_per_execution=args.steps_per_execution,
+    )
+    print(format_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0

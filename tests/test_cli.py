@@ -1,0 +1,68 @@
+"""Bad input: a one-line error naming the field or file, exit code 2, and no MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bnpipe.cli import EXIT_BAD_INPUT, main
+from tests.test_data import fake_idx_dir
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BNPIPE_DATA_DIR", raising=False)
+    (tmp_path / "mnist").mkdir()
+    fake_idx_dir(tmp_path / "mnist")
+    return tmp_path
+
+
+def assert_rejected(capsys, argv: list[str], fragment: str, workdir: Path) -> None:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_BAD_INPUT
+    assert err.startswith("bnpipe: error: ") and "\n" not in err, err
+    assert fragment in err, err
+    # nothing half-written: no tracking store, so certainly no run
+    assert not (workdir / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.epochz=1", "unknown key 'train.epochz'; did you mean 'train.epochs'?"),
+        ("train.epochs=ten", "train.epochs"),
+        ("grid.batch_sizes=[0]", "grid.batch_sizes"),
+        ("grid.seeds=[]", "grid.seeds: must not be empty"),
+        ("grid.seeds=[3,3]", "grid.seeds: has duplicates"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.learning_rate=0", "train.learning_rate"),
+    ],
+)
+def test_bad_config_exits_2(capsys, workdir, override, fragment):
+    assert_rejected(capsys, ["run", "--set", override], fragment, workdir)
+
+
+def test_unreadable_params_file(capsys, workdir):
+    (workdir / "params.yaml").write_text("grid: {seeds: [1, 2\n")
+    assert_rejected(capsys, ["run"], "params.yaml: unreadable YAML", workdir)
+
+
+def test_missing_params_file(capsys, workdir):
+    assert_rejected(capsys, ["run", "--params", "other.yaml"], "other.yaml: cannot read", workdir)
+
+
+def test_missing_data_dir(capsys, workdir):
+    assert_rejected(
+        capsys,
+        ["run", "--set", "data.dir=./nowhere"],
+        "data.dir: nowhere is not a directory",
+        workdir,
+    )
+
+
+def test_checksum_mismatch(capsys, workdir):
+    assert_rejected(capsys, ["run", "--set", "data.dir=mnist"], "md5 checksum mismatch", workdir)
