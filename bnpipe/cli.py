@@ -126,6 +126,8 @@ def _quiet_defaults() -> None:
     """
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The temporary Prefect server would try to phone home; these machines are often offline.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ Slow (trains 16 real models) and needs BNPIPE_DATA_DIR; CI sets it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,10 @@ def test_bnpipe_run_on_real_mnist(tmp_path):
     out = proc.stdout
     assert "[ 16/16]" in out  # progress reached the last cell
     assert "BN minus no-BN test accuracy" in out
-    for bs in (16, 32, 64, 128):
-        assert f"\n{bs:>5}    2  0.9" in out  # batch size, 2 pairs, accuracies ~0.9x
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(0\.\d{4})\s+(0\.\d{4})\s+", out, re.MULTILINE)
+    # one summary row per batch size, 2 pairs each, accuracies of one epoch (~0.93-0.97)
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(16, 2), (32, 2), (64, 2), (128, 2)]
+    assert all(0.9 < float(a) < 1.0 for r in rows for a in r[2:])
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
     try:
