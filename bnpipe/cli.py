@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from bnpipe.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_MISMATCH = 1  # bnpipe reproduce: the re-trained cell differs from its record
 DEFAULT_PARAMS = "params.yaml"
 
 
@@ -33,8 +35,22 @@ def _add_params_args(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the BN x batch-size x seed grid")
+    run = sub.add_parser(
+        "run",
+        help="run the BN x batch-size x seed grid (cells finished in earlier runs are reused)",
+    )
     _add_params_args(run)
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train every cell, even those an earlier run finished with the same cell key",
+    )
+    reproduce = sub.add_parser(
+        "reproduce",
+        help="re-train one cell from its MLflow run and compare metrics and weights exactly",
+    )
+    reproduce.add_argument("run_id", help="a child run id (one cell), as shown in MLflow")
+    _add_params_args(reproduce)
     report = sub.add_parser("report", help="rebuild a run's report from MLflow (no training)")
     report.add_argument("run_id", help="the parent run id that `bnpipe run` printed")
     _add_params_args(report)
@@ -90,33 +106,90 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args.params, args.overrides)
         preflight(cfg)
     except (ConfigError, DataError, TrackingError) as exc:
-        print(f"bnpipe: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return bad_input(str(exc))
     from flows.pipeline import ablation
 
-    out = ablation(cfg.model_dump(mode="json"))
+    out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
+    print()
+    print(format_run_summary(out))
+    return EXIT_FAILED_CELLS if any(r["status"] == "failed" for r in out["results"]) else EXIT_OK
+
+
+def format_run_summary(out: dict) -> str:
+    """Everything printed after a run: the table, what was reused, what failed and why."""
     results = out["results"]
     failed = [r for r in results if r["status"] == "failed"]
     diverged = [r for r in results if r["status"] == "diverged"]
-    print()
-    print(
-        f"BN minus no-BN test accuracy, paired by seed ({len(results)} cells, "
-        f"{out['wall_time_s']:.0f}s):"
-    )
-    print(format_summary(out["summary"]))
+    lines = [
+        f"BN minus no-BN test accuracy, paired by seed ({len(results)} cells: "
+        f"{out['trained']} trained, {out['reused']} reused; {out['wall_time_s']:.0f}s):",
+        format_summary(out["summary"]),
+    ]
+    if out["reused"]:
+        lines.append(
+            f"reused {out['reused']} finished cells of earlier runs (same cell key; listed in "
+            "reused.csv on the parent run); --fresh trains everything"
+        )
+    if out["abandoned"]:
+        lines.append(
+            f"marked {len(out['abandoned'])} run(s) of a killed bnpipe process FAILED "
+            "(bnpipe.failure_reason=abandoned)"
+        )
     for r in diverged:
-        print(
-            f"diverged: bn={'on' if r['bn'] else 'off'} bs={r['batch_size']} seed={r['seed']}"
-            " (its pair is left out of the statistics)"
+        lines.append(
+            f"diverged: {_cell_name(r)} (non-finite loss; its pair is left out of the statistics)"
         )
-    for r in failed:
-        print(
-            f"FAILED: bn={'on' if r['bn'] else 'off'} bs={r['batch_size']} seed={r['seed']}: "
-            f"{r['error']}"
-        )
-    print(f"report: {out['report']}")
-    print(f"parent run: {out['parent_run_id']} ({out['run_name']}) in {out['tracking_uri']}")
-    return EXIT_FAILED_CELLS if failed else EXIT_OK
+    if failed:
+        lines.append(f"FAILED: {len(failed)} of {len(results)} cells (their pairs are left out):")
+        lines += [f"  {_cell_name(r)}: {r['error']}  [run {r['run_id']}]" for r in failed]
+    lines.append(f"report: {out['report']}")
+    lines.append(f"parent run: {out['parent_run_id']} ({out['run_name']}) in {out['tracking_uri']}")
+    return "\n".join(lines)
+
+
+def _cell_name(r: dict) -> str:
+    return f"bn={'on' if r['bn'] else 'off'} bs={r['batch_size']} seed={r['seed']}"
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from bnpipe.data import DataError
+    from bnpipe.reproduce import ReproduceError, format_reproduction, reproduce_run
+    from bnpipe.tracking import Tracker, TrackingError, resolve_uri
+
+    try:
+        cfg = resolve_config(args.params, args.overrides)
+        tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
+        tracker.check()
+        rep = reproduce_run(tracker, args.run_id, cfg.data.dir)
+    except (ConfigError, DataError, TrackingError, ReproduceError) as exc:
+        return bad_input(str(exc))
+    except MlflowException as exc:
+        return bad_input(f"run {args.run_id}: {_first_line(exc)}")
+    print(format_reproduction(rep))
+    return EXIT_OK if rep.matches else EXIT_MISMATCH
+
+
+# Characters that start a new line in a terminal or for str.splitlines().
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def bad_input(message: str) -> int:
+    """Print ``bnpipe: error: message`` as exactly one line; return exit code 2.
+
+    Keys and values echoed in a message come from the user and may hold line breaks (a YAML key
+    can); they are shown escaped so the error stays one line.
+    """
+    for ch in _LINE_BREAKS:
+        message = message.replace(ch, ch.encode("unicode_escape").decode())
+    print(f"bnpipe: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _quiet_defaults() -> None:
@@ -126,6 +199,10 @@ def _quiet_defaults() -> None:
     """
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # MLflow announces creating and migrating a new store at INFO; an error line must stand alone.
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     # The temporary Prefect server would try to phone home; these machines are often offline.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -142,12 +219,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         tracker.check()
         results, histories, run_name, _ = tracker.parent_tables(args.run_id)
     except (ConfigError, TrackingError) as exc:
-        print(f"bnpipe: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return bad_input(str(exc))
     except (MlflowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"bnpipe: error: run {args.run_id}: {first}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return bad_input(f"run {args.run_id}: {_first_line(exc)}")
     out = build_report(
         results,
         histories,
@@ -176,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "reproduce":
+        return cmd_reproduce(args)
     if args.command == "bench":
         from bnpipe import bench
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bnpipe.config import Config
-from bnpipe.provenance import NUMERIC_PACKAGES, cell_key, package_versions
+from bnpipe.provenance import NUMERIC_PACKAGES, cell_key, code_digest, package_versions
 from bnpipe.train.common import HISTORY_KEYS, Cell, TrainResult
 
 RESULT_COLUMNS = (
@@ -23,6 +23,7 @@ RESULT_COLUMNS = (
     "epoch_time_s",
     "run_id",
     "error",
+    "reused",
 )
 
 
@@ -70,9 +71,33 @@ def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
 
 
 def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
-    """Cell key: the cell's params plus the versions of packages that change its numbers."""
-    versions = package_versions(NUMERIC_PACKAGES)
-    return cell_key({"params": cell_params(cfg, cell, data_digest), "versions": versions})
+    """Cell key: everything that decides a cell's numbers.
+
+    The cell's params (data digest, model, training settings, BN, batch size, seed, engine), the
+    versions of the packages that compute them (and Python's), and the digest of bnpipe's own
+    numeric code. Speed-only settings (steps_per_execution, max_models_per_chunk, the task
+    runner) are left out: they change no numbers, so a result found under the key stays valid.
+    """
+    return cell_key(
+        {
+            "params": cell_params(cfg, cell, data_digest),
+            "versions": package_versions(NUMERIC_PACKAGES),
+            "code": code_digest(),
+        }
+    )
+
+
+def engine_seeds(engine: str, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """The seeds to hand to ``train_group`` so each cell trains exactly as in a full group.
+
+    XLA compiles the fused engine's program for a single stacked model (K = 1) differently from
+    K >= 2 (measured: K = 1 weights differ in the last bits, K = 2..12 agree bit for bit). A lone
+    seed is therefore trained beside a copy of itself; callers keep the first ``len(seeds)``
+    results. This keeps a resumed group and ``bnpipe reproduce`` identical to the original run.
+    """
+    if engine == "fused" and len(seeds) == 1:
+        return (seeds[0], seeds[0])
+    return tuple(seeds)
 
 
 def history_frame(result: TrainResult) -> pd.DataFrame:
@@ -91,8 +116,12 @@ def result_row(
     test_loss: float = float("nan"),
     history: pd.DataFrame | None = None,
     error: str | None = None,
+    reused: bool = False,
 ) -> dict[str, Any]:
-    """One row of the results table (schema RESULT_COLUMNS)."""
+    """One row of the results table (schema RESULT_COLUMNS).
+
+    ``reused`` marks a cell whose result comes from an earlier run (``run_id`` is that run).
+    """
     has_history = history is not None and len(history) > 0
     return {
         "bn": cell.bn,
@@ -105,4 +134,5 @@ def result_row(
         "epoch_time_s": float(history["epoch_time_s"].mean()) if has_history else float("nan"),
         "run_id": run_id,
         "error": error or "",
+        "reused": reused,
     }

@@ -1,18 +1,37 @@
-"""Facts about where a result came from: package versions, git commit, the cell key."""
+"""Facts about where a result came from: package versions, code, machine, git commit, cell key."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import os
 import platform
 import subprocess
+from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 # Packages whose version can change the numbers a cell produces (part of the cell key), and the
 # orchestration/tracking ones that are recorded but cannot change a result.
 NUMERIC_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy")
 RECORDED_PACKAGES = (*NUMERIC_PACKAGES, "mlflow", "prefect", "pandas", "scipy", "bnpipe")
+
+# The modules whose code decides a cell's numbers: preprocessing, the model, the engines and the
+# test evaluation. An edit to their logic must never let an old result stand in for a new one.
+NUMERIC_MODULES = (
+    "data.py",
+    "models.py",
+    "evaluate.py",
+    "train/common.py",
+    "train/engines.py",
+    "train/keras_engine.py",
+    "train/fused.py",
+)
+# Environment variables that change TF's kernels or XLA's code generation, hence the last bits.
+NUMERIC_ENV_VARS = ("TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "TF_XLA_FLAGS", "TF_DETERMINISTIC_OPS")
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
@@ -24,6 +43,61 @@ def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, st
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@cache
+def code_digest(modules: tuple[str, ...] = NUMERIC_MODULES) -> str:
+    """Hash of the syntax trees of the modules that compute a cell's numbers.
+
+    Comments, docstrings and formatting do not count (the AST has no comments and docstrings are
+    dropped), so only a change to what the code does gives new cell keys and a retrain.
+    """
+    h = hashlib.sha256()
+    for name in modules:
+        tree = _strip_docstrings(ast.parse((_PACKAGE_DIR / name).read_text(encoding="utf-8")))
+        h.update(name.encode())
+        h.update(ast.dump(tree, annotate_fields=False).encode())
+    return h.hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass  # not Linux: platform.processor() below is the best portable answer
+    return platform.processor() or "unknown"
+
+
+def environment_facts() -> dict[str, str]:
+    """Machine facts that can change floating-point results without any version changing.
+
+    Recorded on every run so ``bnpipe reproduce`` can say which of them differ when numbers do.
+    """
+    facts = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_count": str(os.cpu_count()),
+    }
+    for var in NUMERIC_ENV_VARS:
+        facts[var] = os.environ.get(var, "unset")
+    return facts
 
 
 def git_commit() -> str | None:

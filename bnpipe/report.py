@@ -254,7 +254,7 @@ def plot_paired_seeds(results: pd.DataFrame, path: Path) -> Path:
             ax.set_title(f"batch size {bs}: BN higher in {n_up}/{len(p)}", fontsize=9)
         ax.set_xticks([0, 1], [LABELS[False], LABELS[True]], fontsize=8)
         ax.set_xlim(-0.3, 1.3)
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=2))
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     _hide_unused(axes, len(sizes))

@@ -1,30 +1,68 @@
-"""Every MLflow call of the project: store, experiment, parent/child runs, reading results back.
+"""Every MLflow call of the project: store, experiment, parent/child runs, claims, reading back.
 
-Only the flow process writes (one writer per store): SQLite stores lock under concurrent
-writers, and a single writer also keeps the run tree consistent when training is distributed.
+Resume and concurrency rest on three facts kept in run tags:
+
+- ``bnpipe.cell_key`` on every child run: the hash of everything that decides the cell's numbers.
+  A FINISHED child with the key is a result any later run may reuse instead of training.
+- A child run is created RUNNING *before* its cell trains: that run is the cell's claim. Two
+  processes that claim the same key both see both claims on reading back; the earliest claim
+  (start time, then run id) trains, the other withdraws its claim (deletes that run) and waits.
+- ``bnpipe.owner`` (host, pid, process start) on every run and ``bnpipe.heartbeat`` on parents
+  tell a live claim from one whose process was killed: those are marked FAILED ("abandoned") and
+  their cells trained again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
+import random
+import socket
+import sqlite3
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent first opens stay unprotected there
+    fcntl = None
 
 STORE_DIR = Path("mlruns")
 TAG_PREFIX = "bnpipe."
 PARENT_TAG = "mlflow.parentRunId"
+CELL_KEY_TAG = TAG_PREFIX + "cell_key"
+STATUS_TAG = TAG_PREFIX + "status"
+ROLE_TAG = TAG_PREFIX + "role"
+OWNER_TAG = TAG_PREFIX + "owner"
+HEARTBEAT_TAG = TAG_PREFIX + "heartbeat"
+FAILURE_TAG = TAG_PREFIX + "failure_reason"
+ERROR_TAG = TAG_PREFIX + "error"
+ABANDONED = "abandoned"
 # MLflow caps one log_batch call at 1000 metrics / 100 params / 100 tags.
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
+# A parent's heartbeat is refreshed this often; a run on another host whose heartbeat is older
+# than STALE_AFTER_S counts as abandoned (on the same host the process table decides at once).
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 300.0
+# The preflight check may not wait minutes on a server that does not answer (MLflow's default is
+# several retries with backoff); the real run keeps MLflow's patient defaults.
+PREFLIGHT_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+_LOCKED = ("database is locked", "database table is locked")
+_log = logging.getLogger(__name__)
 
 
 class TrackingError(RuntimeError):
@@ -45,55 +83,351 @@ def _is_local_sqlite(uri: str) -> bool:
     return uri.startswith("sqlite:///")
 
 
+def _sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _store_problem(exc: BaseException) -> str:
+    """The useful part of an error from opening a store (HTTP errors bury it in a long line)."""
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused (is the MLflow server running, and on this port?)"
+    if "timed out" in text.lower():
+        timeout = PREFLIGHT_HTTP_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+        return f"no answer within {timeout} s (is this an MLflow server?)"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "unknown host"
+    return _first_line(exc)
+
+
+# -- who owns a run ------------------------------------------------------------------------------
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name, or None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return ""
+
+
+def _start_token(pid: int) -> str:
+    """Boot id + start time of ``pid`` (tells a pid reused after a reboot or wrap-around apart).
+
+    Empty where /proc does not exist (macOS): then only the pid and the heartbeat are known.
+    """
+    if not Path("/proc/self/stat").exists():
+        return ""
+    fields = _proc_stat(pid)
+    return f"{_boot_id()}:{fields[19]}" if fields else ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that created a run: host name, pid, and the process's start token."""
+
+    host: str
+    pid: int
+    started: str
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), _start_token(os.getpid()))
+
+    @classmethod
+    def parse(cls, value: str | None) -> Owner | None:
+        if not value:
+            return None
+        host, _, rest = value.partition("|")
+        pid, _, started = rest.partition("|")
+        return cls(host, int(pid), started) if pid.isdigit() else None
+
+    def tag(self) -> dict[str, str]:
+        return {OWNER_TAG: f"{self.host}|{self.pid}|{self.started}"}
+
+    def is_gone(self) -> bool | None:
+        """True if the process has ended, False if it runs, None if this host cannot tell."""
+        if self.host != socket.gethostname():
+            return None
+        if self.started and Path("/proc/self/stat").exists():
+            fields = _proc_stat(self.pid)
+            # A zombie (state Z) has exited; only its parent has not reaped it yet.
+            return fields is None or fields[0] == "Z" or _start_token(self.pid) != self.started
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # it exists, owned by another user
+        return False
+
+
+# -- records -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CellSpec:
+    """What a claim records before training: the cell's key, run name, params and tags."""
+
+    key: str
+    name: str
+    params: Mapping[str, Any]
+    tags: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """One child run as stored: status, params, latest metrics, tags."""
+
+    run_id: str
+    name: str
+    status: str
+    lifecycle: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run: Run) -> CellRun:
+        return cls(
+            run_id=run.info.run_id,
+            name=run.info.run_name or "",
+            status=run.info.status,
+            lifecycle=run.info.lifecycle_stage,
+            start_time=int(run.info.start_time or 0),
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            tags=dict(run.data.tags),
+        )
+
+    @property
+    def key(self) -> str:
+        return self.tags.get(CELL_KEY_TAG, "")
+
+    @property
+    def parent_id(self) -> str:
+        return self.tags.get(PARENT_TAG, "")
+
+    @property
+    def reusable(self) -> bool:
+        """A finished cell with a test accuracy: its result stands for any run with its key."""
+        return (
+            self.status == "FINISHED"
+            and self.lifecycle == "active"
+            and self.tags.get(STATUS_TAG) == "finished"
+            and "test_accuracy" in self.metrics
+        )
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Claims and duplicate results are ranked by this: the earliest wins, everywhere."""
+        return (self.start_time, self.run_id)
+
+
+@dataclass
+class Claims:
+    """Outcome of claiming cells: what to train, what to reuse, what to wait for (by key)."""
+
+    won: dict[str, str] = field(default_factory=dict)  # key -> our claim run id: train it
+    finished: dict[str, CellRun] = field(default_factory=dict)  # key -> a result to reuse
+    taken: dict[str, str] = field(default_factory=dict)  # key -> another live claim: wait
+
+
+class _RetryingClient:
+    """MlflowClient whose calls retry when SQLite reports a lock.
+
+    SQLite returns "database is locked" at once (no busy wait) when a read transaction of one
+    connection must upgrade to a write while another connection has written: with two ``bnpipe
+    run`` processes on one store this happens. The failed transaction was rolled back, so a
+    retry is safe.
+    """
+
+    def __init__(self, client: MlflowClient, attempts: int = 12) -> None:
+        self._client = client
+        self._attempts = attempts
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(self._attempts):
+                try:
+                    return attr(*args, **kwargs)
+                except MlflowException as exc:
+                    if attempt == self._attempts - 1 or not any(s in str(exc) for s in _LOCKED):
+                        raise
+                    time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            raise AssertionError("unreachable")
+
+        return call
+
+
+class _DropLockedRetries(logging.Filter):
+    """MLflow logs a full traceback for every SQLite lock error; ours are retried, so drop them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(s in record.getMessage() for s in _LOCKED)
+
+
+_DROP_LOCKED = _DropLockedRetries()
+
+
+@contextlib.contextmanager
+def _bounded_http() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in PREFLIGHT_HTTP_ENV}
+    os.environ.update(PREFLIGHT_HTTP_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a local SQLite store while MLflow opens it.
+
+    MLflow creates and migrates a new database when it first opens it, without a lock: two
+    ``bnpipe run`` processes starting on a new store at once crash in the migration.
+    """
+    if not _is_local_sqlite(uri) or fcntl is None:
+        yield
+        return
+    db = _sqlite_path(uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with (db.parent / f".{db.name}.open-lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @dataclass
 class Tracker:
     """An experiment in one tracking store; all writes of one flow run go through it."""
 
     uri: str
     experiment_name: str
-    store_dir: Path = STORE_DIR
+    store_dir: Path | None = None  # artifacts folder's parent; None: beside a SQLite database
 
     def __post_init__(self) -> None:
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._client: _RetryingClient | None = None
         self._experiment_id: str | None = None
+        if self.store_dir is None:
+            self.store_dir = (
+                _sqlite_path(self.uri).parent if _is_local_sqlite(self.uri) else STORE_DIR
+            )
+        logging.getLogger("mlflow.store.db.utils").addFilter(_DROP_LOCKED)
+
+    @property
+    def client(self) -> _RetryingClient:
+        """The MLflow client; opening it creates (and migrates) a new SQLite store."""
+        if self._client is None:
+            with _store_lock(self.uri):
+                self._client = _RetryingClient(MlflowClient(tracking_uri=self.uri))
+        return self._client
 
     # -- store -------------------------------------------------------------------------------
     def check(self) -> str:
-        """Open (or create) the experiment now, so a bad store fails before any compute.
+        """Open (or create) the experiment and prove the store takes writes, before any compute.
 
-        Returns the experiment id.
+        A read-only database, an artifact folder that cannot be written and a server that does
+        not answer all fail here, in seconds. Returns the experiment id.
+
+        Raises:
+            TrackingError: with one line saying what is wrong with which store.
         """
         if _is_local_sqlite(self.uri):
-            db = Path(self.uri.removeprefix("sqlite:///"))
-            folder = db.parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise TrackingError(
-                    f"tracking store {folder}: cannot create ({exc.strerror})"
-                ) from None
-            if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-                raise TrackingError(f"tracking store {db}: not writable")
+            self._check_sqlite_folder()
         try:
-            return self.experiment_id
+            with _bounded_http():
+                exp_id = self.experiment_id
+                # A write the store must accept now, or training would be wasted.
+                self.client.set_experiment_tag(exp_id, TAG_PREFIX + "last_check", time.time())
+        except TrackingError:
+            raise
         except Exception as exc:  # any failure here means the store is unusable; say so plainly
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrackingError(f"tracking store {self.uri}: {first[:300]}") from None
+            raise TrackingError(f"tracking store {self.uri}: {_store_problem(exc)}") from None
+        if _is_local_sqlite(self.uri):
+            self._use_wal()
+        self._check_artifact_root(exp_id)
+        return exp_id
+
+    def _check_sqlite_folder(self) -> None:
+        db = _sqlite_path(self.uri)
+        for folder in (db.parent, *db.parent.parents):
+            if folder.exists() and not folder.is_dir():
+                raise TrackingError(f"tracking store {db}: {folder} is a file, not a folder")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(
+                f"tracking store {db.parent}: cannot create ({exc.strerror})"
+            ) from None
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(f"tracking store {db}: not writable")
+
+    def _use_wal(self) -> None:
+        """Write-ahead logging: readers (another process polling) never block the writer."""
+        with contextlib.closing(sqlite3.connect(_sqlite_path(self.uri), timeout=20)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+
+    def _check_artifact_root(self, exp_id: str) -> None:
+        location = self.client.get_experiment(exp_id).artifact_location
+        parsed = urlparse(location)
+        if parsed.scheme not in ("", "file"):
+            return  # a server's artifact store: reachability was proved above
+        root = Path(unquote(parsed.path))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=root, prefix=".bnpipe-check-"):
+                pass
+        except OSError as exc:
+            raise TrackingError(
+                f"artifact store {root}: cannot write ({exc.strerror or exc})"
+            ) from None
 
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment_name)
-            if exp is not None:
-                self._experiment_id = exp.experiment_id
-            else:
+            if exp is None:
                 location = None
                 if _is_local_sqlite(self.uri):
                     # Keep artifacts beside the database under mlruns/, not in the working dir.
-                    location = (self.store_dir / "artifacts").resolve().as_uri()
-                self._experiment_id = self.client.create_experiment(
-                    self.experiment_name, artifact_location=location
-                )
+                    location = (Path(self.store_dir) / "artifacts").resolve().as_uri()
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment_name, artifact_location=location
+                    )
+                except MlflowException as exc:
+                    # Another process created it between our lookup and our create.
+                    exp = self.client.get_experiment_by_name(self.experiment_name)
+                    if exp is None:
+                        raise exc from None
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    raise TrackingError(
+                        f"experiment {self.experiment_name!r} is deleted in {self.uri}; restore "
+                        "it (mlflow experiments restore) or set tracking.experiment"
+                    )
+                self._experiment_id = exp.experiment_id
         return self._experiment_id
 
     # -- writing -----------------------------------------------------------------------------
@@ -138,25 +472,110 @@ class Tracker:
                 tags=t[i * _MAX_TAGS : (i + 1) * _MAX_TAGS],
             )
 
+    def claim_cells(
+        self, parent_id: str, specs: list[CellSpec], owner: Owner, *, exclusive: bool = True
+    ) -> Claims:
+        """Create one RUNNING child run per cell (its claim), then settle races by reading back.
+
+        With ``exclusive`` (the default), a cell that another run finished meanwhile is reused and
+        a cell another live run claimed earlier is left to it; our own claim on those cells is
+        withdrawn (deleted, so no empty duplicate remains). Without it (``--fresh``) every claim
+        is ours to train.
+        """
+        mine = {
+            s.key: self.start_run(
+                s.name,
+                params=s.params,
+                tags={**s.tags, CELL_KEY_TAG: s.key, STATUS_TAG: "running", **owner.tag()},
+                parent_id=parent_id,
+            )
+            for s in specs
+        }
+        if not exclusive or not mine:
+            return Claims(won=mine)
+        by_key = self._cell_runs_by_key(mine)
+        claims, parents = Claims(), {}
+        for key, run_id in mine.items():
+            found = by_key.get(key, [])
+            done = [r for r in found if r.reusable]
+            live = [
+                r
+                for r in found
+                if r.status == "RUNNING"
+                and r.lifecycle == "active"
+                and (r.run_id == run_id or not self._abandoned(r, parents))
+            ]
+            first = min(live, key=lambda r: r.order) if live else None
+            if done:
+                claims.finished[key] = min(done, key=lambda r: r.order)
+            elif first is None or first.run_id == run_id:
+                claims.won[key] = run_id
+                continue
+            else:
+                claims.taken[key] = first.run_id
+            self.client.delete_run(run_id)
+        return claims
+
+    def _cell_runs_by_key(self, keys: Iterable[str]) -> dict[str, list[CellRun]]:
+        wanted = set(keys)
+        out: dict[str, list[CellRun]] = {}
+        for run in self._runs(f"tags.`{CELL_KEY_TAG}` IS NOT NULL"):
+            cell = CellRun.of(run)
+            if cell.key in wanted:
+                out.setdefault(cell.key, []).append(cell)
+        return out
+
+    def finished_cells(self, keys: Iterable[str]) -> dict[str, CellRun]:
+        """For each key with a reusable result, the earliest such run (one pick, every time)."""
+        return {
+            key: min(done, key=lambda r: r.order)
+            for key, runs in self._cell_runs_by_key(keys).items()
+            if (done := [r for r in runs if r.reusable])
+        }
+
+    def wait_for(self, run_ids: Iterable[str], poll_s: float = 2.0) -> dict[str, CellRun | None]:
+        """Block until at least one of the claims ``run_ids`` is settled; return the settled ones.
+
+        A settled claim maps to its run when it finished with a result, or to None when it
+        failed, was withdrawn, or its process is gone (then it is marked FAILED here).
+        """
+        ids = list(run_ids)
+        while True:
+            settled: dict[str, CellRun | None] = {}
+            parents: dict[str, float | None] = {}
+            for run in self._runs(
+                "attributes.run_id IN (" + ",".join(f"'{i}'" for i in ids) + ")", ViewType.ALL
+            ):
+                cell = CellRun.of(run)
+                if cell.reusable:
+                    settled[cell.run_id] = cell
+                elif cell.status != "RUNNING" or cell.lifecycle != "active":
+                    settled[cell.run_id] = None
+                elif self._abandoned(cell, parents):
+                    self._mark_abandoned(cell)
+                    settled[cell.run_id] = None
+            if settled:
+                return settled
+            time.sleep(poll_s)
+
     def log_cell(
         self,
-        parent_id: str,
-        run_name: str,
+        run_id: str,
         *,
-        params: Mapping[str, Any],
         tags: Mapping[str, Any],
         history: pd.DataFrame,
         final_metrics: Mapping[str, float],
         confusion: np.ndarray | None,
         weights: list[np.ndarray] | None,
         status: str,
+        timestamp_ms: int | None = None,
     ) -> str:
-        """One child run for one grid cell: params, per-epoch metrics, final metrics, artifacts.
+        """Fill a claimed child run: tags, per-epoch metrics, final metrics, artifacts; close it.
 
-        ``status`` is "FINISHED" or "FAILED" (diverged or errored; the tags say why).
+        ``status`` is "FINISHED" or "FAILED" (diverged or errored; the tags say why). A fixed
+        ``timestamp_ms`` makes a retried call write the same metric rows again, not new ones.
         """
-        run_id = self.start_run(run_name, params=params, tags=tags, parent_id=parent_id)
-        now = int(time.time() * 1000)
+        now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
         metrics = [
             Metric(col, float(row[col]), now, int(row["epoch"]))
             for _, row in history.iterrows()
@@ -164,7 +583,7 @@ class Tracker:
             if col != "epoch" and np.isfinite(row[col])
         ]
         metrics += [Metric(k, float(v), now, 0) for k, v in final_metrics.items() if np.isfinite(v)]
-        self._log_batch(run_id, metrics=metrics)
+        self._log_batch(run_id, metrics=metrics, tags=tags)
         self.client.log_text(run_id, history.to_csv(index=False), "history.csv")
         if confusion is not None:
             cm = pd.DataFrame(confusion).rename_axis(index="true", columns="predicted")
@@ -205,34 +624,113 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), artifact_path="report")
         self.client.set_terminated(run_id, status)
 
-    def fail_run(self, run_id: str, reason: str) -> None:
+    def fail_run(self, run_id: str, reason: str, *, failure: str | None = None) -> None:
         """Mark a run FAILED with the reason as a tag (used when the flow itself errors)."""
-        self.client.set_tag(run_id, TAG_PREFIX + "failure_reason", reason[:5000])
+        tags = {FAILURE_TAG: (failure or reason)[:5000]}
+        if failure is not None:
+            tags[ERROR_TAG] = reason[:5000]
+            tags[STATUS_TAG] = failure
+        self._log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, "FAILED")
 
+    # -- runs whose process is gone ----------------------------------------------------------
+    def _heartbeat_age(self, parent_id: str, cache: dict[str, float | None]) -> float | None:
+        if parent_id not in cache:
+            beat = self.client.get_run(parent_id).data.tags.get(HEARTBEAT_TAG)
+            cache[parent_id] = time.time() - float(beat) if beat else None
+        return cache[parent_id]
+
+    def _abandoned(self, run: CellRun, parents: dict[str, float | None]) -> bool:
+        """Whether a RUNNING run's process is gone (killed, crashed, machine off)."""
+        owner = Owner.parse(run.tags.get(OWNER_TAG))
+        if owner is None:
+            return False  # not written by this version of bnpipe: cannot tell, leave it alone
+        gone = owner.is_gone()
+        if gone is not None:
+            return gone
+        age = self._heartbeat_age(run.parent_id or run.run_id, parents)
+        return age is not None and age > STALE_AFTER_S
+
+    def _mark_abandoned(self, run: CellRun) -> None:
+        owner = Owner.parse(run.tags.get(OWNER_TAG))
+        who = f"process {owner.pid} on {owner.host}" if owner else "its process"
+        self.fail_run(
+            run.run_id,
+            f"{who} ended before the run finished (killed, crashed or the machine stopped); "
+            f"marked FAILED by {Owner.current().host}|{os.getpid()} at {time.ctime()}",
+            failure=ABANDONED,
+        )
+
+    def fail_abandoned_runs(self) -> list[str]:
+        """Mark FAILED every RUNNING run of the experiment whose process is gone; their ids.
+
+        Runs of processes that are alive (a concurrent ``bnpipe run``) are left alone.
+        """
+        parents: dict[str, float | None] = {}
+        failed = []
+        for run in self._runs("attributes.status = 'RUNNING'"):
+            cell = CellRun.of(run)
+            if self._abandoned(cell, parents):
+                self._mark_abandoned(cell)
+                failed.append(cell.run_id)
+        return failed
+
+    @contextlib.contextmanager
+    def heartbeat(self, run_id: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+        """Refresh ``bnpipe.heartbeat`` on ``run_id`` in a background thread while inside."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while True:
+                try:
+                    self.client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+                except MlflowException as exc:
+                    # A missed beat only matters after STALE_AFTER_S of them; keep training.
+                    _log.warning("heartbeat of run %s not written: %s", run_id, _first_line(exc))
+                if stop.wait(every_s):
+                    return
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
     # -- reading -----------------------------------------------------------------------------
+    def _runs(self, filter_string: str, view: int = ViewType.ACTIVE_ONLY) -> Iterator[Run]:
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=filter_string,
+                run_view_type=view,
+                max_results=1000,
+                page_token=token,
+            )
+            yield from page
+            token = page.token
+            if not token:
+                return
+
     def children(self, parent_id: str) -> pd.DataFrame:
         """The child runs of a parent as a DataFrame (one row per run)."""
         return self._search(f"tags.`{PARENT_TAG}` = '{parent_id}'")
 
     def _search(self, filter_string: str) -> pd.DataFrame:
-        rows, token = [], None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=filter_string,
-                max_results=1000,
-                page_token=token,
-            )
-            for r in page:
-                row = {"run_id": r.info.run_id, "run_status": r.info.status}
-                row.update({f"params.{k}": v for k, v in r.data.params.items()})
-                row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
-                row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
-                rows.append(row)
-            token = page.token
-            if not token:
-                return pd.DataFrame(rows)
+        rows = []
+        for r in self._runs(filter_string):
+            row = {"run_id": r.info.run_id, "run_status": r.info.status}
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def cell_run(self, run_id: str) -> CellRun:
+        """One run as recorded (any run id; MlflowException if there is none)."""
+        return CellRun.of(self.client.get_run(run_id))
 
     def parent_tables(self, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str, dict[str, str]]:
         """What a parent run recorded: (results, histories, run name, params)."""
@@ -254,3 +752,13 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, "history.csv", tmp)
             return pd.read_csv(path)
+
+    def weights(self, run_id: str) -> list[np.ndarray] | None:
+        """A child run's weights.npz (in ``get_weights`` order), or None if none was logged."""
+        names = {a.path for a in self.client.list_artifacts(run_id)}
+        if "weights.npz" not in names:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, "weights.npz", tmp)
+            with np.load(path) as f:
+                return [f[f"arr_{i}"] for i in range(len(f.files))]

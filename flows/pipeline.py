@@ -4,8 +4,10 @@ analyse at the end. Prefect lives here only; the work is done by plain functions
 
 from __future__ import annotations
 
+import secrets
 import time
 import traceback
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,33 @@ from prefect.states import State
 from bnpipe.config import Config, DataConfig
 from bnpipe.data import MnistData, load_mnist
 from bnpipe.evaluate import Evaluation, evaluate_weights
-from bnpipe.grid import Group, cell_key_for, cell_params, groups, history_frame, result_row
+from bnpipe.grid import (
+    RESULT_COLUMNS,
+    Group,
+    cell_key_for,
+    cell_params,
+    engine_seeds,
+    groups,
+    history_frame,
+    result_row,
+)
 from bnpipe.progress import Progress
-from bnpipe.provenance import git_commit, package_versions
+from bnpipe.provenance import code_digest, environment_facts, git_commit, package_versions
 from bnpipe.report import ReportOutput, build_report
-from bnpipe.tracking import TAG_PREFIX, Tracker, resolve_uri
+from bnpipe.tracking import (
+    ABANDONED,
+    ERROR_TAG,
+    FAILURE_TAG,
+    HEARTBEAT_TAG,
+    ROLE_TAG,
+    STATUS_TAG,
+    TAG_PREFIX,
+    CellRun,
+    CellSpec,
+    Owner,
+    Tracker,
+    resolve_uri,
+)
 from bnpipe.train import TrainResult, train_group
 from bnpipe.train.common import Cell
 
@@ -41,6 +65,25 @@ VERDICT_COLUMNS = (
     "verdict",
 )
 
+ENGINE_TAG = TAG_PREFIX + "engine"
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """One cell's row of the results table and its per-epoch history (keyed by the cell)."""
+
+    row: dict[str, Any]
+    history: pd.DataFrame
+
+
+def _keyed(history: pd.DataFrame, cell: Cell) -> pd.DataFrame:
+    return history.assign(bn=cell.bn, batch_size=cell.batch_size, seed=cell.seed)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 # Tasks pass large arrays in memory: hashing them for Prefect's default cache key would cost more
 # than the work, and finished cells are found in MLflow instead, so no task caches.
 
@@ -53,12 +96,16 @@ def load_data(data: DataConfig) -> MnistData:
 
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
 def train(group: Group, data: MnistData, cfg: Config, progress: Progress) -> list[TrainResult]:
-    """Train every seed of one group (fused: one stacked model; keras: one fit per seed)."""
-    return train_group(
+    """Train every seed of one group (fused: one stacked model; keras: one fit per seed).
+
+    No retries: a training error is deterministic far more often than transient, and a retry
+    would repeat the most expensive step; the cells are recorded as failed instead.
+    """
+    results = train_group(
         cfg.train.engine,
         group.bn,
         group.batch_size,
-        group.seeds,
+        engine_seeds(cfg.train.engine, group.seeds),
         data.x_train,
         data.y_train,
         data.x_test,
@@ -70,9 +117,17 @@ def train(group: Group, data: MnistData, cfg: Config, progress: Progress) -> lis
         max_models_per_chunk=cfg.train.max_models_per_chunk,
         on_epoch=progress.epoch,
     )
+    return results[: len(group.seeds)]
 
 
-@task(cache_policy=NO_CACHE, task_run_name="evaluate {result.cell.name}")
+# Evaluation is retried although it is computation: it is cheap (one forward pass), and what makes
+# it fail is transient far more often than not (memory pressure, a lost worker).
+@task(
+    retries=2,
+    retry_delay_seconds=1,
+    cache_policy=NO_CACHE,
+    task_run_name="evaluate {result.cell.name}",
+)
 def evaluate(result: TrainResult, data: MnistData, cfg: Config) -> Evaluation:
     """Test metrics of one trained cell."""
     return evaluate_weights(
@@ -88,16 +143,15 @@ def evaluate(result: TrainResult, data: MnistData, cfg: Config) -> Evaluation:
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="log {cell.name}")
 def log_cell(
     tracker: Tracker,
-    parent_id: str,
+    run_id: str,
     cell: Cell,
     cfg: Config,
-    data: MnistData,
     result: TrainResult | None,
     evaluation: Evaluation | None,
     error: str | None,
-    common_tags: dict[str, str],
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Write one child run (I/O: retried); return the cell's results row and its history."""
+    timestamp_ms: int,
+) -> CellOutcome:
+    """Fill the cell's claimed child run (I/O: retried); return its results row and history."""
     history = history_frame(result) if result is not None else history_frame(TrainResult(cell, []))
     if error is not None:
         status, reason = "failed", error
@@ -105,28 +159,22 @@ def log_cell(
         status, reason = result.status, result.error or result.status
     else:
         status, reason = "finished", None
-    tags = {
-        **common_tags,
-        TAG_PREFIX + "cell_key": cell_key_for(cfg, cell, data.digest),
-        TAG_PREFIX + "status": status,
-        TAG_PREFIX + "engine": cfg.train.engine,
-    }
+    tags = {STATUS_TAG: status}
     if reason:
-        tags[TAG_PREFIX + "failure_reason"] = "diverged" if status == "diverged" else "error"
-        tags[TAG_PREFIX + "error"] = reason[:5000]
+        tags[FAILURE_TAG] = "diverged" if status == "diverged" else "error"
+        tags[ERROR_TAG] = reason[:5000]
     final = dict(evaluation.metrics()) if evaluation is not None else {}
     if result is not None:
         final["train_time_s"] = result.train_time_s
-    run_id = tracker.log_cell(
-        parent_id,
-        cell.name,
-        params=cell_params(cfg, cell, data.digest),
+    tracker.log_cell(
+        run_id,
         tags=tags,
         history=history,
         final_metrics=final,
         confusion=evaluation.confusion if evaluation is not None else None,
         weights=result.weights if (result is not None and cfg.tracking.log_weights) else None,
         status="FINISHED" if status == "finished" else "FAILED",
+        timestamp_ms=timestamp_ms,
     )
     row = result_row(
         cell,
@@ -137,7 +185,30 @@ def log_cell(
         history=history,
         error=reason,
     )
-    return row, history.assign(bn=cell.bn, batch_size=cell.batch_size, seed=cell.seed)
+    return CellOutcome(row, _keyed(history, cell))
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def load_reused(tracker: Tracker, runs: dict[Cell, CellRun]) -> dict[Cell, CellOutcome]:
+    """Results rows and histories of cells finished by earlier runs (I/O: retried).
+
+    The test metrics are the recorded ones and the history is the run's history.csv: nothing is
+    trained or evaluated again.
+    """
+    out = {}
+    for cell, run in runs.items():
+        history = tracker.history(run.run_id)
+        row = result_row(
+            cell,
+            status="finished",
+            run_id=run.run_id,
+            test_accuracy=run.metrics["test_accuracy"],
+            test_loss=run.metrics.get("test_loss", float("nan")),
+            history=history,
+            reused=True,
+        )
+        out[cell] = CellOutcome(row, _keyed(history, cell))
+    return out
 
 
 @task(cache_policy=NO_CACHE)
@@ -209,76 +280,231 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def _grouped(cells: list[Cell], cfg: Config) -> list[list[Cell]]:
+    """``cells`` split into training groups, in the grid's group order."""
+    todo = set(cells)
+    return [
+        [c for c in group.cells if c in todo]
+        for group in groups(cfg)
+        if any(c in todo for c in group.cells)
+    ]
+
+
+def _train_and_log(
+    claimed: dict[Cell, str],
+    tracker: Tracker,
+    data: MnistData,
+    cfg: Config,
+    progress: Progress,
+) -> dict[Cell, CellOutcome]:
+    """Train the claimed cells of one group, evaluate each, and fill their child runs.
+
+    A cell leaves ``claimed`` once its run is closed, so what remains there if this raises are
+    the runs still open.
+    """
+    cells = sorted(claimed)
+    group = Group(cells[0].bn, cells[0].batch_size, tuple(c.seed for c in cells))
+    evaluate_task = evaluate.with_options(retries=cfg.orchestration.retries)
+    log_task = log_cell.with_options(retries=cfg.orchestration.retries)
+    out: dict[Cell, CellOutcome] = {}
+    trained = train(group, data, cfg, progress, return_state=True)
+    if trained.is_failed():
+        why = _error_text(trained)
+        for cell in cells:
+            out[cell] = log_task(tracker, claimed[cell], cell, cfg, None, None, why, _now_ms())
+            del claimed[cell]
+            progress.cell(cell, "failed", float("nan"))
+        return out
+    for result in trained.result():
+        evaluation, why = None, None
+        if result.status == "finished":
+            evaluated = evaluate_task(result, data, cfg, return_state=True)
+            if evaluated.is_failed():
+                why = _error_text(evaluated)
+            else:
+                evaluation = evaluated.result()
+        cell = result.cell
+        out[cell] = log_task(tracker, claimed[cell], cell, cfg, result, evaluation, why, _now_ms())
+        del claimed[cell]
+        progress.cell(cell, out[cell].row["status"], out[cell].row["test_accuracy"])
+    return out
+
+
+@dataclass
+class GridRun:
+    """Where every cell of one flow run came from."""
+
+    outcomes: dict[Cell, CellOutcome] = field(default_factory=dict)
+    reused: dict[Cell, CellRun] = field(default_factory=dict)
+    open_claims: dict[Cell, str] = field(default_factory=dict)
+
+
+def _run_grid(
+    state: GridRun,
+    keys: dict[Cell, str],
+    parent_id: str,
+    tracker: Tracker,
+    data: MnistData,
+    cfg: Config,
+    progress: Progress,
+    *,
+    fresh: bool,
+    common_tags: dict[str, str],
+) -> None:
+    """Reuse what is finished, claim and train what is not, wait for what others train."""
+    owner = Owner.current()
+    if not fresh:
+        found = tracker.finished_cells(keys.values())
+        state.reused = {c: found[k] for c, k in keys.items() if k in found}
+        for cell, run in state.reused.items():
+            progress.cell(cell, f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"])
+    pending = [c for c in keys if c not in state.reused]
+    waiting: dict[str, Cell] = {}  # another run's live claim -> the cell it trains
+    while pending or waiting:
+        for cells in _grouped(pending, cfg):
+            specs = [
+                CellSpec(
+                    keys[c],
+                    c.name,
+                    cell_params(cfg, c, data.digest),
+                    {**common_tags, ROLE_TAG: "cell", ENGINE_TAG: cfg.train.engine},
+                )
+                for c in cells
+            ]
+            claims = tracker.claim_cells(parent_id, specs, owner, exclusive=not fresh)
+            by_key = {keys[c]: c for c in cells}
+            for key, run in claims.finished.items():
+                state.reused[by_key[key]] = run
+                progress.cell(
+                    by_key[key], f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"]
+                )
+            for key, other in claims.taken.items():
+                waiting[other] = by_key[key]
+            won = {by_key[k]: run_id for k, run_id in claims.won.items()}
+            if won:
+                state.open_claims = won
+                state.outcomes.update(_train_and_log(won, tracker, data, cfg, progress))
+        pending = []
+        if waiting:
+            print(
+                f"waiting for {len(waiting)} cell(s) that another bnpipe run is training "
+                "(their results will be reused)",
+                flush=True,
+            )
+            settled = tracker.wait_for(waiting)
+            for other in sorted(settled, key=waiting.__getitem__):
+                cell, run = waiting.pop(other), settled[other]
+                if run is None:  # failed, withdrawn or abandoned: claim it again
+                    pending.append(cell)
+                else:
+                    state.reused[cell] = run
+                    progress.cell(
+                        cell, f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"]
+                    )
+            pending.sort()
+
+
 @flow(name="bn-ablation")
-def ablation(params: dict[str, Any]) -> dict[str, Any]:
+def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
     """Run the BN x batch-size x seed grid defined by ``params`` (a params.yaml mapping).
 
-    Returns the parent run id, the results table (records) and the per-batch-size summary.
+    Cells whose key has a FINISHED run in the experiment are reused, not trained, unless
+    ``fresh``. Runs left RUNNING by a killed bnpipe process are marked FAILED first.
+
+    Returns the parent run id, the results table (records), the per-batch-size summary, and
+    which cells were trained and reused.
     """
     cfg = Config.model_validate(params)
     started = time.perf_counter()
-    data = load_data(cfg.data)
+    data = load_data.with_options(retries=cfg.orchestration.retries)(cfg.data)
     tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
     tracker.check()
-    run_name = f"ablation-{datetime.now():%Y%m%d-%H%M%S}"
+    abandoned = tracker.fail_abandoned_runs()
+    if abandoned:
+        print(
+            f"marked {len(abandoned)} run(s) FAILED that a killed bnpipe process left RUNNING "
+            f"(tag {FAILURE_TAG}={ABANDONED}); their cells are trained again",
+            flush=True,
+        )
+    # The random suffix keeps two runs started in the same second out of each other's report
+    # folder (reports/<run name>/).
+    run_name = f"ablation-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     common_tags = {
         TAG_PREFIX + "data_digest": data.digest,
         TAG_PREFIX + "git_commit": git_commit() or "unknown",
+        TAG_PREFIX + "code_digest": code_digest(),
         **{f"{TAG_PREFIX}version.{k}": v for k, v in package_versions().items()},
+        **{f"{TAG_PREFIX}env.{k}": v for k, v in environment_facts().items()},
     }
     parent_id = tracker.start_run(
-        run_name, params=cfg.flat(), tags={**common_tags, TAG_PREFIX + "role": "parent"}
+        run_name,
+        params=cfg.flat(),
+        tags={
+            **common_tags,
+            **Owner.current().tag(),
+            ROLE_TAG: "parent",
+            TAG_PREFIX + "fresh": fresh,
+            HEARTBEAT_TAG: f"{time.time():.0f}",
+        },
     )
-    progress = Progress(len(groups(cfg)) * len(cfg.grid.seeds), cfg.train.epochs)
+    keys = {cell: cell_key_for(cfg, cell, data.digest) for g in groups(cfg) for cell in g.cells}
+    progress = Progress(len(keys), cfg.train.epochs)
+    state = GridRun()
     try:
-        rows: list[dict[str, Any]] = []
-        histories: list[pd.DataFrame] = []
-        for group in groups(cfg):
-            trained = train(group, data, cfg, progress, return_state=True)
-            if trained.is_failed():
-                why = _error_text(trained)
-                for cell in group.cells:
-                    row, _ = log_cell(
-                        tracker, parent_id, cell, cfg, data, None, None, why, common_tags
-                    )
-                    rows.append(row)
-                    progress.cell(cell, "failed", float("nan"))
-                continue
-            for result in trained.result():
-                evaluation, why = None, None
-                if result.status == "finished":
-                    evaluated = evaluate(result, data, cfg, return_state=True)
-                    if evaluated.is_failed():
-                        why = _error_text(evaluated)
-                    else:
-                        evaluation = evaluated.result()
-                row, history = log_cell(
-                    tracker, parent_id, result.cell, cfg, data, result, evaluation, why, common_tags
+        with tracker.heartbeat(parent_id):
+            _run_grid(
+                state,
+                keys,
+                parent_id,
+                tracker,
+                data,
+                cfg,
+                progress,
+                fresh=fresh,
+                common_tags=common_tags,
+            )
+            state.outcomes.update(load_reused(tracker, state.reused))
+            # Grid order, whichever cells were reused: the analysis is then the same as a run's
+            # that trained everything.
+            ordered = [state.outcomes[c] for c in keys]
+            results = pd.DataFrame([o.row for o in ordered], columns=list(RESULT_COLUMNS))
+            histories = [o.history for o in ordered if len(o.history)]
+            history_table = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+            run_info = {"parent run": parent_id, "tracking": tracker.uri, **cfg_info(cfg, data)}
+            if state.reused:
+                run_info["reused"] = (
+                    f"{len(state.reused)} of {len(keys)} cells from earlier runs (reused.csv)"
                 )
-                rows.append(row)
-                histories.append(history)
-                progress.cell(result.cell, row["status"], row["test_accuracy"])
-        results = pd.DataFrame(rows)
-        history_table = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
-        run_info = {"parent run": parent_id, "tracking": tracker.uri, **cfg_info(cfg, data)}
-        report = analyze(results, history_table, cfg, run_name, run_info)
-        summary = report.summary
-        failed = results.loc[results["status"] == "failed"]
-        tracker.finish_parent(
-            parent_id,
-            metrics={**summary_metrics(summary), "wall_time_s": time.perf_counter() - started},
-            tables={"results": results, "histories": history_table, "summary": summary},
-            files=[report.report_path, *report.figures],
-            tags={
-                TAG_PREFIX + "cells_total": len(results),
-                TAG_PREFIX + "cells_failed": len(failed),
-                TAG_PREFIX + "cells_diverged": int((results["status"] == "diverged").sum()),
-            },
-            status="FAILED" if len(failed) else "FINISHED",
-        )
+            report = analyze(results, history_table, cfg, run_name, run_info)
+            summary = report.summary
+            failed = results.loc[results["status"] == "failed"]
+            tracker.finish_parent(
+                parent_id,
+                metrics={**summary_metrics(summary), "wall_time_s": time.perf_counter() - started},
+                tables={
+                    "results": results,
+                    "histories": history_table,
+                    "summary": summary,
+                    "reused": reused_table(state.reused, keys),
+                },
+                files=[report.report_path, *report.figures],
+                tags={
+                    TAG_PREFIX + "cells_total": len(results),
+                    TAG_PREFIX + "cells_trained": len(keys) - len(state.reused),
+                    TAG_PREFIX + "cells_reused": len(state.reused),
+                    TAG_PREFIX + "cells_failed": len(failed),
+                    TAG_PREFIX + "cells_diverged": int((results["status"] == "diverged").sum()),
+                    TAG_PREFIX + "runs_marked_abandoned": len(abandoned),
+                },
+                status="FAILED" if len(failed) else "FINISHED",
+            )
     except BaseException as exc:
-        # Never leave the parent RUNNING when the flow itself breaks (Ctrl-C included).
-        tracker.fail_run(parent_id, f"{type(exc).__name__}: {exc}")
+        # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
+        # left open would make a concurrent run wait for a cell nobody trains.
+        why = f"{type(exc).__name__}: {exc}"
+        for run_id in state.open_claims.values():
+            tracker.fail_run(run_id, why, failure="interrupted")
+        tracker.fail_run(parent_id, why)
         raise
     return {
         "parent_run_id": parent_id,
@@ -288,4 +514,25 @@ def ablation(params: dict[str, Any]) -> dict[str, Any]:
         "summary": summary.to_dict("records"),
         "report": str(report.report_path),
         "wall_time_s": time.perf_counter() - started,
+        "trained": len(keys) - len(state.reused),
+        "reused": len(state.reused),
+        "abandoned": abandoned,
     }
+
+
+def reused_table(reused: dict[Cell, CellRun], keys: dict[Cell, str]) -> pd.DataFrame:
+    """The parent's link to reused child runs (they keep their own parent; none is moved)."""
+    rows = [
+        {
+            "bn": c.bn,
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+            "run_id": run.run_id,
+            "parent_run_id": run.parent_id,
+            "cell_key": keys[c],
+        }
+        for c, run in sorted(reused.items())
+    ]
+    return pd.DataFrame(
+        rows, columns=["bn", "batch_size", "seed", "run_id", "parent_run_id", "cell_key"]
+    )

@@ -87,14 +87,9 @@ def forward(
     """
     updates: dict[int, tf.Tensor] = {}
     h = x
-    for layer in range(layout.n_layers):
+    for layer in range(layout.n_layers - 1):
         base = layer * layout.per_hidden
-        kernel, bias = weights[base], weights[base + 1]
-        eq = "kbi,kio->kbo" if h.shape.rank == 3 else "bi,kio->kbo"
-        h = tf.einsum(eq, h, kernel) + bias[:, None, :]
-        if layer == layout.n_layers - 1:
-            return h, updates
-        h = tf.nn.relu(h)
+        h = tf.nn.relu(_dense(h, weights[base], weights[base + 1]))
         if layout.bn:
             gamma, beta = weights[base + 2], weights[base + 3]
             moving_mean, moving_var = weights[base + 4], weights[base + 5]
@@ -110,7 +105,14 @@ def forward(
             h = tf.nn.batch_normalization(
                 h, mean, var, beta[:, None, :], gamma[:, None, :], BN_EPSILON
             )
-    raise AssertionError("unreachable: the output layer returns")
+    base = (layout.n_layers - 1) * layout.per_hidden
+    return _dense(h, weights[base], weights[base + 1]), updates
+
+
+def _dense(h: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """Per-member ``h @ kernel + bias``; a shared [B, F] input is read once for all members."""
+    equation = "kbi,kio->kbo" if h.shape.rank == 3 else "bi,kio->kbo"
+    return tf.einsum(equation, h, kernel) + bias[:, None, :]
 
 
 def _loss_and_correct(logits: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -257,12 +259,11 @@ def stack_initial_weights(
 
 
 def _chunks(seeds: Sequence[int], size: int | None) -> list[list[int]]:
-    seeds = list(seeds)
-    if size is None or size >= len(seeds):
-        return [seeds]
-    if size < 1:
+    if size is not None and size < 1:
         raise ValueError(f"max_models_per_chunk must be >= 1, got {size}")
-    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
+    seeds = list(seeds)
+    step = len(seeds) if size is None else size
+    return [seeds[i : i + step] for i in range(0, len(seeds), max(step, 1))]
 
 
 def train_fused(
@@ -344,7 +345,12 @@ def _train_chunk(
     cells = [Cell(bn=bn, batch_size=batch_size, seed=seed) for seed in seeds]
 
     start = time.perf_counter()
-    weights = tuple(tf.constant(w) for w in stack_initial_weights(bn, seeds, hidden_units))
+    stacked = stack_initial_weights(bn, seeds, hidden_units)
+    if len(stacked) != layout.n_weights:
+        raise ValueError(
+            f"expected {layout.n_weights} weight arrays, build_model gave {len(stacked)}"
+        )
+    weights = tuple(tf.constant(w) for w in stacked)
     zeros = tuple(tf.zeros_like(weights[i]) for i in layout.trainable())
     state = (weights, zeros, zeros)
     iterations = tf.constant(0, tf.int64)

@@ -1,0 +1,221 @@
+"""Faults: a diverging cell, a task that raises, a cell that keeps failing, an unusable store."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from bnpipe.cli import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, main
+from bnpipe.train.common import Cell
+from tests.test_resume import STATS, run_flow, search, store_overrides, use_data
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+GRID = ["train.engine=keras", "train.epochs=2", "grid.batch_sizes=[32,64]", "grid.seeds=[0,1,2]"]
+
+
+def _cell(r: dict) -> Cell:
+    return Cell(bool(r["bn"]), int(r["batch_size"]), int(r["seed"]))
+
+
+def test_diverging_cell_fails_alone_and_only_its_pair_is_dropped(
+    monkeypatch, tiny_mnist, store, tmp_path
+):
+    import flows.pipeline as pipeline
+
+    bad = Cell(True, 64, 1)
+    real = pipeline.train_group
+
+    def one_cell_diverges(engine, bn, batch_size, seeds, *args, **kwargs):
+        results = []
+        for seed in seeds:  # the keras engine trains seed by seed anyway
+            lr = 1e30 if Cell(bn, batch_size, seed) == bad else kwargs["learning_rate"]
+            results += real(
+                engine, bn, batch_size, [seed], *args, **{**kwargs, "learning_rate": lr}
+            )
+        return results
+
+    monkeypatch.setattr(pipeline, "train_group", one_cell_diverges)
+    out, cfg = run_flow(monkeypatch, tiny_mnist, store, [*GRID, "train.epochs=3"])
+    status = {_cell(r): r["status"] for r in out["results"]}
+    assert status.pop(bad) == "diverged"
+    assert set(status.values()) == {"finished"}  # the rest of the grid completed
+    summary = pd.DataFrame(out["summary"]).set_index("batch_size")
+    assert summary.loc[32, "n_pairs"] == 3 and summary.loc[64, "n_pairs"] == 2
+    report = Path(out["report"]).read_text()
+    assert "1 pair dropped at batch size 64: seed 1 diverged (BN on)" in report
+
+    runs = search(store, cfg.tracking.experiment)
+    child = runs[runs["tags.mlflow.runName"] == bad.name].iloc[0]
+    assert child["status"] == "FAILED"
+    assert child["tags.bnpipe.failure_reason"] == "diverged"
+    client = mlflow.MlflowClient(store)
+    history = pd.read_csv(client.download_artifacts(child["run_id"], "history.csv", str(tmp_path)))
+    assert 1 <= len(history) < 3  # stopped early, its history so far kept
+    assert runs[runs["status"] == "FAILED"]["run_id"].tolist() == [child["run_id"]]
+
+
+def test_evaluate_that_fails_once_is_retried(monkeypatch, tiny_mnist, store):
+    import flows.pipeline as pipeline
+
+    real, calls = pipeline.evaluate_weights, []
+
+    def flaky(cell, *args, **kwargs):
+        calls.append(cell)
+        if cell == Cell(False, 32, 1) and calls.count(cell) == 1:
+            raise ConnectionError("worker lost (simulated)")
+        return real(cell, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_weights", flaky)
+    out, _ = run_flow(monkeypatch, tiny_mnist, store, [*GRID, "grid.batch_sizes=[32]"])
+    assert calls.count(Cell(False, 32, 1)) == 2
+    assert {r["status"] for r in out["results"]} == {"finished"}
+
+
+def test_cell_that_keeps_failing_is_recorded_and_run_exits_1(
+    monkeypatch, tiny_mnist, store, capsys
+):
+    import flows.pipeline as pipeline
+
+    bad, real = Cell(True, 32, 2), pipeline.evaluate_weights
+
+    def broken(cell, *args, **kwargs):
+        if cell == bad:
+            raise RuntimeError("evaluation exploded (simulated)")
+        return real(cell, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_weights", broken)
+    use_data(monkeypatch, tiny_mnist)
+    args = [
+        a for o in [*store_overrides(store), *GRID, "grid.batch_sizes=[32]"] for a in ("--set", o)
+    ]
+    assert main(["run", *args]) == EXIT_FAILED_CELLS
+    out = capsys.readouterr().out
+    assert "FAILED: 1 of 6 cells (their pairs are left out):" in out
+    assert "bn=on bs=32 seed=2: RuntimeError: evaluation exploded (simulated)" in out
+    runs = search(store, "bnpipe-bn-ablation")
+    child = runs[runs["tags.mlflow.runName"] == bad.name].iloc[0]
+    assert child["status"] == "FAILED"
+    assert child["tags.bnpipe.failure_reason"] == "error"
+    assert "evaluation exploded" in child["tags.bnpipe.error"]
+    others = runs[runs["tags.mlflow.parentRunId"].notna() & (runs["run_id"] != child["run_id"])]
+    assert len(others) == 5 and set(others["status"]) == {"FINISHED"}
+    # The next run trains only the failed cell again.
+    monkeypatch.setattr(pipeline, "evaluate_weights", real)
+    assert main(["run", *args]) == 0
+    assert "(6 cells: 1 trained, 5 reused" in capsys.readouterr().out
+
+
+# -- an unusable tracking store: a clear error before any training -----------------------------
+@pytest.fixture
+def no_training(monkeypatch, tiny_mnist):
+    """Generated data, and a train_group that fails the test if anything trains."""
+    import flows.pipeline as pipeline
+
+    use_data(monkeypatch, tiny_mnist)
+
+    def must_not_train(*_a, **_k):
+        raise AssertionError("training started although the store is unusable")
+
+    monkeypatch.setattr(pipeline, "train_group", must_not_train)
+
+
+def assert_store_rejected(capsys, uri: str, fragment: str, within_s: float = 20.0) -> None:
+    started = time.monotonic()
+    code = main(["run", "--set", f"tracking.uri={uri}", *[f"--set={s}" for s in STATS]])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_BAD_INPUT, err
+    assert err.startswith("bnpipe: error: ") and "\n" not in err, err
+    assert fragment in err, err
+    assert elapsed < within_s, f"took {elapsed:.0f}s to notice"
+
+
+def test_store_under_a_file_is_rejected(capsys, no_training, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "afile").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}"
+    assert_store_rejected(capsys, uri, "is a file, not a folder")
+
+
+def test_store_that_is_not_a_database_is_rejected(capsys, no_training, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.db").write_bytes(b"\x00garbage" * 100)
+    assert_store_rejected(capsys, f"sqlite:///{tmp_path / 'mlflow.db'}", "not a database")
+
+
+def test_unwritable_artifact_folder_is_rejected(capsys, no_training, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "artifacts").write_text("a file where the artifact folder should be")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert_store_rejected(capsys, uri, f"artifact store {tmp_path / 'artifacts'}")
+
+
+@pytest.fixture
+def read_only_store(tmp_path):
+    """A store behind a read-only bind mount: read-only even for root (needs mount rights)."""
+    src, mnt = tmp_path / "store", tmp_path / "ro"
+    src.mkdir()
+    mnt.mkdir()
+    client = mlflow.MlflowClient(f"sqlite:///{src / 'mlflow.db'}")
+    client.create_experiment("bnpipe-bn-ablation", artifact_location=(mnt / "a").as_uri())
+    if subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here (no privileges)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], check=True)
+        yield f"sqlite:///{mnt / 'mlflow.db'}"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_read_only_store_is_rejected(capsys, no_training, read_only_store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert_store_rejected(capsys, read_only_store, "mlflow.db: not writable")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_that_refuses_is_rejected_fast(capsys, no_training, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert_store_rejected(capsys, f"http://127.0.0.1:{_closed_port()}", "connection refused", 15)
+
+
+def test_server_that_never_answers_is_rejected_fast(capsys, no_training, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.socket() as silent:  # accepts connections (backlog) and never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        assert_store_rejected(capsys, f"http://127.0.0.1:{port}", "no answer within 5 s", 20)
+
+
+def test_interrupted_run_leaves_nothing_running(monkeypatch, tiny_mnist, store):
+    import flows.pipeline as pipeline
+
+    real = pipeline.train_group
+
+    def interrupted_at_second_group(engine, bn, batch_size, seeds, *args, **kwargs):
+        if bn:
+            raise KeyboardInterrupt  # Ctrl-C while the second group trains
+        return real(engine, bn, batch_size, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_group", interrupted_at_second_group)
+    with pytest.raises(KeyboardInterrupt):
+        run_flow(monkeypatch, tiny_mnist, store, [*GRID, "grid.batch_sizes=[32]"])
+    runs = search(store, "bnpipe-bn-ablation")
+    assert "RUNNING" not in set(runs["status"])
+    cells = runs[runs["tags.mlflow.parentRunId"].notna()]
+    finished = cells[cells["status"] == "FINISHED"]
+    assert sorted(finished["tags.mlflow.runName"]) == [f"bn=off bs=32 seed={s}" for s in range(3)]
+    interrupted = cells[cells["status"] == "FAILED"]
+    assert len(interrupted) == 3
+    assert set(interrupted["tags.bnpipe.failure_reason"]) == {"interrupted"}

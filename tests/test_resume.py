@@ -1,0 +1,400 @@
+"""Resume, reproduce, concurrency: no finished cell is trained twice and no result is lost.
+
+In-process flows count trainings by wrapping ``flows.pipeline.train_group``; the kill and
+concurrency tests run real ``bnpipe run`` processes (on generated data, against the session's
+Prefect API) and read the truth back from the MLflow store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnpipe.config import Config, load_config
+from bnpipe.data import MnistData
+from bnpipe.tracking import CELL_KEY_TAG, PARENT_TAG
+from bnpipe.train.common import Cell
+from tests.conftest import requires_mnist
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+ROOT = Path(__file__).resolve().parents[1]
+STATS = ["stats.n_resamples=199"]
+VERDICT = ["batch_size", "n_pairs", "mean_diff", "ci_low", "ci_high", "t_pvalue", "p_holm"]
+
+
+def store_overrides(store: str) -> list[str]:
+    """The store, and reports beside its folder (never in the working directory)."""
+    reports = Path(store.removeprefix("sqlite:///")).parent.parent / "reports"
+    return [f"tracking.uri={store}", f"tracking.reports_dir={reports}", *STATS]
+
+
+def flow_config(store: str, overrides: list[str]) -> Config:
+    return load_config(None, [*store_overrides(store), *overrides])
+
+
+def use_data(monkeypatch: pytest.MonkeyPatch, data: MnistData) -> None:
+    """Generated data stands in for MNIST (the real loader insists on the canonical checksums)."""
+    import bnpipe.data
+    import bnpipe.reproduce
+    import flows.pipeline
+
+    for module in (bnpipe.data, bnpipe.reproduce, flows.pipeline):
+        monkeypatch.setattr(module, "load_mnist", lambda *_a, **_k: data)
+
+
+def run_flow(monkeypatch, data, store, overrides, *, fresh=False) -> tuple[dict, Config]:
+    import flows.pipeline as pipeline
+
+    use_data(monkeypatch, data)
+    cfg = flow_config(store, overrides)
+    return pipeline.ablation(cfg.model_dump(mode="json"), fresh=fresh), cfg
+
+
+class TrainCounter:
+    """Wraps flows.pipeline.train_group and records every cell it trains."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import flows.pipeline as pipeline
+
+        self.cells: list[Cell] = []
+        real = pipeline.train_group
+
+        def counting(engine, bn, batch_size, seeds, *args, **kwargs):
+            # engine_seeds() may pad a lone fused seed with a copy of itself: one cell, not two.
+            self.cells += [Cell(bn, batch_size, s) for s in dict.fromkeys(seeds)]
+            return real(engine, bn, batch_size, seeds, *args, **kwargs)
+
+        monkeypatch.setattr(pipeline, "train_group", counting)
+
+    def take(self) -> set[Cell]:
+        out, self.cells = self.cells, []
+        assert len(out) == len(set(out)), f"a cell trained twice: {sorted(out)}"
+        return set(out)
+
+
+def grid_cells(bn=(False, True), batch_sizes=(32, 64), seeds=(0, 1)) -> set[Cell]:
+    return {Cell(b, bs, s) for b in bn for bs in batch_sizes for s in seeds}
+
+
+def accuracies(out: dict) -> dict[Cell, float]:
+    return {
+        Cell(bool(r["bn"]), int(r["batch_size"]), int(r["seed"])): r["test_accuracy"]
+        for r in out["results"]
+    }
+
+
+def search(store: str, experiment: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(store)
+    try:
+        return mlflow.search_runs(experiment_names=[experiment], max_results=5000)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_rerun_reuses_finished_cells_and_added_seeds_train_only_new_ones(
+    monkeypatch, tiny_mnist, store
+):
+    base = ["train.engine=fused", "train.epochs=2", "grid.batch_sizes=[32,64]"]
+    counter = TrainCounter(monkeypatch)
+    first, cfg = run_flow(monkeypatch, tiny_mnist, store, [*base, "grid.seeds=[0,1]"])
+    assert counter.take() == grid_cells(seeds=(0, 1))
+
+    # Seed 2 added to the grid: only its 4 cells train; the 8 finished ones are reused.
+    second, _ = run_flow(monkeypatch, tiny_mnist, store, [*base, "grid.seeds=[0,1,2]"])
+    assert counter.take() == grid_cells(seeds=(2,))
+    assert (second["trained"], second["reused"]) == (4, 8)
+    results = pd.DataFrame(second["results"])
+    assert len(results) == 12 and set(results["status"]) == {"finished"}
+    assert results["reused"].tolist() == [r["seed"] != 2 for r in second["results"]]
+    first_ids = {r["run_id"] for r in first["results"]}
+    assert set(results.loc[results["reused"], "run_id"]) == first_ids
+    assert pd.DataFrame(second["summary"])["n_pairs"].tolist() == [3, 3]
+    # The parent links the reused runs (without re-parenting them) and carries their histories.
+    client = mlflow.MlflowClient(store)
+    parent = client.get_run(second["parent_run_id"])
+    assert parent.data.tags["bnpipe.cells_reused"] == "8"
+    path = client.download_artifacts(second["parent_run_id"], "reused.csv", str(store_dir(store)))
+    reused = pd.read_csv(path)
+    assert set(reused["run_id"]) == first_ids
+    assert set(reused["parent_run_id"]) == {first["parent_run_id"]}
+    for run_id in first_ids:
+        assert client.get_run(run_id).data.tags[PARENT_TAG] == first["parent_run_id"]
+    histories = pd.read_csv(
+        client.download_artifacts(second["parent_run_id"], "histories.csv", str(store_dir(store)))
+    )
+    assert len(histories) == 12 * 2
+
+    # Everything finished: a third run trains nothing and reports the same numbers.
+    third, _ = run_flow(monkeypatch, tiny_mnist, store, [*base, "grid.seeds=[0,1,2]"])
+    assert counter.take() == set()
+    assert accuracies(third) == accuracies(second)
+
+    # --fresh twice: everything trains, and per-cell accuracies agree exactly with each other
+    # and with the resumed run (a lone fused seed trains exactly as inside its group).
+    fresh_a, _ = run_flow(monkeypatch, tiny_mnist, store, [*base, "grid.seeds=[0,1,2]"], fresh=True)
+    assert counter.take() == grid_cells(seeds=(0, 1, 2))
+    fresh_b, _ = run_flow(monkeypatch, tiny_mnist, store, [*base, "grid.seeds=[0,1,2]"], fresh=True)
+    assert counter.take() == grid_cells(seeds=(0, 1, 2))
+    assert accuracies(fresh_a) == accuracies(fresh_b) == accuracies(second)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(fresh_a["summary"])[VERDICT], pd.DataFrame(second["summary"])[VERDICT]
+    )
+    # One reusable result per cell key is what the next run picks, whatever was retrained.
+    runs = search(store, cfg.tracking.experiment)
+    cells = runs[runs[f"tags.{CELL_KEY_TAG}"].notna()]
+    assert cells.groupby(f"tags.{CELL_KEY_TAG}").size().max() == 3  # first/second + 2 fresh
+
+
+def store_dir(store: str) -> Path:
+    return Path(store.removeprefix("sqlite:///")).parent
+
+
+# -- a real process killed mid-grid ---------------------------------------------------------------
+CHILD = """
+import sys
+from tests.conftest import make_tiny_mnist
+import bnpipe.data, flows.pipeline
+data = make_tiny_mnist()
+bnpipe.data.load_mnist = flows.pipeline.load_mnist = lambda *a, **k: data
+from bnpipe.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def bnpipe_process(tmp_path, prefect_api):
+    """Start ``bnpipe run`` on generated data in a real process (sharing the test Prefect API)."""
+    import prefect.settings
+
+    script = tmp_path / "bnpipe_on_tiny_data.py"
+    script.write_text(CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str], name: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "run", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=(tmp_path / f"{name}.out").open("w"),
+            stderr=(tmp_path / f"{name}.err").open("w"),
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _set_args(store: str, overrides: list[str]) -> list[str]:
+    items = [*store_overrides(store), *overrides]
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def finished_cells_in(store: str) -> set[Cell]:
+    """Cells with a FINISHED child run, read straight from SQLite (read-only).
+
+    Not through MLflow: opening a store that another process is still creating would make this
+    process race it to create the tables.
+    """
+    db = store.removeprefix("sqlite:///")
+    if not Path(db).exists():
+        return set()
+    query = """
+        SELECT p.key, p.value, r.run_uuid FROM runs r
+        JOIN params p ON p.run_uuid = r.run_uuid
+        JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'bnpipe.cell_key'
+        WHERE r.status = 'FINISHED' AND r.lifecycle_stage = 'active'
+          AND p.key IN ('bn', 'batch_size', 'seed')
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            rows = con.execute(query).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return set()
+    by_run: dict[str, dict[str, str]] = {}
+    for key, value, run in rows:
+        by_run.setdefault(run, {})[key] = value
+    return {
+        Cell(p["bn"] == "True", int(p["batch_size"]), int(p["seed"]))
+        for p in by_run.values()
+        if len(p) == 3
+    }
+
+
+def test_killed_run_is_resumed_training_exactly_the_missing_cells(
+    monkeypatch, tiny_mnist, store, tmp_path, bnpipe_process
+):
+    grid = [
+        "train.engine=keras",
+        "train.epochs=2",
+        "grid.batch_sizes=[32,64]",
+        "grid.seeds=[0,1,2]",
+    ]
+    cfg = flow_config(store, grid)
+    proc = bnpipe_process(_set_args(store, grid), "killed")
+    deadline = time.monotonic() + 240
+    while len(finished_cells_in(store)) < 3:
+        assert proc.poll() is None, (tmp_path / "killed.err").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the run never finished 3 cells"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)  # no cleanup of any kind: what a power cut leaves
+    proc.wait()
+    done_cells = finished_cells_in(store)
+    everything = grid_cells(seeds=(0, 1, 2))
+    assert 3 <= len(done_cells) < len(everything)
+    left_running = search(store, cfg.tracking.experiment).query("status == 'RUNNING'")
+    assert len(left_running) >= 1  # at least the parent
+
+    counter = TrainCounter(monkeypatch)
+    resumed, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    assert counter.take() == everything - done_cells
+    assert resumed["reused"] == len(done_cells)
+    assert set(resumed["abandoned"]) == set(left_running["run_id"])
+    client = mlflow.MlflowClient(store)
+    for run_id in left_running["run_id"]:
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["bnpipe.failure_reason"] == "abandoned"
+        assert "ended before the run finished" in run.data.tags["bnpipe.error"]
+    assert search(store, cfg.tracking.experiment).query("status == 'RUNNING'").empty
+
+    # The resumed analysis equals that of a run that was never interrupted.
+    other_store = store.replace("/mlruns/", "/mlruns-uninterrupted/")
+    Path(other_store.removeprefix("sqlite:///")).parent.mkdir()
+    whole, _ = run_flow(monkeypatch, tiny_mnist, other_store, grid)
+    assert counter.take() == everything
+    assert accuracies(resumed) == accuracies(whole)
+    pd.testing.assert_frame_equal(pd.DataFrame(resumed["summary"]), pd.DataFrame(whole["summary"]))
+
+
+def test_two_processes_on_one_store_share_the_grid(store, tmp_path, bnpipe_process):
+    grid = [
+        "train.engine=keras",
+        "train.epochs=3",
+        "grid.batch_sizes=[32,64]",
+        "grid.seeds=[0,1,2]",
+    ]
+    cfg = flow_config(store, grid)
+    args = _set_args(store, grid)
+    procs = [bnpipe_process(args, f"p{i}") for i in range(2)]
+    for i, proc in enumerate(procs):
+        assert proc.wait(timeout=300) == 0, (tmp_path / f"p{i}.err").read_text()[-3000:]
+    for i in range(2):
+        err = (tmp_path / f"p{i}.err").read_text() + (tmp_path / f"p{i}.out").read_text()
+        assert "database is locked" not in err and "Traceback" not in err, err[-3000:]
+
+    runs = search(store, cfg.tracking.experiment)
+    assert set(runs["status"]) == {"FINISHED"}
+    parents = runs[runs[f"tags.{PARENT_TAG}"].isna()]
+    cells = runs[runs[f"tags.{PARENT_TAG}"].notna()]
+    assert len(parents) == 2
+    # No duplicates: exactly one child run (trained once) per cell key.
+    assert len(cells) == 12 and cells[f"tags.{CELL_KEY_TAG}"].nunique() == 12
+    client = mlflow.MlflowClient(store)
+    tables = {}
+    for parent_id in parents["run_id"]:
+        path = client.download_artifacts(parent_id, "results.csv", str(tmp_path))
+        tables[parent_id] = pd.read_csv(path).sort_values(["batch_size", "bn", "seed"])
+    trained = [set(t.loc[~t["reused"], "run_id"]) for t in tables.values()]
+    assert not (trained[0] & trained[1]) and trained[0] | trained[1] == set(cells["run_id"])
+    a, b = tables.values()
+    assert a["run_id"].tolist() == b["run_id"].tolist()
+    np.testing.assert_array_equal(a["test_accuracy"], b["test_accuracy"])
+
+
+# -- reproduce ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("engine", ["keras", "fused"])
+def test_reproduce_matches_exactly_and_reports_what_differs(
+    monkeypatch, tiny_mnist, store, capsys, engine
+):
+    from bnpipe.cli import main
+
+    out, _ = run_flow(
+        monkeypatch,
+        tiny_mnist,
+        store,
+        [f"train.engine={engine}", "train.epochs=2", "grid.batch_sizes=[64]", "grid.seeds=[0,1,2]"],
+    )
+    cell = next(r for r in out["results"] if r["bn"] and r["seed"] == 1)
+    argv = ["reproduce", cell["run_id"], "--set", f"tracking.uri={store}"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "MATCH: every metric and every weight is identical" in text
+    assert "same versions, bnpipe code and machine facts" in text
+
+    # A recorded value that no longer matches, and a recorded fact that differs now.
+    client = mlflow.MlflowClient(store)
+    client.log_metric(cell["run_id"], "test_accuracy", cell["test_accuracy"] + 0.01)
+    client.set_tag(cell["run_id"], "bnpipe.version.keras", "2.0.0")
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "MISMATCH: 1 metric(s) and 0 weight array(s) differ" in text
+    assert "test_accuracy" in text
+    assert "version.keras  recorded 2.0.0, now" in text
+
+    parent = ["reproduce", out["parent_run_id"], "--set", f"tracking.uri={store}"]
+    assert main(parent) == 2
+    assert "is not a grid cell" in capsys.readouterr().err
+
+
+# -- real MNIST, as a user types it -----------------------------------------------------------
+@pytest.mark.slow
+@requires_mnist
+def test_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp_path, prefect_api):
+    import prefect.settings
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value())}
+    bnpipe = str(Path(sys.executable).with_name("bnpipe"))
+    grid = [
+        "train.engine=fused",
+        "train.epochs=1",
+        "data.limit_train=5000",
+        "grid.batch_sizes=[64,128]",
+        "grid.seeds=[0,1]",
+        "stats.n_resamples=199",
+    ]
+    argv = [bnpipe, "run", "--params", str(ROOT / "params.yaml")]
+    argv += [a for s in grid for a in ("--set", s)]
+
+    def bnpipe_run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*argv, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    first = bnpipe_run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "(8 cells: 8 trained, 0 reused" in first.stdout
+    again = bnpipe_run()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(8 cells: 0 trained, 8 reused" in again.stdout
+    table = first.stdout[first.stdout.index("BN minus") :].splitlines()[1:5]
+    assert again.stdout[again.stdout.index("BN minus") :].splitlines()[1:5] == table
+
+    runs = search(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "bnpipe-bn-ablation")
+    cell = runs[runs["tags.mlflow.runName"] == "bn=on bs=64 seed=1"]["run_id"].iloc[0]
+    rep = subprocess.run(
+        [bnpipe, "reproduce", cell], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    assert "MATCH: every metric and every weight is identical" in rep.stdout

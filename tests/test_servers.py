@@ -1,0 +1,520 @@
+"""Server-backed tests: real servers on 127.0.0.1, started the way docs/servers.md starts them.
+
+- MLflow: ``mlflow server`` (SQLite backend, artifacts served by the server); ``bnpipe run``
+  logs a small grid over HTTP and this process reads every run and artifact back.
+- Dask: the flow's own ``distributed.LocalCluster`` (2 worker processes, one thread each);
+  every cell is logged once and the numbers equal a serial run's.
+- Prefect: ``prefect server start``; ``bnpipe serve --cron`` creates the scheduled deployment,
+  a run triggered through the API completes and leaves its MLflow parent run; ``prefect deploy``
+  of prefect.yaml to a process work pool runs too.
+
+Real MNIST (first 500 train / 200 test images), 1 epoch, 2 seeds: each test takes well under
+3 minutes on 2 cores. Servers run in their own process groups and are always stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+# Imported now, at collection, on purpose: importing Prefect configures logging, which closes
+# the handlers that exist (TensorFlow's absl one included); done inside a test that captures
+# output, that closes the capture stream the handler holds and breaks pytest's capturing.
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from bnpipe.config import load_config
+from bnpipe.tracking import PARENT_TAG
+from tests.conftest import requires_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# A real but tiny grid: 2 BN settings x 1 batch size x 2 seeds = 4 cells.
+TINY = {
+    "data": {"limit_train": 500, "limit_test": 200},
+    "train": {"epochs": 1},
+    "grid": {"seeds": [0, 1], "batch_sizes": [128]},
+    "stats": {"n_resamples": 199},
+}
+EXPERIMENT = "bnpipe-bn-ablation"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(log: Path, chars: int = 4000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
+
+
+def client_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment of a user's shell: this checkout first on the path, its own Prefect home."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_PROFILE")
+    }
+    env.update(
+        PYTHONPATH=str(ROOT),
+        PREFECT_HOME=str(tmp / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    env.update(extra)
+    return env
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server and everything it started (its process group): Ctrl-C first, as a user
+    would, then SIGKILL after a bounded wait."""
+    for sig, wait_s in ((signal.SIGINT, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            # the leader is gone; its children may not be: one more pass kills the group
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def running(
+    cmd: list[str],
+    *,
+    env: dict[str, str],
+    log: Path,
+    cwd: Path | None = None,
+    ready_url: str | None = None,
+    timeout: float = 120,
+) -> Iterator[subprocess.Popen]:
+    """A background process (its own process group, output to ``log``), stopped on exit."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        if ready_url is not None:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"{cmd[0]} exited with {proc.returncode}:\n{tail(log)}")
+                try:
+                    if httpx.get(ready_url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{ready_url} not ready after {timeout}s:\n{tail(log)}")
+                time.sleep(0.5)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def run_cli(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> str:
+    """Run a command to completion; fail with its output when it fails."""
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} -> {proc.returncode}\n{out[-4000:]}"
+    return out
+
+
+def write_params(tmp: Path, **sections: dict) -> Path:
+    """A params.yaml for a tiny grid that keeps its store and reports under ``tmp``."""
+    params = {
+        **TINY,
+        "tracking": {
+            "uri": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+            "reports_dir": str(tmp / "reports"),
+        },
+    }
+    params.update(sections)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def runs_of(uri: str, experiment: str = EXPERIMENT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(parent runs, child runs) of an experiment, read through the public MLflow API."""
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
+    finally:
+        mlflow.set_tracking_uri(None)
+    is_child = runs[f"tags.{PARENT_TAG}"].notna() if f"tags.{PARENT_TAG}" in runs else False
+    return runs[~is_child], runs[is_child]
+
+
+# -- MLflow tracking server ----------------------------------------------------------------------
+@pytest.mark.server
+@requires_mnist
+def test_grid_logs_through_a_real_mlflow_server(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    artifacts = tmp_path / "server-artifacts"
+    server_cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(artifacts),
+        "--workers",
+        "1",
+    ]
+    (tmp_path / "server").mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = client_env(tmp_path)
+    with running(
+        server_cmd, env=env, log=tmp_path / "mlflow-server.log", ready_url=f"{url}/health"
+    ):
+        out = run_cli(
+            [
+                str(BIN / "bnpipe"),
+                "run",
+                "--params",
+                str(write_params(tmp_path, tracking={"uri": url, "reports_dir": "reports"})),
+            ],
+            env=env,
+            cwd=work,
+            timeout=240,
+        )
+        # Read back from this process (not the one that wrote), only through the server.
+        parents, children = runs_of(url)
+        assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
+        parent_id = parents["run_id"].iloc[0]
+        assert parent_id in out
+        assert len(children) == 4 and set(children["status"]) == {"FINISHED"}
+        assert (children[f"tags.{PARENT_TAG}"] == parent_id).all()
+        assert children["tags.bnpipe.cell_key"].nunique() == 4
+        assert children["metrics.test_accuracy"].astype(float).between(0.1, 1).all()
+        # Artifacts go through the server's proxy (mlflow-artifacts:) and land in its folder.
+        client = mlflow.MlflowClient(url)
+        assert client.get_run(parent_id).info.artifact_uri.startswith("mlflow-artifacts:")
+        child_id = children["run_id"].iloc[0]
+        names = {a.path for a in client.list_artifacts(child_id)}
+        assert {"history.csv", "confusion_matrix.csv", "weights.npz"} <= names
+        history = pd.read_csv(client.download_artifacts(child_id, "history.csv", str(tmp_path)))
+        assert history["epoch"].tolist() == [1]
+        report = {a.path for a in client.list_artifacts(parent_id, "report")}
+        assert "report/report.md" in report
+    stored = {p.name for p in artifacts.rglob("*") if p.is_file()}
+    assert {"weights.npz", "history.csv", "report.md", "results.csv"} <= stored
+    # The client kept nothing locally: no SQLite store, no artifact folder beside the work dir.
+    assert not (work / "mlruns").exists() and not (work / "mlflow.db").exists()
+
+
+# -- Dask ----------------------------------------------------------------------------------------
+@pytest.mark.server
+@requires_mnist
+@pytest.mark.usefixtures("prefect_api")
+def test_dask_local_cluster_matches_serial_run(tmp_path: Path) -> None:
+    from flows.pipeline import ablation
+
+    def run(task_runner: str) -> tuple[dict, str]:
+        # A store per run: the serial run must train, not reuse the cells the dask run logged.
+        store = f"sqlite:///{tmp_path / task_runner / 'mlflow.db'}"
+        cfg = load_config(
+            None,
+            [
+                "data.limit_train=500",
+                "data.limit_test=200",
+                "train.epochs=1",
+                "grid.seeds=[0,1]",
+                "grid.batch_sizes=[64,128]",  # 4 groups for 2 workers
+                "stats.n_resamples=199",
+                f"tracking.uri={store}",
+                f"tracking.reports_dir={tmp_path / 'reports'}",
+                f"orchestration.task_runner={task_runner}",
+                "orchestration.dask_workers=2",
+            ],
+        )
+        return ablation(cfg.model_dump(mode="json")), store
+
+    started = time.monotonic()
+    on_dask, dask_store = run("dask")
+    dask_s = time.monotonic() - started
+    serial, serial_store = run("serial")
+    for out, store in ((on_dask, dask_store), (serial, serial_store)):
+        parents, children = runs_of(store)
+        assert parents["run_id"].tolist() == [out["parent_run_id"]]
+        assert parents["status"].iloc[0] == "FINISHED"
+        # every cell logged exactly once (by the flow process)
+        assert len(children) == 8 and children["tags.bnpipe.cell_key"].nunique() == 8
+        assert set(children["status"]) == {"FINISHED"}
+    keys = ["bn", "batch_size", "seed"]
+    numbers = ["status", "test_accuracy", "test_loss", "train_accuracy"]
+    got = pd.DataFrame(on_dask["results"]).sort_values(keys)[keys + numbers]
+    want = pd.DataFrame(serial["results"]).sort_values(keys)[keys + numbers]
+    # Same seeds, same data order, deterministic ops: identical numbers, not merely close ones.
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    assert dask_s < 150, f"dask run took {dask_s:.0f}s"
+
+
+# -- Prefect server: serve, schedule, deploy ------------------------------------------------------
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``prefect server start`` on a free loopback port with its own PREFECT_HOME."""
+    tmp = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    log = tmp / "server.log"
+    with running(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=client_env(tmp),
+        log=log,
+        ready_url=f"{api}/health",
+    ):
+        yield api, log
+
+
+# Client side of the Prefect checks, in a subprocess so this process's Prefect settings (the
+# session's test harness) are untouched. Prints one JSON line.
+PROBE = r"""
+import json, sys, time
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+name, parameters = sys.argv[1], json.loads(sys.argv[2])
+timeout, n_runs = float(sys.argv[3]), int(sys.argv[4])
+
+def wait_for(what, fn, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(1)
+    sys.exit(f"timed out after {seconds}s waiting for {what}")
+
+def deployment():
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return None
+
+def scheduled():
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+    )
+
+started = time.monotonic()
+with get_client(sync_client=True) as client:
+    dep = wait_for("deployment " + name, deployment, 120)
+    found_deployment = time.monotonic() - started
+    runs = wait_for("scheduled flow runs (see the server log)", scheduled, 90)
+    found_scheduled = time.monotonic() - started
+# One after the other, as consecutive nightly runs would come.
+finished = [
+    run_deployment(name, parameters=parameters or None, timeout=timeout, poll_interval=2)
+    for _ in range(n_runs)
+]
+total = time.monotonic() - started
+print(json.dumps({
+    "schedules": [
+        {"cron": s.schedule.cron, "timezone": s.schedule.timezone, "active": s.active}
+        for s in dep.schedules
+    ],
+    "parameters": dep.parameters,
+    "scheduled": [r.expected_start_time.isoformat() for r in runs],
+    "waited_s": [round(t) for t in (found_deployment, found_scheduled, total)],
+    "run_states": [r.state.type.value for r in finished],
+    "run_messages": [r.state.message for r in finished],
+}))
+"""
+
+
+def probe(api: str, tmp: Path, name: str, parameters: dict | None = None, runs: int = 1) -> dict:
+    """Wait for deployment ``name`` and its scheduled runs, then trigger ``runs`` runs one after
+    the other through the API (as ``prefect deployment run`` does) and wait for each."""
+    out = run_cli(
+        [sys.executable, "-c", PROBE, name, json.dumps(parameters or {}), "180", str(runs)],
+        env=client_env(tmp, PREFECT_API_URL=api),
+        cwd=tmp,
+        timeout=420,
+    )
+    got = json.loads(out.strip().splitlines()[-1])
+    print("probe:", got)  # shown with -rP: where the time went (deployment, schedule, runs)
+    return got
+
+
+def cron_far_from_now() -> tuple[str, int]:
+    """A daily cron 12 hours away, so no scheduled run comes due while the test runs."""
+    hour = (datetime.now(UTC).hour + 12) % 24
+    return f"0 {hour} * * *", hour
+
+
+@pytest.mark.server
+@requires_mnist
+def test_serve_creates_scheduled_deployment_and_runs_it(
+    prefect_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    api, server_log = prefect_server
+    cron, hour = cron_far_from_now()
+    params = write_params(tmp_path)
+    env = client_env(tmp_path, PREFECT_API_URL=api)
+    serve_cmd = [str(BIN / "bnpipe"), "serve", "--cron", cron, "--params", str(params)]
+    with running(serve_cmd, env=env, log=tmp_path / "serve.log", cwd=tmp_path):
+        try:
+            got = probe(api, tmp_path, "bn-ablation/nightly", runs=2)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n--- serve:\n{tail(tmp_path / 'serve.log')}\n--- server:\n"
+                f"{tail(server_log)}"
+            ) from None
+    assert got["schedules"] == [{"cron": cron, "timezone": "UTC", "active": True}]
+    # The scheduled runs carry the params file's grid (read when serving started).
+    assert got["parameters"]["params"]["grid"]["seeds"] == [0, 1]
+    assert got["scheduled"] and all(
+        datetime.fromisoformat(t).astimezone(UTC).hour == hour for t in got["scheduled"]
+    )
+    assert got["run_states"] == ["COMPLETED", "COMPLETED"], got["run_messages"]
+    parents, children = runs_of(load_config(params).tracking.uri)
+    assert len(parents) == 2 and set(parents["status"]) == {"FINISHED"}
+    # The first run trained the 4 cells; the rerun with unchanged params reused all of them.
+    assert len(children) == 4 and set(children["status"]) == {"FINISHED"}
+    reused = parents.sort_values("start_time")["tags.bnpipe.cells_reused"].tolist()
+    assert reused == ["0", "4"]
+
+
+@pytest.mark.server
+@requires_mnist
+def test_prefect_yaml_deploys_to_a_work_pool(
+    prefect_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    api, server_log = prefect_server
+    # A copy of the project whose params.yaml is the tiny grid: `prefect deploy` records the
+    # folder it runs in as the runs' working dir, and every run reads params.yaml from there.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "prefect.yaml", project)
+    shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__py*"))
+    write_params(tmp_path).rename(project / "params.yaml")
+    env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_WORKER_QUERY_SECONDS="2")
+    prefect = str(BIN / "prefect")
+    pool = [prefect, "work-pool", "create", "bnpipe", "--type", "process"]
+    run_cli(pool, env=env, cwd=project, timeout=60)
+    run_cli([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=project, timeout=120)
+    worker = [prefect, "worker", "start", "--pool", "bnpipe"]
+    with running(worker, env=env, log=tmp_path / "worker.log", cwd=tmp_path):
+        try:
+            # A per-run parameter, as a custom run in the UI or `--param` would set it.
+            got = probe(
+                api,
+                tmp_path,
+                "bn-ablation-from-file/nightly",
+                {"overrides": ["tracking.experiment=deployed"]},
+            )
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n--- worker:\n{tail(tmp_path / 'worker.log')}\n--- server:\n"
+                f"{tail(server_log)}"
+            ) from None
+    assert got["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
+    assert got["parameters"] == {"params_file": "params.yaml", "overrides": []}
+    assert got["run_states"] == ["COMPLETED"], got["run_messages"]
+    parents, children = runs_of(load_config(project / "params.yaml").tracking.uri, "deployed")
+    assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
+    assert len(children) == 4
+
+
+# -- fast checks of the plumbing (no servers) -----------------------------------------------------
+def test_task_runner_follows_orchestration_config() -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.runners import make_task_runner
+
+    assert make_task_runner(load_config(None)) is None  # serial: train in the flow process
+    local = make_task_runner(
+        load_config(None, ["orchestration.task_runner=dask", "orchestration.dask_workers=3"])
+    )
+    assert isinstance(local, DaskTaskRunner) and local.address is None
+    assert local.cluster_kwargs == {
+        "n_workers": 3,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+    }
+    remote = make_task_runner(
+        load_config(
+            None,
+            ["orchestration.task_runner=dask", "orchestration.dask_address=tcp://sched:8786"],
+        )
+    )
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://sched:8786"
+
+
+def test_lost_worker_fails_its_group_not_the_flow() -> None:
+    from flows.runners import final_state
+
+    class LostFuture:
+        def result(self, raise_on_failure: bool = True) -> None:
+            raise RuntimeError("KilledWorker: worker died twice")
+
+    state = final_state(LostFuture())  # type: ignore[arg-type]
+    assert state.is_failed() and "KilledWorker" in (state.message or "")
+
+
+@requires_mnist
+def test_worker_refuses_data_that_differs_from_the_flows() -> None:
+    from bnpipe.data import DataError, load_mnist
+    from flows.runners import worker_data
+
+    data = load_config(None, ["data.limit_train=100", "data.limit_test=50"]).data
+    digest = load_mnist().subset(100, 50).digest
+    assert worker_data(data, digest).x_train.shape == (100, 784)
+    with pytest.raises(DataError, match="give the workers the same MNIST files"):
+        worker_data(data, "0" * 64)
+
+
+def test_serve_refuses_bad_cron_and_a_missing_server(capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from flows.serve import add_arguments, check_schedule, run
+
+    assert check_schedule("0 3 * * *", "UTC") is None
+    assert "--cron 'every night'" in (check_schedule("every night", "UTC") or "")
+    assert check_schedule("0 3 * * *", "Mars/Olympus") is not None
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = load_config(None)
+    assert run(parser.parse_args(["--cron", "61 * * * *"]), cfg) == 2
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        assert run(parser.parse_args(["--cron", "0 3 * * *"]), cfg) == 2
+    err = capsys.readouterr().err
+    assert "--cron '61 * * * *'" in err and "PREFECT_API_URL is not set" in err
