@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     from bnpipe import bench as bench_mod
 
     bench_mod.add_arguments(bench)
+    serve = sub.add_parser(
+        "serve", help="serve the flow on a cron schedule (needs a Prefect server)"
+    )
+    _add_params_args(serve)
+    from flows import serve as serve_mod
+
+    serve_mod.add_arguments(serve)
     return parser
 
 
@@ -243,6 +250,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bnpipe.data import DataError
+    from bnpipe.tracking import TrackingError
+
+    try:
+        cfg = resolve_config(args.params, args.overrides)
+        preflight(cfg)
+    except (ConfigError, DataError, TrackingError) as exc:
+        return bad_input(str(exc))
+    from flows import serve as serve_mod
+
+    return serve_mod.run(args, cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_defaults()
     args = _parser().parse_args(argv)
@@ -252,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_report(args)
     if args.command == "reproduce":
         return cmd_reproduce(args)
+    if args.command == "serve":
+        return cmd_serve(args)
     if args.command == "bench":
         from bnpipe import bench
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import secrets
 import time
 import traceback
+from collections import ChainMap
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from bnpipe.config import Config, DataConfig
+from bnpipe.config import Config, DataConfig, load_config
 from bnpipe.data import MnistData, load_mnist
 from bnpipe.evaluate import Evaluation, evaluate_weights
 from bnpipe.grid import (
@@ -50,6 +52,8 @@ from bnpipe.tracking import (
 )
 from bnpipe.train import TrainResult, train_group
 from bnpipe.train.common import Cell
+from bnpipe.train.keras_engine import EpochCallback
+from flows.runners import final_state, training_runner, worker_data
 
 VERDICT_COLUMNS = (
     "batch_size",
@@ -94,13 +98,10 @@ def load_data(data: DataConfig) -> MnistData:
     return load_mnist(data.dir).subset(data.limit_train, data.limit_test)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
-def train(group: Group, data: MnistData, cfg: Config, progress: Progress) -> list[TrainResult]:
-    """Train every seed of one group (fused: one stacked model; keras: one fit per seed).
-
-    No retries: a training error is deterministic far more often than transient, and a retry
-    would repeat the most expensive step; the cells are recorded as failed instead.
-    """
+def _train(
+    group: Group, data: MnistData, cfg: Config, on_epoch: EpochCallback | None
+) -> list[TrainResult]:
+    """Train every seed of one group (fused: one stacked model; keras: one fit per seed)."""
     results = train_group(
         cfg.train.engine,
         group.bn,
@@ -115,9 +116,24 @@ def train(group: Group, data: MnistData, cfg: Config, progress: Progress) -> lis
         hidden_units=cfg.model.hidden_units,
         steps_per_execution=cfg.train.steps_per_execution,
         max_models_per_chunk=cfg.train.max_models_per_chunk,
-        on_epoch=progress.epoch,
+        on_epoch=on_epoch,
     )
     return results[: len(group.seeds)]
+
+
+# No retries on training: an error there is deterministic far more often than transient, and a
+# retry would repeat the most expensive step; the cells are recorded as failed instead.
+@task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
+def train(group: Group, data: MnistData, cfg: Config, progress: Progress) -> list[TrainResult]:
+    """Train one group in the flow process, printing per-epoch progress."""
+    return _train(group, data, cfg, progress.epoch)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
+def train_on_worker(group: Group, cfg: Config, digest: str) -> list[TrainResult]:
+    """Train one group on a Dask worker, which reads the data itself (nothing large is shipped;
+    per-epoch progress stays in the worker's log)."""
+    return _train(group, worker_data(cfg.data, digest), cfg, None)
 
 
 # Evaluation is retried although it is computation: it is cheap (one forward pass), and what makes
@@ -290,24 +306,48 @@ def _grouped(cells: list[Cell], cfg: Config) -> list[list[Cell]]:
     ]
 
 
+def _group_of(claimed: MutableMapping[Cell, str]) -> Group:
+    cells = sorted(claimed)
+    return Group(cells[0].bn, cells[0].batch_size, tuple(c.seed for c in cells))
+
+
+def _train_on_cluster(
+    won_groups: list[dict[Cell, str]], data: MnistData, cfg: Config
+) -> Iterator[tuple[dict[Cell, str], State]]:
+    """dask: every claimed group trains at once on the workers; each comes back with its final
+    state, in grid order, for the flow process to evaluate and log (the only MLflow writer)."""
+    with training_runner(cfg) as runner:
+        futures = [
+            runner.submit(
+                train_on_worker, {"group": _group_of(won), "cfg": cfg, "digest": data.digest}
+            )
+            for won in won_groups
+        ]
+        for won, future in zip(won_groups, futures, strict=True):
+            yield won, final_state(future)
+
+
 def _train_and_log(
-    claimed: dict[Cell, str],
+    claimed: MutableMapping[Cell, str],
     tracker: Tracker,
     data: MnistData,
     cfg: Config,
     progress: Progress,
+    trained: State | None = None,
 ) -> dict[Cell, CellOutcome]:
-    """Train the claimed cells of one group, evaluate each, and fill their child runs.
+    """Train the claimed cells of one group (unless ``trained`` elsewhere already), evaluate
+    each, and fill their child runs.
 
     A cell leaves ``claimed`` once its run is closed, so what remains there if this raises are
     the runs still open.
     """
     cells = sorted(claimed)
-    group = Group(cells[0].bn, cells[0].batch_size, tuple(c.seed for c in cells))
+    group = _group_of(claimed)
     evaluate_task = evaluate.with_options(retries=cfg.orchestration.retries)
     log_task = log_cell.with_options(retries=cfg.orchestration.retries)
     out: dict[Cell, CellOutcome] = {}
-    trained = train(group, data, cfg, progress, return_state=True)
+    if trained is None:
+        trained = train(group, data, cfg, progress, return_state=True)
     if trained.is_failed():
         why = _error_text(trained)
         for cell in cells:
@@ -336,7 +376,7 @@ class GridRun:
 
     outcomes: dict[Cell, CellOutcome] = field(default_factory=dict)
     reused: dict[Cell, CellRun] = field(default_factory=dict)
-    open_claims: dict[Cell, str] = field(default_factory=dict)
+    open_claims: MutableMapping[Cell, str] = field(default_factory=dict)
 
 
 def _run_grid(
@@ -361,6 +401,7 @@ def _run_grid(
     pending = [c for c in keys if c not in state.reused]
     waiting: dict[str, Cell] = {}  # another run's live claim -> the cell it trains
     while pending or waiting:
+        won_groups: list[dict[Cell, str]] = []
         for cells in _grouped(pending, cfg):
             specs = [
                 CellSpec(
@@ -381,9 +422,17 @@ def _run_grid(
             for key, other in claims.taken.items():
                 waiting[other] = by_key[key]
             won = {by_key[k]: run_id for k, run_id in claims.won.items()}
-            if won:
+            if won and cfg.orchestration.task_runner == "serial":
                 state.open_claims = won
                 state.outcomes.update(_train_and_log(won, tracker, data, cfg, progress))
+            elif won:
+                won_groups.append(won)
+        if won_groups:
+            # The runs of every group stay open until their group is logged; a ChainMap sees
+            # each group's cells leave as _train_and_log closes them.
+            state.open_claims = ChainMap(*won_groups)
+            for won, trained in _train_on_cluster(won_groups, data, cfg):
+                state.outcomes.update(_train_and_log(won, tracker, data, cfg, progress, trained))
         pending = []
         if waiting:
             print(
@@ -536,3 +585,14 @@ def reused_table(reused: dict[Cell, CellRun], keys: dict[Cell, str]) -> pd.DataF
     return pd.DataFrame(
         rows, columns=["bn", "batch_size", "seed", "run_id", "parent_run_id", "cell_key"]
     )
+
+
+@flow(name="bn-ablation-from-file")
+def ablation_from_file(
+    params_file: str = "params.yaml", overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """The ablation with params read when the run starts: ``params_file`` (relative to the run's
+    working folder) plus ``--set``-style ``overrides``. prefect.yaml deploys this flow, so an
+    edited params.yaml applies to the next scheduled run without redeploying."""
+    cfg = load_config(params_file, list(overrides or []))
+    return ablation(cfg.model_dump(mode="json"))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import prefect  # noqa: F401  (import before TensorFlow: its logging setup would close the capture stream absl holds)
 import pytest
 
 from bnpipe.data import MnistData
