@@ -217,7 +217,7 @@ def _quiet_defaults() -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from bnpipe.report import build_report
+    from bnpipe.report import build_run_report
     from bnpipe.tracking import Tracker, TrackingError, resolve_uri
 
     try:
@@ -229,21 +229,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return bad_input(str(exc))
     except (MlflowException, OSError) as exc:
         return bad_input(f"run {args.run_id}: {_first_line(exc)}")
-    out = build_report(
-        results,
-        histories,
-        Path(cfg.tracking.reports_dir) / run_name,
-        title=f"BN ablation: {run_name}",
-        alpha=cfg.stats.alpha,
-        equivalence_margin=cfg.stats.equivalence_margin,
-        threshold=cfg.stats.val_threshold,
-        n_resamples=cfg.stats.n_resamples,
-        run_info={
-            "parent run": args.run_id,
-            "tracking": tracker.uri,
-            "rebuilt by": "bnpipe report",
-        },
-    )
+    run_info = {"parent run": args.run_id, "tracking": tracker.uri, "rebuilt by": "bnpipe report"}
+    out = build_run_report(results, histories, cfg, run_name, run_info)
     tracker.log_report(args.run_id, [out.report_path, *out.figures])
     print(format_summary(out.summary.to_dict("records")))
     print(f"report: {out.report_path}")

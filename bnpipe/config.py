@@ -24,8 +24,8 @@ class ConfigError(ValueError):
 class _Section(BaseModel):
     # Frozen so a config passed down can't be changed behind the caller's back; forbid so a typo
     # in params.yaml is an error instead of a silently ignored setting. Strict numbers: "10" is
-    # not an epoch count.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # not an epoch count, and .inf is not a learning rate.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from matplotlib.ticker import PercentFormatter
 from scipy import stats as sps
 
 from bnpipe import stats
+from bnpipe.config import Config
 
 FIGSIZE = (7.0, 4.0)
 DPI = 100
@@ -592,3 +593,24 @@ def build_report(
     report_path = out_dir / "report.md"
     report_path.write_text(text, encoding="utf-8")
     return ReportOutput(report_path, figures, summary, anova, batch_effect, dyn)
+
+
+def build_run_report(
+    results: pd.DataFrame,
+    histories: pd.DataFrame,
+    cfg: Config,
+    run_name: str,
+    run_info: Mapping[str, Any],
+) -> ReportOutput:
+    """``build_report`` with the settings of ``cfg``, into ``<reports_dir>/<run name>/``."""
+    return build_report(
+        results,
+        histories,
+        Path(cfg.tracking.reports_dir) / run_name,
+        title=f"BN ablation: {run_name}",
+        alpha=cfg.stats.alpha,
+        equivalence_margin=cfg.stats.equivalence_margin,
+        threshold=cfg.stats.val_threshold,
+        n_resamples=cfg.stats.n_resamples,
+        run_info=run_info,
+    )

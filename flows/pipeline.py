@@ -11,7 +11,6 @@ from collections import ChainMap
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -35,7 +34,7 @@ from bnpipe.grid import (
 )
 from bnpipe.progress import Progress
 from bnpipe.provenance import code_digest, environment_facts, git_commit, package_versions
-from bnpipe.report import ReportOutput, build_report
+from bnpipe.report import ReportOutput, build_run_report
 from bnpipe.tracking import (
     ABANDONED,
     ERROR_TAG,
@@ -232,17 +231,7 @@ def analyze(
     results: pd.DataFrame, histories: pd.DataFrame, cfg: Config, run_name: str, run_info: dict
 ) -> ReportOutput:
     """Statistics, figures and report.md under reports/<run name>/; published to Prefect too."""
-    out = build_report(
-        results,
-        histories,
-        Path(cfg.tracking.reports_dir) / run_name,
-        title=f"BN ablation: {run_name}",
-        alpha=cfg.stats.alpha,
-        equivalence_margin=cfg.stats.equivalence_margin,
-        threshold=cfg.stats.val_threshold,
-        n_resamples=cfg.stats.n_resamples,
-        run_info=run_info,
-    )
+    out = build_run_report(results, histories, cfg, run_name, run_info)
     key = "bn-ablation-report"
     create_markdown_artifact(out.report_path.read_text(), key=key, description=run_name)
     table = out.summary[list(VERDICT_COLUMNS)].round(6)

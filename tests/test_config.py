@@ -51,6 +51,7 @@ def test_config_is_frozen():
         ("train.learning_rate=0", "train.learning_rate: Input should be greater than 0"),
         ("train.learning_rate=-0.1", "train.learning_rate"),
         ("train.engine=turbo", "train.engine"),
+        ("train.learning_rate=.inf", "train.learning_rate"),
         ("grid=3", "grid"),
         ("nonsense", "expected key.path=value"),
     ],
