@@ -33,6 +33,7 @@ bench: setup
 
 # The MLflow UI on the local store, bound to localhost.
 ui: setup
+	mkdir -p mlruns
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 lock: setup
