@@ -105,7 +105,8 @@ def format_summary(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def checked_config(args: argparse.Namespace) -> Config | None:
+    """Config from --params/--set with data and store verified; None after a bad-input error."""
     from bnpipe.data import DataError
     from bnpipe.tracking import TrackingError
 
@@ -113,7 +114,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args.params, args.overrides)
         preflight(cfg)
     except (ConfigError, DataError, TrackingError) as exc:
-        return bad_input(str(exc))
+        bad_input(str(exc))
+        return None
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = checked_config(args)
+    if cfg is None:
+        return EXIT_BAD_INPUT
     from flows.pipeline import ablation
 
     out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
@@ -238,14 +247,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bnpipe.data import DataError
-    from bnpipe.tracking import TrackingError
-
-    try:
-        cfg = resolve_config(args.params, args.overrides)
-        preflight(cfg)
-    except (ConfigError, DataError, TrackingError) as exc:
-        return bad_input(str(exc))
+    cfg = checked_config(args)
+    if cfg is None:
+        return EXIT_BAD_INPUT
     from flows import serve as serve_mod
 
     return serve_mod.run(args, cfg)

@@ -470,7 +470,8 @@ def paired_frame(
     return out.sort_values(["batch_size", "seed"]).reset_index(drop=True)
 
 
-SUMMARY_COLUMNS = [
+# The columns a reader looks at first (the CLI table, the Prefect table artifact).
+HEADLINE_COLUMNS = [
     "batch_size",
     "n_pairs",
     "acc_no_bn",
@@ -481,6 +482,9 @@ SUMMARY_COLUMNS = [
     "t_pvalue",
     "p_holm",
     "verdict",
+]
+SUMMARY_COLUMNS = [
+    *HEADLINE_COLUMNS,
     "n_no_bn",
     "n_bn",
     "sd_diff",

@@ -35,6 +35,7 @@ from bnpipe.grid import (
 from bnpipe.progress import Progress
 from bnpipe.provenance import code_digest, environment_facts, git_commit, package_versions
 from bnpipe.report import ReportOutput, build_run_report
+from bnpipe.stats import HEADLINE_COLUMNS
 from bnpipe.tracking import (
     ABANDONED,
     ERROR_TAG,
@@ -54,19 +55,8 @@ from bnpipe.train.common import Cell
 from bnpipe.train.keras_engine import EpochCallback
 from flows.runners import final_state, training_runner, worker_data
 
-VERDICT_COLUMNS = (
-    "batch_size",
-    "n_pairs",
-    "acc_no_bn",
-    "acc_bn",
-    "mean_diff",
-    "ci_low",
-    "ci_high",
-    "t_pvalue",
-    "p_holm",
-    "tost_pvalue",
-    "verdict",
-)
+# The headline statistics with the equivalence test's p just before the verdict it decides.
+VERDICT_COLUMNS = [*HEADLINE_COLUMNS[:-1], "tost_pvalue", "verdict"]
 
 ENGINE_TAG = TAG_PREFIX + "engine"
 
@@ -234,7 +224,7 @@ def analyze(
     out = build_run_report(results, histories, cfg, run_name, run_info)
     key = "bn-ablation-report"
     create_markdown_artifact(out.report_path.read_text(), key=key, description=run_name)
-    table = out.summary[list(VERDICT_COLUMNS)].round(6)
+    table = out.summary[VERDICT_COLUMNS].round(6)
     create_table_artifact(
         table.astype(object).where(table.notna(), None).to_dict("records"),
         key=key + "-table",
