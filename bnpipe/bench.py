@@ -250,7 +250,22 @@ def run_bench(
         "flops_per_model_epoch": flops,
         "floor_s": floor,
         "cells": rows,
+        "all_cells": all_cells(rows),
         "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def all_cells(rows: list[dict]) -> dict[str, float]:
+    """Each engine's time for one model-epoch of every cell, and the speed-ups over (a).
+
+    The grid trains the same number of models per cell, so these ratios are the whole grid's
+    (compiles included, as far as the bench's epochs amortise them; a longer run amortises more).
+    """
+    totals = {k: sum(r[k]["s_per_model_epoch"] for r in rows) for k in ENGINE_KEYS}
+    return {
+        **{f"{k}_s": v for k, v in totals.items()},
+        "speedup_keras": totals["reference"] / totals["keras"],
+        "speedup_fused": totals["reference"] / totals["fused"],
     }
 
 
@@ -282,6 +297,12 @@ def format_report(report: dict) -> str:
             for label, k in zip("abc", ENGINE_KEYS, strict=True)
         )
         lines.append(f"{'on' if row['bn'] else 'off':>3} {row['batch_size']:>4}  {cpu}")
+    every = report["all_cells"]
+    lines.append(
+        f"all cells (one model-epoch each, as in the grid): (a) {every['reference_s']:.2f}s"
+        f" (b) {every['keras_s']:.2f}s (c) {every['fused_s']:.2f}s -> b/a "
+        f"{every['speedup_keras']:.1f}x, c/a {every['speedup_fused']:.1f}x"
+    )
     lines.append(f"peak RSS {report['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
 

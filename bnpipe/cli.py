@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from bnpipe.config import Config, ConfigError, load_config
+from bnpipe.progress import PhaseClock, format_breakdown
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_MISMATCH = 1  # bnpipe reproduce: the re-trained cell differs from its record
@@ -75,13 +76,17 @@ def resolve_config(params: str | None, overrides: list[str]) -> Config:
     return load_config(params, overrides)
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config, clock: PhaseClock | None = None) -> None:
     """Fail fast, before any run is created: the data must verify and the store must open."""
+    clock = clock or PhaseClock()
     from bnpipe.data import load_mnist
-    from bnpipe.tracking import Tracker, resolve_uri
 
-    load_mnist(cfg.data.dir)
-    Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment).check()
+    with clock.phase("data"):
+        load_mnist(cfg.data.dir)
+    with clock.phase("tracking"):
+        from bnpipe.tracking import Tracker, resolve_uri
+
+        Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment).check()
 
 
 def format_summary(summary: list[dict]) -> str:
@@ -105,14 +110,14 @@ def format_summary(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def checked_config(args: argparse.Namespace) -> Config | None:
+def checked_config(args: argparse.Namespace, clock: PhaseClock | None = None) -> Config | None:
     """Config from --params/--set with data and store verified; None after a bad-input error."""
     from bnpipe.data import DataError
     from bnpipe.tracking import TrackingError
 
     try:
         cfg = resolve_config(args.params, args.overrides)
-        preflight(cfg)
+        preflight(cfg, clock)
     except (ConfigError, DataError, TrackingError) as exc:
         bad_input(str(exc))
         return None
@@ -120,14 +125,22 @@ def checked_config(args: argparse.Namespace) -> Config | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = checked_config(args)
+    clock = PhaseClock()
+    cfg = checked_config(args, clock)
     if cfg is None:
         return EXIT_BAD_INPUT
+    from flows.server import start_temporary_server
+
+    server_up = start_temporary_server()  # boots while TensorFlow is imported
+    with clock.phase("tf_import"):
+        import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
     from flows.pipeline import ablation
 
+    server_up()
     out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
     print()
     print(format_run_summary(out))
+    print(format_breakdown(clock.breakdown(out["timing"]), out["timing"]))
     return EXIT_FAILED_CELLS if any(r["status"] == "failed" for r in out["results"]) else EXIT_OK
 
 

@@ -16,6 +16,8 @@ from pydantic import (
     field_validator,
 )
 
+from bnpipe.train.common import DEFAULT_SHARD_SIZE
+
 
 class ConfigError(ValueError):
     """Invalid params: the message is one line naming the field or file."""
@@ -69,7 +71,11 @@ class TrainConfig(_Section):
     learning_rate: float = Field(default=1e-3, gt=0)
     engine: Literal["fused", "keras"] = "fused"
     steps_per_execution: int = Field(default=100, ge=1)
-    max_models_per_chunk: int | None = Field(default=None, ge=1)
+    # Fused engine: members per stacked model. It decides the last bits of every result (XLA
+    # compiles per shape), so it is logged with each cell and is part of the cell key.
+    shard_size: int = Field(default=DEFAULT_SHARD_SIZE, ge=1)
+    # Fused engine: shards trained at once on threads (speed only); null: one per CPU core.
+    parallel_shards: int | None = Field(default=None, ge=1)
 
 
 class GridConfig(_Section):

@@ -64,6 +64,8 @@ def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
         "hidden_units": list(cfg.model.hidden_units),
         "num_classes": cfg.model.num_classes,
         "engine": cfg.train.engine,
+        # The fused engine's results depend on its shard width (see bnpipe.train.fused).
+        "shard_size": cfg.train.shard_size if cfg.train.engine == "fused" else None,
         "limit_train": cfg.data.limit_train,
         "limit_test": cfg.data.limit_test,
         "data_digest": data_digest,
@@ -75,7 +77,7 @@ def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
 
     The cell's params (data digest, model, training settings, BN, batch size, seed, engine), the
     versions of the packages that compute them (and Python's), and the digest of bnpipe's own
-    numeric code. Speed-only settings (steps_per_execution, max_models_per_chunk, the task
+    numeric code. Speed-only settings (steps_per_execution, parallel_shards, the task
     runner) are left out: they change no numbers, so a result found under the key stays valid.
     """
     return cell_key(
@@ -85,19 +87,6 @@ def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
             "code": code_digest(),
         }
     )
-
-
-def engine_seeds(engine: str, seeds: tuple[int, ...]) -> tuple[int, ...]:
-    """The seeds to hand to ``train_group`` so each cell trains exactly as in a full group.
-
-    XLA compiles the fused engine's program for a single stacked model (K = 1) differently from
-    K >= 2 (measured: K = 1 weights differ in the last bits, K = 2..12 agree bit for bit). A lone
-    seed is therefore trained beside a copy of itself; callers keep the first ``len(seeds)``
-    results. This keeps a resumed group and ``bnpipe reproduce`` identical to the original run.
-    """
-    if engine == "fused" and len(seeds) == 1:
-        return (seeds[0], seeds[0])
-    return tuple(seeds)
 
 
 def history_frame(result: TrainResult) -> pd.DataFrame:

@@ -15,10 +15,10 @@ import numpy as np
 
 from bnpipe.data import MnistData, load_mnist
 from bnpipe.evaluate import evaluate_weights
-from bnpipe.grid import engine_seeds, history_frame
+from bnpipe.grid import history_frame
 from bnpipe.provenance import code_digest, environment_facts, package_versions
 from bnpipe.tracking import STATUS_TAG, TAG_PREFIX, CellRun, Tracker
-from bnpipe.train.common import Cell
+from bnpipe.train.common import DEFAULT_SHARD_SIZE, Cell
 
 # Per-epoch metrics that must match; epoch_time_s is wall time and never does.
 COMPARED_HISTORY = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -71,6 +71,7 @@ class RecordedSettings:
     limit_train: int | None
     limit_test: int | None
     data_digest: str
+    shard_size: int
 
 
 def _optional_int(value: str | None) -> int | None:
@@ -100,6 +101,7 @@ def recorded_settings(run: CellRun) -> RecordedSettings:
             limit_train=_optional_int(p.get("limit_train")),
             limit_test=_optional_int(p.get("limit_test")),
             data_digest=p["data_digest"],
+            shard_size=_optional_int(p.get("shard_size")) or DEFAULT_SHARD_SIZE,
         )
     except (KeyError, ValueError) as exc:
         raise ReproduceError(
@@ -168,7 +170,7 @@ def reproduce_run(tracker: Tracker, run_id: str, data_dir: str | None) -> Reprod
         s.engine,
         s.cell.bn,
         s.cell.batch_size,
-        engine_seeds(s.engine, (s.cell.seed,)),
+        [s.cell.seed],
         data.x_train,
         data.y_train,
         data.x_test,
@@ -176,6 +178,7 @@ def reproduce_run(tracker: Tracker, run_id: str, data_dir: str | None) -> Reprod
         epochs=s.epochs,
         learning_rate=s.learning_rate,
         hidden_units=s.hidden_units,
+        shard_size=s.shard_size,
     )[0]
     rep = Reproduction(run_id, s.cell, s.engine, s.epochs, n_metrics=0)
     recorded_status = run.tags.get(STATUS_TAG, "")

@@ -590,7 +590,9 @@ class Tracker:
             self.client.log_text(run_id, cm.to_csv(), "confusion_matrix.csv")
         if weights is not None:
             buf = io.BytesIO()
-            np.savez_compressed(buf, *weights)
+            # Uncompressed: trained float32 weights shrink by only ~8% and compressing costs ~20x
+            # the write (measured: 209 vs 226 KB, 6 vs 0.3 ms per cell).
+            np.savez(buf, *weights)
             self._log_bytes(run_id, buf.getvalue(), "weights.npz")
         self.client.set_terminated(run_id, status)
         return run_id

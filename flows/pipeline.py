@@ -27,12 +27,11 @@ from bnpipe.grid import (
     Group,
     cell_key_for,
     cell_params,
-    engine_seeds,
     groups,
     history_frame,
     result_row,
 )
-from bnpipe.progress import Progress
+from bnpipe.progress import PhaseClock, Progress
 from bnpipe.provenance import code_digest, environment_facts, git_commit, package_versions
 from bnpipe.report import ReportOutput, build_run_report
 from bnpipe.stats import HEADLINE_COLUMNS
@@ -82,20 +81,21 @@ def _now_ms() -> int:
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def load_data(data: DataConfig) -> MnistData:
+def load_data(data: DataConfig, clock: PhaseClock) -> MnistData:
     """Read and verify MNIST (I/O: retried)."""
-    return load_mnist(data.dir).subset(data.limit_train, data.limit_test)
+    with clock.phase("data"):
+        return load_mnist(data.dir).subset(data.limit_train, data.limit_test)
 
 
 def _train(
     group: Group, data: MnistData, cfg: Config, on_epoch: EpochCallback | None
 ) -> list[TrainResult]:
-    """Train every seed of one group (fused: one stacked model; keras: one fit per seed)."""
-    results = train_group(
+    """Train every seed of one group (fused: stacked shards; keras: one fit per seed)."""
+    return train_group(
         cfg.train.engine,
         group.bn,
         group.batch_size,
-        engine_seeds(cfg.train.engine, group.seeds),
+        group.seeds,
         data.x_train,
         data.y_train,
         data.x_test,
@@ -104,10 +104,10 @@ def _train(
         learning_rate=cfg.train.learning_rate,
         hidden_units=cfg.model.hidden_units,
         steps_per_execution=cfg.train.steps_per_execution,
-        max_models_per_chunk=cfg.train.max_models_per_chunk,
+        shard_size=cfg.train.shard_size,
+        parallel_shards=cfg.train.parallel_shards,
         on_epoch=on_epoch,
     )
-    return results[: len(group.seeds)]
 
 
 # No retries on training: an error there is deterministic far more often than transient, and a
@@ -115,7 +115,8 @@ def _train(
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
 def train(group: Group, data: MnistData, cfg: Config, progress: Progress) -> list[TrainResult]:
     """Train one group in the flow process, printing per-epoch progress."""
-    return _train(group, data, cfg, progress.epoch)
+    with progress.clock.phase("training"):
+        return _train(group, data, cfg, progress.epoch)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
@@ -133,16 +134,17 @@ def train_on_worker(group: Group, cfg: Config, digest: str) -> list[TrainResult]
     cache_policy=NO_CACHE,
     task_run_name="evaluate {result.cell.name}",
 )
-def evaluate(result: TrainResult, data: MnistData, cfg: Config) -> Evaluation:
+def evaluate(result: TrainResult, data: MnistData, cfg: Config, clock: PhaseClock) -> Evaluation:
     """Test metrics of one trained cell."""
-    return evaluate_weights(
-        result.cell,
-        result.weights,
-        data.x_test,
-        data.y_test,
-        hidden_units=cfg.model.hidden_units,
-        num_classes=cfg.model.num_classes,
-    )
+    with clock.phase("evaluation"):
+        return evaluate_weights(
+            result.cell,
+            result.weights,
+            data.x_test,
+            data.y_test,
+            hidden_units=cfg.model.hidden_units,
+            num_classes=cfg.model.num_classes,
+        )
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="log {cell.name}")
@@ -155,6 +157,7 @@ def log_cell(
     evaluation: Evaluation | None,
     error: str | None,
     timestamp_ms: int,
+    clock: PhaseClock,
 ) -> CellOutcome:
     """Fill the cell's claimed child run (I/O: retried); return its results row and history."""
     history = history_frame(result) if result is not None else history_frame(TrainResult(cell, []))
@@ -171,16 +174,17 @@ def log_cell(
     final = dict(evaluation.metrics()) if evaluation is not None else {}
     if result is not None:
         final["train_time_s"] = result.train_time_s
-    tracker.log_cell(
-        run_id,
-        tags=tags,
-        history=history,
-        final_metrics=final,
-        confusion=evaluation.confusion if evaluation is not None else None,
-        weights=result.weights if (result is not None and cfg.tracking.log_weights) else None,
-        status="FINISHED" if status == "finished" else "FAILED",
-        timestamp_ms=timestamp_ms,
-    )
+    with clock.phase("tracking"):
+        tracker.log_cell(
+            run_id,
+            tags=tags,
+            history=history,
+            final_metrics=final,
+            confusion=evaluation.confusion if evaluation is not None else None,
+            weights=result.weights if (result is not None and cfg.tracking.log_weights) else None,
+            status="FINISHED" if status == "finished" else "FAILED",
+            timestamp_ms=timestamp_ms,
+        )
     row = result_row(
         cell,
         status=status,
@@ -194,7 +198,9 @@ def log_cell(
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def load_reused(tracker: Tracker, runs: dict[Cell, CellRun]) -> dict[Cell, CellOutcome]:
+def load_reused(
+    tracker: Tracker, runs: dict[Cell, CellRun], clock: PhaseClock
+) -> dict[Cell, CellOutcome]:
     """Results rows and histories of cells finished by earlier runs (I/O: retried).
 
     The test metrics are the recorded ones and the history is the run's history.csv: nothing is
@@ -202,7 +208,8 @@ def load_reused(tracker: Tracker, runs: dict[Cell, CellRun]) -> dict[Cell, CellO
     """
     out = {}
     for cell, run in runs.items():
-        history = tracker.history(run.run_id)
+        with clock.phase("tracking"):
+            history = tracker.history(run.run_id)
         row = result_row(
             cell,
             status="finished",
@@ -218,10 +225,16 @@ def load_reused(tracker: Tracker, runs: dict[Cell, CellRun]) -> dict[Cell, CellO
 
 @task(cache_policy=NO_CACHE)
 def analyze(
-    results: pd.DataFrame, histories: pd.DataFrame, cfg: Config, run_name: str, run_info: dict
+    results: pd.DataFrame,
+    histories: pd.DataFrame,
+    cfg: Config,
+    run_name: str,
+    run_info: dict,
+    clock: PhaseClock,
 ) -> ReportOutput:
     """Statistics, figures and report.md under reports/<run name>/; published to Prefect too."""
-    out = build_run_report(results, histories, cfg, run_name, run_info)
+    with clock.phase("analysis"):
+        out = build_run_report(results, histories, cfg, run_name, run_info)
     key = "bn-ablation-report"
     create_markdown_artifact(out.report_path.read_text(), key=key, description=run_name)
     table = out.summary[VERDICT_COLUMNS].round(6)
@@ -291,7 +304,7 @@ def _group_of(claimed: MutableMapping[Cell, str]) -> Group:
 
 
 def _train_on_cluster(
-    won_groups: list[dict[Cell, str]], data: MnistData, cfg: Config
+    won_groups: list[dict[Cell, str]], data: MnistData, cfg: Config, clock: PhaseClock
 ) -> Iterator[tuple[dict[Cell, str], State]]:
     """dask: every claimed group trains at once on the workers; each comes back with its final
     state, in grid order, for the flow process to evaluate and log (the only MLflow writer)."""
@@ -303,7 +316,9 @@ def _train_on_cluster(
             for won in won_groups
         ]
         for won, future in zip(won_groups, futures, strict=True):
-            yield won, final_state(future)
+            with clock.phase("training"):  # waiting for the workers
+                state = final_state(future)
+            yield won, state
 
 
 def _train_and_log(
@@ -330,20 +345,32 @@ def _train_and_log(
     if trained.is_failed():
         why = _error_text(trained)
         for cell in cells:
-            out[cell] = log_task(tracker, claimed[cell], cell, cfg, None, None, why, _now_ms())
+            out[cell] = log_task(
+                tracker, claimed[cell], cell, cfg, None, None, why, _now_ms(), progress.clock
+            )
             del claimed[cell]
             progress.cell(cell, "failed", float("nan"))
         return out
     for result in trained.result():
         evaluation, why = None, None
         if result.status == "finished":
-            evaluated = evaluate_task(result, data, cfg, return_state=True)
+            evaluated = evaluate_task(result, data, cfg, progress.clock, return_state=True)
             if evaluated.is_failed():
                 why = _error_text(evaluated)
             else:
                 evaluation = evaluated.result()
         cell = result.cell
-        out[cell] = log_task(tracker, claimed[cell], cell, cfg, result, evaluation, why, _now_ms())
+        out[cell] = log_task(
+            tracker,
+            claimed[cell],
+            cell,
+            cfg,
+            result,
+            evaluation,
+            why,
+            _now_ms(),
+            progress.clock,
+        )
         del claimed[cell]
         progress.cell(cell, out[cell].row["status"], out[cell].row["test_accuracy"])
     return out
@@ -373,7 +400,8 @@ def _run_grid(
     """Reuse what is finished, claim and train what is not, wait for what others train."""
     owner = Owner.current()
     if not fresh:
-        found = tracker.finished_cells(keys.values())
+        with progress.clock.phase("tracking"):
+            found = tracker.finished_cells(keys.values())
         state.reused = {c: found[k] for c, k in keys.items() if k in found}
         for cell, run in state.reused.items():
             progress.cell(cell, f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"])
@@ -391,7 +419,8 @@ def _run_grid(
                 )
                 for c in cells
             ]
-            claims = tracker.claim_cells(parent_id, specs, owner, exclusive=not fresh)
+            with progress.clock.phase("tracking"):
+                claims = tracker.claim_cells(parent_id, specs, owner, exclusive=not fresh)
             by_key = {keys[c]: c for c in cells}
             for key, run in claims.finished.items():
                 state.reused[by_key[key]] = run
@@ -410,7 +439,7 @@ def _run_grid(
             # The runs of every group stay open until their group is logged; a ChainMap sees
             # each group's cells leave as _train_and_log closes them.
             state.open_claims = ChainMap(*won_groups)
-            for won, trained in _train_on_cluster(won_groups, data, cfg):
+            for won, trained in _train_on_cluster(won_groups, data, cfg, progress.clock):
                 state.outcomes.update(_train_and_log(won, tracker, data, cfg, progress, trained))
         pending = []
         if waiting:
@@ -443,11 +472,12 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
     which cells were trained and reused.
     """
     cfg = Config.model_validate(params)
-    started = time.perf_counter()
-    data = load_data.with_options(retries=cfg.orchestration.retries)(cfg.data)
-    tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
-    tracker.check()
-    abandoned = tracker.fail_abandoned_runs()
+    clock = PhaseClock()
+    data = load_data.with_options(retries=cfg.orchestration.retries)(cfg.data, clock)
+    with clock.phase("tracking"):
+        tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
+        tracker.check()
+        abandoned = tracker.fail_abandoned_runs()
     if abandoned:
         print(
             f"marked {len(abandoned)} run(s) FAILED that a killed bnpipe process left RUNNING "
@@ -464,19 +494,20 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
         **{f"{TAG_PREFIX}version.{k}": v for k, v in package_versions().items()},
         **{f"{TAG_PREFIX}env.{k}": v for k, v in environment_facts().items()},
     }
-    parent_id = tracker.start_run(
-        run_name,
-        params=cfg.flat(),
-        tags={
-            **common_tags,
-            **Owner.current().tag(),
-            ROLE_TAG: "parent",
-            TAG_PREFIX + "fresh": fresh,
-            HEARTBEAT_TAG: f"{time.time():.0f}",
-        },
-    )
+    with clock.phase("tracking"):
+        parent_id = tracker.start_run(
+            run_name,
+            params=cfg.flat(),
+            tags={
+                **common_tags,
+                **Owner.current().tag(),
+                ROLE_TAG: "parent",
+                TAG_PREFIX + "fresh": fresh,
+                HEARTBEAT_TAG: f"{time.time():.0f}",
+            },
+        )
     keys = {cell: cell_key_for(cfg, cell, data.digest) for g in groups(cfg) for cell in g.cells}
-    progress = Progress(len(keys), cfg.train.epochs)
+    progress = Progress(len(keys), cfg.train.epochs, clock=clock)
     state = GridRun()
     try:
         with tracker.heartbeat(parent_id):
@@ -491,7 +522,7 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                 fresh=fresh,
                 common_tags=common_tags,
             )
-            state.outcomes.update(load_reused(tracker, state.reused))
+            state.outcomes.update(load_reused(tracker, state.reused, clock))
             # Grid order, whichever cells were reused: the analysis is then the same as a run's
             # that trained everything.
             ordered = [state.outcomes[c] for c in keys]
@@ -503,29 +534,39 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                 run_info["reused"] = (
                     f"{len(state.reused)} of {len(keys)} cells from earlier runs (reused.csv)"
                 )
-            report = analyze(results, history_table, cfg, run_name, run_info)
+            report = analyze(results, history_table, cfg, run_name, run_info, clock)
             summary = report.summary
             failed = results.loc[results["status"] == "failed"]
-            tracker.finish_parent(
-                parent_id,
-                metrics={**summary_metrics(summary), "wall_time_s": time.perf_counter() - started},
-                tables={
-                    "results": results,
-                    "histories": history_table,
-                    "summary": summary,
-                    "reused": reused_table(state.reused, keys),
-                },
-                files=[report.report_path, *report.figures],
-                tags={
-                    TAG_PREFIX + "cells_total": len(results),
-                    TAG_PREFIX + "cells_trained": len(keys) - len(state.reused),
-                    TAG_PREFIX + "cells_reused": len(state.reused),
-                    TAG_PREFIX + "cells_failed": len(failed),
-                    TAG_PREFIX + "cells_diverged": int((results["status"] == "diverged").sum()),
-                    TAG_PREFIX + "runs_marked_abandoned": len(abandoned),
-                },
-                status="FAILED" if len(failed) else "FINISHED",
-            )
+            times = clock.breakdown()
+            timing_metrics = {
+                f"time_{k}_s": v for k, v in times.items() if k not in ("total", "overhead_share")
+            }
+            with clock.phase("tracking"):
+                tracker.finish_parent(
+                    parent_id,
+                    metrics={
+                        **summary_metrics(summary),
+                        **timing_metrics,
+                        "overhead_share": times["overhead_share"],
+                        "wall_time_s": times["total"],
+                    },
+                    tables={
+                        "results": results,
+                        "histories": history_table,
+                        "summary": summary,
+                        "reused": reused_table(state.reused, keys),
+                    },
+                    files=[report.report_path, *report.figures],
+                    tags={
+                        TAG_PREFIX + "cells_total": len(results),
+                        TAG_PREFIX + "cells_trained": len(keys) - len(state.reused),
+                        TAG_PREFIX + "cells_reused": len(state.reused),
+                        TAG_PREFIX + "cells_failed": len(failed),
+                        TAG_PREFIX + "cells_diverged": int((results["status"] == "diverged").sum()),
+                        TAG_PREFIX + "runs_marked_abandoned": len(abandoned),
+                    },
+                    status="FAILED" if len(failed) else "FINISHED",
+                )
     except BaseException as exc:
         # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
         # left open would make a concurrent run wait for a cell nobody trains.
@@ -541,7 +582,8 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
         "results": results.to_dict("records"),
         "summary": summary.to_dict("records"),
         "report": str(report.report_path),
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": clock.breakdown()["total"],
+        "timing": clock.breakdown(),
         "trained": len(keys) - len(state.reused),
         "reused": len(state.reused),
         "abandoned": abandoned,

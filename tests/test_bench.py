@@ -30,6 +30,12 @@ def test_bench_reports_all_engines_and_ratios(tiny_mnist, tmp_path):
     assert row["speedup_fused"] == pytest.approx(
         row["reference"]["s_per_model_epoch"] / row["fused"]["s_per_model_epoch"]
     )
+    every = report["all_cells"]
+    assert (
+        every["speedup_fused"]
+        == pytest.approx(every["reference_s"] / every["fused_s"])
+        == pytest.approx(row["speedup_fused"])
+    )  # one cell: the grid ratio is the cell's
     assert report["floor_s"] > 0 and report["peak_rss_mib"] > 0
     text = format_report(report)
     assert "(c) fused" in text and "peak RSS" in text

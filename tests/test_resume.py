@@ -71,8 +71,7 @@ class TrainCounter:
         real = pipeline.train_group
 
         def counting(engine, bn, batch_size, seeds, *args, **kwargs):
-            # engine_seeds() may pad a lone fused seed with a copy of itself: one cell, not two.
-            self.cells += [Cell(bn, batch_size, s) for s in dict.fromkeys(seeds)]
+            self.cells += [Cell(bn, batch_size, s) for s in seeds]
             return real(engine, bn, batch_size, seeds, *args, **kwargs)
 
         monkeypatch.setattr(pipeline, "train_group", counting)
@@ -392,7 +391,7 @@ def test_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp_path, prefect
     assert again.stdout[again.stdout.index("BN minus") :].splitlines()[1:5] == table
 
     runs = search(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "bnpipe-bn-ablation")
-    cell = runs[runs["tags.mlflow.runName"] == "bn=on bs=64 seed=1"]["run_id"].iloc[0]
+    cell = runs[runs["tags.mlflow.runName"] == "bn=on bs=128 seed=1"]["run_id"].iloc[0]
     rep = subprocess.run(
         [bnpipe, "reproduce", cell], cwd=tmp_path, env=env, capture_output=True, text=True
     )

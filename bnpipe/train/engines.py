@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bnpipe.train.common import Cell, TrainResult
+from bnpipe.train.common import DEFAULT_SHARD_SIZE, Cell, TrainResult
 from bnpipe.train.keras_engine import EpochCallback, train_keras
 
 ENGINES = ("keras", "fused")
@@ -27,7 +27,8 @@ def train_group(
     learning_rate: float,
     hidden_units: tuple[int, ...] = (64, 64),
     steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION,
-    max_models_per_chunk: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    parallel_shards: int | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> list[TrainResult]:
     """Train one model per seed of the (bn, batch_size) group; results come back in seed order.
@@ -42,7 +43,10 @@ def train_group(
         learning_rate: Adam learning rate.
         hidden_units: hidden layer widths.
         steps_per_execution: keras engine only (steps per graph call; changes no numbers).
-        max_models_per_chunk: fused engine only (bounds memory; None trains all seeds at once).
+        shard_size: fused engine only: members per stacked model (it decides the results' last
+            bits, so it is part of a cell's key).
+        parallel_shards: fused engine only: shards trained at once (speed only; None: one
+            per CPU core).
         on_epoch: called as ``on_epoch(cell, epoch, row)`` after every epoch of every model.
 
     Raises:
@@ -79,7 +83,8 @@ def train_group(
             epochs=epochs,
             learning_rate=learning_rate,
             hidden_units=hidden_units,
-            max_models_per_chunk=max_models_per_chunk,
+            shard_size=shard_size,
+            parallel_shards=parallel_shards,
             on_epoch=on_epoch,
         )
     raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")

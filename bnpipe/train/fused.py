@@ -1,8 +1,10 @@
-"""Fused engine: all seeds of one (BN, batch size) group train together as one stacked model.
+"""Fused engine: the seeds of one (BN, batch size) group train together as stacked models.
 
-Every weight gets a leading model axis K, so one batched matmul does the work of K small ones
-and one XLA-compiled epoch loop replaces K * steps Python-driven ``fit`` steps. Each member
-still trains exactly as the keras engine would train it alone:
+The seeds are cut into shards of a fixed width K (``train.shard_size``). In a shard every weight
+gets a leading model axis K, so one batched matmul does the work of K small ones and one
+XLA-compiled epoch loop replaces K * steps Python-driven ``fit`` steps; shards run side by side
+on threads, one per core. Each member still trains exactly as the keras engine would train it
+alone:
 
 - initial weights come from :func:`bnpipe.models.build_model` for that member's seed;
 - member k's batch at step s is ``x[epoch_permutation(seed_k, epoch, n)][s*B:(s+1)*B]`` (the
@@ -23,15 +25,17 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 from bnpipe.models import build_model
-from bnpipe.train.common import Cell, TrainResult, epoch_permutation
+from bnpipe.train.common import DEFAULT_SHARD_SIZE, Cell, TrainResult, epoch_permutation
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
 Tensors = tuple[tf.Tensor, ...]
@@ -258,12 +262,21 @@ def stack_initial_weights(
     return [np.stack(ws).astype(np.float32) for ws in zip(*per_seed, strict=True)]
 
 
-def _chunks(seeds: Sequence[int], size: int | None) -> list[list[int]]:
-    if size is not None and size < 1:
-        raise ValueError(f"max_models_per_chunk must be >= 1, got {size}")
+def shard_seeds(seeds: Sequence[int], shard_size: int) -> list[list[int]]:
+    """Consecutive shards of at most ``shard_size`` seeds, in order."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     seeds = list(seeds)
-    step = len(seeds) if size is None else size
-    return [seeds[i : i + step] for i in range(0, len(seeds), max(step, 1))]
+    return [seeds[i : i + shard_size] for i in range(0, len(seeds), shard_size)]
+
+
+def default_parallel_shards(n_shards: int) -> int:
+    """One shard program per CPU core this process may use, and no more than there are shards."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, n_shards))
 
 
 def train_fused(
@@ -278,10 +291,20 @@ def train_fused(
     epochs: int,
     learning_rate: float,
     hidden_units: tuple[int, ...] = (64, 64),
-    max_models_per_chunk: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    parallel_shards: int | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> list[TrainResult]:
-    """Train one model per seed of a (bn, batch_size) group as one stacked model.
+    """Train one model per seed of a (bn, batch_size) group as stacked models.
+
+    The seeds are cut into shards of ``shard_size``; each shard is one stacked model of exactly
+    ``shard_size`` members (a short shard is padded with copies of its first seed, whose results
+    are dropped). XLA compiles a program for its shapes, and the member count is one of them: on
+    this CPU a member's last bits differed between K = 1, 2 and 10 at batch 128. With every shard
+    the same width, a seed's weights depend on its own settings only, never on which other seeds
+    share the group, so a resumed group or ``bnpipe reproduce`` trains a cell bit for bit as the
+    full grid did. Shards run ``parallel_shards`` at a time on threads, in step epoch by epoch:
+    XLA keeps about 1.7 of 2 cores busy with one small-matmul program, two keep both busy.
 
     Args:
         bn: BatchNormalization after each hidden layer.
@@ -294,108 +317,148 @@ def train_fused(
         epochs: training epochs.
         learning_rate: Adam learning rate.
         hidden_units: hidden layer widths.
-        max_models_per_chunk: train at most this many members at once (bounds memory).
-        on_epoch: called as ``on_epoch(cell, epoch, row)`` (1-based epoch) per member per epoch.
+        shard_size: members per stacked model (decides the last bits of the results).
+        parallel_shards: shards trained at once (speed only); None: one per CPU core.
+        on_epoch: called as ``on_epoch(cell, epoch, row)`` (1-based epoch) per member per epoch,
+            on the calling thread.
 
     Returns:
         One TrainResult per seed (engine "fused"). ``epoch_time_s`` and ``train_time_s`` are the
-        chunk's wall time divided by its members (the amortized cost of one model). A member whose
-        epoch loss is non-finite is "diverged" with its history and weights up to that epoch; the
-        others carry on.
+        wall time of the shards trained together divided by their real members (the amortized
+        cost of one model). A member whose epoch loss is non-finite is "diverged" with its history
+        and weights up to that epoch; the others carry on.
     """
     if len(x_train) < 1 or len(x_val) < 1:
         raise ValueError("train_fused needs at least one training and one validation example")
+    shards = shard_seeds(seeds, shard_size)
+    if parallel_shards is None:
+        parallel_shards = default_parallel_shards(len(shards))
+    if parallel_shards < 1:
+        raise ValueError(f"parallel_shards must be >= 1, got {parallel_shards}")
     # XLA on CPU is deterministic; this also pins any op that falls back to TF kernels.
     tf.config.experimental.enable_op_determinism()
-    x_train_t = tf.constant(np.asarray(x_train, np.float32))
-    y_train_t = tf.constant(np.asarray(y_train, np.int32))
-    x_val_t = tf.constant(np.asarray(x_val, np.float32))
-    y_val_t = tf.constant(np.asarray(y_val, np.int32))
+    data = (
+        tf.constant(np.asarray(x_train, np.float32)),
+        tf.constant(np.asarray(y_train, np.int32)),
+        tf.constant(np.asarray(x_val, np.float32)),
+        tf.constant(np.asarray(y_val, np.int32)),
+    )
+    layout = Layout(bn=bn, n_layers=len(hidden_units) + 1)
     results: list[TrainResult] = []
-    for chunk in _chunks(seeds, max_models_per_chunk):
-        results += _train_chunk(
-            bn,
-            batch_size,
-            chunk,
-            (x_train_t, y_train_t, x_val_t, y_val_t),
-            epochs=epochs,
-            learning_rate=learning_rate,
-            hidden_units=tuple(hidden_units),
-            on_epoch=on_epoch,
-        )
+    with ThreadPoolExecutor(max_workers=parallel_shards, thread_name_prefix="fused") as pool:
+        for wave_start in range(0, len(shards), parallel_shards):
+            wave = [
+                _Shard(layout, batch_size, shard, shard_size, hidden_units, learning_rate)
+                for shard in shards[wave_start : wave_start + parallel_shards]
+            ]
+            results += _train_wave(wave, pool, data, epochs, on_epoch)
     return results
 
 
-def _train_chunk(
-    bn: bool,
-    batch_size: int,
-    seeds: list[int],
-    data: tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor],
-    *,
+def _train_wave(
+    wave: list[_Shard],
+    pool: ThreadPoolExecutor,
+    data: tuple[tf.Tensor, ...],
     epochs: int,
-    learning_rate: float,
-    hidden_units: tuple[int, ...],
     on_epoch: EpochCallback | None,
 ) -> list[TrainResult]:
-    x_train, y_train, x_val, y_val = data
-    n = int(x_train.shape[0])
-    k = len(seeds)
-    layout = Layout(bn=bn, n_layers=len(hidden_units) + 1)
-    run_epoch, evaluate = _compiled(layout, batch_size)
-    cells = [Cell(bn=bn, batch_size=batch_size, seed=seed) for seed in seeds]
-
+    """Train shards side by side, one epoch at a time; callbacks run on this thread."""
+    members = sum(len(shard.seeds) for shard in wave)
     start = time.perf_counter()
-    stacked = stack_initial_weights(bn, seeds, hidden_units)
-    if len(stacked) != layout.n_weights:
-        raise ValueError(
-            f"expected {layout.n_weights} weight arrays, build_model gave {len(stacked)}"
-        )
-    weights = tuple(tf.constant(w) for w in stacked)
-    zeros = tuple(tf.zeros_like(weights[i]) for i in layout.trainable())
-    state = (weights, zeros, zeros)
-    iterations = tf.constant(0, tf.int64)
-    lr = tf.constant(learning_rate, tf.float32)
-    histories: list[list[dict[str, float]]] = [[] for _ in seeds]
-    final: list[list[np.ndarray] | None] = [None] * k
-    end_time = [0.0] * k
-
     for epoch in range(epochs):
-        active = [i for i in range(k) if final[i] is None]
-        if not active:
+        live = [shard for shard in wave if not shard.done]
+        if not live:
             break
         t0 = time.perf_counter()
-        perms = tf.constant(np.stack([epoch_permutation(s, epoch, n) for s in seeds]), tf.int32)
-        state, iterations, loss, acc = run_epoch(state, x_train, y_train, perms, lr, iterations)
-        val_loss, val_acc = evaluate(state[0], x_val, y_val)
+        # list() re-raises the first exception of any shard here.
+        rows = list(pool.map(_Shard.run_epoch, live, [epoch] * len(live), [data] * len(live)))
+        epoch_time = (time.perf_counter() - t0) / members
+        for shard, shard_rows in zip(live, rows, strict=True):
+            shard.record(shard_rows, epoch_time, (time.perf_counter() - start) / members, on_epoch)
+    total = (time.perf_counter() - start) / members
+    return [result for shard in wave for result in shard.results(total)]
+
+
+class _Shard:
+    """One stacked model of ``width`` members: its seeds, padded with copies of the first."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        batch_size: int,
+        seeds: list[int],
+        width: int,
+        hidden_units: tuple[int, ...],
+        learning_rate: float,
+    ) -> None:
+        self.seeds = seeds
+        self.members = seeds + [seeds[0]] * (width - len(seeds))
+        self.cells = [Cell(bn=layout.bn, batch_size=batch_size, seed=seed) for seed in seeds]
+        self.run_epoch_fn, self.evaluate_fn = _compiled(layout, batch_size)
+        # Keras builds the initial weights; it runs here, on the calling thread.
+        stacked = stack_initial_weights(layout.bn, self.members, hidden_units)
+        if len(stacked) != layout.n_weights:
+            raise ValueError(
+                f"expected {layout.n_weights} weight arrays, build_model gave {len(stacked)}"
+            )
+        weights = tuple(tf.constant(w) for w in stacked)
+        zeros = tuple(tf.zeros_like(weights[i]) for i in layout.trainable())
+        self.state = (weights, zeros, zeros)
+        self.iterations = tf.constant(0, tf.int64)
+        self.lr = tf.constant(learning_rate, tf.float32)
+        self.histories: list[list[dict[str, float]]] = [[] for _ in seeds]
+        self.final: list[list[np.ndarray] | None] = [None] * len(seeds)
+        self.end_time = [0.0] * len(seeds)
+
+    @property
+    def done(self) -> bool:
+        return all(f is not None for f in self.final)
+
+    def run_epoch(self, epoch: int, data: tuple[tf.Tensor, ...]) -> np.ndarray:
+        """Train one epoch and validate; returns [real members, METRIC_KEYS] (worker thread)."""
+        x_train, y_train, x_val, y_val = data
+        n = int(x_train.shape[0])
+        perms = np.stack([epoch_permutation(s, epoch, n) for s in self.members])
+        self.state, self.iterations, loss, acc = self.run_epoch_fn(
+            self.state, x_train, y_train, tf.constant(perms, tf.int32), self.lr, self.iterations
+        )
+        val_loss, val_acc = self.evaluate_fn(self.state[0], x_val, y_val)
         rows = np.stack([t.numpy() for t in (loss, acc, val_loss, val_acc)], axis=1)
-        epoch_time = (time.perf_counter() - t0) / k
-        for i in active:
+        return rows[: len(self.seeds)]
+
+    def record(
+        self, rows: np.ndarray, epoch_time: float, elapsed: float, on_epoch: EpochCallback | None
+    ) -> None:
+        """Append the epoch to each live member's history; stop members whose loss diverged."""
+        for i, cell in enumerate(self.cells):
+            if self.final[i] is not None:
+                continue
             row = {key: float(v) for key, v in zip(METRIC_KEYS, rows[i], strict=True)}
             row["epoch_time_s"] = epoch_time
-            histories[i].append(row)
+            self.histories[i].append(row)
             if on_epoch is not None:
-                on_epoch(cells[i], epoch + 1, row)
+                on_epoch(cell, len(self.histories[i]), row)
             # Same rule as the keras engine: a non-finite loss never recovers under Adam.
             if not math.isfinite(row["loss"]):
-                final[i] = _member(state[0], i)
-                end_time[i] = (time.perf_counter() - start) / k
+                self.final[i] = _member(self.state[0], i)
+                self.end_time[i] = elapsed
 
-    total_time = (time.perf_counter() - start) / k
-    results = []
-    for i, cell in enumerate(cells):
-        diverged = final[i] is not None
-        results.append(
-            TrainResult(
-                cell=cell,
-                weights=final[i] if diverged else _member(state[0], i),
-                history=histories[i],
-                status="diverged" if diverged else "finished",
-                error="non-finite training loss" if diverged else None,
-                train_time_s=end_time[i] if diverged else total_time,
-                engine="fused",
+    def results(self, total_time: float) -> list[TrainResult]:
+        out = []
+        for i, cell in enumerate(self.cells):
+            diverged = self.final[i] is not None
+            out.append(
+                TrainResult(
+                    cell=cell,
+                    weights=self.final[i] if diverged else _member(self.state[0], i),
+                    history=self.histories[i],
+                    status="diverged" if diverged else "finished",
+                    error="non-finite training loss" if diverged else None,
+                    train_time_s=self.end_time[i] if diverged else total_time,
+                    engine="fused",
+                )
             )
-        )
-    return results
+        return out
 
 
 def _member(weights: Sequence[tf.Tensor], i: int) -> list[np.ndarray]:
