@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from bnpipe.config import Config
+from bnpipe.data import MnistData
 from bnpipe.provenance import NUMERIC_PACKAGES, cell_key, code_digest, package_versions
 from bnpipe.train.common import HISTORY_KEYS, Cell, TrainResult
+
+if TYPE_CHECKING:  # evaluate imports Keras; grid must not pull in TensorFlow
+    from bnpipe.evaluate import Evaluation
 
 RESULT_COLUMNS = (
     "bn",
@@ -86,6 +91,51 @@ def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
             "versions": package_versions(NUMERIC_PACKAGES),
             "code": code_digest(),
         }
+    )
+
+
+def train_cells(
+    cfg: Config,
+    group: Group,
+    data: MnistData,
+    on_epoch: Callable[[Cell, int, dict[str, float]], None] | None = None,
+) -> list[TrainResult]:
+    """Train a group's seeds as ``cfg`` says: the one place that turns settings into a training
+    call, for the flow and for ``bnpipe reproduce`` alike (fused: stacked shards; keras: one fit
+    per seed)."""
+    # Looked up at call time (TensorFlow only once something trains; tests wrap it there).
+    from bnpipe.train import engines
+
+    return engines.train_group(
+        cfg.train.engine,
+        group.bn,
+        group.batch_size,
+        group.seeds,
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        epochs=cfg.train.epochs,
+        learning_rate=cfg.train.learning_rate,
+        hidden_units=cfg.model.hidden_units,
+        steps_per_execution=cfg.train.steps_per_execution,
+        shard_size=cfg.train.shard_size,
+        parallel_shards=cfg.train.parallel_shards,
+        on_epoch=on_epoch,
+    )
+
+
+def evaluate_cell(cfg: Config, result: TrainResult, data: MnistData) -> Evaluation:
+    """Test metrics of one trained cell (an ordinary Keras model, BN in inference mode)."""
+    from bnpipe.evaluate import evaluate_weights
+
+    return evaluate_weights(
+        result.cell,
+        result.weights,
+        data.x_test,
+        data.y_test,
+        hidden_units=cfg.model.hidden_units,
+        num_classes=cfg.model.num_classes,
     )
 
 

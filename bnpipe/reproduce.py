@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bnpipe.config import Config, DataConfig, ModelConfig, TrainConfig
 from bnpipe.data import MnistData, load_mnist
-from bnpipe.evaluate import evaluate_weights
-from bnpipe.grid import history_frame
+from bnpipe.grid import Group, evaluate_cell, history_frame, train_cells
 from bnpipe.provenance import code_digest, environment_facts, package_versions
 from bnpipe.tracking import STATUS_TAG, TAG_PREFIX, CellRun, Tracker
 from bnpipe.train.common import DEFAULT_SHARD_SIZE, Cell
@@ -72,6 +72,19 @@ class RecordedSettings:
     limit_test: int | None
     data_digest: str
     shard_size: int
+
+    def config(self) -> Config:
+        """The settings as a config, so the cell trains through the flow's own code path."""
+        return Config(
+            data=DataConfig(limit_train=self.limit_train, limit_test=self.limit_test),
+            model=ModelConfig(hidden_units=self.hidden_units, num_classes=self.num_classes),
+            train=TrainConfig(
+                epochs=self.epochs,
+                learning_rate=self.learning_rate,
+                engine=self.engine,
+                shard_size=self.shard_size,
+            ),
+        )
 
 
 def _optional_int(value: str | None) -> int | None:
@@ -161,39 +174,18 @@ def reproduce_run(tracker: Tracker, run_id: str, data_dir: str | None) -> Reprod
         ReproduceError: not a cell run, or the data differs from the recorded data.
         mlflow.exceptions.MlflowException: no such run.
     """
-    from bnpipe.train import train_group  # TensorFlow only once a cell really trains
-
     run = tracker.cell_run(run_id)
     s = recorded_settings(run)
+    cfg = s.config()
     data = load_cell_data(s, data_dir)
-    result = train_group(
-        s.engine,
-        s.cell.bn,
-        s.cell.batch_size,
-        [s.cell.seed],
-        data.x_train,
-        data.y_train,
-        data.x_test,
-        data.y_test,
-        epochs=s.epochs,
-        learning_rate=s.learning_rate,
-        hidden_units=s.hidden_units,
-        shard_size=s.shard_size,
-    )[0]
+    result = train_cells(cfg, Group(s.cell.bn, s.cell.batch_size, (s.cell.seed,)), data)[0]
     rep = Reproduction(run_id, s.cell, s.engine, s.epochs, n_metrics=0)
     recorded_status = run.tags.get(STATUS_TAG, "")
     if recorded_status != result.status:
         rep.metric_diffs.append(Difference("status", recorded_status, result.status))
     _compare_history(rep, tracker, run_id, history_frame(result))
     if result.status == "finished":
-        now = evaluate_weights(
-            s.cell,
-            result.weights,
-            data.x_test,
-            data.y_test,
-            hidden_units=s.hidden_units,
-            num_classes=s.num_classes,
-        ).metrics()
+        now = evaluate_cell(cfg, result, data).metrics()
         for name, value in now.items():
             rep.n_metrics += 1
             recorded = run.metrics.get(name)

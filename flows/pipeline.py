@@ -21,15 +21,17 @@ from prefect.states import State
 
 from bnpipe.config import Config, DataConfig, load_config
 from bnpipe.data import MnistData, load_mnist
-from bnpipe.evaluate import Evaluation, evaluate_weights
+from bnpipe.evaluate import Evaluation
 from bnpipe.grid import (
     RESULT_COLUMNS,
     Group,
     cell_key_for,
     cell_params,
+    evaluate_cell,
     groups,
     history_frame,
     result_row,
+    train_cells,
 )
 from bnpipe.progress import PhaseClock, Progress
 from bnpipe.provenance import code_digest, environment_facts, git_commit, package_versions
@@ -49,9 +51,8 @@ from bnpipe.tracking import (
     Tracker,
     resolve_uri,
 )
-from bnpipe.train import TrainResult, train_group
+from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
-from bnpipe.train.keras_engine import EpochCallback
 from flows.runners import final_state, training_runner, worker_data
 
 # The headline statistics with the equivalence test's p just before the verdict it decides.
@@ -87,43 +88,20 @@ def load_data(data: DataConfig, clock: PhaseClock) -> MnistData:
         return load_mnist(data.dir).subset(data.limit_train, data.limit_test)
 
 
-def _train(
-    group: Group, data: MnistData, cfg: Config, on_epoch: EpochCallback | None
-) -> list[TrainResult]:
-    """Train every seed of one group (fused: stacked shards; keras: one fit per seed)."""
-    return train_group(
-        cfg.train.engine,
-        group.bn,
-        group.batch_size,
-        group.seeds,
-        data.x_train,
-        data.y_train,
-        data.x_test,
-        data.y_test,
-        epochs=cfg.train.epochs,
-        learning_rate=cfg.train.learning_rate,
-        hidden_units=cfg.model.hidden_units,
-        steps_per_execution=cfg.train.steps_per_execution,
-        shard_size=cfg.train.shard_size,
-        parallel_shards=cfg.train.parallel_shards,
-        on_epoch=on_epoch,
-    )
-
-
 # No retries on training: an error there is deterministic far more often than transient, and a
 # retry would repeat the most expensive step; the cells are recorded as failed instead.
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
 def train(group: Group, data: MnistData, cfg: Config, progress: Progress) -> list[TrainResult]:
     """Train one group in the flow process, printing per-epoch progress."""
     with progress.clock.phase("training"):
-        return _train(group, data, cfg, progress.epoch)
+        return train_cells(cfg, group, data, progress.epoch)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
 def train_on_worker(group: Group, cfg: Config, digest: str) -> list[TrainResult]:
     """Train one group on a Dask worker, which reads the data itself (nothing large is shipped;
     per-epoch progress stays in the worker's log)."""
-    return _train(group, worker_data(cfg.data, digest), cfg, None)
+    return train_cells(cfg, group, worker_data(cfg.data, digest))
 
 
 # Evaluation is retried although it is computation: it is cheap (one forward pass), and what makes
@@ -137,14 +115,7 @@ def train_on_worker(group: Group, cfg: Config, digest: str) -> list[TrainResult]
 def evaluate(result: TrainResult, data: MnistData, cfg: Config, clock: PhaseClock) -> Evaluation:
     """Test metrics of one trained cell."""
     with clock.phase("evaluation"):
-        return evaluate_weights(
-            result.cell,
-            result.weights,
-            data.x_test,
-            data.y_test,
-            hidden_units=cfg.model.hidden_units,
-            num_classes=cfg.model.num_classes,
-        )
+        return evaluate_cell(cfg, result, data)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="log {cell.name}")
@@ -575,6 +546,7 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
             tracker.fail_run(run_id, why, failure="interrupted")
         tracker.fail_run(parent_id, why)
         raise
+    final_times = clock.breakdown()  # finish_parent's own tracking included
     return {
         "parent_run_id": parent_id,
         "run_name": run_name,
@@ -582,8 +554,8 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
         "results": results.to_dict("records"),
         "summary": summary.to_dict("records"),
         "report": str(report.report_path),
-        "wall_time_s": clock.breakdown()["total"],
-        "timing": clock.breakdown(),
+        "wall_time_s": final_times["total"],
+        "timing": final_times,
         "trained": len(keys) - len(state.reused),
         "reused": len(state.reused),
         "abandoned": abandoned,

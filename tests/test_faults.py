@@ -11,7 +11,9 @@ import mlflow
 import pandas as pd
 import pytest
 
+from bnpipe import evaluate
 from bnpipe.cli import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, main
+from bnpipe.train import engines
 from bnpipe.train.common import Cell
 from tests.test_resume import STATS, run_flow, search, store_overrides, use_data
 
@@ -26,10 +28,9 @@ def _cell(r: dict) -> Cell:
 def test_diverging_cell_fails_alone_and_only_its_pair_is_dropped(
     monkeypatch, tiny_mnist, store, tmp_path
 ):
-    import flows.pipeline as pipeline
 
     bad = Cell(True, 64, 1)
-    real = pipeline.train_group
+    real = engines.train_group
 
     def one_cell_diverges(engine, bn, batch_size, seeds, *args, **kwargs):
         results = []
@@ -40,7 +41,7 @@ def test_diverging_cell_fails_alone_and_only_its_pair_is_dropped(
             )
         return results
 
-    monkeypatch.setattr(pipeline, "train_group", one_cell_diverges)
+    monkeypatch.setattr(engines, "train_group", one_cell_diverges)
     out, cfg = run_flow(monkeypatch, tiny_mnist, store, [*GRID, "train.epochs=3"])
     status = {_cell(r): r["status"] for r in out["results"]}
     assert status.pop(bad) == "diverged"
@@ -61,9 +62,7 @@ def test_diverging_cell_fails_alone_and_only_its_pair_is_dropped(
 
 
 def test_evaluate_that_fails_once_is_retried(monkeypatch, tiny_mnist, store):
-    import flows.pipeline as pipeline
-
-    real, calls = pipeline.evaluate_weights, []
+    real, calls = evaluate.evaluate_weights, []
 
     def flaky(cell, *args, **kwargs):
         calls.append(cell)
@@ -71,7 +70,7 @@ def test_evaluate_that_fails_once_is_retried(monkeypatch, tiny_mnist, store):
             raise ConnectionError("worker lost (simulated)")
         return real(cell, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "evaluate_weights", flaky)
+    monkeypatch.setattr(evaluate, "evaluate_weights", flaky)
     out, _ = run_flow(monkeypatch, tiny_mnist, store, [*GRID, "grid.batch_sizes=[32]"])
     assert calls.count(Cell(False, 32, 1)) == 2
     assert {r["status"] for r in out["results"]} == {"finished"}
@@ -80,16 +79,14 @@ def test_evaluate_that_fails_once_is_retried(monkeypatch, tiny_mnist, store):
 def test_cell_that_keeps_failing_is_recorded_and_run_exits_1(
     monkeypatch, tiny_mnist, store, capsys
 ):
-    import flows.pipeline as pipeline
-
-    bad, real = Cell(True, 32, 2), pipeline.evaluate_weights
+    bad, real = Cell(True, 32, 2), evaluate.evaluate_weights
 
     def broken(cell, *args, **kwargs):
         if cell == bad:
             raise RuntimeError("evaluation exploded (simulated)")
         return real(cell, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "evaluate_weights", broken)
+    monkeypatch.setattr(evaluate, "evaluate_weights", broken)
     use_data(monkeypatch, tiny_mnist)
     args = [
         a for o in [*store_overrides(store), *GRID, "grid.batch_sizes=[32]"] for a in ("--set", o)
@@ -106,7 +103,7 @@ def test_cell_that_keeps_failing_is_recorded_and_run_exits_1(
     others = runs[runs["tags.mlflow.parentRunId"].notna() & (runs["run_id"] != child["run_id"])]
     assert len(others) == 5 and set(others["status"]) == {"FINISHED"}
     # The next run trains only the failed cell again.
-    monkeypatch.setattr(pipeline, "evaluate_weights", real)
+    monkeypatch.setattr(evaluate, "evaluate_weights", real)
     assert main(["run", *args]) == 0
     assert "(6 cells: 1 trained, 5 reused" in capsys.readouterr().out
 
@@ -115,14 +112,13 @@ def test_cell_that_keeps_failing_is_recorded_and_run_exits_1(
 @pytest.fixture
 def no_training(monkeypatch, tiny_mnist):
     """Generated data, and a train_group that fails the test if anything trains."""
-    import flows.pipeline as pipeline
 
     use_data(monkeypatch, tiny_mnist)
 
     def must_not_train(*_a, **_k):
         raise AssertionError("training started although the store is unusable")
 
-    monkeypatch.setattr(pipeline, "train_group", must_not_train)
+    monkeypatch.setattr(engines, "train_group", must_not_train)
 
 
 def assert_store_rejected(capsys, uri: str, fragment: str, within_s: float = 20.0) -> None:
@@ -199,16 +195,15 @@ def test_server_that_never_answers_is_rejected_fast(capsys, no_training, monkeyp
 
 
 def test_interrupted_run_leaves_nothing_running(monkeypatch, tiny_mnist, store):
-    import flows.pipeline as pipeline
 
-    real = pipeline.train_group
+    real = engines.train_group
 
     def interrupted_at_second_group(engine, bn, batch_size, seeds, *args, **kwargs):
         if bn:
             raise KeyboardInterrupt  # Ctrl-C while the second group trains
         return real(engine, bn, batch_size, seeds, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "train_group", interrupted_at_second_group)
+    monkeypatch.setattr(engines, "train_group", interrupted_at_second_group)
     with pytest.raises(KeyboardInterrupt):
         run_flow(monkeypatch, tiny_mnist, store, [*GRID, "grid.batch_sizes=[32]"])
     runs = search(store, "bnpipe-bn-ablation")

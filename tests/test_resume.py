@@ -1,6 +1,6 @@
 """Resume, reproduce, concurrency: no finished cell is trained twice and no result is lost.
 
-In-process flows count trainings by wrapping ``flows.pipeline.train_group``; the kill and
+In-process flows count trainings by wrapping ``bnpipe.train.engines.train_group``; the kill and
 concurrency tests run real ``bnpipe run`` processes (on generated data, against the session's
 Prefect API) and read the truth back from the MLflow store.
 """
@@ -24,6 +24,7 @@ import pytest
 from bnpipe.config import Config, load_config
 from bnpipe.data import MnistData
 from bnpipe.tracking import CELL_KEY_TAG, PARENT_TAG
+from bnpipe.train import engines
 from bnpipe.train.common import Cell
 from tests.conftest import requires_mnist
 
@@ -62,19 +63,18 @@ def run_flow(monkeypatch, data, store, overrides, *, fresh=False) -> tuple[dict,
 
 
 class TrainCounter:
-    """Wraps flows.pipeline.train_group and records every cell it trains."""
+    """Wraps bnpipe.train.engines.train_group and records every cell it trains."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import flows.pipeline as pipeline
 
         self.cells: list[Cell] = []
-        real = pipeline.train_group
+        real = engines.train_group
 
         def counting(engine, bn, batch_size, seeds, *args, **kwargs):
             self.cells += [Cell(bn, batch_size, s) for s in seeds]
             return real(engine, bn, batch_size, seeds, *args, **kwargs)
 
-        monkeypatch.setattr(pipeline, "train_group", counting)
+        monkeypatch.setattr(engines, "train_group", counting)
 
     def take(self) -> set[Cell]:
         out, self.cells = self.cells, []

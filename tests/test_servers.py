@@ -131,6 +131,16 @@ def running(
         stop(proc)
 
 
+@contextmanager
+def logs_on_failure(**logs: Path) -> Iterator[None]:
+    """Re-raise a failed assertion with the tails of the named logs (what the servers said)."""
+    try:
+        yield
+    except AssertionError as exc:
+        shown = "".join(f"\n--- {name}:\n{tail(path)}" for name, path in logs.items())
+        raise AssertionError(f"{exc}{shown}") from None
+
+
 def run_cli(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> str:
     """Run a command to completion; fail with its output when it fails."""
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -388,14 +398,12 @@ def test_serve_creates_scheduled_deployment_and_runs_it(
     params = write_params(tmp_path)
     env = client_env(tmp_path, PREFECT_API_URL=api)
     serve_cmd = [str(BIN / "bnpipe"), "serve", "--cron", cron, "--params", str(params)]
-    with running(serve_cmd, env=env, log=tmp_path / "serve.log", cwd=tmp_path):
-        try:
-            got = probe(api, tmp_path, "bn-ablation/nightly", runs=2)
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{exc}\n--- serve:\n{tail(tmp_path / 'serve.log')}\n--- server:\n"
-                f"{tail(server_log)}"
-            ) from None
+    log = tmp_path / "serve.log"
+    with (
+        running(serve_cmd, env=env, log=log, cwd=tmp_path),
+        logs_on_failure(serve=log, server=server_log),
+    ):
+        got = probe(api, tmp_path, "bn-ablation/nightly", runs=2)
     assert got["schedules"] == [{"cron": cron, "timezone": "UTC", "active": True}]
     # The scheduled runs carry the params file's grid (read when serving started).
     assert got["parameters"]["params"]["grid"]["seeds"] == [0, 1]
@@ -430,20 +438,18 @@ def test_prefect_yaml_deploys_to_a_work_pool(
     run_cli(pool, env=env, cwd=project, timeout=60)
     run_cli([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=project, timeout=120)
     worker = [prefect, "worker", "start", "--pool", "bnpipe"]
-    with running(worker, env=env, log=tmp_path / "worker.log", cwd=tmp_path):
-        try:
-            # A per-run parameter, as a custom run in the UI or `--param` would set it.
-            got = probe(
-                api,
-                tmp_path,
-                "bn-ablation-from-file/nightly",
-                {"overrides": ["tracking.experiment=deployed"]},
-            )
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{exc}\n--- worker:\n{tail(tmp_path / 'worker.log')}\n--- server:\n"
-                f"{tail(server_log)}"
-            ) from None
+    log = tmp_path / "worker.log"
+    with (
+        running(worker, env=env, log=log, cwd=tmp_path),
+        logs_on_failure(worker=log, server=server_log),
+    ):
+        # A per-run parameter, as a custom run in the UI or `--param` would set it.
+        got = probe(
+            api,
+            tmp_path,
+            "bn-ablation-from-file/nightly",
+            {"overrides": ["tracking.experiment=deployed"]},
+        )
     assert got["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
     assert got["parameters"] == {"params_file": "params.yaml", "overrides": []}
     assert got["run_states"] == ["COMPLETED"], got["run_messages"]
