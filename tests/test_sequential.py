@@ -1,0 +1,234 @@
+"""Tests for bnpipe.stats.sequential: published boundaries, decisions, resuming, operating
+characteristics by simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from bnpipe.stats import (
+    LOOK_COLUMNS,
+    SEQUENTIAL_SUMMARY_COLUMNS,
+    alpha_spent,
+    average_sample_number,
+    looks_frame,
+    sequential_bounds,
+    sequential_decide,
+    sequential_summary,
+    t_critical,
+)
+
+# gsDesign, K = 5 equally spaced looks, one-sided alpha 0.025 per side (Lan-DeMets spending).
+GSDESIGN_OBF = [4.877, 3.357, 2.680, 2.290, 2.031]
+GSDESIGN_POCOCK = [2.438, 2.427, 2.410, 2.397, 2.385]
+
+
+@pytest.mark.parametrize(
+    ("spending", "expected"), [("obf", GSDESIGN_OBF), ("pocock", GSDESIGN_POCOCK)]
+)
+def test_bounds_match_gsdesign(spending: str, expected: list[float]) -> None:
+    np.testing.assert_allclose(sequential_bounds(5, 0.05, spending), expected, atol=5e-3)
+
+
+def test_bounds_single_look_is_fixed_design_and_timing_matters() -> None:
+    assert sequential_bounds(1, 0.05)[0] == pytest.approx(sps.norm.isf(0.025), abs=1e-9)
+    # Unequal timing: an early look at 10% spends almost nothing under OBF.
+    uneven = sequential_bounds(3, 0.05, "obf", timing=[0.1, 0.5, 1.0])
+    assert uneven[0] > sequential_bounds(3, 0.05, "obf")[0]
+    assert np.all(np.diff(uneven) < 0)
+
+
+def test_bounds_spend_exactly_alpha_by_simulation() -> None:
+    # Crossing probability of the canonical process under H0 equals the spent alpha per look.
+    c = sequential_bounds(4, 0.05, "pocock")
+    rng = np.random.default_rng(3)
+    steps = rng.standard_normal((200_000, 4))
+    z = np.cumsum(steps, axis=1) / np.sqrt(np.arange(1, 5))
+    crossed = np.abs(z) >= c
+    first = np.where(crossed.any(axis=1), crossed.argmax(axis=1), -1)
+    cum = [np.mean((first >= 0) & (first <= k)) for k in range(4)]
+    np.testing.assert_allclose(cum, alpha_spent(np.arange(1, 5) / 4, 0.05, "pocock"), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n_looks": 0}, "n_looks"),
+        ({"n_looks": 3, "alpha": 1.5}, "alpha"),
+        ({"n_looks": 3, "spending": "haybittle"}, "spending"),
+        ({"n_looks": 2, "timing": [0.6, 0.5]}, "timing"),
+        ({"n_looks": 2, "timing": [0.5, 0.9]}, "timing"),
+    ],
+)
+def test_bounds_reject_bad_arguments(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        sequential_bounds(**kwargs)
+
+
+def test_t_conversion_keeps_tail_probability() -> None:
+    z = np.array([4.877, 2.031])
+    n = np.array([10, 50])
+    t = t_critical(z, n)
+    np.testing.assert_allclose(t, sps.t.ppf(sps.norm.cdf(z), n - 1), rtol=1e-8)
+    np.testing.assert_allclose(sps.t.sf(t, n - 1), sps.norm.sf(z), rtol=1e-8)
+    assert np.all(t > z)
+    assert math.isnan(t_critical(2.0, 1))
+
+
+def test_table_uses_t_converted_boundaries() -> None:
+    d = np.random.default_rng(0).normal(0.0, 0.003, 30)
+    res = sequential_decide(d, look_every=10, max_n=30, margin=0.0)
+    tab = res.table
+    assert list(tab.columns) == LOOK_COLUMNS
+    np.testing.assert_allclose(tab["z_crit"], sequential_bounds(3, 0.05, "obf"))
+    np.testing.assert_allclose(tab["t_crit"], sps.t.ppf(sps.norm.cdf(tab["z_crit"]), tab["n"] - 1))
+    for row in tab.itertuples():
+        x = d[: row.n]
+        half = row.t_crit * x.std(ddof=1) / math.sqrt(row.n)
+        assert row.rci_low == pytest.approx(x.mean() - half)
+        assert row.rci_high == pytest.approx(x.mean() + half)
+        assert row.t_stat == pytest.approx(sps.ttest_1samp(x, 0.0).statistic)
+    np.testing.assert_allclose(tab["alpha_spent"], alpha_spent([1 / 3, 2 / 3, 1], 0.05))
+    assert tab["alpha_spent"].iloc[-1] == pytest.approx(0.05)
+
+
+def _noisy(mean: float, n: int, sd: float = 0.003, seed: int = 0) -> np.ndarray:
+    """Differences with exactly this sample mean and sd (so decisions are known in advance)."""
+    x = np.random.default_rng(seed).standard_normal(n)
+    return mean + sd * (x - x.mean()) / x.std(ddof=1)
+
+
+@pytest.mark.parametrize(
+    ("mean", "decision"), [(0.004, "benefit"), (-0.004, "harm"), (0.0, "equivalent")]
+)
+def test_each_decision_reached(mean: float, decision: str) -> None:
+    # Same sample mean/sd at each look of 40 pairs -> decided at the first look that allows it.
+    d = np.concatenate([_noisy(mean, 10, seed=s) for s in range(10)])
+    res = sequential_decide(d, look_every=10, max_n=100, margin=0.002)
+    assert res.decision == decision
+    assert res.table["decision"].iloc[-1] == decision
+    assert (res.table["decision"].iloc[:-1] == "continue").all()
+    assert res.n == 10 * res.looks == res.table["n"].iloc[-1]
+    assert res.looks < 10
+    if decision == "benefit":
+        assert res.rci_low > 0
+    elif decision == "harm":
+        assert res.rci_high < 0
+    else:
+        assert -0.002 < res.rci_low < res.rci_high < 0.002
+
+
+def test_continue_versus_undecided() -> None:
+    # Mean 0.0015 with sd 0.02: neither excludes 0 nor fits within +/-0.002 by 40 pairs.
+    d = _noisy(0.0015, 40, sd=0.02)
+    short = sequential_decide(d[:25], look_every=10, max_n=40)
+    assert (short.decision, short.n, short.looks, short.planned_looks) == ("continue", 20, 2, 4)
+    assert not short.decided
+    full = sequential_decide(d, look_every=10, max_n=40)
+    assert (full.decision, full.n, full.looks) == ("undecided", 40, 4)
+    assert full.decided
+    assert full.rci_low < 0 < full.rci_high
+    # Too few pairs for a first look: nothing to report yet.
+    none = sequential_decide(d[:9], look_every=10, max_n=40)
+    assert (none.decision, none.n, none.looks, len(none.table)) == ("continue", 0, 0, 0)
+    assert math.isnan(none.rci_low)
+
+
+def test_last_look_at_max_n_when_not_a_multiple() -> None:
+    res = sequential_decide(_noisy(0.0, 25, sd=0.05), look_every=10, max_n=25, margin=0.0)
+    assert res.table["n"].tolist() == [10, 20, 25]
+    assert res.decision == "undecided"
+
+
+def test_resumed_run_equals_straight_run() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        d = rng.normal(rng.choice([-0.002, 0.0, 0.0015]), 0.003, 100)
+        straight = sequential_decide(d)
+        # A scheduled run sees 10 more seeds each time, stopping once decided.
+        for n in range(10, 101, 10):
+            step = sequential_decide(d[:n])
+            if step.decided:
+                break
+        assert step.to_dict() == straight.to_dict()
+        pd.testing.assert_frame_equal(step.table, straight.table)
+        # Extra seeds trained past the deciding look change nothing.
+        assert sequential_decide(d[: straight.n]).to_dict() == straight.to_dict()
+
+
+def test_zero_sd_and_single_pair_looks() -> None:
+    assert sequential_decide([0.125] * 10).decision == "benefit"
+    assert sequential_decide([-0.125] * 10).decision == "harm"
+    same = sequential_decide([0.0] * 10)
+    assert same.decision == "equivalent"
+    assert same.rci_low == same.rci_high == 0.0
+    one = sequential_decide([0.5, 0.5], look_every=1, max_n=2)
+    assert one.table["decision"].tolist() == ["continue", "benefit"]
+    assert math.isnan(one.table["t_crit"].iloc[0])
+
+
+@pytest.mark.parametrize(
+    ("diffs", "kwargs", "field"),
+    [
+        ([0.1, np.nan, 0.2, np.inf], {}, r"positions \[1, 3\]"),
+        ([0.1] * 10, {"look_every": 0}, "look_every"),
+        ([0.1] * 10, {"max_n": 2.5}, "max_n"),
+        ([0.1] * 10, {"margin": -1.0}, "margin"),
+        ([0.1] * 10, {"alpha": 0.0}, "alpha"),
+        ([0.1] * 10, {"spending": "OBF"}, "spending"),
+    ],
+)
+def test_decide_rejects_bad_input(diffs: list[float], kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        sequential_decide(diffs, **kwargs)
+
+
+def test_operating_characteristics() -> None:
+    """The issue's proof: sd 0.003, margin 0.002, looks every 10 up to 100, alpha 0.05."""
+    design = {"look_every": 10, "max_n": 100, "alpha": 0.05, "margin": 0.002}
+    oc = {eff: average_sample_number(eff, 0.003, **design) for eff in (0.0, 0.002, -0.002, 0.0015)}
+    for eff, r in oc.items():
+        print(f"effect {eff:+.4f}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()))
+        total = r["p_benefit"] + r["p_harm"] + r["p_equivalent"] + r["p_undecided"]
+        assert total == pytest.approx(1.0)
+        assert 10 <= r["asn"] <= 100
+    assert oc[0.0]["p_benefit"] + oc[0.0]["p_harm"] <= 0.05
+    assert oc[0.002]["p_equivalent"] <= 0.05
+    assert oc[-0.002]["p_equivalent"] <= 0.05
+    assert oc[0.0015]["p_benefit"] >= 0.8
+
+
+def test_simulation_follows_decide() -> None:
+    # The vectorised simulation applies the same rule as sequential_decide, draw for draw.
+    kw = {"look_every": 5, "max_n": 20, "alpha": 0.1, "margin": 0.003, "spending": "pocock"}
+    sim = average_sample_number(0.001, 0.003, n_sim=300, seed=5, **kw)
+    y = np.random.default_rng(5).normal(0.0, 0.003, (300, 20))
+    runs = [sequential_decide(0.001 + row, **kw) for row in y]
+    assert sim["asn"] == pytest.approx(np.mean([r.n for r in runs]))
+    for d in ("benefit", "harm", "equivalent", "undecided"):
+        assert sim[f"p_{d}"] == pytest.approx(np.mean([r.decision == d for r in runs]))
+    assert sim == average_sample_number(0.001, 0.003, n_sim=300, seed=5, **kw)
+
+
+def test_summary_and_looks_frame() -> None:
+    per = {
+        16: sequential_decide(_noisy(0.004, 40)),
+        32: sequential_decide(_noisy(0.0015, 40, sd=0.02)),
+        64: sequential_decide([]),
+    }
+    summ = sequential_summary(per)
+    assert list(summ.columns[: len(SEQUENTIAL_SUMMARY_COLUMNS)]) == SEQUENTIAL_SUMMARY_COLUMNS
+    assert summ["label"].tolist() == [16, 32, 64]
+    assert summ["decision"].tolist() == [per[k].decision for k in per]
+    assert summ["n"].tolist() == [per[k].n for k in per]
+    looks = looks_frame(per)
+    assert looks["comparison"].tolist() == [16] * per[16].looks + [32] * per[32].looks
+    assert set(LOOK_COLUMNS) <= set(looks.columns)
+    assert (
+        looks.groupby("comparison")["final"].first() == summ.set_index("label")["decision"][:2]
+    ).all()
+    assert looks_frame({64: per[64]}).empty
