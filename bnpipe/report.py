@@ -270,6 +270,82 @@ def plot_paired_seeds(results: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+SEQUENTIAL_COLORS = {
+    "benefit": "#2ca02c",
+    "harm": "#d62728",
+    "equivalent": "#1f77b4",
+    "undecided": "0.45",
+    "continue": "0.45",
+}
+
+
+def plot_sequential_monitoring(looks: pd.DataFrame, path: Path, *, margin: float) -> Path:
+    """Group-sequential monitoring: one column per comparison, x = seed pairs used.
+
+    Top row: the repeated CI at every look against 0 and the shaded ±margin band, the last
+    look coloured by the decision. Bottom row: the t statistic against the look's boundary
+    ±t_crit (crossing it is what "the interval excludes 0" means). ``looks`` is
+    ``stats.looks_frame`` output (``comparison`` plus ``stats.LOOK_COLUMNS``).
+
+    Raises:
+        ValueError: If ``looks`` lacks a needed column.
+    """
+    need = ["comparison", "n", "mean", "rci_low", "rci_high", "t_stat", "t_crit", "decision"]
+    missing = [c for c in need if c not in looks.columns]
+    if missing:
+        raise ValueError(f"looks frame lacks columns {missing}")
+    comparisons = list(pd.unique(looks["comparison"]))
+    ncols = max(len(comparisons), 1)
+    fig, axes = _new_figure(2, ncols, sharex="col", sharey="row", height_ratios=[3, 2])
+    fig.set_size_inches(max(FIGSIZE[0], 2.4 * ncols), 5.5)
+    pp, band = 100.0, 100.0 * margin
+    # The first O'Brien-Fleming looks have huge intervals; clip them rather than flatten the rest.
+    last = looks.groupby("comparison", sort=False).tail(1)
+    span = np.abs(pp * last[["rci_low", "rci_high"]].to_numpy(dtype=float))
+    ylim = 1.25 * max(2 * band, float(np.nanmax(span, initial=0.0)))
+    tlim = 1.3 * max(3.0, float(np.nanmax(np.abs(looks["t_stat"]), initial=0.0)))
+    for j, name in enumerate(comparisons):
+        g = looks.loc[looks["comparison"] == name].sort_values("n")
+        top, bottom = axes[0, j], axes[1, j]
+        n = g["n"].to_numpy(dtype=float)
+        mean, low, high = (pp * g[c].to_numpy(dtype=float) for c in ("mean", "rci_low", "rci_high"))
+        decision = str(g["decision"].iloc[-1])
+        color = SEQUENTIAL_COLORS.get(decision, "k")
+        top.axhspan(-band, band, color="0.85", lw=0)
+        top.axhline(0.0, color="0.3", lw=1)
+        colors = ["k"] * (len(g) - 1) + [color]
+        for x, m, lo, hi, c in zip(n, mean, low, high, colors, strict=True):
+            top.errorbar(x, m, yerr=[[m - lo], [hi - m]], fmt="o", color=c, capsize=3, ms=4)
+        top.set_ylim(-ylim, ylim)
+        top.set_title(f"{name}\n{decision} at n = {int(n[-1])}", fontsize=9, color=color)
+        top.grid(axis="y", alpha=0.3)
+        # Boundaries exist only at the looks; the lines between them just guide the eye.
+        bottom.fill_between(n, -g["t_crit"], g["t_crit"], color="0.92", lw=0)
+        for sign in (1, -1):
+            bottom.plot(n, sign * g["t_crit"], color="#ff7f0e", ls="--", lw=1.2, marker="_", ms=8)
+        bottom.plot(n, g["t_stat"], color="k", marker="o", ms=4, lw=1)
+        bottom.plot(n[-1], g["t_stat"].iloc[-1], "o", color=color, ms=6)
+        bottom.axhline(0.0, color="0.3", lw=0.8)
+        bottom.set_ylim(-tlim, tlim)
+        bottom.set_xlabel("seed pairs used", fontsize=9)
+        bottom.grid(axis="y", alpha=0.3)
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=8)
+            ax.set_xlim(0, n[-1] + max(n[0], 1))
+    axes[0, 0].set_ylabel("BN − no BN (pp)", fontsize=9)
+    axes[1, 0].set_ylabel("t statistic", fontsize=9)
+    handles = [
+        axes[0, 0].errorbar([], [], yerr=[], fmt="o", color="k", ms=4, label="repeated CI"),
+        axes[0, 0].fill_between([], [], color="0.85", label=f"equivalence band ±{band:.2f} pp"),
+        axes[1, 0].plot(
+            [], [], color="#ff7f0e", ls="--", label="boundary ±t_crit (benefit or harm beyond it)"
+        )[0],
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle("Group-sequential monitoring: repeated CI and boundary at every look", fontsize=10)
+    return _save(fig, path)
+
+
 # -------------------------------------------------------------------------------- markdown
 
 

@@ -4,12 +4,15 @@ characteristics by simulation."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from bnpipe import report
 from bnpipe.stats import (
     LOOK_COLUMNS,
     SEQUENTIAL_SUMMARY_COLUMNS,
@@ -232,3 +235,24 @@ def test_summary_and_looks_frame() -> None:
         looks.groupby("comparison")["final"].first() == summ.set_index("label")["decision"][:2]
     ).all()
     assert looks_frame({64: per[64]}).empty
+
+
+def test_monitoring_figure(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    per = {
+        "bs 16": sequential_decide(rng.normal(0.0015, 0.003, 100)),
+        "bs 32": sequential_decide(_noisy(0.0015, 40, sd=0.02), max_n=40),
+        "bs 64": sequential_decide(_noisy(0.0, 40, sd=0.0025)),
+        "bs 128": sequential_decide(rng.normal(-0.0022, 0.003, 100)),
+    }
+    assert [r.decision for r in per.values()] == ["benefit", "undecided", "equivalent", "harm"]
+    out = report.plot_sequential_monitoring(looks_frame(per), tmp_path / "m.png", margin=0.002)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(out)
+    assert img.shape[1] > img.shape[0] > 300  # four columns, two rows
+    assert img[..., :3].std() > 0.05  # something was drawn
+    with pytest.raises(ValueError, match="t_crit"):
+        report.plot_sequential_monitoring(
+            looks_frame(per).drop(columns="t_crit"), tmp_path / "x.png", margin=0.002
+        )
+    assert not (tmp_path / "x.png").exists()
