@@ -21,6 +21,7 @@ from bnpipe.stats import (
     looks_frame,
     sequential_bounds,
     sequential_decide,
+    sequential_plan,
     sequential_summary,
     t_critical,
 )
@@ -97,6 +98,10 @@ def test_table_uses_t_converted_boundaries() -> None:
         assert row.t_stat == pytest.approx(sps.ttest_1samp(x, 0.0).statistic)
     np.testing.assert_allclose(tab["alpha_spent"], alpha_spent([1 / 3, 2 / 3, 1], 0.05))
     assert tab["alpha_spent"].iloc[-1] == pytest.approx(0.05)
+    plan = sequential_plan(look_every=10, max_n=30)
+    pd.testing.assert_frame_equal(
+        plan[["look", "n", "z_crit", "alpha_spent"]], tab[["look", "n", "z_crit", "alpha_spent"]]
+    )
 
 
 def _noisy(mean: float, n: int, sd: float = 0.003, seed: int = 0) -> np.ndarray:

@@ -58,6 +58,7 @@ from bnpipe.stats.sequential import (
     looks_frame,
     sequential_bounds,
     sequential_decide,
+    sequential_plan,
     sequential_summary,
     t_critical,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "seeds_needed",
     "sequential_bounds",
     "sequential_decide",
+    "sequential_plan",
     "sequential_summary",
     "summarize_by_batch_size",
     "t_critical",

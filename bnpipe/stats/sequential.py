@@ -129,9 +129,8 @@ def _bounds(timing: tuple[float, ...], alpha: float, spending: str) -> tuple[flo
     spent = alpha_spent(np.array(timing), alpha, spending)
     increments = np.diff(np.concatenate([[0.0], spent]))
     t_all = np.array(timing)
-    step = min(
-        _GRID_STEP, float(np.sqrt(1 - t_all[:-1] / t_all[1:]).min(initial=1.0)) / _GRID_PER_SD
-    )
+    min_sd = float(np.sqrt(1 - t_all[:-1] / t_all[1:]).min(initial=1.0))
+    step = min(_GRID_STEP, min_sd / _GRID_PER_SD)
     crit: list[float] = []
     z = mass = np.zeros(0)  # grid of Z_{k-1} and its continuation sub-density x Simpson weight
     for k, (t, inc) in enumerate(zip(timing, increments, strict=True)):
@@ -142,9 +141,8 @@ def _bounds(timing: tuple[float, ...], alpha: float, spending: str) -> tuple[flo
             c = math.inf
         elif k == 0:
             c = float(stats.norm.isf(inc / 2))
-        elif _cross(0.0, shift, sd, mass) <= inc:
-            c = 0.0  # would spend more than is left: reject everything
         else:
+            # Bracketed: at c = 0 all continuing mass (1 - spent so far > inc) crosses.
             c = optimize.brentq(_cross, 0.0, 40.0, args=(shift, sd, mass, inc), xtol=1e-10)
         crit.append(c)
         limit = min(c, _Z_CAP)
@@ -170,7 +168,7 @@ def _check_timing(n_looks: int, timing: Sequence[float] | np.ndarray | None) -> 
     )
     if not ok:
         raise ValueError(f"timing must be {n_looks} increasing fractions in (0, 1] ending at 1")
-    return tuple(float(v) for v in t)
+    return (*(float(v) for v in t[:-1]), 1.0)
 
 
 def _check_alpha(alpha: float, spending: str) -> None:
@@ -243,6 +241,32 @@ def _design(
     timing = ns / max_n
     z = sequential_bounds(len(ns), alpha, spending, timing)
     return ns, z, alpha_spent(timing, alpha, spending)
+
+
+def sequential_plan(
+    *,
+    look_every: int = 10,
+    max_n: int = 100,
+    alpha: float = 0.05,
+    spending: str = "obf",
+) -> pd.DataFrame:
+    """The planned looks of a design, fixed before any data: what to record with the design.
+
+    Returns:
+        One row per planned look: ``look, n, timing, z_crit, alpha_spent`` (cumulative,
+        two-sided); the t boundary follows from ``t_critical(z_crit, n)``.
+    """
+    _check_alpha(alpha, spending)
+    ns, z, spent = _design(look_every, max_n, alpha, 0.0, spending)
+    return pd.DataFrame(
+        {
+            "look": np.arange(1, len(ns) + 1),
+            "n": ns,
+            "timing": ns / max_n,
+            "z_crit": z,
+            "alpha_spent": spent,
+        }
+    )
 
 
 @dataclass(frozen=True, eq=False)
