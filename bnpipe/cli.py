@@ -110,6 +110,22 @@ def format_summary(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_decisions(decisions: list[dict]) -> str:
+    """The sequential design's decided table printed at the end of a run."""
+    head = (
+        f"{'batch':>5}  {'decision':>10}  {'pairs':>5}  {'looks':>5}  {'BN - no BN':>10}  "
+        f"{'repeated CI':>19}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in decisions:
+        ci = f"[{r['rci_low']:+.4f}, {r['rci_high']:+.4f}]"
+        lines.append(
+            f"{r['batch_size']:>5}  {r['decision']:>10}  {r['n_pairs']:>5}  {r['looks']:>5}  "
+            f"{r['mean_diff']:>+10.4f}  {ci:>19}"
+        )
+    return "\n".join(lines)
+
+
 def checked_config(args: argparse.Namespace, clock: PhaseClock | None = None) -> Config | None:
     """Config from --params/--set with data and store verified; None after a bad-input error."""
     from bnpipe.data import DataError
@@ -149,11 +165,25 @@ def format_run_summary(out: dict) -> str:
     results = out["results"]
     failed = [r for r in results if r["status"] == "failed"]
     diverged = [r for r in results if r["status"] == "diverged"]
-    lines = [
-        f"BN minus no-BN test accuracy, paired by seed ({len(results)} cells: "
-        f"{out['trained']} trained, {out['reused']} reused; {out['wall_time_s']:.0f}s):",
-        format_summary(out["summary"]),
-    ]
+    counts = (
+        f"{len(results)} cells: {out['trained']} trained, {out['reused']} reused; "
+        f"{out['wall_time_s']:.0f}s"
+    )
+    if out.get("decisions"):
+        alpha = out["decisions"][0]["alpha"]
+        lines = [
+            f"Decided: BN minus no-BN test accuracy per batch size, sequential design ({counts}; "
+            f"alpha {alpha:.4g} per comparison):",
+            format_decisions(out["decisions"]),
+            "",
+            "Fixed-sample tests on the same pairs (descriptive; seeds were added until decided):",
+            format_summary(out["summary"]),
+        ]
+    else:
+        lines = [
+            f"BN minus no-BN test accuracy, paired by seed ({counts}):",
+            format_summary(out["summary"]),
+        ]
     if out["reused"]:
         lines.append(
             f"reused {out['reused']} finished cells of earlier runs (same cell key; listed in "

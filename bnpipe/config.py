@@ -14,6 +14,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from bnpipe.train.common import DEFAULT_SHARD_SIZE
@@ -81,11 +82,15 @@ class TrainConfig(_Section):
 class GridConfig(_Section):
     bn: tuple[bool, ...] = (False, True)
     batch_sizes: tuple[int, ...] = (16, 32, 64, 128)
-    seeds: tuple[int, ...] = tuple(range(10))
+    # null: the sequential design picks seeds 0, 1, 2, ... as it needs them; a list: a fixed
+    # design on exactly those seeds.
+    seeds: tuple[int, ...] | None = None
 
     @field_validator("bn", "batch_sizes", "seeds")
     @classmethod
-    def _non_empty_unique(cls, v: tuple) -> tuple:
+    def _non_empty_unique(cls, v: tuple | None) -> tuple | None:
+        if v is None:
+            return v
         if not v:
             raise ValueError("must not be empty")
         if len(set(v)) != len(v):
@@ -101,8 +106,8 @@ class GridConfig(_Section):
 
     @field_validator("seeds")
     @classmethod
-    def _non_negative_seed(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(s < 0 for s in v):
+    def _non_negative_seed(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and any(s < 0 for s in v):
             raise ValueError("seeds must be >= 0")
         return v
 
@@ -110,8 +115,28 @@ class GridConfig(_Section):
 class StatsConfig(_Section):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     equivalence_margin: float = Field(default=0.002, gt=0)
+    # sequential: add seed pairs per comparison until decided; fixed: exactly grid.seeds (an
+    # explicit grid.seeds list means fixed whatever this says).
+    design: Literal["sequential", "fixed"] = "sequential"
+    look_every: int = Field(default=10, ge=2)
+    max_seeds: int = Field(default=100, ge=2)
+    spending: Literal["obf", "pocock"] = "obf"
+    # Looks one run may do (null: until every comparison is decided). A scheduled run with 1 does
+    # the next look of the same design each time; the decisions equal a straight run's.
+    looks_per_run: int | None = Field(default=None, ge=1)
+    # SD of per-seed differences assumed when planning (design quantities such as the expected
+    # seeds to a decision are computed from it, never from the observed effect).
+    planning_sd: float = Field(default=0.003, gt=0)
     n_resamples: int = Field(default=9999, ge=99)
     val_threshold: float = Field(default=0.97, gt=0, le=1)
+
+    @field_validator("max_seeds")
+    @classmethod
+    def _whole_looks(cls, v: int, info: ValidationInfo) -> int:
+        every = info.data.get("look_every")
+        if every is not None and v < every:
+            raise ValueError(f"must be >= stats.look_every ({every})")
+        return v
 
 
 class TrackingConfig(_Section):
@@ -136,6 +161,17 @@ class Config(_Section):
     stats: StatsConfig = StatsConfig()
     tracking: TrackingConfig = TrackingConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    @model_validator(mode="after")
+    def _design_has_pairs(self) -> Config:
+        # A sequential design decides BN vs no BN per batch size: without both arms no look can
+        # ever decide, and it would train up to the seed cap for nothing.
+        if self.stats.design == "sequential" and self.grid.seeds is None and len(self.grid.bn) != 2:
+            raise ValueError(
+                "stats.design: sequential needs grid.bn = [false, true]; give grid.seeds for a "
+                "fixed design"
+            )
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view (``train.epochs`` -> 10), for logging as MLflow params."""
@@ -174,6 +210,8 @@ def _one_line(err: ValidationError, source: str) -> str:
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{source}: unknown key '{field}'{hint} (valid: {', '.join(valid)})"
     msg = e["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections names its fields itself
+        return f"{source}: {msg}"
     return f"{source}: {field}: {msg} (got {e.get('input')!r})"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +49,25 @@ class Group:
         return f"bn={'on' if self.bn else 'off'} bs={self.batch_size}"
 
 
-def groups(cfg: Config) -> list[Group]:
-    """Training groups in a stable order (batch size, then BN off before on)."""
+def grid_cells(cfg: Config, seeds: Mapping[int, Sequence[int]]) -> list[Cell]:
+    """The cells of ``seeds`` (batch size -> seeds) in grid order: batch size as configured,
+    then BN off before on, then seed."""
     return [
-        Group(bn, bs, cfg.grid.seeds) for bs in cfg.grid.batch_sizes for bn in sorted(cfg.grid.bn)
+        Cell(bn, bs, s)
+        for bs in cfg.grid.batch_sizes
+        if bs in seeds
+        for bn in sorted(cfg.grid.bn)
+        for s in sorted(seeds[bs])
     ]
+
+
+def training_groups(cells: Iterable[Cell]) -> list[Group]:
+    """``cells`` split into training groups (one per BN and batch size), in grid order as
+    given (first appearance)."""
+    by: dict[tuple[bool, int], list[int]] = {}
+    for c in cells:
+        by.setdefault((c.bn, c.batch_size), []).append(c.seed)
+    return [Group(bn, bs, tuple(seeds)) for (bn, bs), seeds in by.items()]
 
 
 def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from scipy import stats as sps
 
 from bnpipe import stats
 from bnpipe.config import Config
+from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
 
 FIGSIZE = (7.0, 4.0)
 DPI = 100
@@ -32,6 +33,7 @@ FIGURE_FILES = {
     "accuracy_vs_batch_size": "accuracy_vs_batch_size.png",
     "bn_difference": "bn_difference.png",
     "paired_seeds": "paired_seeds.png",
+    "sequential_monitoring": "sequential_monitoring.png",
 }
 
 
@@ -45,6 +47,7 @@ class ReportOutput:
     anova: pd.DataFrame
     batch_effect: pd.DataFrame
     dynamics: pd.DataFrame
+    design: DesignOutcome | None = None
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -373,12 +376,6 @@ def _pp(x: float) -> str:
     return f"{100 * x:+.2f}" if np.isfinite(x) else "n/a"
 
 
-def _seeds(x: float) -> str:
-    if np.isinf(x):
-        return f"> {stats.MAX_SEEDS:,}"
-    return f"{int(x)}" if np.isfinite(x) else "n/a"
-
-
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Render a GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -400,7 +397,6 @@ def verdict_table(summary: pd.DataFrame) -> str:
         "TOST p",
         "d_z",
         "verdict",
-        "seeds needed (80% power)",
     ]
     rows = [
         [
@@ -414,11 +410,87 @@ def verdict_table(summary: pd.DataFrame) -> str:
             _fmt_p(r.tost_pvalue),
             _fmt(r.cohens_dz, ".2f"),
             r.verdict,
-            _seeds(r.seeds_for_80pct_power),
         ]
         for r in summary.itertuples(index=False)
     ]
     return md_table(headers, rows)
+
+
+def decision_table(decisions: pd.DataFrame) -> str:
+    """The sequential design's decided verdicts (differences in percentage points)."""
+    rows = [
+        [
+            int(r.batch_size),
+            f"**{r.decision}**",
+            int(r.n_pairs),
+            int(r.looks),
+            f"{_pp(r.mean_diff)} [{_pp(r.rci_low)}, {_pp(r.rci_high)}]",
+            f"{r.alpha:.4g}",
+        ]
+        for r in decisions.itertuples(index=False)
+    ]
+    headers = ["batch size", "decision", "pairs used", "looks", "BN − no BN pp [RCI]", "alpha"]
+    return md_table(headers, rows)
+
+
+def characteristics_table(oc: pd.DataFrame) -> str:
+    """Design quantities at the planning SD: expected pairs to a decision and decision rates."""
+    rows = [
+        [
+            _pp(r.effect),
+            _pp(r.sd),
+            f"{r.asn:.1f}",
+            _pct(r.p_benefit),
+            _pct(r.p_harm),
+            _pct(r.p_equivalent),
+            _pct(r.p_undecided),
+        ]
+        for r in oc.itertuples(index=False)
+    ]
+    headers = [
+        "true diff (pp)",
+        "SD (pp)",
+        "expected pairs",
+        "P(benefit)",
+        "P(harm)",
+        "P(equivalent)",
+        "P(undecided)",
+    ]
+    return md_table(headers, rows)
+
+
+def design_section(design: DesignOutcome) -> list[str]:
+    """Markdown lines: the decided verdicts, how to read them, and the design's quantities."""
+    plan = design.plan
+    margin = _pp(plan.margin).lstrip("+")
+    lines = [
+        "## Decision per batch size (sequential design)",
+        "",
+        f"The {plan.describe()}. At each look the repeated confidence interval (RCI) of the "
+        "mean BN − no BN difference is compared with 0 and with the equivalence band "
+        f"±{margin} pp: **benefit** / **harm** when it excludes 0, **equivalent** when it lies "
+        "inside the band, else more seeds; **undecided** at the cap. The RCIs hold their "
+        f"coverage at every look, so the family-wise error rate is at most {plan.alpha:g} "
+        "across comparisons, looks and scheduled runs.",
+        "",
+        decision_table(design.decisions),
+        "",
+    ]
+    undecided = design.decisions.loc[design.decisions["decision"] == "undecided"]
+    for r in undecided.itertuples(index=False):
+        lines.append(
+            f"- batch size {int(r.batch_size)}: undecided after {int(r.n_pairs)} pairs; the "
+            f"difference lies in [{_pp(r.rci_low)}, {_pp(r.rci_high)}] pp."
+        )
+    lines += [
+        "",
+        f"Design quantities at the planning SD ({_pp(plan.planning_sd).lstrip('+')} pp per pair; "
+        "simulated, not estimated from this run's effect):",
+        "",
+        characteristics_table(design.characteristics),
+        "",
+    ]
+    return lines
 
 
 def anova_table(anova: pd.DataFrame) -> str:
@@ -520,8 +592,6 @@ def methods_note(
         f"±{100 * float(summary['equivalence_margin'].iloc[0]) if len(summary) else 0:.2f} pp.",
         "- Effect sizes: Cohen's d_z = mean/SD of differences; Hedges' g_z with the exact "
         "gamma-function small-sample correction.",
-        "- Seeds needed: smallest n giving 80% power for the observed mean difference and SD "
-        f"(two-sided paired t-test, alpha = {alpha:g}, noncentral t).",
         "- Verdict: significant if Holm p < alpha (sign gives improvement/harm), else equivalent "
         "if TOST p < alpha, else inconclusive.",
         f"- Interaction: {stats.ANOVA_METHOD}. Batch-size effect within each BN setting: "
@@ -560,23 +630,36 @@ def render_markdown(
     methods: str,
     alpha: float,
     threshold: float,
+    design: DesignOutcome | None = None,
 ) -> str:
     """Assemble report.md from computed tables (figure links relative to the report)."""
     parts = [f"# {title}", "", "## Run", ""]
     parts += [f"- **{k}**: {v}" for k, v in run_info.items()] or ["- (no run info)"]
+    parts += [""]
+    sequential = design is not None and design.plan.sequential
+    if sequential:
+        parts += design_section(design)
     parts += [
-        "",
-        "## Verdict per batch size",
+        "## Fixed-sample tests on the same pairs (descriptive)"
+        if sequential
+        else "## Verdict per batch size",
         "",
         "Differences are BN minus no BN, in percentage points (pp) of test accuracy.",
         "",
-        verdict_table(summary),
-        "",
     ]
+    if sequential:
+        parts += [
+            "_These seeds were added until a decision, so the p-values and verdicts below are "
+            "not error-controlled: the decision table above is the result._",
+            "",
+        ]
+    parts += [verdict_table(summary), ""]
     parts += [f"- {stats.verdict_sentence(row)}" for _, row in summary.iterrows()]
     parts += [
         "",
-        "## Does batch size change the effect of BN?",
+        "## Does batch size change the effect of BN? (exploratory)",
+        "",
+        "_Secondary analyses on the seeds complete in every cell; not error-controlled._",
         "",
         anova_sentence(anova, alpha),
         "",
@@ -614,6 +697,7 @@ def build_report(
     threshold: float = 0.97,
     n_resamples: int = 9999,
     run_info: Mapping[str, Any] | None = None,
+    plan: Plan | None = None,
 ) -> ReportOutput:
     """Compute the statistics, draw the figures and write ``out_dir/report.md``.
 
@@ -627,6 +711,8 @@ def build_report(
         threshold: Validation accuracy threshold for epochs-to-threshold.
         n_resamples: Bootstrap/permutation budget.
         run_info: Key facts shown at the top (run id, config digest, versions, ...).
+        plan: The run's design; a sequential one adds its decisions, monitoring figure and
+            design quantities, and labels the fixed-sample tests descriptive.
 
     Returns:
         A ``ReportOutput`` with the written paths and the computed tables.
@@ -654,6 +740,10 @@ def build_report(
         ),
         plot_paired_seeds(results, out_dir / FIGURE_FILES["paired_seeds"]),
     ]
+    design = design_outcome(results, plan) if plan is not None else None
+    if design is not None and plan.sequential and len(design.looks):
+        monitoring = out_dir / FIGURE_FILES["sequential_monitoring"]
+        figures.insert(0, plot_sequential_monitoring(design.looks, monitoring, margin=plan.margin))
     text = render_markdown(
         title=title,
         run_info=dict(run_info or {}),
@@ -665,10 +755,11 @@ def build_report(
         methods=methods_note(results, summary, alpha=alpha, n_resamples=n_resamples),
         alpha=alpha,
         threshold=threshold,
+        design=design,
     )
     report_path = out_dir / "report.md"
     report_path.write_text(text, encoding="utf-8")
-    return ReportOutput(report_path, figures, summary, anova, batch_effect, dyn)
+    return ReportOutput(report_path, figures, summary, anova, batch_effect, dyn, design)
 
 
 def build_run_report(
@@ -689,4 +780,5 @@ def build_run_report(
         threshold=cfg.stats.val_threshold,
         n_resamples=cfg.stats.n_resamples,
         run_info=run_info,
+        plan=plan_of(cfg),
     )

@@ -8,7 +8,7 @@ import secrets
 import time
 import traceback
 from collections import ChainMap
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,14 @@ from prefect.states import State
 
 from bnpipe.config import Config, DataConfig, load_config
 from bnpipe.data import MnistData, load_mnist
+from bnpipe.design import (
+    Plan,
+    close_capped,
+    decide_all,
+    next_block,
+    plan_of,
+    stratum_label,
+)
 from bnpipe.evaluate import Evaluation
 from bnpipe.grid import (
     RESULT_COLUMNS,
@@ -28,10 +36,11 @@ from bnpipe.grid import (
     cell_key_for,
     cell_params,
     evaluate_cell,
-    groups,
+    grid_cells,
     history_frame,
     result_row,
     train_cells,
+    training_groups,
 )
 from bnpipe.progress import PhaseClock, Progress
 from bnpipe.provenance import code_digest, environment_facts, git_commit, package_versions
@@ -220,8 +229,8 @@ def analyze(
 def cfg_info(cfg: Config, data: MnistData) -> dict[str, Any]:
     """Facts shown at the top of the report."""
     return {
-        "grid": f"BN {list(cfg.grid.bn)} x batch sizes {list(cfg.grid.batch_sizes)} x "
-        f"{len(cfg.grid.seeds)} seeds",
+        "grid": f"BN {list(cfg.grid.bn)} x batch sizes {list(cfg.grid.batch_sizes)} x seeds",
+        "design": plan_of(cfg).describe(),
         "training": f"{cfg.train.epochs} epochs, Adam lr {cfg.train.learning_rate}, "
         f"engine {cfg.train.engine}",
         "data": f"{len(data.x_train)} train / {len(data.x_test)} test ({data.source}), "
@@ -259,14 +268,10 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def _grouped(cells: list[Cell], cfg: Config) -> list[list[Cell]]:
-    """``cells`` split into training groups, in the grid's group order."""
+def _grouped(cells: list[Cell], order: Iterable[Cell]) -> list[list[Cell]]:
+    """``cells`` split into training groups, in the grid order of ``order``."""
     todo = set(cells)
-    return [
-        [c for c in group.cells if c in todo]
-        for group in groups(cfg)
-        if any(c in todo for c in group.cells)
-    ]
+    return [g.cells for g in training_groups(c for c in order if c in todo)]
 
 
 def _group_of(claimed: MutableMapping[Cell, str]) -> Group:
@@ -373,14 +378,15 @@ def _run_grid(
     if not fresh:
         with progress.clock.phase("tracking"):
             found = tracker.finished_cells(keys.values())
-        state.reused = {c: found[k] for c, k in keys.items() if k in found}
-        for cell, run in state.reused.items():
+        reused = {c: found[k] for c, k in keys.items() if k in found}
+        state.reused.update(reused)
+        for cell, run in reused.items():
             progress.cell(cell, f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"])
     pending = [c for c in keys if c not in state.reused]
     waiting: dict[str, Cell] = {}  # another run's live claim -> the cell it trains
     while pending or waiting:
         won_groups: list[dict[Cell, str]] = []
-        for cells in _grouped(pending, cfg):
+        for cells in _grouped(pending, keys):
             specs = [
                 CellSpec(
                     keys[c],
@@ -477,26 +483,34 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                 HEARTBEAT_TAG: f"{time.time():.0f}",
             },
         )
-    keys = {cell: cell_key_for(cfg, cell, data.digest) for g in groups(cfg) for cell in g.cells}
-    progress = Progress(len(keys), cfg.train.epochs, clock=clock)
+    plan = plan_of(cfg)
+    progress = Progress(0, cfg.train.epochs, clock=clock)
+    print(f"plan: {plan.describe()}; {_plan_size(plan, cfg)}", flush=True)
     state = GridRun()
     try:
         with tracker.heartbeat(parent_id):
-            _run_grid(
-                state,
-                keys,
-                parent_id,
-                tracker,
-                data,
-                cfg,
-                progress,
-                fresh=fresh,
-                common_tags=common_tags,
-            )
+
+            def run_cells(seeds: dict[int, range | tuple[int, ...]]) -> dict[Cell, str]:
+                keys = {c: cell_key_for(cfg, c, data.digest) for c in grid_cells(cfg, seeds)}
+                progress.total += len(keys)
+                _run_grid(
+                    state,
+                    keys,
+                    parent_id,
+                    tracker,
+                    data,
+                    cfg,
+                    progress,
+                    fresh=fresh,
+                    common_tags=common_tags,
+                )
+                return keys
+
+            keys = _run_design(plan, run_cells, state)
             state.outcomes.update(load_reused(tracker, state.reused, clock))
-            # Grid order, whichever cells were reused: the analysis is then the same as a run's
-            # that trained everything.
-            ordered = [state.outcomes[c] for c in keys]
+            # Grid order, whichever cells were reused and whichever look trained them: the
+            # analysis is then the same as a run's that trained everything at once.
+            ordered = [state.outcomes[c] for c in grid_cells(cfg, _seeds_by_stratum(keys))]
             results = pd.DataFrame([o.row for o in ordered], columns=list(RESULT_COLUMNS))
             histories = [o.history for o in ordered if len(o.history)]
             history_table = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
@@ -507,6 +521,7 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                 )
             report = analyze(results, history_table, cfg, run_name, run_info, clock)
             summary = report.summary
+            design = report.design
             failed = results.loc[results["status"] == "failed"]
             times = clock.breakdown()
             timing_metrics = {
@@ -517,6 +532,7 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                     parent_id,
                     metrics={
                         **summary_metrics(summary),
+                        **design.record["metrics"],
                         **timing_metrics,
                         "overhead_share": times["overhead_share"],
                         "wall_time_s": times["total"],
@@ -526,6 +542,11 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                         "histories": history_table,
                         "summary": summary,
                         "reused": reused_table(state.reused, keys),
+                        **(
+                            {"decisions": design.decisions, "looks": design.looks}
+                            if plan.sequential
+                            else {}
+                        ),
                     },
                     files=[report.report_path, *report.figures],
                     tags={
@@ -535,6 +556,7 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                         TAG_PREFIX + "cells_failed": len(failed),
                         TAG_PREFIX + "cells_diverged": int((results["status"] == "diverged").sum()),
                         TAG_PREFIX + "runs_marked_abandoned": len(abandoned),
+                        **{TAG_PREFIX + k: v for k, v in design.record["tags"].items()},
                     },
                     status="FAILED" if len(failed) else "FINISHED",
                 )
@@ -553,6 +575,7 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
         "tracking_uri": tracker.uri,
         "results": results.to_dict("records"),
         "summary": summary.to_dict("records"),
+        "decisions": design.decisions.to_dict("records"),
         "report": str(report.report_path),
         "wall_time_s": final_times["total"],
         "timing": final_times,
@@ -560,6 +583,93 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
         "reused": len(state.reused),
         "abandoned": abandoned,
     }
+
+
+def _plan_size(plan: Plan, cfg: Config) -> str:
+    """How many cells the plan trains (a fixed list), or per look and at most (sequential)."""
+    arms = len(cfg.grid.bn)
+    if not plan.sequential:
+        return f"{arms * len(plan.strata) * len(plan.seeds)} cells"
+    per_look = arms * len(plan.strata) * plan.look_every
+    return (
+        f"{per_look} cells per look, at most {arms * len(plan.strata) * plan.max_seeds} "
+        f"({plan.max_looks} looks)"
+    )
+
+
+def _seeds_by_stratum(cells: Iterable[Cell]) -> dict[int, list[int]]:
+    out: dict[int, set[int]] = {}
+    for c in cells:
+        out.setdefault(c.batch_size, set()).add(c.seed)
+    return {bs: sorted(s) for bs, s in out.items()}
+
+
+def _light_results(state: GridRun) -> pd.DataFrame:
+    """Status and test accuracy of every cell so far (trained or reused): what a look needs."""
+    rows = [
+        {k: o.row[k] for k in ("bn", "batch_size", "seed", "status", "test_accuracy")}
+        for o in state.outcomes.values()
+    ]
+    rows += [
+        {
+            "bn": c.bn,
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+            "status": "finished",
+            "test_accuracy": run.metrics["test_accuracy"],
+        }
+        for c, run in state.reused.items()
+    ]
+    return pd.DataFrame(rows, columns=["bn", "batch_size", "seed", "status", "test_accuracy"])
+
+
+def _run_design(plan: Plan, run_cells: Any, state: GridRun) -> dict[Cell, str]:
+    """Train what the design asks for; returns every cell's key.
+
+    Fixed: the seed list once. Sequential: a block of ``look_every`` seeds for every open
+    comparison, then a look (decisions from all pairs so far, reused ones included), until
+    every comparison is decided or capped.
+    """
+    if not plan.sequential:
+        return run_cells({bs: plan.seeds for bs in plan.strata})
+    keys: dict[Cell, str] = {}
+    started = dict.fromkeys(plan.strata, 0)
+    decisions = decide_all(_light_results(state), plan)
+    look = trained_looks = 0
+    while block := next_block(plan, decisions, started):
+        # Looks replayed from reused cells are free and do not count: a scheduled run with
+        # looks_per_run=1 replays the design so far, then trains exactly one new look.
+        if plan.looks_per_run is not None and trained_looks >= plan.looks_per_run:
+            print(
+                f"stopping after {trained_looks} new look(s) (stats.looks_per_run); the next run "
+                "does the next look of the same design",
+                flush=True,
+            )
+            break
+        look += 1
+        trained_before = len(state.outcomes)
+        t0 = time.perf_counter()
+        print(
+            f"look {look}: seeds {min(r.start for r in block.values())}-"
+            f"{max(r.stop for r in block.values()) - 1} for "
+            f"{', '.join(stratum_label(bs) for bs in block)}",
+            flush=True,
+        )
+        keys.update(run_cells(block))
+        trained_looks += len(state.outcomes) > trained_before
+        for bs, seeds in block.items():
+            started[bs] = seeds.stop
+        decisions = close_capped(decide_all(_light_results(state), plan), plan, started)
+        print(
+            f"look {look} done in {time.perf_counter() - t0:.0f}s: "
+            + "; ".join(
+                f"{stratum_label(bs)} {d.decision} (n={d.n}, "
+                f"RCI [{100 * d.rci_low:+.2f}, {100 * d.rci_high:+.2f}] pp)"
+                for bs, d in decisions.items()
+            ),
+            flush=True,
+        )
+    return keys
 
 
 def reused_table(reused: dict[Cell, CellRun], keys: dict[Cell, str]) -> pd.DataFrame:

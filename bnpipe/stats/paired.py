@@ -634,12 +634,6 @@ def verdict_sentence(row: pd.Series | dict[str, Any]) -> str:
             f": inconclusive, neither significant (Holm-adjusted p {_p(row['p_holm'])}) nor "
             f"shown equivalent within ±{100 * margin:.2f} pp (TOST p {_p(row['tost_pvalue'])})."
         )
-    need = float(row["seeds_for_80pct_power"])
-    if np.isinf(need):
-        tail += " A difference this small is not detectable with any practical number of seeds."
-    elif np.isfinite(need):
-        tail += (
-            f" Detecting a difference of this size with 80% power would take about "
-            f"{int(need)} seed pairs."
-        )
+    # No "seeds needed" from the observed effect here: post-hoc power says nothing the CI does
+    # not; the sequential design's expected seeds (at a planning SD) are the design quantity.
     return head + tail
