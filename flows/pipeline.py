@@ -673,7 +673,7 @@ def _run_design(plan: Plan, run_cells: Any, state: GridRun) -> dict[Cell, str]:
         if still_open and len(state.outcomes) > trained_before:
             # Worst case: every open comparison runs to max_seeds at this look's pace.
             per_pair = (time.perf_counter() - t0) / sum(len(r) for r in block.values())
-            left = sum(plan.max_seeds - started[bs] for bs in still_open)
+            left = sum(max(0, plan.max_seeds - started[bs]) for bs in still_open)
             print(
                 f"still open: {len(still_open)} comparison(s); at most {2 * left} more cells "
                 f"(~{per_pair * left / 60:.0f} min at this look's pace)",
