@@ -421,7 +421,7 @@ def decision_table(decisions: pd.DataFrame) -> str:
     rows = [
         [
             int(r.batch_size),
-            f"**{r.decision}**",
+            "open: next look due" if r.decision == "continue" else f"**{r.decision}**",
             int(r.n_pairs),
             int(r.looks),
             f"{_pp(r.mean_diff)} [{_pp(r.rci_low)}, {_pp(r.rci_high)}]",
@@ -438,7 +438,7 @@ def characteristics_table(oc: pd.DataFrame) -> str:
     rows = [
         [
             _pp(r.effect),
-            _pp(r.sd),
+            _pp(r.sd).lstrip("+"),
             f"{r.asn:.1f}",
             _pct(r.p_benefit),
             _pct(r.p_harm),
