@@ -32,7 +32,11 @@ def peak_rss_mib() -> float:
 
 
 def flops_per_model_epoch(
-    n_train: int, n_val: int, hidden_units: Sequence[int] = (64, 64), input_dim: int = 784
+    n_train: int,
+    n_val: int,
+    hidden_units: Sequence[int] = (64, 64),
+    input_dim: int = 784,
+    num_classes: int = 10,
 ) -> float:
     """Multiply-add FLOPs of one model-epoch: 3 x forward per training example, 1 x per val one.
 
@@ -40,7 +44,7 @@ def flops_per_model_epoch(
     usual backward ~ 2 x forward convention; the first layer's input gradient is not needed, so a
     good engine may even beat this floor slightly.
     """
-    dims = [input_dim, *hidden_units, 10]
+    dims = [input_dim, *hidden_units, num_classes]
     macs = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
     return 2.0 * macs * (3 * n_train + n_val)
 
@@ -206,7 +210,11 @@ def run_bench(
     cells = [(bn, bs) for bn in bn_values for bs in batch_sizes]
     timings: dict[tuple[bool, int], dict[str, dict]] = {c: {} for c in cells}
     plan = [("reference", reference_seeds), ("keras", keras_seeds), ("fused", seeds)]
+    # An engine asked for 0 models is not run (a fused-only bench is a natural request).
+    not_run = [engine for engine, models in plan if models < 1]
     for engine, models in plan:
+        if engine in not_run:
+            continue
         for bn, bs in cells:
             log(f"{engine:>9}: bn={'on' if bn else 'off'} bs={bs} ({models} models x {epochs} ep)")
             if engine == "reference":
@@ -229,20 +237,20 @@ def run_bench(
     log(f"{flops / 1e9:.2f} GFLOP per model-epoch -> floor {floor:.3f} s per model-epoch")
     rows = []
     for bn, bs in cells:
-        t = timings[(bn, bs)]
-        ref = t["reference"]["s_per_model_epoch"]
+        t = {k: timings[(bn, bs)].get(k) for k in ENGINE_KEYS}
         rows.append(
             {
                 "bn": bn,
                 "batch_size": bs,
-                **{k: t[k] for k in ENGINE_KEYS},
-                "speedup_keras": ref / t["keras"]["s_per_model_epoch"],
-                "speedup_fused": ref / t["fused"]["s_per_model_epoch"],
-                "fused_floor_ratio": t["fused"]["s_per_model_epoch"] / floor,
-                "fused_steady_floor_ratio": t["fused"]["steady_s_per_model_epoch"] / floor,
+                **t,
+                "speedup_keras": _ratio(t["reference"], t["keras"]),
+                "speedup_fused": _ratio(t["reference"], t["fused"]),
+                "fused_floor_ratio": _ratio(t["fused"], floor),
+                "fused_steady_floor_ratio": _ratio(t["fused"], floor, "steady_s_per_model_epoch"),
             }
         )
     return {
+        "not_run": not_run,
         "n_train": len(data.x_train),
         "n_val": len(data.x_test),
         "probe": probe,
@@ -261,12 +269,23 @@ def all_cells(rows: list[dict]) -> dict[str, float]:
     The grid trains the same number of models per cell, so these ratios are the whole grid's
     (compiles included, as far as the bench's epochs amortise them; a longer run amortises more).
     """
-    totals = {k: sum(r[k]["s_per_model_epoch"] for r in rows) for k in ENGINE_KEYS}
+    totals = {
+        k: sum(r[k]["s_per_model_epoch"] for r in rows) if rows and rows[0][k] else None
+        for k in ENGINE_KEYS
+    }
     return {
         **{f"{k}_s": v for k, v in totals.items()},
-        "speedup_keras": totals["reference"] / totals["keras"],
-        "speedup_fused": totals["reference"] / totals["fused"],
+        "speedup_keras": _ratio(totals["reference"], totals["keras"]),
+        "speedup_fused": _ratio(totals["reference"], totals["fused"]),
     }
+
+
+def _ratio(a: dict | float | None, b: dict | float | None, key: str = "s_per_model_epoch"):
+    """a / b for timings (their ``key``) or plain seconds; None when either engine was not run."""
+    if a is None or b is None:
+        return None
+    a, b = (x[key] if isinstance(x, dict) else x for x in (a, b))
+    return a / b
 
 
 def format_report(report: dict) -> str:
@@ -282,29 +301,45 @@ def format_report(report: dict) -> str:
 
         def cell(key: str, row: dict = row) -> str:
             t = row[key]
+            if t is None:
+                return NOT_RUN
             return f"{t['s_per_model_epoch']:.3f} ({t['steady_s_per_model_epoch']:.3f})"
 
         lines.append(
             f"{'on' if row['bn'] else 'off':>3} {row['batch_size']:>4} {cell('reference'):>16}"
-            f" {cell('keras'):>16} {cell('fused'):>16} {row['speedup_keras']:>5.1f}x"
-            f" {row['speedup_fused']:>5.1f}x"
-            f" {row['fused_floor_ratio']:>5.2f} ({row['fused_steady_floor_ratio']:.2f})"
+            f" {cell('keras'):>16} {cell('fused'):>16} {_num(row['speedup_keras'], '5.1f', 'x'):>6}"
+            f" {_num(row['speedup_fused'], '5.1f', 'x'):>6}"
+            f" {_num(row['fused_floor_ratio'], '5.2f')}"
+            f" ({_num(row['fused_steady_floor_ratio'], '.2f')})"
         )
     lines.append("CPU-s per model-epoch (all threads; less sensitive to other load on the machine)")
     for row in report["cells"]:
         cpu = "  ".join(
-            f"({label}) {row[k]['cpu_s_per_model_epoch']:.3f}"
+            f"({label}) {_num(row[k] and row[k]['cpu_s_per_model_epoch'], '.3f')}"
             for label, k in zip("abc", ENGINE_KEYS, strict=True)
         )
         lines.append(f"{'on' if row['bn'] else 'off':>3} {row['batch_size']:>4}  {cpu}")
     every = report["all_cells"]
+    secs = [
+        f"({label}) {_num(every[f'{k}_s'], '.2f', 's')}"
+        for label, k in zip("abc", ENGINE_KEYS, strict=True)
+    ]
     lines.append(
-        f"all cells (one model-epoch each, as in the grid): (a) {every['reference_s']:.2f}s"
-        f" (b) {every['keras_s']:.2f}s (c) {every['fused_s']:.2f}s -> b/a "
-        f"{every['speedup_keras']:.1f}x, c/a {every['speedup_fused']:.1f}x"
+        f"all cells (one model-epoch each, as in the grid): {' '.join(secs)} -> "
+        f"b/a {_num(every['speedup_keras'], '.1f', 'x')}, "
+        f"c/a {_num(every['speedup_fused'], '.1f', 'x')}"
     )
+    if report["not_run"]:
+        lines.append(f"not run (0 models asked): {', '.join(report['not_run'])}")
     lines.append(f"peak RSS {report['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
+
+
+NOT_RUN = "not run"
+
+
+def _num(x: float | None, spec: str, unit: str = "") -> str:
+    return NOT_RUN if x is None else f"{x:{spec}}{unit}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,10 @@ import argparse
 import logging
 import math
 import os
+import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bnpipe.config import Config, ConfigError, load_config
 from bnpipe.progress import PhaseClock, format_breakdown
@@ -15,6 +17,8 @@ from bnpipe.progress import PhaseClock, format_breakdown
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_MISMATCH = 1  # bnpipe reproduce: the re-trained cell differs from its record
 DEFAULT_PARAMS = "params.yaml"
+# A Dask scheduler that does not accept a connection in this time is reported before any claim.
+DASK_CONNECT_TIMEOUT_S = 5.0
 
 
 def _add_params_args(p: argparse.ArgumentParser) -> None:
@@ -77,16 +81,64 @@ def resolve_config(params: str | None, overrides: list[str]) -> Config:
 
 
 def preflight(cfg: Config, clock: PhaseClock | None = None) -> None:
-    """Fail fast, before any run is created: the data must verify and the store must open."""
+    """Fail fast, before any run is created: the data must verify and the store must open.
+
+    Also everything that would otherwise fail only after training started: a reports folder
+    that cannot be made, an unreachable Dask scheduler, a SQLite store path that is a folder.
+    """
     clock = clock or PhaseClock()
     from bnpipe.data import load_mnist
+    from bnpipe.tracking import Tracker, resolve_uri
 
+    uri = resolve_uri(cfg.tracking.uri)
+    check_reports_dir(cfg.tracking.reports_dir)
+    check_sqlite_path(uri)
+    if cfg.orchestration.task_runner == "dask" and cfg.orchestration.dask_address:
+        check_dask_address(cfg.orchestration.dask_address)
     with clock.phase("data"):
         load_mnist(cfg.data.dir)
     with clock.phase("tracking"):
-        from bnpipe.tracking import Tracker, resolve_uri
+        Tracker(uri, cfg.tracking.experiment).check()
 
-        Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment).check()
+
+def check_reports_dir(reports_dir: str) -> None:
+    """The reports folder exists as a writable folder, or its nearest existing parent is one.
+
+    Nothing is created here: a run refused later in preflight leaves no trace.
+    """
+    path = Path(reports_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    what = "tracking.reports_dir"
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: {existing} is not a folder, so {reports_dir} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {existing} is not writable, so {reports_dir} cannot be made")
+
+
+def check_sqlite_path(uri: str) -> None:
+    """A ``sqlite:///`` store must name a database file: MLflow retries a folder for minutes."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    if db.is_dir():
+        raise ConfigError(f"tracking store {uri}: {db} is a folder, not a database file")
+
+
+def check_dask_address(address: str) -> None:
+    """The Dask scheduler accepts a TCP connection within DASK_CONNECT_TIMEOUT_S."""
+    what = f"orchestration.dask_address {address}"
+    try:
+        parsed = urlsplit(address if "://" in address else f"tcp://{address}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise ConfigError(f"{what}: expected tcp://host:port")
+    try:
+        socket.create_connection((host, port), timeout=DASK_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{what}: cannot connect ({reason})") from None
 
 
 def format_summary(summary: list[dict]) -> str:

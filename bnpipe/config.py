@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,19 @@ from pydantic import (
 )
 
 from bnpipe.train.common import DEFAULT_SHARD_SIZE
+
+# Bounds on what a params file or --set may make bnpipe read, build or echo: a hostile or broken
+# input (/dev/zero, a billion-laughs alias bomb, 20,000 nested brackets) must fail in one line,
+# fast, instead of hanging or printing a traceback.
+MAX_PARAMS_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # after expanding aliases; params.yaml has ~50
+MAX_ECHO_CHARS = 80
+# Derived seeds (bnpipe.models.layer_seed = seed * 1000 + layer) must fit int32 for every layer.
+MAX_HIDDEN_LAYERS = 100
+MAX_SEED = (2**31 - 1) // 1000 - 1
+# A batch above the training set is one batch of all examples (as in Keras fit); far beyond any
+# data set it overflows int32 shapes inside TensorFlow.
+MAX_BATCH_SIZE = 1 << 24
 
 
 class ConfigError(ValueError):
@@ -64,6 +78,8 @@ class ModelConfig(_Section):
     def _positive_units(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not v or any(u <= 0 for u in v):
             raise ValueError("must be a non-empty list of positive layer widths")
+        if len(v) > MAX_HIDDEN_LAYERS:
+            raise ValueError(f"at most {MAX_HIDDEN_LAYERS} hidden layers")
         return v
 
 
@@ -100,15 +116,15 @@ class GridConfig(_Section):
     @field_validator("batch_sizes")
     @classmethod
     def _positive_batch(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(b <= 0 for b in v):
-            raise ValueError("batch sizes must be > 0")
+        if any(b <= 0 or b > MAX_BATCH_SIZE for b in v):
+            raise ValueError(f"batch sizes must be in 1..{MAX_BATCH_SIZE}")
         return v
 
     @field_validator("seeds")
     @classmethod
     def _non_negative_seed(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if v is not None and any(s < 0 for s in v):
-            raise ValueError("seeds must be >= 0")
+        if v is not None and any(s < 0 or s > MAX_SEED for s in v):
+            raise ValueError(f"seeds must be in 0..{MAX_SEED}")
         return v
 
 
@@ -203,7 +219,7 @@ def _section_fields(path: tuple[str | int, ...]) -> list[str]:
 def _one_line(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
     loc = tuple(p for p in e["loc"] if not isinstance(p, int))
-    field = ".".join(str(p) for p in loc) or "<root>"
+    field = cut(".".join(str(p) for p in loc) or "<root>")
     if e["type"] == "extra_forbidden":
         valid = _section_fields(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
@@ -212,20 +228,107 @@ def _one_line(err: ValidationError, source: str) -> str:
     msg = e["msg"].removeprefix("Value error, ")
     if not loc:  # a check across sections names its fields itself
         return f"{source}: {msg}"
-    return f"{source}: {field}: {msg} (got {e.get('input')!r})"
+    return f"{source}: {field}: {msg} (got {echo(e.get('input'))})"
+
+
+_ECHO = reprlib.Repr()  # depth- and length-limited repr (Python 3.11 takes no arguments)
+_ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother = 3, MAX_ECHO_CHARS, MAX_ECHO_CHARS
+
+
+def cut(text: str) -> str:
+    """``text`` shortened to MAX_ECHO_CHARS (user text in an error line)."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 3] + "..."
+
+
+def echo(value: Any) -> str:
+    """A user value as an error shows it: repr, depth-limited and cut to MAX_ECHO_CHARS."""
+    return cut(_ECHO.repr(value))
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes the document has once every alias is expanded (shared nodes counted per use).
+
+    Iterative with memoised subtree sizes, so an alias bomb is measured without expanding it;
+    a node that contains itself (``a: &x [*x]``) counts as too large.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = min(MAX_YAML_NODES + 1, 1 + sum(sizes[id(k)] for k in kids))
+            continue
+        if key in open_nodes:
+            return MAX_YAML_NODES + 1
+        open_nodes.add(key)
+        stack.append((node, True))
+        for kid in kids:
+            if id(kid) in open_nodes:
+                return MAX_YAML_NODES + 1
+            stack.append((kid, False))
+    return sizes[id(root)]
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with bounds: at most MAX_YAML_NODES nodes after alias expansion, and
+    nesting as deep as the parser manages without running out of stack.
+
+    Raises:
+        ConfigError: one line naming ``source`` (and the line for a syntax error).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{source}: more than {MAX_YAML_NODES} values once aliases are expanded"
+            )
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{source}: unreadable YAML{at}") from None
+    finally:
+        loader.dispose()
+
+
+def read_params_text(path: Path, source: str) -> str:
+    """At most MAX_PARAMS_BYTES of UTF-8 text (``/dev/zero`` or a binary file fail in one line)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_PARAMS_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read ({exc.strerror})") from exc
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_PARAMS_BYTES} bytes; not a params file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``train.epochs=2`` -> (["train", "epochs"], 2); the value is parsed as YAML."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key.path=value")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"--set {key}: unreadable value {raw!r} ({exc.__class__.__name__})"
-        ) from exc
+        raise ConfigError(f"--set {echo(item)}: expected key.path=value")
+    if len(raw) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"--set {cut(key)}: value longer than {MAX_PARAMS_BYTES} bytes")
+    value = safe_yaml(raw, f"--set {cut(key)}")
     return key.strip().split("."), value
 
 
@@ -235,17 +338,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "defaults"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read ({exc.strerror})") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            at = f" at line {where.line + 1}" if where is not None else ""
-            raise ConfigError(f"{source}: unreadable YAML{at}") from exc
+        loaded = safe_yaml(read_params_text(Path(path), source), source)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
         raw = loaded or {}
@@ -255,7 +348,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for k in keys[:-1]:
             child = node.setdefault(k, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {'.'.join(keys)}: '{k}' is not a section")
+                raise ConfigError(f"--set {cut('.'.join(keys))}: {echo(k)} is not a section")
             node = child
         node[keys[-1]] = value
         source = source if path is not None else "--set"

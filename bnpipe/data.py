@@ -140,14 +140,15 @@ def load_mnist(data_dir: str | Path | None = None, *, allow_download: bool = Tru
     else:
         if not allow_download:
             raise DataError(_offline_hint())
-        try:
-            import keras
+        import keras
 
+        try:
             keras.datasets.mnist.load_data()
-        except Exception as exc:  # any network failure means "offline" to the user
-            raise DataError(
-                _offline_hint() + f" (download failed: {exc.__class__.__name__})"
-            ) from exc
+        except Exception as exc:
+            problem = _download_problem(exc)
+            if problem is None:
+                raise  # a bug, not the network: its traceback is what helps
+            raise DataError(f"{_offline_hint()} (download failed: {problem})") from exc
         arrays, digest = _load_npz(_keras_cache() / NPZ_NAME)
         source = "download"
     x_train, y_train, x_test, y_test = arrays
@@ -159,6 +160,22 @@ def load_mnist(data_dir: str | Path | None = None, *, allow_download: bool = Tru
         digest=hashlib.sha256(digest.encode()).hexdigest(),
         source=source,
     )
+
+
+def _download_problem(exc: BaseException) -> str | None:
+    """What went wrong with a download, or None when ``exc`` is no network or file problem.
+
+    Keras' get_file wraps URL errors in a bare Exception, so the cause chain is searched for the
+    OSError (URLError, HTTPError, socket and disk errors are all OSErrors).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, ValueError) and "corrupted" in str(exc):
+        return "corrupted file"  # get_file's own hash check
+    return None
 
 
 def _offline_hint() -> str:

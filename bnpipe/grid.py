@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,13 @@ import pandas as pd
 
 from bnpipe.config import Config
 from bnpipe.data import MnistData
-from bnpipe.provenance import NUMERIC_PACKAGES, cell_key, code_digest, package_versions
+from bnpipe.provenance import (
+    NUMERIC_ENV_VARS,
+    NUMERIC_PACKAGES,
+    cell_key,
+    code_digest,
+    package_versions,
+)
 from bnpipe.train.common import HISTORY_KEYS, Cell, TrainResult
 
 if TYPE_CHECKING:  # evaluate imports Keras; grid must not pull in TensorFlow
@@ -70,40 +77,85 @@ def training_groups(cells: Iterable[Cell]) -> list[Group]:
     return [Group(bn, bs, tuple(seeds)) for (bn, bs), seeds in by.items()]
 
 
+# Every config field is one of these (tests/test_cell_key.py fails on a field in none of them).
+# Fields that change a cell's numbers, with their name among the cell's params (the cell key):
+NUMERIC_FIELDS = {
+    "train.epochs": "epochs",
+    "train.learning_rate": "learning_rate",
+    "model.hidden_units": "hidden_units",
+    "model.num_classes": "num_classes",
+    "train.engine": "engine",
+    # The fused engine's results depend on its shard width (see bnpipe.train.fused).
+    "train.shard_size": "shard_size",
+    "data.limit_train": "limit_train",
+    "data.limit_test": "limit_test",
+}
+# The grid's levels: each cell carries its own (bn, batch size, seed), so the lists do not count.
+GRID_FIELDS = frozenset({"grid.bn", "grid.batch_sizes", "grid.seeds"})
+# Settings that change speed or bookkeeping, never a cell's numbers. data.dir counts only through
+# the data digest (the same files elsewhere are the same data).
+SPEED_ONLY_FIELDS = frozenset(
+    {
+        "data.dir",
+        "train.steps_per_execution",
+        "train.parallel_shards",
+        "tracking.uri",
+        "tracking.experiment",
+        "tracking.log_weights",
+        "tracking.reports_dir",
+        "orchestration.task_runner",
+        "orchestration.dask_address",
+        "orchestration.dask_workers",
+        "orchestration.retries",
+    }
+)
+# Whole sections that act only after training (statistics of finished cells).
+SPEED_ONLY_SECTIONS = frozenset({"stats"})
+
+
+def field_kind(field: str) -> str | None:
+    """ "numeric", "grid" or "speed-only" for a dotted config field; None if unclassified."""
+    if field in NUMERIC_FIELDS:
+        return "numeric"
+    if field in GRID_FIELDS:
+        return "grid"
+    if field in SPEED_ONLY_FIELDS or field.partition(".")[0] in SPEED_ONLY_SECTIONS:
+        return "speed-only"
+    return None
+
+
 def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
     """Every setting that defines a cell's result (logged as the child run's params)."""
-    return {
+    flat = cfg.flat()
+    params: dict[str, Any] = {
         "bn": cell.bn,
         "batch_size": cell.batch_size,
         "seed": cell.seed,
-        "epochs": cfg.train.epochs,
-        "learning_rate": cfg.train.learning_rate,
         "optimizer": "adam",
         "loss": "sparse_categorical_crossentropy",
-        "hidden_units": list(cfg.model.hidden_units),
-        "num_classes": cfg.model.num_classes,
-        "engine": cfg.train.engine,
-        # The fused engine's results depend on its shard width (see bnpipe.train.fused).
-        "shard_size": cfg.train.shard_size if cfg.train.engine == "fused" else None,
-        "limit_train": cfg.data.limit_train,
-        "limit_test": cfg.data.limit_test,
+        **{name: flat[field] for field, name in NUMERIC_FIELDS.items()},
         "data_digest": data_digest,
     }
+    if cfg.train.engine != "fused":
+        params["shard_size"] = None
+    return params
 
 
 def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
     """Cell key: everything that decides a cell's numbers.
 
     The cell's params (data digest, model, training settings, BN, batch size, seed, engine), the
-    versions of the packages that compute them (and Python's), and the digest of bnpipe's own
-    numeric code. Speed-only settings (steps_per_execution, parallel_shards, the task
-    runner) are left out: they change no numbers, so a result found under the key stays valid.
+    versions of the packages that compute them (and Python's), the digest of bnpipe's own
+    numeric code, and the environment variables that change TF's kernels. Speed-only settings
+    (SPEED_ONLY_FIELDS) are left out: they change no numbers, so a result found under the key
+    stays valid.
     """
     return cell_key(
         {
             "params": cell_params(cfg, cell, data_digest),
             "versions": package_versions(NUMERIC_PACKAGES),
             "code": code_digest(),
+            "env": {var: os.environ.get(var) for var in NUMERIC_ENV_VARS},
         }
     )
 
@@ -132,6 +184,7 @@ def train_cells(
         epochs=cfg.train.epochs,
         learning_rate=cfg.train.learning_rate,
         hidden_units=cfg.model.hidden_units,
+        num_classes=cfg.model.num_classes,
         steps_per_execution=cfg.train.steps_per_execution,
         shard_size=cfg.train.shard_size,
         parallel_shards=cfg.train.parallel_shards,

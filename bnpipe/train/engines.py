@@ -26,6 +26,7 @@ def train_group(
     epochs: int,
     learning_rate: float,
     hidden_units: tuple[int, ...] = (64, 64),
+    num_classes: int = 10,
     steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION,
     shard_size: int = DEFAULT_SHARD_SIZE,
     parallel_shards: int | None = None,
@@ -42,6 +43,7 @@ def train_group(
         epochs: training epochs.
         learning_rate: Adam learning rate.
         hidden_units: hidden layer widths.
+        num_classes: output units (labels must be below it).
         steps_per_execution: keras engine only (steps per graph call; changes no numbers).
         shard_size: fused engine only: members per stacked model (it decides the results' last
             bits, so it is part of a cell's key).
@@ -63,6 +65,7 @@ def train_group(
                 epochs=epochs,
                 learning_rate=learning_rate,
                 hidden_units=hidden_units,
+                num_classes=num_classes,
                 steps_per_execution=steps_per_execution,
                 on_epoch=on_epoch,
             )
@@ -83,6 +86,7 @@ def train_group(
             epochs=epochs,
             learning_rate=learning_rate,
             hidden_units=hidden_units,
+            num_classes=num_classes,
             shard_size=shard_size,
             parallel_shards=parallel_shards,
             on_epoch=on_epoch,

@@ -202,6 +202,8 @@ def _run_epoch(
     epoch accuracy [K]) with loss and accuracy as Keras' metric trackers report them.
     """
     k, n = perms.shape[0], perms.shape[1]
+    # A batch above the training set is one batch of all examples, as in Keras fit.
+    batch_size = min(batch_size, n)
     full_steps, rest = divmod(n, batch_size)
     zeros = tf.zeros([k], tf.float32)
 
@@ -253,11 +255,14 @@ def _compiled(layout: Layout, batch_size: int) -> tuple[Callable, Callable]:
 
 
 def stack_initial_weights(
-    bn: bool, seeds: Sequence[int], hidden_units: tuple[int, ...]
+    bn: bool, seeds: Sequence[int], hidden_units: tuple[int, ...], num_classes: int = 10
 ) -> list[np.ndarray]:
     """Initial weights of each seed's Keras model, stacked on a leading model axis."""
     per_seed = [
-        build_model(bn=bn, seed=seed, hidden_units=hidden_units).get_weights() for seed in seeds
+        build_model(
+            bn=bn, seed=seed, hidden_units=hidden_units, num_classes=num_classes
+        ).get_weights()
+        for seed in seeds
     ]
     return [np.stack(ws).astype(np.float32) for ws in zip(*per_seed, strict=True)]
 
@@ -291,6 +296,7 @@ def train_fused(
     epochs: int,
     learning_rate: float,
     hidden_units: tuple[int, ...] = (64, 64),
+    num_classes: int = 10,
     shard_size: int = DEFAULT_SHARD_SIZE,
     parallel_shards: int | None = None,
     on_epoch: EpochCallback | None = None,
@@ -317,6 +323,7 @@ def train_fused(
         epochs: training epochs.
         learning_rate: Adam learning rate.
         hidden_units: hidden layer widths.
+        num_classes: output units (labels must be below it).
         shard_size: members per stacked model (decides the last bits of the results).
         parallel_shards: shards trained at once (speed only); None: one per CPU core.
         on_epoch: called as ``on_epoch(cell, epoch, row)`` (1-based epoch) per member per epoch,
@@ -348,7 +355,9 @@ def train_fused(
     with ThreadPoolExecutor(max_workers=parallel_shards, thread_name_prefix="fused") as pool:
         for wave_start in range(0, len(shards), parallel_shards):
             wave = [
-                _Shard(layout, batch_size, shard, shard_size, hidden_units, learning_rate)
+                _Shard(
+                    layout, batch_size, shard, shard_size, hidden_units, learning_rate, num_classes
+                )
                 for shard in shards[wave_start : wave_start + parallel_shards]
             ]
             results += _train_wave(wave, pool, data, epochs, on_epoch)
@@ -390,13 +399,14 @@ class _Shard:
         width: int,
         hidden_units: tuple[int, ...],
         learning_rate: float,
+        num_classes: int,
     ) -> None:
         self.seeds = seeds
         self.members = seeds + [seeds[0]] * (width - len(seeds))
         self.cells = [Cell(bn=layout.bn, batch_size=batch_size, seed=seed) for seed in seeds]
         self.run_epoch_fn, self.evaluate_fn = _compiled(layout, batch_size)
         # Keras builds the initial weights; it runs here, on the calling thread.
-        stacked = stack_initial_weights(layout.bn, self.members, hidden_units)
+        stacked = stack_initial_weights(layout.bn, self.members, hidden_units, num_classes)
         if len(stacked) != layout.n_weights:
             raise ValueError(
                 f"expected {layout.n_weights} weight arrays, build_model gave {len(stacked)}"

@@ -53,12 +53,15 @@ def train_keras(
     epochs: int,
     learning_rate: float,
     hidden_units: tuple[int, ...] = (64, 64),
+    num_classes: int = 10,
     steps_per_execution: int = 1,
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """Train one cell with ``model.fit``; validation runs on (x_val, y_val) after every epoch."""
     set_determinism(cell.seed)
-    model = build_model(bn=cell.bn, seed=cell.seed, hidden_units=hidden_units)
+    model = build_model(
+        bn=cell.bn, seed=cell.seed, hidden_units=hidden_units, num_classes=num_classes
+    )
     compile_model(model, learning_rate, steps_per_execution)
     history: list[dict[str, float]] = []
     status = "finished"
