@@ -180,11 +180,15 @@ def format_decisions(decisions: list[dict]) -> str:
 
 def checked_config(args: argparse.Namespace, clock: PhaseClock | None = None) -> Config | None:
     """Config from --params/--set with data and store verified; None after a bad-input error."""
+    try:
+        cfg = resolve_config(args.params, args.overrides)
+    except ConfigError as exc:  # before MLflow is imported: bad params answer in milliseconds
+        bad_input(str(exc))
+        return None
     from bnpipe.data import DataError
     from bnpipe.tracking import TrackingError
 
     try:
-        cfg = resolve_config(args.params, args.overrides)
         preflight(cfg, clock)
     except (ConfigError, DataError, TrackingError) as exc:
         bad_input(str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import reprlib
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from bnpipe.train.common import DEFAULT_SHARD_SIZE
 MAX_PARAMS_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000  # after expanding aliases; params.yaml has ~50
 MAX_ECHO_CHARS = 80
+MAX_NESTING = 50  # PyYAML recurses per level and slows down quadratically with flow depth
 # Derived seeds (bnpipe.models.layer_seed = seed * 1000 + layer) must fit int32 for every layer.
 MAX_HIDDEN_LAYERS = 100
 MAX_SEED = (2**31 - 1) // 1000 - 1
@@ -116,15 +118,19 @@ class GridConfig(_Section):
     @field_validator("batch_sizes")
     @classmethod
     def _positive_batch(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(b <= 0 or b > MAX_BATCH_SIZE for b in v):
-            raise ValueError(f"batch sizes must be in 1..{MAX_BATCH_SIZE}")
+        if any(b <= 0 for b in v):
+            raise ValueError("batch sizes must be > 0")
+        if any(b > MAX_BATCH_SIZE for b in v):
+            raise ValueError(f"batch sizes must be at most {MAX_BATCH_SIZE}")
         return v
 
     @field_validator("seeds")
     @classmethod
     def _non_negative_seed(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if v is not None and any(s < 0 or s > MAX_SEED for s in v):
-            raise ValueError(f"seeds must be in 0..{MAX_SEED}")
+        if v is not None and any(s < 0 for s in v):
+            raise ValueError("seeds must be >= 0")
+        if v is not None and any(s > MAX_SEED for s in v):
+            raise ValueError(f"seeds must be at most {MAX_SEED}")
         return v
 
 
@@ -279,31 +285,46 @@ def _expanded_size(root: yaml.Node) -> int:
     return sizes[id(root)]
 
 
+def _check_nesting(text: str, source: str) -> None:
+    """Refuse brackets nested deeper than MAX_NESTING before PyYAML spends seconds on them.
+
+    Brackets inside quoted strings count too; no real params file comes near the limit.
+    """
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        depth += 1 if match.group() in "[{" else -1
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{source}: nested too deeply (more than {MAX_NESTING} levels)")
+
+
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def safe_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load`` with bounds: at most MAX_YAML_NODES nodes after alias expansion, and
-    nesting as deep as the parser manages without running out of stack.
+    """``yaml.safe_load`` with bounds: at most MAX_NESTING levels of brackets and at most
+    MAX_YAML_NODES nodes after alias expansion.
 
     Raises:
         ConfigError: one line naming ``source`` (and the line for a syntax error).
     """
-    loader = yaml.SafeLoader(text)
+    _check_nesting(text, source)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node) > MAX_YAML_NODES:
-            raise ConfigError(
-                f"{source}: more than {MAX_YAML_NODES} values once aliases are expanded"
-            )
-        return loader.construct_document(node)
-    except RecursionError:
+        loader = yaml.SafeLoader(text)  # its reader already rejects control characters
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"{source}: more than {MAX_YAML_NODES} values once aliases are expanded"
+                )
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except RecursionError:  # deep block-style nesting, which has no brackets to count
         raise ConfigError(f"{source}: nested too deeply") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"{source}: unreadable YAML{at}") from None
-    finally:
-        loader.dispose()
 
 
 def read_params_text(path: Path, source: str) -> str:

@@ -1,0 +1,130 @@
+"""Hostile params files and --set values: one line, exit 2, no traceback, and fast."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bnpipe.cli import EXIT_BAD_INPUT, _parser, main
+from bnpipe.config import MAX_ECHO_CHARS, MAX_SEED, ConfigError, load_config
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """~400 bytes that expand to 9**levels strings if aliases are followed naively."""
+    items = [f"&b0 [{','.join(['lol'] * 9)}]"]
+    items += [f"&b{i} [{','.join([f'*b{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return f"experiment: [{', '.join(items)}]\n"
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def assert_one_line_exit_2(capsys, argv: list[str], fragment: str, seconds: float = 5.0) -> str:
+    start = time.perf_counter()
+    code = main(argv)
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_BAD_INPUT, err
+    assert err.startswith("bnpipe: error: ") and "\n" not in err, err
+    assert fragment in err, err
+    assert "Traceback" not in err
+    assert elapsed < seconds, f"{elapsed:.1f}s"
+    return err
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    _parser()  # its imports (Prefect for `serve`) are paid here, not inside the timed calls
+    return tmp_path
+
+
+def test_billion_laughs_is_refused_at_once(capsys, workdir):
+    text = billion_laughs()
+    assert len(text) < 450
+    (workdir / "lol.yaml").write_text(text)
+    assert_one_line_exit_2(
+        capsys, ["run", "--params", "lol.yaml"], "values once aliases are expanded", 2.0
+    )
+
+
+def test_small_aliases_still_work(tmp_path):
+    (tmp_path / "p.yaml").write_text("grid: {seeds: &s [1, 2], batch_sizes: *s}\n")
+    assert load_config(tmp_path / "p.yaml").grid.batch_sizes == (1, 2)
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    (tmp_path / "r.yaml").write_text("grid: {seeds: &x [*x]}\n")
+    with pytest.raises(ConfigError, match="aliases are expanded"):
+        load_config(tmp_path / "r.yaml")
+
+
+def test_binary_params_file(capsys, workdir):
+    (workdir / "bin.yaml").write_bytes(b"\xff\xfe\x00\x01grid:\x80\x81")
+    assert_one_line_exit_2(capsys, ["run", "--params", "bin.yaml"], "bin.yaml: not UTF-8 text")
+
+
+def test_dev_zero_reads_a_bounded_amount(capsys, workdir):
+    assert_one_line_exit_2(
+        capsys, ["run", "--params", "/dev/zero"], "/dev/zero: larger than 1048576 bytes"
+    )
+
+
+def test_deep_nesting_in_a_file(capsys, workdir):
+    (workdir / "deep.yaml").write_text(f"grid: {{seeds: {nested(20_000)}}}\n")
+    assert_one_line_exit_2(capsys, ["run", "--params", "deep.yaml"], "deep.yaml: nested too deeply")
+
+
+def test_deep_nesting_in_set(capsys, workdir):
+    err = assert_one_line_exit_2(
+        capsys, ["run", "--set", f"model.hidden_units={nested(20_000)}"], "nested too deeply"
+    )
+    assert len(err) < 200
+
+
+def test_deep_but_parseable_value_is_echoed_short(capsys, workdir):
+    err = assert_one_line_exit_2(
+        capsys, ["run", "--set", f"model.hidden_units={nested(40)}"], "model.hidden_units"
+    )
+    assert len(err) < 200
+
+
+def test_deep_dotted_key(capsys, workdir):
+    err = assert_one_line_exit_2(capsys, ["run", "--set", ".".join(["a"] * 20_000) + "=1"], "'a'")
+    assert len(err) < 300
+
+
+def test_long_values_are_cut_in_the_message(workdir):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, [f"train.engine={'x' * 100_000}"])
+    assert "train.engine" in str(exc.value)
+    assert len(str(exc.value)) < 120 + MAX_ECHO_CHARS
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("grid.seeds=[18446744073709551616]", "grid.seeds: seeds must be at most 2147482"),
+        (f"grid.seeds=[{MAX_SEED + 1}]", "grid.seeds"),
+        ("grid.batch_sizes=[1000000000]", "grid.batch_sizes: batch sizes must be at most"),
+        ("grid.batch_sizes=[1e9]", "grid.batch_sizes"),
+        (f"model.hidden_units=[{','.join(['1'] * 101)}]", "at most 100 hidden layers"),
+    ],
+)
+def test_values_that_overflow_later_are_refused(capsys, workdir, override, fragment):
+    assert_one_line_exit_2(capsys, ["run", "--set", override], fragment)
+
+
+def test_largest_seed_fits_every_derived_seed():
+    from bnpipe.models import layer_seed
+
+    assert load_config(None, [f"grid.seeds=[{MAX_SEED}]"]).grid.seeds == (MAX_SEED,)
+    assert layer_seed(MAX_SEED, 100) < 2**31
+
+
+def test_deep_block_nesting_without_brackets(capsys, workdir):
+    (workdir / "dash.yaml").write_text("grid:\n  seeds: " + "- " * 20_000 + "1\n")
+    assert_one_line_exit_2(capsys, ["run", "--params", "dash.yaml"], "dash.yaml:")
