@@ -126,5 +126,5 @@ def test_largest_seed_fits_every_derived_seed():
 
 
 def test_deep_block_nesting_without_brackets(capsys, workdir):
-    (workdir / "dash.yaml").write_text("grid:\n  seeds: " + "- " * 20_000 + "1\n")
-    assert_one_line_exit_2(capsys, ["run", "--params", "dash.yaml"], "dash.yaml:")
+    (workdir / "dash.yaml").write_text("grid:\n  seeds:\n    " + "- " * 20_000 + "1\n")
+    assert_one_line_exit_2(capsys, ["run", "--params", "dash.yaml"], "dash.yaml: nested too deeply")
