@@ -7,6 +7,8 @@ import json
 import pytest
 
 from bnpipe.bench import flops_per_model_epoch, format_report, run_bench
+from bnpipe.cli import main
+from tests.conftest import requires_mnist
 
 
 def test_flops_grow_with_the_data():
@@ -41,3 +43,37 @@ def test_bench_reports_all_engines_and_ratios(tiny_mnist, tmp_path):
     assert "(c) fused" in text and "peak RSS" in text
     # the JSON the CLI writes must be serialisable
     (tmp_path / "b.json").write_text(json.dumps(report, default=str))
+
+
+def test_fused_only_bench_says_what_was_not_run(tiny_mnist, tmp_path):
+    report = run_bench(
+        tiny_mnist,
+        batch_sizes=[64],
+        seeds=2,
+        keras_seeds=0,
+        reference_seeds=0,
+        epochs=2,
+        probe_seconds=0.2,
+        log=lambda *_: None,
+    )
+    (row,) = report["cells"]
+    assert report["not_run"] == ["reference", "keras"]
+    assert row["reference"] is None and row["keras"] is None
+    assert row["fused"]["s_per_model_epoch"] > 0 and row["fused_floor_ratio"] > 0
+    assert row["speedup_fused"] is None and report["all_cells"]["speedup_keras"] is None
+    text = format_report(report)
+    assert "not run (0 models asked): reference, keras" in text
+    assert f"{row['fused']['s_per_model_epoch']:.3f}" in text
+    saved = json.loads(json.dumps(report, default=str))
+    assert saved["not_run"] == ["reference", "keras"] and saved["cells"][0]["keras"] is None
+
+
+@pytest.mark.slow
+@requires_mnist
+def test_fused_only_bench_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--keras-seeds", "0", "--reference-seeds", "0", "--seeds", "1"]
+    argv += ["--batch-sizes", "128", "--epochs", "2", "--limit-train", "256", "--limit-test", "64"]
+    assert main([*argv, "--json", str(out)]) == 0
+    assert "not run (0 models asked): reference, keras" in capsys.readouterr().out
+    assert json.loads(out.read_text())["not_run"] == ["reference", "keras"]

@@ -130,24 +130,6 @@ def test_report_command_rebuilds_from_mlflow(monkeypatch, tiny_mnist, store, tmp
     assert "bnpipe: error: run 0000" in capsys.readouterr().err
 
 
-def test_paired_cells_share_data_order_and_dense_init(monkeypatch, tiny_mnist, store):
-    from bnpipe.models import build_model
-    from bnpipe.train.common import epoch_permutation
-
-    on, off = build_model(bn=True, seed=4), build_model(bn=False, seed=4)
-    for name in ("dense_0", "dense_1", "output"):
-        for a, b in zip(
-            on.get_layer(name).get_weights(), off.get_layer(name).get_weights(), strict=True
-        ):
-            np.testing.assert_array_equal(a, b)
-    other = build_model(bn=False, seed=5)
-    assert not np.array_equal(
-        other.get_layer("dense_0").get_weights()[0], off.get_layer("dense_0").get_weights()[0]
-    )
-    np.testing.assert_array_equal(epoch_permutation(4, 2, 100), epoch_permutation(4, 2, 100))
-    assert not np.array_equal(epoch_permutation(4, 2, 100), epoch_permutation(4, 3, 100))
-
-
 def test_diverging_cell_is_recorded_failed_and_dropped(monkeypatch, tiny_mnist, store):
     out, cfg = run_flow(
         monkeypatch,
