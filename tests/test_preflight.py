@@ -1,0 +1,93 @@
+"""Values that pass validation but would fail only after runs exist are caught in the preflight:
+one line, exit 2, fast, and no run in the store."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from bnpipe.cli import EXIT_BAD_INPUT, main
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BNPIPE_DATA_DIR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def existing_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store that already holds the experiment (so "no run created" can be checked)."""
+    from bnpipe.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+    Tracker(uri, "preflight").check()
+    return uri
+
+
+def runs_in(uri: str) -> int:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("preflight")
+    return len(client.search_runs([exp.experiment_id], run_view_type=3))
+
+
+def refused(capsys, sets: list[str], fragment: str, seconds: float = 10.0) -> None:
+    argv = ["run", "--set", "tracking.experiment=preflight"]
+    for item in sets:
+        argv += ["--set", item]
+    capsys.readouterr()  # what setting up the store printed
+    start = time.perf_counter()
+    code = main(argv)
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_BAD_INPUT, err
+    assert err.startswith("bnpipe: error: ") and "\n" not in err, err
+    assert fragment in err, err
+    assert elapsed < seconds, f"{elapsed:.1f}s"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_reports_dir_that_cannot_be_made(capsys, workdir, existing_store):
+    (workdir / "afile").write_text("in the way")
+    refused(
+        capsys,
+        [f"tracking.uri={existing_store}", "tracking.reports_dir=afile/reports"],
+        "tracking.reports_dir: ",
+    )
+    assert runs_in(existing_store) == 0
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:{port}", "nonsense"])
+def test_unreachable_dask_scheduler(capsys, workdir, existing_store, address):
+    sets = [
+        f"tracking.uri={existing_store}",
+        "orchestration.task_runner=dask",
+        f"orchestration.dask_address={address.format(port=free_port())}",
+    ]
+    refused(capsys, sets, "orchestration.dask_address ")
+    assert runs_in(existing_store) == 0
+
+
+def test_dask_address_is_not_checked_for_serial_runs(capsys, workdir):
+    sets = ["orchestration.dask_address=nonsense", "data.dir=./nowhere"]
+    refused(capsys, sets, "data.dir: nowhere is not a directory")
+
+
+def test_sqlite_store_that_is_a_folder(capsys, workdir, monkeypatch):
+    folder = workdir / "some" / "dir"
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}")
+    refused(capsys, [], "is a folder, not a database file")
+    assert list(folder.iterdir()) == []
