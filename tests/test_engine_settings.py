@@ -43,7 +43,7 @@ def test_hidden_units_and_num_classes_reach_both_engines(hidden, classes, labels
                 "grid.seeds=[1]",
             ],
         )
-        (group,) = grid.groups(cfg)
+        (group,) = grid.training_groups(grid.grid_cells(cfg, {32: [1]}))
         (result,) = grid.train_cells(cfg, group, data)
         assert result.status == "finished", result.error
         assert np.isfinite(result.history[-1]["loss"])
