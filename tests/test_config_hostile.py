@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,3 +130,19 @@ def test_largest_seed_fits_every_derived_seed():
 def test_deep_block_nesting_without_brackets(capsys, workdir):
     (workdir / "dash.yaml").write_text("grid:\n  seeds:\n    " + "- " * 20_000 + "1\n")
     assert_one_line_exit_2(capsys, ["run", "--params", "dash.yaml"], "dash.yaml: nested too deeply")
+
+
+@pytest.mark.parametrize("params", ["lol.yaml", "/dev/zero"])
+def test_the_installed_command_refuses_in_one_line(tmp_path, params):
+    (tmp_path / "lol.yaml").write_text(billion_laughs())
+    bnpipe = Path(sys.executable).parent / "bnpipe"
+    done = subprocess.run(
+        [str(bnpipe), "run", "--params", params],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,  # the import of a cold CLI on a busy machine; the refusal itself is ms
+    )
+    assert done.returncode == EXIT_BAD_INPUT
+    err = done.stderr.strip()
+    assert err.startswith("bnpipe: error: ") and "\n" not in err, err
