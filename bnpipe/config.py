@@ -140,8 +140,9 @@ class StatsConfig(_Section):
     # sequential: add seed pairs per comparison until decided; fixed: exactly grid.seeds (an
     # explicit grid.seeds list means fixed whatever this says).
     design: Literal["sequential", "fixed"] = "sequential"
-    look_every: int = Field(default=10, ge=2)
-    max_seeds: int = Field(default=100, ge=2)
+    look_every: int = Field(default=10, ge=2, le=10_000)
+    # Capped so every seed the design may try (twice this, failed pairs included) stays in range.
+    max_seeds: int = Field(default=100, ge=2, le=10_000)
     spending: Literal["obf", "pocock"] = "obf"
     # Looks one run may do (null: until every comparison is decided). A scheduled run with 1 does
     # the next look of the same design each time; the decisions equal a straight run's.
