@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,6 +179,9 @@ def _timing(
         "total_s": total,
         "s_per_model_epoch": total / (models * epochs),
         "steady_s_per_model_epoch": steady,
+        # The first epoch's extra wall time over a steady one: tracing plus the XLA compile (or
+        # the persistent cache's load) of the group's programs; rows hold per-model shares.
+        "compile_s": (float(np.mean(per_epoch[0])) - steady) * models if later else float("nan"),
         "cpu_s_per_model_epoch": cpu / (models * epochs),
         "models": models,
         "epochs": epochs,
@@ -319,6 +325,11 @@ def format_report(report: dict) -> str:
             for label, k in zip("abc", ENGINE_KEYS, strict=True)
         )
         lines.append(f"{'on' if row['bn'] else 'off':>3} {row['batch_size']:>4}  {cpu}")
+    lines.append("fused compile s per group (first epoch's wall time minus a steady epoch's)")
+    lines += [
+        f"{'on' if row['bn'] else 'off':>3} {row['batch_size']:>4}  {row['fused']['compile_s']:.2f}"
+        for row in report["cells"]
+    ]
     every = report["all_cells"]
     secs = [
         f"({label}) {_num(every[f'{k}_s'], '.2f', 's')}"
@@ -342,6 +353,72 @@ def _num(x: float | None, spec: str, unit: str = "") -> str:
     return NOT_RUN if x is None else f"{x:{spec}}{unit}"
 
 
+SMOKE_SETS = ("grid.seeds=[0,1]", "train.epochs=1")
+
+
+def _wall(cmd: list[str], env: dict[str, str], cwd: Path, log_file: Path) -> float:
+    """Wall seconds of one command; its output goes to ``log_file``; a failure raises."""
+    start = time.perf_counter()
+    with log_file.open("w") as out:
+        proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; see {log_file}")
+    return wall
+
+
+def run_smoke(
+    sets: Sequence[str] = (), *, repeats: int = 1, keep: Path | None = None, log: Any = print
+) -> dict:
+    """Whole ``bnpipe run`` smoke commands against ``python -c "import tensorflow"``, in one run.
+
+    Each repeat times the import, then the smoke grid with a cold XLA cache, then again with the
+    cache the first one filled (``--fresh`` in a new store, so it trains rather than reuses).
+    Every command is a new process in a new folder: nothing is warm but the OS file cache.
+
+    Args:
+        sets: extra ``--set`` overrides after the smoke grid's (e.g. ``train.shard_size=2``).
+        repeats: rounds; the report keeps each and the median ratios.
+        keep: folder for the stores and logs (default: a temporary one, removed after).
+        log: progress printer.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # each command gets its own store
+    overrides = [arg for s in (*SMOKE_SETS, *sets) for arg in ("--set", s)]
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = keep or Path(tmp)
+        for r in range(repeats):
+            folder = base / f"round{r}"
+            folder.mkdir(parents=True, exist_ok=True)
+            env["BNPIPE_XLA_CACHE"] = str(folder / "xla")
+            row = {
+                "import_tf_s": _wall(
+                    [sys.executable, "-c", "import tensorflow"], env, folder, folder / "import.log"
+                )
+            }
+            for label in ("cold", "warm"):
+                store = folder / label
+                store.mkdir(exist_ok=True)
+                cmd = [sys.executable, "-m", "bnpipe.cli", "run", "--fresh", *overrides]
+                row[f"{label}_s"] = _wall(cmd, env, store, folder / f"{label}.log")
+            row["cold_ratio"] = row["cold_s"] / row["import_tf_s"]
+            row["warm_ratio"] = row["warm_s"] / row["import_tf_s"]
+            log(
+                f"round {r + 1}: import tensorflow {row['import_tf_s']:.1f}s, smoke cold "
+                f"{row['cold_s']:.1f}s ({row['cold_ratio']:.2f}x), warm {row['warm_s']:.1f}s "
+                f"({row['warm_ratio']:.2f}x)"
+            )
+            rounds.append(row)
+    return {
+        "command": "bnpipe run --fresh " + " ".join(overrides),
+        "rounds": rounds,
+        "cold_ratio": float(np.median([r["cold_ratio"] for r in rounds])),
+        "warm_ratio": float(np.median([r["warm_ratio"] for r in rounds])),
+        "load_avg_1min": os.getloadavg()[0],
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bnpipe bench``."""
     parser.add_argument(
@@ -361,10 +438,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-test", type=int, default=None, help="first N test images")
     parser.add_argument("--data-dir", default=None, help="MNIST folder (else $BNPIPE_DATA_DIR)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="time whole `bnpipe run` smoke grids (cold and warm XLA cache) against "
+        "`python -c 'import tensorflow'` instead of the engines",
+    )
+    parser.add_argument(
+        "--smoke-set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="extra --set for the smoke grid, e.g. train.shard_size=2",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="smoke rounds (median ratios)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``bnpipe bench``; returns the exit status."""
+    if args.smoke:
+        report = run_smoke(args.smoke_set, repeats=args.repeats)
+        print(
+            f"smoke: cold {report['cold_ratio']:.2f}x, warm {report['warm_ratio']:.2f}x the time "
+            f"of `import tensorflow` (median of {args.repeats}; 1-min load "
+            f"{report['load_avg_1min']:.1f})"
+        )
+        return _write_json(args.json, report)
     try:
         data = load_mnist(args.data_dir).subset(args.limit_train, args.limit_test)
     except DataError as exc:
@@ -382,7 +481,11 @@ def run(args: argparse.Namespace) -> int:
         steps_per_execution=args.steps_per_execution,
     )
     print(format_report(report))
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {args.json}")
+    return _write_json(args.json, report)
+
+
+def _write_json(path: Path | None, report: dict) -> int:
+    if path is not None:
+        path.write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {path}")
     return 0

@@ -313,7 +313,10 @@ def _quiet_defaults() -> None:
     Only defaults: anything the user set in the environment wins.
     """
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3, not 2: TF logs two false ERROR lines per program it loads from the XLA cache (a text
+    # parse it tries before the binary one, and tuning flags it mistakes for missing CPU
+    # features); real failures still raise, with their message, in Python.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # MLflow announces creating and migrating a new store at INFO; an error line must stand alone.
     if "MLFLOW_LOGGING_LEVEL" not in os.environ:
         for name in ("mlflow.store.db.utils", "alembic"):
@@ -357,6 +360,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     _quiet_defaults()
     args = _parser().parse_args(argv)
+    if args.command in ("run", "reproduce", "bench"):
+        from bnpipe import xla_cache
+
+        xla_cache.enable()  # before TensorFlow's first compile in this process
     if args.command == "run":
         return cmd_run(args)
     if args.command == "report":

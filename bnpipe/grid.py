@@ -170,7 +170,11 @@ def train_cells(
     call, for the flow and for ``bnpipe reproduce`` alike (fused: stacked shards; keras: one fit
     per seed)."""
     # Looked up at call time (TensorFlow only once something trains; tests wrap it there).
+    from bnpipe import xla_cache
     from bnpipe.train import engines
+
+    # Before this process's first compile; a Dask worker's first one is here.
+    xla_cache.enable()
 
     return engines.train_group(
         cfg.train.engine,

@@ -96,8 +96,18 @@ def environment_facts() -> dict[str, str]:
         "cpu_count": str(os.cpu_count()),
     }
     for var in NUMERIC_ENV_VARS:
-        facts[var] = os.environ.get(var, "unset")
+        value = strip_cache_flags(os.environ.get(var, ""))
+        facts[var] = value or "unset"
     return facts
+
+
+def strip_cache_flags(flags: str) -> str:
+    """``flags`` without TF's persistent-cache options, which change speed, never results.
+
+    Each process of a run caches in its own folder (bnpipe.xla_cache), so leaving the flag in
+    would make every run's recorded environment differ from every other's.
+    """
+    return " ".join(t for t in flags.split() if not t.startswith("--tf_xla_persistent_cache"))
 
 
 def git_commit() -> str | None:

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from bnpipe.models import build_model
 from bnpipe.train.common import DEFAULT_SHARD_SIZE, Cell, TrainResult, epoch_permutation
+from bnpipe.xla_cache import stable_names
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
 Tensors = tuple[tf.Tensor, ...]
@@ -251,7 +252,11 @@ def _compiled(layout: Layout, batch_size: int) -> tuple[Callable, Callable]:
     """
     run_epoch = tf.function(functools.partial(_run_epoch, layout, batch_size), jit_compile=True)
     evaluate = tf.function(functools.partial(_evaluate, layout), jit_compile=True)
-    return run_epoch, evaluate
+    # Stable function names let the persistent XLA cache find these programs in any process.
+    return (
+        stable_names(run_epoch, "epoch", layout, batch_size),
+        stable_names(evaluate, "evaluate", layout),
+    )
 
 
 def stack_initial_weights(

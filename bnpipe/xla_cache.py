@@ -1,0 +1,216 @@
+"""Persistent XLA compilation cache: a later process with the same programs compiles nothing.
+
+TensorFlow saves each jit-compiled executable under ``--tf_xla_persistent_cache_directory``
+and, on a later call, loads the one whose signature and whole HLO module match exactly (it
+compares the stored HLO, not just a hash). A loaded program is the machine code a compile would
+have produced, so the cache changes speed, never bits (tests/test_xla_cache.py checks weights).
+
+Two traps shape the layout ``<root>/<machine key>/``:
+
+- TF writes an entry in place and fails the call when it reads a torn one, so no process ever
+  writes into the shared folder: each gets a private folder under ``.staging/`` holding hard
+  links to the shared entries, and moves its new entries into the shared folder atomically
+  (``os.replace``) when it exits. Concurrent processes only ever see whole files.
+- The stored HLO does not cover the CPU, TensorFlow's version or XLA_FLAGS, yet the executable is
+  machine code built under them; the machine key hashes them, so a folder shared between
+  machines (a network home) never hands one CPU's code to another.
+
+``BNPIPE_XLA_CACHE`` picks the root (default ``$XDG_CACHE_HOME/bnpipe/xla``); ``off`` disables.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import shutil
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bnpipe.provenance import (
+    NUMERIC_PACKAGES,
+    environment_facts,
+    package_versions,
+    strip_cache_flags,
+)
+
+ENV_VAR = "BNPIPE_XLA_CACHE"
+DIR_FLAG = "--tf_xla_persistent_cache_directory"
+STAGING = ".staging"
+_OFF = {"off", "0", "false", "no", "none"}
+
+# Set once per process (a forked child gets its own: see enable()).
+_active: dict[int, Path] = {}
+
+
+def cache_root() -> Path | None:
+    """The cache's root folder, or None when ``BNPIPE_XLA_CACHE`` turns it off."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    if value.lower() in _OFF:
+        return None
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bnpipe" / "xla"
+
+
+def machine_key() -> str:
+    """Hash of what the stored HLO does not pin down: CPU, numeric versions and env flags."""
+    facts = {**environment_facts(), **package_versions(NUMERIC_PACKAGES)}
+    facts["cpu_flags"] = _cpu_flags()
+    with contextlib.suppress(AttributeError):  # not Linux
+        facts["affinity"] = str(len(os.sched_getaffinity(0)))
+    blob = json.dumps(facts, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cpu_flags() -> str:
+    # Two VMs with one model name can expose different instruction sets.
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.partition(":")[2].strip()
+    return ""
+
+
+def enable() -> Path | None:
+    """Point TF's persistent cache at a private folder seeded from the shared one.
+
+    Call it before the process's first XLA compile (TF reads TF_XLA_FLAGS then, not at import).
+    Idempotent; a child process that inherited its parent's folder gets its own. A cache folder
+    the user set in TF_XLA_FLAGS is left alone.
+
+    Returns:
+        The private folder in use, or None (cache off, or the user's own folder).
+    """
+    pid = os.getpid()
+    if pid in _active:
+        return _active[pid]
+    root = cache_root()
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    current = _flag_value(flags, DIR_FLAG)
+    if root is None or (current and Path(current).parent.name != STAGING):
+        return None
+    shared = root / machine_key()
+    private = shared / STAGING / f"{socket.gethostname()}-{pid}-{uuid.uuid4().hex[:8]}"
+    try:
+        private.mkdir(parents=True)
+        _reap_stale(shared / STAGING)
+        for entry in shared.glob("*.pb"):
+            _link_or_copy(entry, private / entry.name)
+    except OSError:
+        # A cache that cannot be set up costs a compile, never a run.
+        shutil.rmtree(private, ignore_errors=True)
+        return None
+    os.environ["TF_XLA_FLAGS"] = f"{strip_cache_flags(flags)} {DIR_FLAG}={private}".strip()
+    _active[pid] = private
+    atexit.register(publish, private, shared)
+    return private
+
+
+def publish(private: Path, shared: Path) -> int:
+    """Move the entries this process compiled into the shared folder; returns how many."""
+    moved = 0
+    for entry in private.glob("*.pb"):
+        # A hard link of a shared entry has two names; a new entry has one.
+        if entry.stat().st_nlink == 1 and not (shared / entry.name).exists():
+            with contextlib.suppress(OSError):
+                os.replace(entry, shared / entry.name)
+                moved += 1
+    shutil.rmtree(private, ignore_errors=True)
+    return moved
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _reap_stale(staging: Path) -> None:
+    """Remove private folders this host's killed processes left behind."""
+    host = socket.gethostname()
+    for folder in staging.iterdir():
+        name_host, _, rest = folder.name.rpartition("-")[0].rpartition("-")
+        if name_host != host or not rest.isdigit() or _alive(int(rest)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _flag_value(flags: str, name: str) -> str | None:
+    for token in flags.split():
+        key, sep, value = token.partition("=")
+        if key == name and sep:
+            return value
+    return None
+
+
+_naming = threading.local()
+
+
+def stable_names(fn: Callable, *key: object) -> Callable:
+    """``fn`` (a tf.function) traced with names that depend on ``key`` and shapes, not history.
+
+    TF names each traced function ``__inference_<name>_<n>`` with a process-wide counter, and
+    the persistent cache's key includes that name: a process that traced other functions first
+    (another grid order, ``bnpipe reproduce`` of one cell, a Dask worker) would miss every entry.
+    Here the counter is replaced, during this call on this thread only, by a hash of ``key``
+    and the arguments' shapes and a count within the trace. Names change nothing but names.
+    """
+    import tensorflow as tf
+
+    def call(*args: Any) -> Any:
+        shapes = [(t.shape.as_list(), t.dtype.name) for t in tf.nest.flatten(args)]
+        digest = hashlib.sha256(repr((key, shapes)).encode()).hexdigest()[:12]
+        _patch_namers()
+        _naming.stack = [*getattr(_naming, "stack", []), [digest, 0]]
+        try:
+            return fn(*args)
+        finally:
+            _naming.stack.pop()
+
+    return call
+
+
+def _stable_suffix(fallback: Callable[[], int]) -> str | int:
+    stack = getattr(_naming, "stack", None)
+    if not stack:
+        return fallback()
+    frame = stack[-1]
+    frame[1] += 1
+    return f"{frame[0]}_{frame[1]}"
+
+
+@functools.cache
+def _patch_namers() -> None:
+    """Route TF's function-name counters through :func:`_stable_suffix` (once per process)."""
+    from tensorflow.python.eager.polymorphic_function import concrete_function as cf
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import control_flow_util_v2 as cfu
+
+    def suffix() -> str | int:
+        return _stable_suffix(ops.uid)
+
+    cf._forward_name = lambda n: f"{cf._FORWARD_PREFIX}{n}_{suffix()}"
+    cf._backward_name = lambda n: f"{cf._BACKWARD_PREFIX}{n}_{suffix()}"
+    cf._inference_name = lambda n: f"{cf._INFERENCE_PREFIX}{n}_{suffix()}"
+    cfu.unique_fn_name = lambda scope, name: f"{scope}{name}_{suffix()}".replace("/", "_")
+    cfu.unique_grad_fn_name = lambda forward_name: f"{forward_name}_grad_{suffix()}"
