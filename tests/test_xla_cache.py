@@ -1,0 +1,141 @@
+"""The persistent XLA cache: same weights with and without it, hits in any order, no key churn."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bnpipe import xla_cache
+from bnpipe.provenance import environment_facts, strip_cache_flags
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache root under tmp_path, TF_XLA_FLAGS restored afterwards, no folder yet in use."""
+    monkeypatch.setenv(xla_cache.ENV_VAR, str(tmp_path / "xla"))
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_enable_lazy_compilation=false")
+    monkeypatch.setattr(xla_cache, "_active", {})
+    return tmp_path / "xla"
+
+
+def test_cache_flag_changes_no_recorded_environment_fact(monkeypatch):
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_enable_lazy_compilation=false")
+    before = environment_facts()
+    monkeypatch.setenv(
+        "TF_XLA_FLAGS",
+        "--tf_xla_enable_lazy_compilation=false --tf_xla_persistent_cache_directory=/x/y",
+    )
+    assert environment_facts() == before
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/x/y")
+    assert environment_facts()["TF_XLA_FLAGS"] == "unset"
+    assert strip_cache_flags("--a=1 --tf_xla_persistent_cache_read_only=true --b") == "--a=1 --b"
+
+
+def test_machine_key_follows_code_generation_flags(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    plain = xla_cache.machine_key()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
+    assert xla_cache.machine_key() != plain
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/elsewhere")
+    assert xla_cache.machine_key() == plain
+
+
+def test_private_folder_links_shared_entries_and_publishes_only_new_ones(fresh_cache):
+    shared = fresh_cache / xla_cache.machine_key()
+    shared.mkdir(parents=True)
+    (shared / "old.pb").write_bytes(b"compiled before")
+    private = xla_cache.enable()
+    assert private is not None and private.parent.parent == shared
+    assert xla_cache.enable() == private  # once per process
+    flags = os.environ["TF_XLA_FLAGS"]
+    assert f"{xla_cache.DIR_FLAG}={private}" in flags
+    assert "--tf_xla_enable_lazy_compilation=false" in flags
+    assert (private / "old.pb").read_bytes() == b"compiled before"
+    (private / "new.pb").write_bytes(b"compiled now")
+    assert xla_cache.publish(private, shared) == 1
+    assert sorted(p.name for p in shared.glob("*.pb")) == ["new.pb", "old.pb"]
+    assert not private.exists()
+
+
+def test_inherited_folder_is_replaced_and_a_users_own_is_kept(fresh_cache, monkeypatch):
+    parent = fresh_cache / "k" / xla_cache.STAGING / "host-1-abcd"
+    monkeypatch.setenv("TF_XLA_FLAGS", f"{xla_cache.DIR_FLAG}={parent}")
+    private = xla_cache.enable()
+    assert private is not None and private != parent
+    assert os.environ["TF_XLA_FLAGS"] == f"{xla_cache.DIR_FLAG}={private}"
+    monkeypatch.setattr(xla_cache, "_active", {})
+    monkeypatch.setenv("TF_XLA_FLAGS", f"{xla_cache.DIR_FLAG}=/users/own")
+    assert xla_cache.enable() is None
+    assert os.environ["TF_XLA_FLAGS"] == f"{xla_cache.DIR_FLAG}=/users/own"
+
+
+# Trains two tiny fused groups in the order given by argv[1]; prints each group's weights' hash.
+_TRAIN = """
+import hashlib, json, sys
+from bnpipe import xla_cache
+xla_cache.enable()
+import numpy as np
+from bnpipe.train.fused import train_fused
+rng = np.random.default_rng(0)
+x, y = rng.random((320, 784), np.float32), rng.integers(0, 10, 320).astype(np.int32)
+digests, first_epoch = {}, {}
+for bn in json.loads(sys.argv[1]):
+    res = train_fused(bn, 64, [0, 1], x[:256], y[:256], x[256:], y[256:], epochs=2,
+                      learning_rate=1e-3, shard_size=2)
+    first_epoch[str(bn)] = 2 * res[0].history[0]["epoch_time_s"]
+    h = hashlib.sha256()
+    for r in res:
+        for w in r.weights:
+            h.update(w.tobytes())
+    digests[str(bn)] = h.hexdigest()
+print(json.dumps({"digests": digests, "first_epoch_s": first_epoch}))
+"""
+
+
+def _train(order: list[bool], cache: str) -> tuple[dict, str]:
+    env = {
+        **os.environ,
+        xla_cache.ENV_VAR: cache,
+        "TF_CPP_MIN_LOG_LEVEL": "0",
+        # TF says at VLOG 1 when it runs a program from the cache instead of compiling it.
+        "TF_CPP_VMODULE": "device_executable_persistor=1",
+    }
+    env.pop("TF_XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAIN, json.dumps(order)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+@pytest.mark.slow
+def test_cache_gives_identical_weights_and_hits_in_another_order(tmp_path):
+    cache = tmp_path / "xla"
+    t0 = time.perf_counter()
+    off, _ = _train([False, True], "off")
+    cold, cold_log = _train([False, True], str(cache))
+    entries = list(cache.glob("*/*.pb"))
+    # A warm process that traces the programs in the other order still finds every one.
+    warm, warm_log = _train([True, False], str(cache))
+    assert off["digests"] == cold["digests"] == warm["digests"]
+    assert len(entries) == 4  # epoch and evaluation programs of the two groups
+    assert "Loading cached entry" not in cold_log
+    assert warm_log.count("Loading cached entry") == 4
+    assert sorted(cache.glob("*/*.pb")) == sorted(entries)  # nothing compiled anew
+    assert not list(cache.glob(f"*/{xla_cache.STAGING}/*"))  # private folders cleaned up
+    print(  # measured, not asserted: a loaded machine would make any bound flaky
+        f"first epoch s (compile included) cold {cold['first_epoch_s']}, "
+        f"warm {warm['first_epoch_s']}; total {time.perf_counter() - t0:.0f}s"
+    )
