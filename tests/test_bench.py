@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from bnpipe.bench import flops_per_model_epoch, format_report, run_bench
+from bnpipe.bench import _wall, flops_per_model_epoch, format_report, run_bench
 from bnpipe.cli import main
 from tests.conftest import requires_mnist
 
@@ -39,8 +40,13 @@ def test_bench_reports_all_engines_and_ratios(tiny_mnist, tmp_path):
         == pytest.approx(row["speedup_fused"])
     )  # one cell: the grid ratio is the cell's
     assert report["floor_s"] > 0 and report["peak_rss_mib"] > 0
+    # compile = first epoch's extra wall time over a steady one (group walls: share x 2 models);
+    # the whole run holds that, both epochs and the setup
+    fused = row["fused"]
+    steady_wall = fused["steady_s_per_model_epoch"] * 2
+    assert fused["compile_s"] > 0 and fused["compile_s"] + 2 * steady_wall <= fused["total_s"]
     text = format_report(report)
-    assert "(c) fused" in text and "peak RSS" in text
+    assert "(c) fused" in text and "peak RSS" in text and "fused compile s" in text
     # the JSON the CLI writes must be serialisable
     (tmp_path / "b.json").write_text(json.dumps(report, default=str))
 
@@ -77,3 +83,11 @@ def test_fused_only_bench_from_the_command_line(tmp_path, capsys):
     assert main([*argv, "--json", str(out)]) == 0
     assert "not run (0 models asked): reference, keras" in capsys.readouterr().out
     assert json.loads(out.read_text())["not_run"] == ["reference", "keras"]
+
+
+def test_smoke_timer_names_the_log_of_a_failed_command(tmp_path):
+    log = tmp_path / "x.log"
+    assert _wall([sys.executable, "-c", "print('hi')"], {}, tmp_path, log) > 0
+    assert log.read_text() == "hi\n"
+    with pytest.raises(RuntimeError, match="x.log"):
+        _wall([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path, log)
