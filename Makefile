@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench ui lock clean
+.PHONY: setup run test lint bench bench-peers ui lock clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ lint: setup
 bench: setup
 	$(BIN)/bnpipe bench $(ARGS)
 
+# The optional peers of `bnpipe bench --peers jax`, from their own lock (the default install
+# stays without them).
+bench-peers: setup
+	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements-jax.lock
+
 # The MLflow UI on the local store, bound to localhost.
 ui: setup
 	mkdir -p mlruns
@@ -39,6 +44,10 @@ ui: setup
 lock: setup
 	$(BIN)/uv pip compile pyproject.toml --group dev --universal --python-version 3.11 \
 		--generate-hashes -o requirements.lock
+	# The peers' lock pins every shared package where requirements.lock does: installing JAX
+	# must not move a version that is part of the cell key.
+	$(BIN)/uv pip compile pyproject.toml --group dev --extra jax --universal --python-version 3.11 \
+		--generate-hashes -c requirements.lock -o requirements-jax.lock
 	echo "uv==$$($(BIN)/uv --version | cut -d' ' -f2)" | $(BIN)/uv pip compile - --universal \
 		--python-version 3.11 --generate-hashes --no-header -o requirements-bootstrap.lock
 

@@ -10,6 +10,7 @@ TensorFlow is imported inside functions: ``bnpipe --help`` must not pay for it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -159,6 +160,15 @@ def _time_engine(
     return timing
 
 
+def _time_peer(peer: str, data: MnistData, bn: bool, batch_size: int, seeds: int, epochs: int):
+    """A peer implementation of the same recipe (same shards of 5 as the fused engine)."""
+    if peer != "jax":
+        raise ValueError(f"unknown peer {peer!r} (known: jax)")
+    from bnpipe.peers.jax_peer import time_group
+
+    return time_group(data, bn, batch_size, seeds, epochs)
+
+
 def _timing(
     total: float,
     cpu: float,
@@ -199,6 +209,7 @@ def run_bench(
     epochs: int = 2,
     steps_per_execution: int = 100,
     probe_seconds: float = 2.0,
+    peers: Sequence[str] = (),
     log: Any = print,
 ) -> dict:
     """Time (a) the reference recipe, (b) the keras engine, (c) the fused engine on one data set.
@@ -234,6 +245,16 @@ def run_bench(
                 f"{t['cpu_s_per_model_epoch']:.3f} CPU-s; peak RSS {peak_rss_mib():.0f} MiB"
             )
 
+    for peer in peers:
+        for bn, bs in cells:
+            log(f"{peer:>9}: bn={'on' if bn else 'off'} bs={bs} ({seeds} models x {epochs} ep)")
+            t = _time_peer(peer, data, bn, bs, seeds, epochs)
+            timings[(bn, bs)][peer] = t
+            log(
+                f"           {t['steady_s_per_model_epoch']:.3f} steady s/model-epoch, "
+                f"compile {t['compile_s']:.2f}s"
+            )
+
     # Probing again at the end and keeping the faster result makes the floor the speed this CPU
     # attains when nothing else competes for it (a shared machine's load comes and goes).
     probes.append(_probe(probe_seconds, log))
@@ -253,6 +274,15 @@ def run_bench(
                 "speedup_fused": _ratio(t["reference"], t["fused"]),
                 "fused_floor_ratio": _ratio(t["fused"], floor),
                 "fused_steady_floor_ratio": _ratio(t["fused"], floor, "steady_s_per_model_epoch"),
+                **{
+                    f"{peer}_vs_fused": {
+                        peer: p,
+                        "fused_steady_ratio": _ratio(t["fused"], p, "steady_s_per_model_epoch"),
+                        "fused_compile_ratio": _ratio(t["fused"], p, "compile_s"),
+                    }
+                    for peer in peers
+                    for p in [timings[(bn, bs)][peer]]
+                },
             }
         )
     return {
@@ -329,7 +359,19 @@ def format_report(report: dict) -> str:
     lines += [
         f"{'on' if row['bn'] else 'off':>3} {row['batch_size']:>4}  {row['fused']['compile_s']:.2f}"
         for row in report["cells"]
+        if row["fused"] is not None
     ]
+    for row in report["cells"]:
+        peers = [(k, v) for k, v in row.items() if k.endswith("_vs_fused") and row["fused"]]
+        for key, peer in peers:
+            name = key.removesuffix("_vs_fused")
+            lines.append(
+                f"{'on' if row['bn'] else 'off':>3} {row['batch_size']:>4}  fused/{name}: steady "
+                f"{peer['fused_steady_ratio']:.2f}x ({row['fused']['steady_s_per_model_epoch']:.3f}"
+                f" vs {peer[name]['steady_s_per_model_epoch']:.3f} s/model-epoch), compile "
+                f"{peer['fused_compile_ratio']:.2f}x ({row['fused']['compile_s']:.2f} vs "
+                f"{peer[name]['compile_s']:.2f} s)"
+            )
     every = report["all_cells"]
     secs = [
         f"({label}) {_num(every[f'{k}_s'], '.2f', 's')}"
@@ -452,6 +494,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra --set for the smoke grid, e.g. train.shard_size=2",
     )
     parser.add_argument("--repeats", type=int, default=1, help="smoke rounds (median ratios)")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        choices=("jax",),
+        default=[],
+        help="also time the same recipe in these frameworks (make bench-peers installs JAX)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -469,6 +518,9 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    if "jax" in args.peers and importlib.util.find_spec("jax") is None:
+        print("bench: --peers jax needs JAX: make bench-peers installs it", file=sys.stderr)
+        return 2
     bn_values = {"on": (True,), "off": (False,), "both": (False, True)}[args.bn]
     report = run_bench(
         data,
@@ -479,6 +531,7 @@ def run(args: argparse.Namespace) -> int:
         reference_seeds=args.reference_seeds,
         epochs=args.epochs,
         steps_per_execution=args.steps_per_execution,
+        peers=args.peers,
     )
     print(format_report(report))
     return _write_json(args.json, report)

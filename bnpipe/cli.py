@@ -360,10 +360,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     _quiet_defaults()
     args = _parser().parse_args(argv)
-    if args.command in ("run", "reproduce", "bench"):
+    if args.command in ("run", "reproduce"):
         from bnpipe import xla_cache
 
-        xla_cache.enable()  # before TensorFlow's first compile in this process
+        # Before TensorFlow's first compile in this process. Not for bench: it times compiles.
+        xla_cache.enable()
     if args.command == "run":
         return cmd_run(args)
     if args.command == "report":
