@@ -461,6 +461,41 @@ def run_smoke(
     }
 
 
+def run_full_grid(sets: Sequence[str] = (), *, probe_seconds: float = 2.0, log: Any = print):
+    """The whole default ``bnpipe run --fresh`` (cold XLA cache) against the FLOP floor.
+
+    The floor is every model-epoch's FLOPs at the bench's square-GEMM probe, probed before and
+    after the run (the faster kept, as in :func:`run_bench`).
+    """
+    from bnpipe.config import load_config
+
+    cfg = load_config(None, list(sets))
+    models = len(cfg.grid.bn) * len(cfg.grid.batch_sizes) * len(cfg.grid.seeds)
+    probes = [_probe(probe_seconds, log)]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "BNPIPE_XLA_CACHE": f"{tmp}/xla", "PYTHONUNBUFFERED": "1"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        cmd = [sys.executable, "-m", "bnpipe.cli", "run", "--fresh"]
+        cmd += [arg for s in sets for arg in ("--set", s)]
+        log(f"{' '.join(cmd[2:])} ({models} models x {cfg.train.epochs} epochs) ...")
+        wall = _wall(cmd, env, Path(tmp), Path(tmp) / "run.log")
+    probes.append(_probe(probe_seconds, log))
+    gflops = max(p["square_gflops"] for p in probes)
+    n_train = cfg.data.limit_train or 60_000
+    n_val = cfg.data.limit_test or 10_000
+    floor = models * cfg.train.epochs * flops_per_model_epoch(n_train, n_val) / (gflops * 1e9)
+    log(f"whole command {wall:.1f}s, FLOP floor {floor:.1f}s at {gflops:.1f} GFLOP/s")
+    return {
+        "wall_s": wall,
+        "floor_s": floor,
+        "ratio": wall / floor,
+        "square_gflops": gflops,
+        "models": models,
+        "epochs": cfg.train.epochs,
+        "load_avg_1min": os.getloadavg()[0],
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bnpipe bench``."""
     parser.add_argument(
@@ -495,6 +530,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="smoke rounds (median ratios)")
     parser.add_argument(
+        "--full-grid",
+        action="store_true",
+        help="time the whole default `bnpipe run --fresh` (plus any --smoke-set) against the "
+        "FLOP floor",
+    )
+    parser.add_argument(
         "--peers",
         nargs="*",
         choices=("jax",),
@@ -505,6 +546,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``bnpipe bench``; returns the exit status."""
+    if args.full_grid:
+        report = run_full_grid(args.smoke_set)
+        print(f"full grid: {report['ratio']:.2f}x the FLOP floor end to end")
+        return _write_json(args.json, report)
     if args.smoke:
         report = run_smoke(args.smoke_set, repeats=args.repeats)
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from bnpipe.bench import _wall, flops_per_model_epoch, format_report, run_bench
@@ -91,3 +92,21 @@ def test_smoke_timer_names_the_log_of_a_failed_command(tmp_path):
     assert log.read_text() == "hi\n"
     with pytest.raises(RuntimeError, match="x.log"):
         _wall([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path, log)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_jax_peer_learns_what_the_fused_engine_learns(tiny_mnist, bn):
+    pytest.importorskip("jax")  # optional group: make bench-peers
+    from bnpipe.peers.jax_peer import time_group
+    from bnpipe.train.fused import train_fused
+
+    d = tiny_mnist
+    peer = time_group(d, bn, 64, 2, 3, shard_size=1)
+    fused = train_fused(
+        bn, 64, [0, 1], d.x_train, d.y_train, d.x_test, d.y_test, epochs=3, learning_rate=1e-3
+    )
+    fused_acc = np.mean([r.history[-1]["val_accuracy"] for r in fused])
+    # Same init, data order and update rule: the frameworks' float rounding is all that differs.
+    assert peer["val_accuracy"] == pytest.approx(fused_acc, abs=0.02)
+    assert peer["val_accuracy"] > 0.5 and peer["steady_s_per_model_epoch"] > 0
+    assert len(peer["epoch_walls_s"]) == 3
