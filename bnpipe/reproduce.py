@@ -17,7 +17,7 @@ from bnpipe.config import Config, DataConfig, ModelConfig, TrainConfig
 from bnpipe.data import MnistData, load_mnist
 from bnpipe.grid import Group, evaluate_cell, history_frame, train_cells
 from bnpipe.provenance import code_digest, environment_facts, package_versions
-from bnpipe.tracking import STATUS_TAG, TAG_PREFIX, CellRun, Tracker
+from bnpipe.tracking import STATUS_TAG, TAG_PREFIX, CellRun, Tracker, UnreadableArtifact
 from bnpipe.train.common import DEFAULT_SHARD_SIZE, Cell
 
 # Per-epoch metrics that must match; epoch_time_s is wall time and never does.
@@ -49,13 +49,13 @@ class Reproduction:
     metric_diffs: list[Difference] = field(default_factory=list)
     n_weights: int = 0
     weight_diffs: list[Difference] = field(default_factory=list)
-    weights_recorded: bool = True
+    missing: list[str] = field(default_factory=list)  # recorded values that could not be compared
     env_diffs: list[Difference] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
-        """Every compared metric and weight array is identical."""
-        return not self.metric_diffs and not self.weight_diffs
+        """Everything was compared (history, metrics, weights) and is identical."""
+        return not self.metric_diffs and not self.weight_diffs and not self.missing
 
 
 @dataclass(frozen=True)
@@ -194,13 +194,35 @@ def reproduce_run(tracker: Tracker, run_id: str, data_dir: str | None) -> Reprod
                 continue
             if recorded is None or not _same(recorded, value):
                 rep.metric_diffs.append(Difference(name, _fmt(recorded), _fmt(value)))
-    _compare_weights(rep, tracker.weights(run_id), result.weights)
+    try:
+        recorded_weights = tracker.weights(run_id)
+    except UnreadableArtifact as exc:
+        rep.missing.append(str(exc))
+    else:
+        if recorded_weights is None:
+            rep.missing.append(_why_no_weights(tracker, run))
+        else:
+            _compare_weights(rep, recorded_weights, result.weights)
     rep.env_diffs = environment_diffs(run)
     return rep
 
 
+def _why_no_weights(tracker: Tracker, run: CellRun) -> str:
+    """Why a run has no weights.npz: the parent's params say whether weights were logged."""
+    logged = tracker.parent_param(run, "tracking.log_weights")
+    if logged == "False":
+        return "weights: not logged (tracking.log_weights was off for this run)"
+    if logged == "True":
+        return "weights.npz: gone from the artifact store (the run logged it)"
+    return "weights.npz: not on the run"
+
+
 def _compare_history(rep: Reproduction, tracker: Tracker, run_id: str, now) -> None:
-    recorded = tracker.history(run_id)
+    try:
+        recorded = tracker.history(run_id)
+    except UnreadableArtifact as exc:
+        rep.missing.append(str(exc))
+        return
     if len(recorded) != len(now):
         rep.metric_diffs.append(Difference("epochs trained", str(len(recorded)), str(len(now))))
     for i in range(min(len(recorded), len(now))):
@@ -211,12 +233,7 @@ def _compare_history(rep: Reproduction, tracker: Tracker, run_id: str, now) -> N
                 rep.metric_diffs.append(Difference(f"{col} (epoch {i + 1})", _fmt(a), _fmt(b)))
 
 
-def _compare_weights(
-    rep: Reproduction, recorded: list[np.ndarray] | None, now: list[np.ndarray]
-) -> None:
-    if recorded is None:
-        rep.weights_recorded = False
-        return
+def _compare_weights(rep: Reproduction, recorded: list[np.ndarray], now: list[np.ndarray]) -> None:
     rep.n_weights = len(now)
     if len(recorded) != len(now):
         rep.weight_diffs.append(Difference("weight arrays", str(len(recorded)), str(len(now))))
@@ -237,10 +254,12 @@ def format_reproduction(rep: Reproduction) -> str:
         f"reproduced {rep.cell.name} (run {rep.run_id}, engine {rep.engine}, {rep.epochs} "
         f"epochs): compared {rep.n_metrics} metrics and {rep.n_weights} weight arrays"
     ]
-    if not rep.weights_recorded:
-        lines.append("  no weights.npz on the run (tracking.log_weights was off): metrics only")
     if rep.matches:
         lines.append("MATCH: every metric and every weight is identical to the recorded run")
+    elif not rep.metric_diffs and not rep.weight_diffs:
+        # Nothing compared differs, but a reproduction that compared less is no match.
+        lines.append("INCOMPLETE: what was compared is identical, but not everything could be:")
+        lines += [f"  {m}" for m in rep.missing]
     else:
         lines.append(
             f"MISMATCH: {len(rep.metric_diffs)} metric(s) and {len(rep.weight_diffs)} weight "
@@ -250,6 +269,7 @@ def format_reproduction(rep: Reproduction) -> str:
         lines.append(f"  {'':<{width}}  {'recorded':>18}  {'now':>18}")
         for d in rep.metric_diffs + rep.weight_diffs:
             lines.append(f"  {d.what:<{width}}  {d.recorded:>18}  {d.now:>18}")
+        lines += [f"  not compared: {m}" for m in rep.missing]
     if rep.env_diffs:
         lines.append("recorded environment facts that differ now:")
         width = max(len(d.what) for d in rep.env_diffs)

@@ -32,6 +32,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
+import requests
+import sqlalchemy.exc
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -51,7 +53,10 @@ OWNER_TAG = TAG_PREFIX + "owner"
 HEARTBEAT_TAG = TAG_PREFIX + "heartbeat"
 FAILURE_TAG = TAG_PREFIX + "failure_reason"
 ERROR_TAG = TAG_PREFIX + "error"
+UNUSABLE_TAG = TAG_PREFIX + "unusable_reason"
 ABANDONED = "abandoned"
+INTERRUPTED = "interrupted"
+WITHDRAWN = "withdrawn"
 # MLflow caps one log_batch call at 1000 metrics / 100 params / 100 tags.
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 # A parent's heartbeat is refreshed this often; a run on another host whose heartbeat is older
@@ -62,11 +67,28 @@ STALE_AFTER_S = 300.0
 # several retries with backoff); the real run keeps MLflow's patient defaults.
 PREFLIGHT_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 _LOCKED = ("database is locked", "database table is locked")
+# What a broken, missing or unreachable store raises; anything else is a bug in bnpipe and keeps its
+# traceback.
+_STORE_ERRORS = (
+    MlflowException,
+    OSError,
+    sqlite3.Error,
+    sqlalchemy.exc.SQLAlchemyError,
+    requests.exceptions.RequestException,
+)
 _log = logging.getLogger(__name__)
 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; raised before any training starts."""
+
+
+class UnreadableArtifact(LookupError):
+    """A recorded artifact of a run is gone or cannot be parsed; the message says which."""
+
+
+class ArtifactWriteError(TrackingError):
+    """The artifact store stopped taking writes during the run (full, read-only); one line."""
 
 
 def resolve_uri(configured: str | None, store_dir: Path = STORE_DIR) -> str:
@@ -226,6 +248,7 @@ class CellRun:
             and self.lifecycle == "active"
             and self.tags.get(STATUS_TAG) == "finished"
             and "test_accuracy" in self.metrics
+            and UNUSABLE_TAG not in self.tags
         )
 
     @property
@@ -325,6 +348,7 @@ class Tracker:
     uri: str
     experiment_name: str
     store_dir: Path | None = None  # artifacts folder's parent; None: beside a SQLite database
+    page_size: int = 1000  # runs per search page (MLflow's maximum)
 
     def __post_init__(self) -> None:
         self._client: _RetryingClient | None = None
@@ -362,7 +386,7 @@ class Tracker:
                 self.client.set_experiment_tag(exp_id, TAG_PREFIX + "last_check", time.time())
         except TrackingError:
             raise
-        except Exception as exc:  # any failure here means the store is unusable; say so plainly
+        except _STORE_ERRORS as exc:
             raise TrackingError(f"tracking store {self.uri}: {_store_problem(exc)}") from None
         if _is_local_sqlite(self.uri):
             self._use_wal()
@@ -479,20 +503,31 @@ class Tracker:
 
         With ``exclusive`` (the default), a cell that another run finished meanwhile is reused and
         a cell another live run claimed earlier is left to it; our own claim on those cells is
-        withdrawn (deleted, so no empty duplicate remains). Without it (``--fresh``) every claim
-        is ours to train.
+        withdrawn (closed KILLED, then deleted, so no empty duplicate remains). Without it
+        (``--fresh``) every claim is ours to train. If this raises (Ctrl-C included), no claim it
+        made is left open: each is marked FAILED ("interrupted").
         """
-        mine = {
-            s.key: self.start_run(
-                s.name,
-                params=s.params,
-                tags={**s.tags, CELL_KEY_TAG: s.key, STATUS_TAG: "running", **owner.tag()},
-                parent_id=parent_id,
-            )
-            for s in specs
-        }
-        if not exclusive or not mine:
-            return Claims(won=mine)
+        mine: dict[str, str] = {}
+        closed: set[str] = set()
+        try:
+            for s in specs:
+                mine[s.key] = self.start_run(
+                    s.name,
+                    params=s.params,
+                    tags={**s.tags, CELL_KEY_TAG: s.key, STATUS_TAG: "running", **owner.tag()},
+                    parent_id=parent_id,
+                )
+            if not exclusive or not mine:
+                return Claims(won=mine)
+            return self._settle(mine, closed)
+        except BaseException as exc:
+            for run_id in mine.values():
+                if run_id not in closed:
+                    self.fail_run(run_id, f"{type(exc).__name__}: {exc}", failure=INTERRUPTED)
+            raise
+
+    def _settle(self, mine: dict[str, str], closed: set[str]) -> Claims:
+        """Keep the claims that won their race; withdraw the others (their ids go to ``closed``)."""
         by_key = self._cell_runs_by_key(mine)
         claims, parents = Claims(), {}
         for key, run_id in mine.items():
@@ -508,13 +543,23 @@ class Tracker:
             first = min(live, key=lambda r: r.order) if live else None
             if done:
                 claims.finished[key] = min(done, key=lambda r: r.order)
+                why = f"run {claims.finished[key].run_id} had finished the cell"
             elif first is None or first.run_id == run_id:
                 claims.won[key] = run_id
                 continue
             else:
                 claims.taken[key] = first.run_id
-            self.client.delete_run(run_id)
+                why = f"run {first.run_id} claimed the cell first"
+            self._withdraw(run_id, why)
+            closed.add(run_id)
         return claims
+
+    def _withdraw(self, run_id: str, why: str) -> None:
+        """Close a lost claim, then delete it: a deleted run must not stay RUNNING."""
+        tags = {FAILURE_TAG: WITHDRAWN, STATUS_TAG: WITHDRAWN, ERROR_TAG: why}
+        self._log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, "KILLED")
+        self.client.delete_run(run_id)
 
     def _cell_runs_by_key(self, keys: Iterable[str]) -> dict[str, list[CellRun]]:
         wanted = set(keys)
@@ -584,16 +629,25 @@ class Tracker:
         ]
         metrics += [Metric(k, float(v), now, 0) for k, v in final_metrics.items() if np.isfinite(v)]
         self._log_batch(run_id, metrics=metrics, tags=tags)
-        self.client.log_text(run_id, history.to_csv(index=False), "history.csv")
-        if confusion is not None:
-            cm = pd.DataFrame(confusion).rename_axis(index="true", columns="predicted")
-            self.client.log_text(run_id, cm.to_csv(), "confusion_matrix.csv")
-        if weights is not None:
-            buf = io.BytesIO()
-            # Uncompressed: trained float32 weights shrink by only ~8% and compressing costs ~20x
-            # the write (measured: 209 vs 226 KB, 6 vs 0.3 ms per cell).
-            np.savez(buf, *weights)
-            self._log_bytes(run_id, buf.getvalue(), "weights.npz")
+        try:
+            self.client.log_text(run_id, history.to_csv(index=False), "history.csv")
+            if confusion is not None:
+                cm = pd.DataFrame(confusion).rename_axis(index="true", columns="predicted")
+                self.client.log_text(run_id, cm.to_csv(), "confusion_matrix.csv")
+            if weights is not None:
+                buf = io.BytesIO()
+                # Uncompressed: trained float32 weights shrink by only ~8% and compressing costs
+                # ~20x the write (measured: 209 vs 226 KB, 6 vs 0.3 ms per cell).
+                np.savez(buf, *weights)
+                self._log_bytes(run_id, buf.getvalue(), "weights.npz")
+        except OSError as exc:
+            # A full or read-only disk does not heal by retrying; the run stays open for the
+            # flow to close, so it is never mistaken for a finished cell.
+            location = self.client.get_experiment(self.experiment_id).artifact_location
+            raise ArtifactWriteError(
+                f"artifact store {location}: cannot write ({exc.strerror or exc}); cells "
+                "finished before are kept, rerun when it takes writes again"
+            ) from None
         self.client.set_terminated(run_id, status)
         return run_id
 
@@ -670,8 +724,9 @@ class Tracker:
         """
         parents: dict[str, float | None] = {}
         failed = []
-        for run in self._runs("attributes.status = 'RUNNING'"):
-            cell = CellRun.of(run)
+        # Read every page first: marking runs FAILED while paging would shift the pages (offset
+        # tokens) under the search and skip runs.
+        for cell in [CellRun.of(r) for r in self._runs("attributes.status = 'RUNNING'")]:
             if self._abandoned(cell, parents):
                 self._mark_abandoned(cell)
                 failed.append(cell.run_id)
@@ -708,7 +763,7 @@ class Tracker:
                 [self.experiment_id],
                 filter_string=filter_string,
                 run_view_type=view,
-                max_results=1000,
+                max_results=self.page_size,
                 page_token=token,
             )
             yield from page
@@ -734,6 +789,13 @@ class Tracker:
         """One run as recorded (any run id; MlflowException if there is none)."""
         return CellRun.of(self.client.get_run(run_id))
 
+    def parent_param(self, run: CellRun, name: str) -> str | None:
+        """A param of the run's parent (the run that trained the cell); None if unknown."""
+        try:
+            return self.client.get_run(run.parent_id).data.params.get(name)
+        except MlflowException:  # no parent, or it was purged
+            return None
+
     def parent_tables(self, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str, dict[str, str]]:
         """What a parent run recorded: (results, histories, run name, params)."""
         run = self.client.get_run(run_id)
@@ -750,17 +812,48 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), artifact_path="report")
 
     def history(self, run_id: str) -> pd.DataFrame:
-        """A child run's per-epoch history, read back from its history.csv artifact."""
+        """A child run's per-epoch history, read back from its history.csv artifact.
+
+        Raises:
+            UnreadableArtifact: history.csv is gone or is not a history table.
+        """
+        self._require_artifact(run_id, "history.csv")
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, "history.csv", tmp)
-            return pd.read_csv(path)
+            try:
+                history = pd.read_csv(path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+                why = f"history.csv cannot be read ({_first_line(exc)})"
+                raise UnreadableArtifact(why) from None
+        if "epoch" not in history.columns:
+            raise UnreadableArtifact("history.csv has no epoch column")
+        return history
 
     def weights(self, run_id: str) -> list[np.ndarray] | None:
-        """A child run's weights.npz (in ``get_weights`` order), or None if none was logged."""
-        names = {a.path for a in self.client.list_artifacts(run_id)}
-        if "weights.npz" not in names:
+        """A child run's weights.npz (in ``get_weights`` order), or None if there is none.
+
+        Raises:
+            UnreadableArtifact: weights.npz is there but is not an array archive.
+        """
+        try:
+            self._require_artifact(run_id, "weights.npz")
+        except UnreadableArtifact:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, "weights.npz", tmp)
-            with np.load(path) as f:
-                return [f[f"arr_{i}"] for i in range(len(f.files))]
+            try:
+                with np.load(path) as f:
+                    return [f[f"arr_{i}"] for i in range(len(f.files))]
+            except (ValueError, OSError, KeyError) as exc:
+                why = f"weights.npz cannot be read ({_first_line(exc)})"
+                raise UnreadableArtifact(why) from None
+
+    def _require_artifact(self, run_id: str, name: str) -> None:
+        # Listing first tells a file that is gone (the run is unusable) from a store that does
+        # not answer (an error that propagates: nothing is concluded from an outage).
+        if name not in {a.path for a in self.client.list_artifacts(run_id)}:
+            raise UnreadableArtifact(f"{name} is missing from the artifact store")
+
+    def mark_unusable(self, run_id: str, reason: str) -> None:
+        """Tag a finished run whose artifacts cannot be read, so no later run reuses it."""
+        self.client.set_tag(run_id, UNUSABLE_TAG, reason[:5000])

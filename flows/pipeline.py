@@ -54,10 +54,12 @@ from bnpipe.tracking import (
     ROLE_TAG,
     STATUS_TAG,
     TAG_PREFIX,
+    UNUSABLE_TAG,
     CellRun,
     CellSpec,
     Owner,
     Tracker,
+    UnreadableArtifact,
     resolve_uri,
 )
 from bnpipe.train import TrainResult
@@ -177,19 +179,15 @@ def log_cell(
     return CellOutcome(row, _keyed(history, cell))
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def load_reused(
-    tracker: Tracker, runs: dict[Cell, CellRun], clock: PhaseClock
-) -> dict[Cell, CellOutcome]:
-    """Results rows and histories of cells finished by earlier runs (I/O: retried).
+def load_reused(state: GridRun) -> dict[Cell, CellOutcome]:
+    """Results rows and histories of cells finished by earlier runs.
 
-    The test metrics are the recorded ones and the history is the run's history.csv: nothing is
-    trained or evaluated again.
+    The test metrics are the recorded ones and the history is the run's history.csv (read when
+    the run was taken over): nothing is trained or evaluated again.
     """
     out = {}
-    for cell, run in runs.items():
-        with clock.phase("tracking"):
-            history = tracker.history(run.run_id)
+    for cell, run in state.reused.items():
+        history = state.histories[cell]
         row = result_row(
             cell,
             status="finished",
@@ -358,7 +356,35 @@ class GridRun:
 
     outcomes: dict[Cell, CellOutcome] = field(default_factory=dict)
     reused: dict[Cell, CellRun] = field(default_factory=dict)
+    histories: dict[Cell, pd.DataFrame] = field(default_factory=dict)  # of the reused cells
     open_claims: MutableMapping[Cell, str] = field(default_factory=dict)
+
+
+def _reuse(
+    state: GridRun, runs: dict[Cell, CellRun], tracker: Tracker, progress: Progress
+) -> list[Cell]:
+    """Take over the finished runs whose history can be read; return the cells of the others.
+
+    A finished run whose history.csv is gone or broken is no result: it is tagged so no later run
+    picks it again, and its cell is trained again.
+    """
+    again = []
+    for cell, run in sorted(runs.items()):
+        try:
+            with progress.clock.phase("tracking"):
+                history = tracker.history(run.run_id)
+        except UnreadableArtifact as exc:
+            tracker.mark_unusable(run.run_id, str(exc))
+            print(
+                f"run {run.run_id[:8]} ({cell.name}) is not reusable: {exc}; training the cell "
+                f"again (tag {UNUSABLE_TAG})",
+                flush=True,
+            )
+            again.append(cell)
+            continue
+        state.reused[cell], state.histories[cell] = run, history
+        progress.cell(cell, f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"])
+    return again
 
 
 def _run_grid(
@@ -378,14 +404,12 @@ def _run_grid(
     if not fresh:
         with progress.clock.phase("tracking"):
             found = tracker.finished_cells(keys.values())
-        reused = {c: found[k] for c, k in keys.items() if k in found}
-        state.reused.update(reused)
-        for cell, run in reused.items():
-            progress.cell(cell, f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"])
+        _reuse(state, {c: found[k] for c, k in keys.items() if k in found}, tracker, progress)
     pending = [c for c in keys if c not in state.reused]
     waiting: dict[str, Cell] = {}  # another run's live claim -> the cell it trains
     while pending or waiting:
         won_groups: list[dict[Cell, str]] = []
+        again: list[Cell] = []  # offered a finished run that turned out unusable
         for cells in _grouped(pending, keys):
             specs = [
                 CellSpec(
@@ -399,11 +423,8 @@ def _run_grid(
             with progress.clock.phase("tracking"):
                 claims = tracker.claim_cells(parent_id, specs, owner, exclusive=not fresh)
             by_key = {keys[c]: c for c in cells}
-            for key, run in claims.finished.items():
-                state.reused[by_key[key]] = run
-                progress.cell(
-                    by_key[key], f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"]
-                )
+            finished = {by_key[k]: run for k, run in claims.finished.items()}
+            again += _reuse(state, finished, tracker, progress)
             for key, other in claims.taken.items():
                 waiting[other] = by_key[key]
             won = {by_key[k]: run_id for k, run_id in claims.won.items()}
@@ -418,7 +439,7 @@ def _run_grid(
             state.open_claims = ChainMap(*won_groups)
             for won, trained in _train_on_cluster(won_groups, data, cfg, progress.clock):
                 state.outcomes.update(_train_and_log(won, tracker, data, cfg, progress, trained))
-        pending = []
+        pending = again
         if waiting:
             print(
                 f"waiting for {len(waiting)} cell(s) that another bnpipe run is training "
@@ -426,15 +447,14 @@ def _run_grid(
                 flush=True,
             )
             settled = tracker.wait_for(waiting)
+            done = {}
             for other in sorted(settled, key=waiting.__getitem__):
                 cell, run = waiting.pop(other), settled[other]
                 if run is None:  # failed, withdrawn or abandoned: claim it again
                     pending.append(cell)
                 else:
-                    state.reused[cell] = run
-                    progress.cell(
-                        cell, f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"]
-                    )
+                    done[cell] = run
+            pending += _reuse(state, done, tracker, progress)
             pending.sort()
 
 
@@ -507,7 +527,7 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                 return keys
 
             keys = _run_design(plan, run_cells, state)
-            state.outcomes.update(load_reused(tracker, state.reused, clock))
+            state.outcomes.update(load_reused(state))
             # Grid order, whichever cells were reused and whichever look trained them: the
             # analysis is then the same as a run's that trained everything at once.
             ordered = [state.outcomes[c] for c in grid_cells(cfg, _seeds_by_stratum(keys))]
