@@ -206,10 +206,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     server_up = start_temporary_server()  # boots while TensorFlow is imported
     with clock.phase("tf_import"):
         import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
-    from flows.pipeline import ablation
+    from bnpipe.tracking import ArtifactWriteError
+    from flows.pipeline import ablation, quiet_reported_errors
 
     server_up()
-    out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
+    quiet_reported_errors()
+    try:
+        out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
+    except ArtifactWriteError as exc:  # mid-run: the claimed cells are recorded FAILED
+        bad_input(str(exc))
+        return EXIT_FAILED_CELLS
     print()
     print(format_run_summary(out))
     print(format_breakdown(clock.breakdown(out["timing"]), out["timing"]))

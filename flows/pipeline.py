@@ -4,6 +4,7 @@ analyse at the end. Prefect lives here only; the work is done by plain functions
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import traceback
@@ -55,6 +56,7 @@ from bnpipe.tracking import (
     STATUS_TAG,
     TAG_PREFIX,
     UNUSABLE_TAG,
+    ArtifactWriteError,
     CellRun,
     CellSpec,
     Owner,
@@ -129,7 +131,46 @@ def evaluate(result: TrainResult, data: MnistData, cfg: Config, clock: PhaseCloc
         return evaluate_cell(cfg, result, data)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="log {cell.name}")
+def _retry_unless_store_full(_task: Any, _run: Any, state: State) -> bool:
+    """Retry a failed log, except when the artifact store stopped taking writes: that does not
+    heal in seconds (a full or read-only disk)."""
+    try:
+        state.result()
+    except ArtifactWriteError:
+        return False
+    except Exception:  # the task's own failure, re-raised by result()
+        return True
+    return True
+
+
+class _DropReported(logging.Filter):
+    """Prefect's console logs of an ArtifactWriteError (each a traceback): the CLI says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ArtifactWriteError) and (
+            ArtifactWriteError.__name__ not in record.getMessage()
+        )
+
+
+def quiet_reported_errors() -> None:
+    """Keep the tracebacks of errors the CLI reports in one line off the console (Prefect's API
+    log, and so its UI, keeps them)."""
+    for name in ("prefect", ""):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(
+                isinstance(f, _DropReported) for f in handler.filters
+            ):
+                handler.addFilter(_DropReported())
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_unless_store_full,
+    cache_policy=NO_CACHE,
+    task_run_name="log {cell.name}",
+)
 def log_cell(
     tracker: Tracker,
     run_id: str,
