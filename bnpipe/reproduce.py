@@ -274,7 +274,7 @@ def format_reproduction(rep: Reproduction) -> str:
         lines.append("recorded environment facts that differ now:")
         width = max(len(d.what) for d in rep.env_diffs)
         lines += [f"  {d.what:<{width}}  recorded {d.recorded}, now {d.now}" for d in rep.env_diffs]
-    elif not rep.matches:
+    elif rep.metric_diffs or rep.weight_diffs:
         lines.append(
             "no recorded environment fact differs (versions, bnpipe code, machine): the "
             "difference comes from non-determinism on this machine"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import numpy as np
@@ -354,6 +355,71 @@ def test_reproduce_matches_exactly_and_reports_what_differs(
     parent = ["reproduce", out["parent_run_id"], "--set", f"tracking.uri={store}"]
     assert main(parent) == 2
     assert "is not a grid cell" in capsys.readouterr().err
+
+
+def artifact_file(store: str, run_id: str, name: str) -> Path:
+    uri = mlflow.MlflowClient(store).get_run(run_id).info.artifact_uri
+    return Path(unquote(urlparse(uri).path)) / name
+
+
+def test_finished_cells_with_unreadable_artifacts_are_retrained_and_never_picked_again(
+    monkeypatch, tiny_mnist, store, capsys
+):
+    grid = ["train.engine=fused", "train.epochs=1", "grid.batch_sizes=[64]", "grid.seeds=[0,1]"]
+    counter = TrainCounter(monkeypatch)
+    first, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    counter.take()
+    runs = {Cell(bool(r["bn"]), r["batch_size"], r["seed"]): r["run_id"] for r in first["results"]}
+    no_history, no_weights = Cell(True, 64, 1), Cell(False, 64, 0)
+    artifact_file(store, runs[no_history], "history.csv").unlink()
+    # Reuse needs the metrics and the history only: a cell without weights is still a result.
+    artifact_file(store, runs[no_weights], "weights.npz").unlink()
+    capsys.readouterr()
+
+    second, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    assert counter.take() == {no_history}
+    assert (second["trained"], second["reused"]) == (1, 3)
+    notes = [line for line in capsys.readouterr().out.splitlines() if "not reusable" in line]
+    assert notes == [
+        f"run {runs[no_history][:8]} ({no_history.name}) is not reusable: history.csv is missing "
+        "from the artifact store; training the cell again (tag bnpipe.unusable_reason)"
+    ]
+    tags = mlflow.MlflowClient(store).get_run(runs[no_history]).data.tags
+    assert tags["bnpipe.unusable_reason"] == "history.csv is missing from the artifact store"
+    assert accuracies(second) == accuracies(first)
+
+    third, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    assert counter.take() == set()
+    assert third["reused"] == 4 and "not reusable" not in capsys.readouterr().out
+
+
+def test_reproduce_is_no_match_when_something_could_not_be_compared(
+    monkeypatch, tiny_mnist, store, capsys
+):
+    from bnpipe.cli import main
+
+    grid = ["train.engine=fused", "train.epochs=1", "grid.batch_sizes=[64]", "grid.seeds=[0]"]
+    out, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    run_id = out["results"][0]["run_id"]
+    argv = ["reproduce", run_id, "--set", f"tracking.uri={store}"]
+    artifact_file(store, run_id, "weights.npz").unlink()
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "metrics and 0 weight arrays" in text
+    assert "MATCH" not in text and "environment: same versions" in text
+    assert "INCOMPLETE: what was compared is identical, but not everything could be:" in text
+    assert "weights.npz: gone from the artifact store (the run logged it)" in text
+
+    artifact_file(store, run_id, "history.csv").unlink()
+    assert main(argv) == 1
+    assert "history.csv is missing from the artifact store" in capsys.readouterr().out
+
+    off, _ = run_flow(monkeypatch, tiny_mnist, store, [*grid, "tracking.log_weights=false"])
+    argv[1] = off["results"][0]["run_id"]
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "weights: not logged (tracking.log_weights was off for this run)" in text
+    assert "MATCH" not in text and "INCOMPLETE" in text
 
 
 # -- real MNIST, as a user types it -----------------------------------------------------------
