@@ -15,7 +15,15 @@ from bnpipe import evaluate
 from bnpipe.cli import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, main
 from bnpipe.train import engines
 from bnpipe.train.common import Cell
-from tests.test_resume import STATS, run_flow, search, store_overrides, use_data
+from tests.test_resume import (  # noqa: F401 (bnpipe_process is a fixture)
+    STATS,
+    _set_args,
+    bnpipe_process,
+    run_flow,
+    search,
+    store_overrides,
+    use_data,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 GRID = ["train.engine=keras", "train.epochs=2", "grid.batch_sizes=[32,64]", "grid.seeds=[0,1,2]"]
@@ -192,6 +200,56 @@ def test_server_that_never_answers_is_rejected_fast(capsys, no_training, monkeyp
         silent.listen(8)
         port = silent.getsockname()[1]
         assert_store_rejected(capsys, f"http://127.0.0.1:{port}", "no answer within 5 s", 20)
+
+
+@pytest.fixture
+def mount_artifacts(store):
+    """Mount a tmpfs on the store's artifact folder (root and mount rights needed, else skip)."""
+    folder = Path(store.removeprefix("sqlite:///")).parent / "artifacts"
+    folder.mkdir()
+
+    def mount(options: str) -> Path:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        return folder
+
+    yield mount
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
+
+
+def test_read_only_artifact_store_is_one_line_before_training(
+    capsys, no_training, store, mount_artifacts
+):
+    folder = mount_artifacts("ro,size=64k")
+    assert_store_rejected(capsys, store, f"artifact store {folder}: cannot write (Read-only")
+
+
+def test_artifact_store_full_mid_run_is_one_line_and_loses_nothing(
+    store,
+    mount_artifacts,
+    bnpipe_process,  # noqa: F811 (the fixture imported above)
+    tmp_path,
+):
+    folder = mount_artifacts("size=64k")  # a cell's history fits, its ~200 KB of weights do not
+    grid = ["train.engine=fused", "train.epochs=1", "grid.batch_sizes=[64]", "grid.seeds=[0,1]"]
+    assert bnpipe_process(_set_args(store, grid), "full").wait(timeout=300) == EXIT_FAILED_CELLS
+    err = (tmp_path / "full.err").read_text()
+    assert "Traceback" not in err and "Retry" not in err, err[-3000:]
+    # Everything else on stderr is TensorFlow's start banner and Prefect's INFO progress.
+    noise = ("I0000 ", "WARNING: All log messages before absl")
+    lines = [s for s in err.splitlines() if s and not s.startswith(noise) and "| INFO " not in s]
+    assert lines == [
+        f"bnpipe: error: artifact store {folder.as_uri()}: cannot write (No space left on device); "
+        "cells finished before are kept, rerun when it takes writes again"
+    ], err[-3000:]
+    runs = search(store, "bnpipe-bn-ablation")
+    assert set(runs["status"]) == {"FAILED"}  # the parent and the claimed cells: none RUNNING
+    cells = runs[runs["tags.mlflow.parentRunId"].notna()]
+    # No cell passes for finished without its artifacts: the next run trains them all.
+    assert set(cells["tags.bnpipe.failure_reason"]) == {"interrupted"}
 
 
 def test_interrupted_run_leaves_nothing_running(monkeypatch, tiny_mnist, store):
