@@ -1,12 +1,12 @@
-"""Progress lines for long runs (cells done / total, the current group, elapsed time) and where
-the run's wall time went."""
+"""Progress of long runs (cells done / total, the current group and stage, elapsed time, ETA) as
+plain lines or a live terminal bar, and where the run's wall time went."""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -20,7 +20,13 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Prints one line per finished cell and one per epoch of the group being trained."""
+    """Progress of a run: one line per finished cell, per epoch of the group being trained and
+    per stage (a sequential look, say), or a live bar when ``stream`` is a terminal.
+
+    Lines also go to every ``sinks`` callable (the flow sends them to Prefect's log), and
+    ``on_cell(done, total)`` hears of every finished cell (the flow's progress artifact). Call
+    ``close()`` (or use it as a context manager) to take the bar down.
+    """
 
     def __init__(
         self,
@@ -28,6 +34,10 @@ class Progress:
         epochs: int,
         stream: TextIO | None = None,
         clock: PhaseClock | None = None,
+        *,
+        sinks: Sequence[Callable[[str], None]] = (),
+        on_cell: Callable[[int, int], None] | None = None,
+        live: bool | None = None,
     ) -> None:
         self.total = total_cells
         self.clock = clock or PhaseClock()
@@ -35,11 +45,47 @@ class Progress:
         self.done = 0
         self.stream = stream or sys.stdout
         self.start = time.perf_counter()
+        self.sinks = list(sinks)
+        self.on_cell = on_cell
+        self.stage = ""
+        self._group = ""
         self._last_epoch: tuple[bool, int, int] | None = None
+        # A bar only where a person watches: logs, pipes and CI keep plain lines.
+        is_tty = getattr(self.stream, "isatty", lambda: False)()
+        self._bar = _Bar(self.stream, total_cells) if (is_tty if live is None else live) else None
 
-    def _say(self, text: str) -> None:
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Take the live bar down (a no-op with plain lines); idempotent."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def _say(self, text: str, *, on_bar: bool = False) -> None:
         elapsed = _clock(time.perf_counter() - self.start)
-        print(f"[{self.done:>3}/{self.total}] {elapsed} {text}", file=self.stream, flush=True)
+        line = f"[{self.done:>3}/{self.total}] {elapsed} {text}"
+        if self._bar is not None:
+            if not on_bar:  # the bar shows it in place
+                self._bar.print(line)
+        else:
+            print(line, file=self.stream, flush=True)
+        for sink in self.sinks:
+            sink(line)
+
+    def _show(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self.done, " | ".join(t for t in (self.stage, self._group) if t))
+
+    def set_stage(self, text: str) -> None:
+        """Say which stage the run is in (e.g. ``look 2/5``): shown on the bar, and as a line."""
+        self.stage = text
+        self._show()
+        self._say(text)
 
     def epoch(self, cell: Cell, epoch: int, row: dict[str, float]) -> None:
         """Called per model per epoch; a fused group reports once per epoch, not per member."""
@@ -47,16 +93,65 @@ class Progress:
         if key == self._last_epoch:
             return
         self._last_epoch = key
-        group = f"bn={'on' if cell.bn else 'off'} bs={cell.batch_size}"
+        self._group = (
+            f"bn={'on' if cell.bn else 'off'} bs={cell.batch_size} epoch {epoch}/{self.epochs}"
+        )
+        self._show()
+        # On a bar the epoch shows in place; as lines it is the only sign of life in a long group.
         self._say(
-            f"training {group} epoch {epoch}/{self.epochs} "
+            f"training {self._group} "
             f"(val_accuracy {row.get('val_accuracy', float('nan')):.4f}, "
-            f"{row.get('epoch_time_s', float('nan')):.1f}s)"
+            f"{row.get('epoch_time_s', float('nan')):.1f}s)",
+            on_bar=True,
         )
 
     def cell(self, cell: Cell, status: str, test_accuracy: float) -> None:
         self.done += 1
+        self._show()
         self._say(f"{cell.name}: {status}, test_accuracy {test_accuracy:.4f}")
+        if self.on_cell is not None:
+            self.on_cell(self.done, self.total)
+
+
+class _Bar:
+    """rich's live bar: cells done / total, what is running, elapsed and ETA."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._rich = RichProgress(
+            TextColumn("cells"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=Console(file=stream),
+            # Prefect and TensorFlow hold their own handles on the streams; redirecting sys.*
+            # would catch only some of their output and reorder it.
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self._task = self._rich.add_task("", total=total)
+        self._rich.start()
+
+    def update(self, done: int, text: str) -> None:
+        self._rich.update(self._task, completed=done, description=text)
+
+    def print(self, line: str) -> None:
+        self._rich.console.print(line, markup=False, highlight=False)
+
+    def stop(self) -> None:
+        self._rich.stop()
 
 
 class PhaseClock:

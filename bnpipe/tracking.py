@@ -857,3 +857,13 @@ class Tracker:
     def mark_unusable(self, run_id: str, reason: str) -> None:
         """Tag a finished run whose artifacts cannot be read, so no later run reuses it."""
         self.client.set_tag(run_id, UNUSABLE_TAG, reason[:5000])
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI: on the tracking server itself when tracking over HTTP,
+    else on the local ``make ui``."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -4,20 +4,33 @@ analyse at the end. Prefect lives here only; the work is done by plain functions
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import secrets
 import time
 import traceback
 from collections import ChainMap
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.logging.handlers import APILogHandler
+from prefect.logging.loggers import PrefectLogAdapter
+from prefect.runtime import flow_run as current_flow_run
+from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 
 from bnpipe.config import Config, DataConfig, load_config
@@ -63,6 +76,7 @@ from bnpipe.tracking import (
     Tracker,
     UnreadableArtifact,
     resolve_uri,
+    run_url,
 )
 from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
@@ -72,6 +86,9 @@ from flows.runners import final_state, training_runner, worker_data
 VERDICT_COLUMNS = [*HEADLINE_COLUMNS[:-1], "tost_pvalue", "verdict"]
 
 ENGINE_TAG = TAG_PREFIX + "engine"
+FLOW_RUN_ID_TAG = TAG_PREFIX + "prefect.flow_run_id"
+FLOW_RUN_URL_TAG = TAG_PREFIX + "prefect.flow_run_url"
+REPORT_KEY = "bn-ablation-report"
 
 
 @dataclass(frozen=True)
@@ -254,8 +271,9 @@ def analyze(
     """Statistics, figures and report.md under reports/<run name>/; published to Prefect too."""
     with clock.phase("analysis"):
         out = build_run_report(results, histories, cfg, run_name, run_info)
-    key = "bn-ablation-report"
-    create_markdown_artifact(out.report_path.read_text(), key=key, description=run_name)
+    key = REPORT_KEY
+    markdown = embed_images(out.report_path.read_text(), out.report_path.parent)
+    create_markdown_artifact(markdown, key=key, description=run_name)
     table = out.summary[VERDICT_COLUMNS].round(6)
     create_table_artifact(
         table.astype(object).where(table.notna(), None).to_dict("records"),
@@ -263,6 +281,79 @@ def analyze(
         description=f"BN minus no-BN per batch size ({run_name})",
     )
     return out
+
+
+def embed_images(markdown: str, folder: Path) -> str:
+    """``markdown`` with its local PNG links (relative to ``folder``) turned into data: URIs:
+    Prefect's artifact viewer cannot reach report files, but shows embedded images (checked in
+    Chromium; tests/test_prefect_ui.py)."""
+
+    def inline(match: re.Match[str]) -> str:
+        path = folder / match["src"]
+        if not path.is_file():
+            return match[0]
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{match['alt']}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^):/]+\.png)\)", inline, markdown)
+
+
+def new_run_name() -> str:
+    """A fresh run name, shared by the Prefect flow run and its MLflow parent run.
+
+    The random suffix keeps two runs started in the same second out of each other's report
+    folder (reports/<run name>/).
+    """
+    return f"ablation-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _prefect_log() -> logging.LoggerAdapter:
+    """The flow run's logger, sending to Prefect's API only: the terminal already shows the
+    same lines (or a live bar), so Prefect's console handler would print them twice."""
+    logger = logging.getLogger("bnpipe.flow_run")
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        logger.addHandler(APILogHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return PrefectLogAdapter(logger, extra=dict(get_run_logger().extra))
+
+
+def _prefect_progress(run_name: str) -> Callable[[int, int], None]:
+    """A progress artifact at 0%; the returned callable moves it to ``done / total`` (the
+    cells planned so far: a sequential design adds a look's cells when it starts the look)."""
+
+    def description(done: int, total: int) -> str:
+        # The flow run's Artifacts tab shows descriptions, not percentages.
+        return f"{done} of {total} cells done ({run_name})"
+
+    artifact = create_progress_artifact(
+        0.0, key="bn-ablation-progress", description=description(0, 0)
+    )
+
+    def update(done: int, total: int) -> None:
+        update_progress_artifact(
+            artifact, 100.0 * done / total, description=description(done, total)
+        )
+
+    return update
+
+
+def _flow_run_tags() -> dict[str, str]:
+    """Tags pointing the MLflow parent run at this flow run (its URL where a UI is known)."""
+    tags = {FLOW_RUN_ID_TAG: str(current_flow_run.get_id())}
+    if PREFECT_UI_URL.value():
+        tags[FLOW_RUN_URL_TAG] = current_flow_run.get_flow_run_ui_url()
+    return tags
+
+
+def _link_to_mlflow(tracker: Tracker, parent_id: str, run_name: str) -> None:
+    """A link artifact from this flow run to its MLflow parent run's page."""
+    create_link_artifact(
+        run_url(tracker.uri, tracker.experiment_id, parent_id),
+        link_text=f"MLflow parent run {run_name}",
+        key="bn-ablation-mlflow-run",
+        description="The MLflow run holding this flow run's params, metrics and report",
+    )
 
 
 def cfg_info(cfg: Config, data: MnistData) -> dict[str, Any]:
@@ -499,9 +590,13 @@ def _run_grid(
             pending.sort()
 
 
-@flow(name="bn-ablation")
-def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
-    """Run the BN x batch-size x seed grid defined by ``params`` (a params.yaml mapping).
+@flow(name="bn-ablation", flow_run_name=new_run_name)
+def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
+    """Run the BN x batch-size x seed grid defined by ``params``.
+
+    Args:
+        params: The experiment, as in params.yaml (a mapping of the same shape works too).
+        fresh: Train every cell, even those finished by earlier runs.
 
     Cells whose key has a FINISHED run in the experiment are reused, not trained, unless
     ``fresh``. Runs left RUNNING by a killed bnpipe process are marked FAILED first.
@@ -522,9 +617,7 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
             f"(tag {FAILURE_TAG}={ABANDONED}); their cells are trained again",
             flush=True,
         )
-    # The random suffix keeps two runs started in the same second out of each other's report
-    # folder (reports/<run name>/).
-    run_name = f"ablation-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    run_name = current_flow_run.get_name() or new_run_name()
     common_tags = {
         TAG_PREFIX + "data_digest": data.digest,
         TAG_PREFIX + "git_commit": git_commit() or "unknown",
@@ -542,10 +635,15 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
                 ROLE_TAG: "parent",
                 TAG_PREFIX + "fresh": fresh,
                 HEARTBEAT_TAG: f"{time.time():.0f}",
+                **_flow_run_tags(),
             },
         )
+    _link_to_mlflow(tracker, parent_id, run_name)
     plan = plan_of(cfg)
-    progress = Progress(0, cfg.train.epochs, clock=clock)
+    log = _prefect_log()
+    progress = Progress(
+        0, cfg.train.epochs, clock=clock, sinks=[log.info], on_cell=_prefect_progress(run_name)
+    )
     print(f"plan: {plan.describe()}; {_plan_size(plan, cfg)}", flush=True)
     state = GridRun()
     try:
@@ -583,6 +681,11 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
             report = analyze(results, history_table, cfg, run_name, run_info, clock)
             summary = report.summary
             design = report.design
+            log.info(
+                "BN minus no-BN test accuracy per batch size (report %s):\n%s",
+                report.report_path,
+                summary[VERDICT_COLUMNS].round(4).to_string(index=False),
+            )
             failed = results.loc[results["status"] == "failed"]
             times = clock.breakdown()
             timing_metrics = {
@@ -629,6 +732,8 @@ def ablation(params: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
             tracker.fail_run(run_id, why, failure="interrupted")
         tracker.fail_run(parent_id, why)
         raise
+    finally:
+        progress.close()
     final_times = clock.breakdown()  # finish_parent's own tracking included
     return {
         "parent_run_id": parent_id,
@@ -761,12 +866,17 @@ def reused_table(reused: dict[Cell, CellRun], keys: dict[Cell, str]) -> pd.DataF
     )
 
 
-@flow(name="bn-ablation-from-file")
+@flow(name="bn-ablation-from-file", flow_run_name=new_run_name)
 def ablation_from_file(
     params_file: str = "params.yaml", overrides: list[str] | None = None
 ) -> dict[str, Any]:
-    """The ablation with params read when the run starts: ``params_file`` (relative to the run's
-    working folder) plus ``--set``-style ``overrides``. prefect.yaml deploys this flow, so an
-    edited params.yaml applies to the next scheduled run without redeploying."""
+    """The ablation with params read when the run starts. prefect.yaml deploys this flow, so an
+    edited params.yaml applies to the next scheduled run without redeploying.
+
+    Args:
+        params_file: The params file, relative to the run's working folder.
+        overrides: Changes in ``bnpipe run --set`` form, e.g. ``grid.seeds=[0,1,2]``.
+    """
     cfg = load_config(params_file, list(overrides or []))
-    return ablation(cfg.model_dump(mode="json"))
+    # The subflow (and so its MLflow parent run) takes this run's name: one name in both UIs.
+    return ablation.with_options(flow_run_name=current_flow_run.get_name())(cfg)

@@ -55,7 +55,7 @@ def check_schedule(cron: str, timezone: str) -> str | None:
 
 def serve(cfg: Config, cron: str, name: str = DEFAULT_NAME, timezone: str = "UTC") -> None:
     """Serve the ablation flow as deployment ``bn-ablation/<name>`` on ``cron``; blocks until
-    interrupted. The deployment's parameters are ``cfg`` as a params mapping.
+    interrupted. The deployment's parameters are ``cfg`` (a typed form in the UI).
 
     One run at a time (``limit=1``): a run that outlasts the interval delays the next one rather
     than training two grids at once on the same machine. Stopping the server pauses the schedule,
@@ -69,7 +69,7 @@ def serve(cfg: Config, cron: str, name: str = DEFAULT_NAME, timezone: str = "UTC
         name=name,
         schedules=[Cron(cron, timezone=timezone)],
         parameters={"params": cfg.model_dump(mode="json")},
-        description=f"BN ablation on cron {cron!r}; parameters are a params.yaml mapping",
+        description=f"BN ablation on cron {cron!r}; parameters: the experiment as in params.yaml",
         tags=["bnpipe"],
         limit=1,
     )
