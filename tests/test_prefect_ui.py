@@ -1,0 +1,235 @@
+"""What a user meets in the Prefect UI: the flow run named as its MLflow parent run, progress in
+Prefect's logs and a progress artifact, links between the two runs, the report's figures; and
+the live bar in a terminal.
+
+The browser test starts ``prefect server start`` on a free 127.0.0.1 port, runs ``bnpipe run``
+on a tiny real grid against it and drives headless Chromium over the flow run's page.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from bnpipe.progress import Progress
+from bnpipe.tracking import run_url
+from bnpipe.train.common import Cell
+from tests.conftest import requires_mnist
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _drive(progress: Progress) -> None:
+    progress.set_stage("look 1/2")
+    progress.epoch(Cell(True, 32, 0), 1, {"val_accuracy": 0.9, "epoch_time_s": 1.0})
+    progress.cell(Cell(True, 32, 0), "finished", 0.91)
+    progress.cell(Cell(True, 32, 1), "finished", 0.92)
+    progress.close()
+
+
+def test_terminal_gets_a_live_bar_and_logs_get_plain_lines() -> None:
+    tty, lines, counts = _Terminal(), [], []
+    _drive(Progress(4, 3, stream=tty, sinks=[lines.append], on_cell=lambda d, t: counts.append(d)))
+    shown = tty.getvalue()
+    assert "\x1b[" in shown  # a terminal: rich redraws the bar with escape codes
+    assert "2/4" in shown and "ETA" in shown and "look 1/2" in shown
+    assert "bn=on bs=32 seed=1: finished" in shown  # finished cells still print above the bar
+    assert counts == [1, 2]
+    # What goes to Prefect's log: the stage, the epoch and each cell, as plain lines.
+    assert [re.sub(r"^\[ *\d+/4\] [\d:]+ ", "", line) for line in lines] == [
+        "look 1/2",
+        "training bn=on bs=32 epoch 1/3 (val_accuracy 0.9000, 1.0s)",
+        "bn=on bs=32 seed=0: finished, test_accuracy 0.9100",
+        "bn=on bs=32 seed=1: finished, test_accuracy 0.9200",
+    ]
+
+    pipe = io.StringIO()
+    _drive(Progress(4, 3, stream=pipe))
+    plain = pipe.getvalue().splitlines()
+    assert "\x1b[" not in pipe.getvalue() and len(plain) == 4
+    assert plain[-1].startswith("[  2/4] 0:00:00 bn=on bs=32 seed=1: finished")
+
+
+def test_run_url_points_at_the_server_or_the_local_ui() -> None:
+    assert run_url("http://10.0.0.5:5000/", "3", "abc") == (
+        "http://10.0.0.5:5000/#/experiments/3/runs/abc"
+    )
+    assert run_url("sqlite:////tmp/m/mlflow.db", "3", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    )
+
+
+def test_report_images_are_embedded(tmp_path: Path) -> None:
+    from flows.pipeline import embed_images
+
+    png = b"\x89PNG\r\n\x1a\n-fake"
+    (tmp_path / "fig_a.png").write_bytes(png)
+    text = "# r\n![fig a](fig_a.png)\n![gone](missing.png)\n![web](http://x/y.png)\n"
+    out = embed_images(text, tmp_path)
+    embedded = out.split("(data:image/png;base64,")[1].split(")")[0]
+    assert base64.b64decode(embedded) == png
+    assert "![gone](missing.png)" in out and "![web](http://x/y.png)" in out
+
+
+# -- a real flow run on a temporary Prefect API ---------------------------------------------------
+@pytest.mark.usefixtures("prefect_api")
+def test_flow_run_is_named_linked_and_reports_progress(monkeypatch, tiny_mnist, store) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter
+    from prefect.logging.handlers import APILogHandler
+
+    import flows.pipeline as pipeline
+    from bnpipe.config import load_config
+
+    monkeypatch.setattr(pipeline, "load_mnist", lambda _dir: tiny_mnist)
+    reports = store.removeprefix("sqlite:///").replace("mlruns/mlflow.db", "reports")
+    cfg = load_config(
+        None,
+        [
+            f"tracking.uri={store}",
+            f"tracking.reports_dir={reports}",
+            "train.epochs=1",
+            "grid.seeds=[0,1]",
+            "grid.batch_sizes=[64]",
+            "stats.n_resamples=99",
+        ],
+    )
+    state = pipeline.ablation(cfg, return_state=True)  # a Config, as the typed form sends
+    out = state.result()
+    parent = mlflow.MlflowClient(store).get_run(out["parent_run_id"])
+    flow_run_id = parent.data.tags["bnpipe.prefect.flow_run_id"]
+    assert flow_run_id == str(state.state_details.flow_run_id)
+
+    async def read() -> tuple:
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            by_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            artifacts = await client.read_artifacts(artifact_filter=by_run)
+            logs = await client.read_logs(LogFilter(flow_run_id={"any_": [run.id]}))
+            return run, artifacts, logs
+
+    APILogHandler().flush()  # logs are sent in batches, in the background
+    run, artifacts, logs = asyncio.run(read())
+    assert run.name == out["run_name"] == parent.info.run_name
+    by_key = {a.key: a for a in artifacts}
+    assert by_key["bn-ablation-progress"].type == "progress"
+    assert by_key["bn-ablation-progress"].data == 100.0
+    link = run_url(store, parent.info.experiment_id, parent.info.run_id)
+    assert f"]({link})" in by_key["bn-ablation-mlflow-run"].data
+    assert by_key["bn-ablation-report"].data.count("](data:image/png;base64,") >= 4
+    messages = [log.message for log in logs]
+    assert sum(": finished, test_accuracy" in m for m in messages) == 4
+    assert any(m.startswith("BN minus no-BN test accuracy per batch size") for m in messages), messages
+
+
+# -- the UI in a real browser ---------------------------------------------------------------------
+def _chrome():
+    """Headless Chromium, or a skip saying what is missing."""
+    # TODO: swap for tests/browser.py (the shared driver helper) once it lands on main.
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None or not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("browser test: needs chromium and chromedriver (apt install chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1400,1000")
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+@pytest.mark.browser
+@pytest.mark.server
+@requires_mnist
+def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_servers import (
+        BIN,
+        ROOT,
+        client_env,
+        free_port,
+        logs_on_failure,
+        run_cli,
+        running,
+        write_params,
+    )
+
+    driver = _chrome()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    # The UI asks this address for its data; without it, it would call port 4200.
+    env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_UI_API_URL=api)
+    server_log = tmp_path / "server.log"
+    start = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    try:
+        with (
+            running(start, env=env, log=server_log, ready_url=f"{api}/health"),
+            logs_on_failure(server=server_log),
+        ):
+            params = write_params(tmp_path)
+            run_cli([str(BIN / "bnpipe"), "run", "--params", str(params)], env=env, cwd=tmp_path, timeout=300)
+            uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+            parent = mlflow.MlflowClient(uri).search_runs(
+                [mlflow.MlflowClient(uri).get_experiment_by_name("bnpipe-bn-ablation").experiment_id],
+                filter_string="tags.`bnpipe.role` = 'parent'",
+            )[0]
+            url = parent.data.tags["bnpipe.prefect.flow_run_url"]
+            assert url.startswith(f"http://127.0.0.1:{port}/")
+
+            wait = WebDriverWait(driver, 60)
+            driver.get(url)
+            title = wait.until(lambda d: d.find_element(By.TAG_NAME, "h1") if d.title.startswith("Flow Run:") else None)
+            assert driver.title.startswith(f"Flow Run: {parent.info.run_name}")
+            driver.save_screenshot(str(shots / "prefect-flow-run.png"))
+            driver.find_element(By.XPATH, "//*[normalize-space(text())='Artifacts']").click()
+            wait.until(lambda d: "100%" in d.find_element(By.TAG_NAME, "body").text)
+            driver.save_screenshot(str(shots / "prefect-artifacts.png"))
+            report = next(a for a in _artifacts(api, parent.data.tags["bnpipe.prefect.flow_run_id"]) if a["type"] == "markdown")
+            driver.get(f"http://127.0.0.1:{port}/artifacts/artifact/{report['id']}")
+            widths = wait.until(lambda d: _loaded_images(d))
+            assert len(widths) >= 4 and min(widths) > 0, widths
+            driver.save_screenshot(str(shots / "prefect-report.png"))
+    finally:
+        driver.quit()
+    print(json.dumps({"screenshots": str(shots)}))
+
+
+def _loaded_images(driver) -> list[int] | None:
+    widths = driver.execute_script(
+        "const imgs = [...document.images];"
+        "return imgs.every(i => i.complete) ? imgs.map(i => i.naturalWidth) : null"
+    )
+    return widths or None
+
+
+def _artifacts(api: str, flow_run_id: str) -> list[dict]:
+    import httpx
+
+    got = httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+        timeout=10,
+    )
+    got.raise_for_status()
+    return got.json()
+
