@@ -32,6 +32,7 @@ from prefect.logging.loggers import PrefectLogAdapter
 from prefect.runtime import flow_run as current_flow_run
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
+from prefect.utilities.urls import url_for
 
 from bnpipe.config import Config, DataConfig, load_config
 from bnpipe.data import MnistData, load_mnist
@@ -342,7 +343,7 @@ def _flow_run_tags() -> dict[str, str]:
     """Tags pointing the MLflow parent run at this flow run (its URL where a UI is known)."""
     tags = {FLOW_RUN_ID_TAG: str(current_flow_run.get_id())}
     if PREFECT_UI_URL.value():
-        tags[FLOW_RUN_URL_TAG] = current_flow_run.get_flow_run_ui_url()
+        tags[FLOW_RUN_URL_TAG] = url_for("flow-run", obj_id=current_flow_run.get_id())
     return tags
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import re
 import shutil
 from pathlib import Path
@@ -131,7 +130,9 @@ def test_flow_run_is_named_linked_and_reports_progress(monkeypatch, tiny_mnist, 
     assert by_key["bn-ablation-report"].data.count("](data:image/png;base64,") >= 4
     messages = [log.message for log in logs]
     assert sum(": finished, test_accuracy" in m for m in messages) == 4
-    assert any(m.startswith("BN minus no-BN test accuracy per batch size") for m in messages), messages
+    assert any(m.startswith("BN minus no-BN test accuracy per batch size") for m in messages), (
+        messages
+    )
 
 
 # -- the UI in a real browser ---------------------------------------------------------------------
@@ -145,13 +146,23 @@ def _chrome():
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1100",
+    ):
         options.add_argument(arg)
-    options.add_argument("--window-size=1400,1000")
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+def _images_loaded(driver) -> list[int] | None:
+    """Natural widths of the page's images once all have finished loading (0: broken)."""
+    widths = driver.execute_script(
+        "const imgs = [...document.images];"
+        "return imgs.every(i => i.complete) ? imgs.map(i => i.naturalWidth) : null"
+    )
+    return widths or None
 
 
 @pytest.mark.browser
@@ -163,7 +174,7 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Pat
 
     from tests.test_servers import (
         BIN,
-        ROOT,
+        EXPERIMENT,
         client_env,
         free_port,
         logs_on_failure,
@@ -174,62 +185,74 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Pat
 
     driver = _chrome()
     port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
+    ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
     # The UI asks this address for its data; without it, it would call port 4200.
     env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_UI_API_URL=api)
     server_log = tmp_path / "server.log"
     start = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    shots = tmp_path / "shots"
+    shots = tmp_path / "screenshots"
     shots.mkdir()
+
+    def text(selector: str = "body") -> str:
+        return driver.find_element(By.CSS_SELECTOR, selector).text
+
+    def click(label: str) -> None:
+        xpath = f"//*[text()[normalize-space(.)='{label}']]"
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.XPATH, xpath))[0].click()
+
+    def open_artifact(key: str) -> None:
+        """Open one artifact as a user does: the flow run's Artifacts tab, then its card."""
+        driver.get(url)
+        click("Artifacts")
+        click(key)
+
     try:
         with (
             running(start, env=env, log=server_log, ready_url=f"{api}/health"),
             logs_on_failure(server=server_log),
         ):
             params = write_params(tmp_path)
-            run_cli([str(BIN / "bnpipe"), "run", "--params", str(params)], env=env, cwd=tmp_path, timeout=300)
+            run_cli(
+                [str(BIN / "bnpipe"), "run", "--params", str(params)],
+                env=env,
+                cwd=tmp_path,
+                timeout=600,
+            )
             uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-            parent = mlflow.MlflowClient(uri).search_runs(
-                [mlflow.MlflowClient(uri).get_experiment_by_name("bnpipe-bn-ablation").experiment_id],
+            client = mlflow.MlflowClient(uri)
+            (parent,) = client.search_runs(
+                [client.get_experiment_by_name(EXPERIMENT).experiment_id],
                 filter_string="tags.`bnpipe.role` = 'parent'",
-            )[0]
-            url = parent.data.tags["bnpipe.prefect.flow_run_url"]
-            assert url.startswith(f"http://127.0.0.1:{port}/")
-
+            )
+            name = parent.info.run_name
             wait = WebDriverWait(driver, 60)
+
+            # The MLflow parent's tag opens the flow run, which has the same name.
+            url = parent.data.tags["bnpipe.prefect.flow_run_url"]
+            assert url.startswith(f"{ui}/runs/flow-run/")
             driver.get(url)
-            title = wait.until(lambda d: d.find_element(By.TAG_NAME, "h1") if d.title.startswith("Flow Run:") else None)
-            assert driver.title.startswith(f"Flow Run: {parent.info.run_name}")
-            driver.save_screenshot(str(shots / "prefect-flow-run.png"))
-            driver.find_element(By.XPATH, "//*[normalize-space(text())='Artifacts']").click()
-            wait.until(lambda d: "100%" in d.find_element(By.TAG_NAME, "body").text)
-            driver.save_screenshot(str(shots / "prefect-artifacts.png"))
-            report = next(a for a in _artifacts(api, parent.data.tags["bnpipe.prefect.flow_run_id"]) if a["type"] == "markdown")
-            driver.get(f"http://127.0.0.1:{port}/artifacts/artifact/{report['id']}")
-            widths = wait.until(lambda d: _loaded_images(d))
+            wait.until(lambda d: "4/4" in text())  # the progress lines in the Logs tab
+            assert driver.title.startswith(f"Flow Run: {name} ")
+            assert "bn=on bs=128 seed=1: finished" in text()
+            driver.save_screenshot(str(shots / "prefect-flow-run-logs.png"))
+            click("Artifacts")
+            wait.until(lambda d: f"4 of 4 cells done ({name})" in text())
+            driver.save_screenshot(str(shots / "prefect-flow-run-artifacts.png"))
+
+            open_artifact("bn-ablation-progress")
+            wait.until(lambda d: "Progress: 100%" in text())
+            driver.save_screenshot(str(shots / "prefect-progress.png"))
+
+            open_artifact("bn-ablation-mlflow-run")
+            link = wait.until(lambda d: d.find_element(By.LINK_TEXT, f"MLflow parent run {name}"))
+            want = run_url(uri, parent.info.experiment_id, parent.info.run_id)
+            assert link.get_attribute("href") == want
+
+            open_artifact("bn-ablation-report")
+            widths = wait.until(_images_loaded)
             assert len(widths) >= 4 and min(widths) > 0, widths
+            driver.set_window_size(1400, 2600)
             driver.save_screenshot(str(shots / "prefect-report.png"))
     finally:
         driver.quit()
-    print(json.dumps({"screenshots": str(shots)}))
-
-
-def _loaded_images(driver) -> list[int] | None:
-    widths = driver.execute_script(
-        "const imgs = [...document.images];"
-        "return imgs.every(i => i.complete) ? imgs.map(i => i.naturalWidth) : null"
-    )
-    return widths or None
-
-
-def _artifacts(api: str, flow_run_id: str) -> list[dict]:
-    import httpx
-
-    got = httpx.post(
-        f"{api}/artifacts/filter",
-        json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
-        timeout=10,
-    )
-    got.raise_for_status()
-    return got.json()
-
+    print("screenshots:", shots)  # shown with -rP
