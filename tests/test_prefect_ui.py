@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -190,8 +191,9 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Pat
     env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_UI_API_URL=api)
     server_log = tmp_path / "server.log"
     start = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    # Kept where BNPIPE_SCREENSHOTS says (to look at, or to refresh docs/screenshots/).
+    shots = Path(os.environ.get("BNPIPE_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
 
     def text(selector: str = "body") -> str:
         return driver.find_element(By.CSS_SELECTOR, selector).text
