@@ -39,7 +39,7 @@ class Progress:
         on_cell: Callable[[int, int], None] | None = None,
         live: bool | None = None,
     ) -> None:
-        self.total = total_cells
+        self.total = total_cells  # may grow while running (the cells of a new look)
         self.clock = clock or PhaseClock()
         self.epochs = epochs
         self.done = 0
@@ -79,7 +79,8 @@ class Progress:
 
     def _show(self) -> None:
         if self._bar is not None:
-            self._bar.update(self.done, " | ".join(t for t in (self.stage, self._group) if t))
+            text = " | ".join(t for t in (self.stage, self._group) if t)
+            self._bar.update(self.done, self.total, text)
 
     def set_stage(self, text: str) -> None:
         """Say which stage the run is in (e.g. ``look 2/5``): shown on the bar, and as a line."""
@@ -144,8 +145,9 @@ class _Bar:
         self._task = self._rich.add_task("", total=total)
         self._rich.start()
 
-    def update(self, done: int, text: str) -> None:
-        self._rich.update(self._task, completed=done, description=text)
+    def update(self, done: int, total: int, text: str) -> None:
+        # The total can grow: a sequential design adds a look's cells as the look starts.
+        self._rich.update(self._task, completed=done, total=total, description=text)
 
     def print(self, line: str) -> None:
         self._rich.console.print(line, markup=False, highlight=False)

@@ -30,6 +30,7 @@ class _Terminal(io.StringIO):
 
 
 def _drive(progress: Progress) -> None:
+    progress.total += 2  # as a sequential design adds a look's cells
     progress.set_stage("look 1/2")
     progress.epoch(Cell(True, 32, 0), 1, {"val_accuracy": 0.9, "epoch_time_s": 1.0})
     progress.cell(Cell(True, 32, 0), "finished", 0.91)
@@ -39,7 +40,7 @@ def _drive(progress: Progress) -> None:
 
 def test_terminal_gets_a_live_bar_and_logs_get_plain_lines() -> None:
     tty, lines, counts = _Terminal(), [], []
-    _drive(Progress(4, 3, stream=tty, sinks=[lines.append], on_cell=lambda d, t: counts.append(d)))
+    _drive(Progress(2, 3, stream=tty, sinks=[lines.append], on_cell=lambda d, t: counts.append(d)))
     shown = tty.getvalue()
     assert "\x1b[" in shown  # a terminal: rich redraws the bar with escape codes
     assert "2/4" in shown and "ETA" in shown and "look 1/2" in shown
@@ -54,7 +55,7 @@ def test_terminal_gets_a_live_bar_and_logs_get_plain_lines() -> None:
     ]
 
     pipe = io.StringIO()
-    _drive(Progress(4, 3, stream=pipe))
+    _drive(Progress(2, 3, stream=pipe))
     plain = pipe.getvalue().splitlines()
     assert "\x1b[" not in pipe.getvalue() and len(plain) == 4
     assert plain[-1].startswith("[  2/4] 0:00:00 bn=on bs=32 seed=1: finished")
