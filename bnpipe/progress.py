@@ -137,9 +137,9 @@ class _Bar:
             TimeRemainingColumn(),
             TextColumn("{task.description}"),
             console=Console(file=stream),
-            # Prefect and TensorFlow hold their own handles on the streams; redirecting sys.*
-            # would catch only some of their output and reorder it.
-            redirect_stdout=False,
+            # Other print() calls (the plan, each look) land above the bar instead of through
+            # it. stderr is left alone: Prefect's and TensorFlow's loggers hold their own handle.
+            redirect_stdout=True,
             redirect_stderr=False,
         )
         self._task = self._rich.add_task("", total=total)

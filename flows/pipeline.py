@@ -89,7 +89,6 @@ VERDICT_COLUMNS = [*HEADLINE_COLUMNS[:-1], "tost_pvalue", "verdict"]
 ENGINE_TAG = TAG_PREFIX + "engine"
 FLOW_RUN_ID_TAG = TAG_PREFIX + "prefect.flow_run_id"
 FLOW_RUN_URL_TAG = TAG_PREFIX + "prefect.flow_run_url"
-REPORT_KEY = "bn-ablation-report"
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ def analyze(
     """Statistics, figures and report.md under reports/<run name>/; published to Prefect too."""
     with clock.phase("analysis"):
         out = build_run_report(results, histories, cfg, run_name, run_info)
-    key = REPORT_KEY
+    key = "bn-ablation-report"
     markdown = embed_images(out.report_path.read_text(), out.report_path.parent)
     create_markdown_artifact(markdown, key=key, description=run_name)
     table = out.summary[VERDICT_COLUMNS].round(6)
