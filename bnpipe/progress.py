@@ -82,6 +82,10 @@ class Progress:
             text = " | ".join(t for t in (self.stage, self._group) if t)
             self._bar.update(self.done, self.total, text)
 
+    def note(self, text: str) -> None:
+        """A line above the bar (or a plain line), also sent to the sinks (Prefect's log)."""
+        self._say(text)
+
     def set_stage(self, text: str) -> None:
         """Say which stage the run is in (e.g. ``look 2/5``): shown on the bar, and as a line."""
         self.stage = text

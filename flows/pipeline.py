@@ -644,7 +644,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
     progress = Progress(
         0, cfg.train.epochs, clock=clock, sinks=[log.info], on_cell=_prefect_progress(run_name)
     )
-    print(f"plan: {plan.describe()}; {_plan_size(plan, cfg)}", flush=True)
+    progress.note(f"plan: {plan.describe()}; {_plan_size(plan, cfg)}")
     state = GridRun()
     try:
         with tracker.heartbeat(parent_id):
@@ -665,7 +665,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                 )
                 return keys
 
-            keys = _run_design(plan, run_cells, state)
+            keys = _run_design(plan, run_cells, state, progress)
             state.outcomes.update(load_reused(state))
             # Grid order, whichever cells were reused and whichever look trained them: the
             # analysis is then the same as a run's that trained everything at once.
@@ -789,7 +789,7 @@ def _light_results(state: GridRun) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["bn", "batch_size", "seed", "status", "test_accuracy"])
 
 
-def _run_design(plan: Plan, run_cells: Any, state: GridRun) -> dict[Cell, str]:
+def _run_design(plan: Plan, run_cells: Any, state: GridRun, progress: Progress) -> dict[Cell, str]:
     """Train what the design asks for; returns every cell's key.
 
     Fixed: the seed list once. Sequential: a block of ``look_every`` seeds for every open
@@ -806,44 +806,40 @@ def _run_design(plan: Plan, run_cells: Any, state: GridRun) -> dict[Cell, str]:
         # Looks replayed from reused cells are free and do not count: a scheduled run with
         # looks_per_run=1 replays the design so far, then trains exactly one new look.
         if plan.looks_per_run is not None and trained_looks >= plan.looks_per_run:
-            print(
+            progress.note(
                 f"stopping after {trained_looks} new look(s) (stats.looks_per_run); the next run "
-                "does the next look of the same design",
-                flush=True,
+                "does the next look of the same design"
             )
             break
         look += 1
         trained_before = len(state.outcomes)
         t0 = time.perf_counter()
-        print(
+        progress.set_stage(
             f"look {look}: seeds {min(r.start for r in block.values())}-"
             f"{max(r.stop for r in block.values()) - 1} for "
-            f"{', '.join(stratum_label(bs) for bs in block)}",
-            flush=True,
+            f"{', '.join(stratum_label(bs) for bs in block)}"
         )
         keys.update(run_cells(block))
         trained_looks += len(state.outcomes) > trained_before
         for bs, seeds in block.items():
             started[bs] = seeds.stop
         decisions = close_capped(decide_all(_light_results(state), plan), plan, started)
-        print(
+        progress.note(
             f"look {look} done in {time.perf_counter() - t0:.0f}s: "
             + "; ".join(
                 f"{stratum_label(bs)} {d.decision} (n={d.n}, "
                 f"RCI [{100 * d.rci_low:+.2f}, {100 * d.rci_high:+.2f}] pp)"
                 for bs, d in decisions.items()
-            ),
-            flush=True,
+            )
         )
         still_open = [bs for bs, d in decisions.items() if d.decision == "continue"]
         if still_open and len(state.outcomes) > trained_before:
             # Worst case: every open comparison runs to max_seeds at this look's pace.
             per_pair = (time.perf_counter() - t0) / sum(len(r) for r in block.values())
             left = sum(max(0, plan.max_seeds - started[bs]) for bs in still_open)
-            print(
+            progress.note(
                 f"still open: {len(still_open)} comparison(s); at most {2 * left} more cells "
-                f"(~{per_pair * left / 60:.0f} min at this look's pace)",
-                flush=True,
+                f"(~{per_pair * left / 60:.0f} min at this look's pace)"
             )
     return keys
 
