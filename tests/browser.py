@@ -1,0 +1,187 @@
+"""Headless Chromium helpers for the UI tests, and ``python -m tests.browser`` for screenshots.
+
+The distribution's chromium and chromedriver are used (nothing is downloaded): selenium's own
+driver manager would try to fetch a browser, which this machine's closed network refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+# Without the background-networking flags Chromium keeps trying to reach Google's hosts, which a
+# closed network refuses many times a second; a fresh profile keeps runs independent.
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
+)
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None when chromium and chromedriver exist."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (make setup installs the dev group)"
+    if not any(shutil.which(n) for n in CHROMIUM_NAMES):
+        return "chromium not found (Debian: apt-get install -y chromium chromium-driver)"
+    if not shutil.which("chromedriver"):
+        return "chromedriver not found (Debian: apt-get install -y chromium-driver)"
+    return None
+
+
+@contextmanager
+def chromium(width: int = 1600, height: int = 1000) -> Iterator[Any]:
+    """A headless Chromium WebDriver with a throwaway profile; quit on exit."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = next(p for n in CHROMIUM_NAMES if (p := shutil.which(n)))
+    with tempfile.TemporaryDirectory(prefix="bnpipe-chromium-") as profile:
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = binary
+        for flag in CHROMIUM_FLAGS:
+            opts.add_argument(flag)
+        opts.add_argument(f"--user-data-dir={profile}")
+        driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+        driver.set_window_size(width, height)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def wait_for(what: Callable[[], T], timeout_s: float = 30.0, message: str = "") -> T:
+    """Poll ``what`` until it returns something truthy (exceptions count as not yet)."""
+    deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = what()
+        except Exception as exc:  # the page is still rendering; try again
+            last = exc
+        else:
+            if value:
+                return value
+        time.sleep(0.25)
+    raise TimeoutError(f"{message or 'condition'} not met in {timeout_s:.0f} s (last: {last!r})")
+
+
+def wait_text(driver: Any, text: str, timeout_s: float = 30.0) -> None:
+    """Wait until ``text`` appears in the page's visible text."""
+    wait_for(
+        lambda: text in driver.find_element("tag name", "body").text,
+        timeout_s,
+        f"text {text!r} on {driver.current_url}",
+    )
+
+
+def screenshot(driver: Any, path: Path, *, full_page: bool = True) -> Path:
+    """Save a PNG of the page (the whole scroll height when ``full_page``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if full_page:
+        height = driver.execute_script(
+            "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
+        )
+        width = driver.get_window_size()["width"]
+        driver.set_window_size(width, min(max(int(height), 800), 4000))
+    driver.save_screenshot(str(path))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_ui(store_dir: Path, log: Path | None = None) -> Iterator[str]:
+    """``mlflow ui`` on a free 127.0.0.1 port over ``store_dir`` (a bnpipe store); its URL."""
+    port = free_port()
+    db = (store_dir / "mlflow.db").resolve()
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    out = log.open("wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(url + "/health") or proc.poll() is not None, 120, "mlflow ui")
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow ui exited with {proc.returncode} (log: {log})")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            out.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Screenshots of the MLflow UI over a store (the runs table, a parent, its report, a model)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.browser", description=main.__doc__)
+    parser.add_argument("--store", type=Path, default=Path("mlruns"), help="bnpipe store folder")
+    parser.add_argument("--experiment", default="bnpipe-bn-ablation")
+    parser.add_argument("--out", type=Path, default=Path("docs/screenshots"))
+    args = parser.parse_args(argv)
+    if not (args.store / "mlflow.db").is_file():
+        print(f"--store: no mlflow.db in {args.store}", file=sys.stderr)
+        return 2
+    if why := browser_missing():
+        print(f"cannot take screenshots: {why}", file=sys.stderr)
+        return 2
+    with mlflow_ui(args.store) as url, chromium() as driver:
+        for path in shoot_all(driver, url, args.store, args.experiment, args.out):
+            print(path)
+    return 0
+
+
+def shoot_all(driver: Any, url: str, store: Path, experiment: str, out: Path) -> list[Path]:
+    """Screenshots of the MLflow UI pages a user meets; the PNG paths."""
+    raise NotImplementedError("MLflow pages come in the next commit")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
