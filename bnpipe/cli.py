@@ -265,6 +265,8 @@ def format_run_summary(out: dict) -> str:
         lines += [f"  {_cell_name(r)}: {r['error']}  [run {r['run_id']}]" for r in failed]
     lines.append(f"report: {out['report']}")
     lines.append(f"parent run: {out['parent_run_id']} ({out['run_name']}) in {out['tracking_uri']}")
+    if out.get("parent_url"):
+        lines.append(f"open it in the MLflow UI: {out['parent_url']}")
     return "\n".join(lines)
 
 

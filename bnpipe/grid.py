@@ -210,6 +210,20 @@ def evaluate_cell(cfg: Config, result: TrainResult, data: MnistData) -> Evaluati
     )
 
 
+def keras_model(cfg: Config, result: TrainResult) -> Any:
+    """The cell's trained Keras model (whichever engine trained it: both return weights)."""
+    from bnpipe.models import build_model
+
+    model = build_model(
+        bn=result.cell.bn,
+        seed=result.cell.seed,
+        hidden_units=cfg.model.hidden_units,
+        num_classes=cfg.model.num_classes,
+    )
+    model.set_weights(result.weights)
+    return model
+
+
 def history_frame(result: TrainResult) -> pd.DataFrame:
     """Per-epoch history with a 1-based ``epoch`` column."""
     frame = pd.DataFrame(result.history, columns=list(HISTORY_KEYS))

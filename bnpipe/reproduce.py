@@ -17,7 +17,14 @@ from bnpipe.config import Config, DataConfig, ModelConfig, TrainConfig
 from bnpipe.data import MnistData, load_mnist
 from bnpipe.grid import Group, evaluate_cell, history_frame, train_cells
 from bnpipe.provenance import code_digest, environment_facts, package_versions
-from bnpipe.tracking import STATUS_TAG, TAG_PREFIX, CellRun, Tracker, UnreadableArtifact
+from bnpipe.tracking import (
+    STATUS_TAG,
+    TAG_PREFIX,
+    CellRun,
+    Tracker,
+    UnreadableArtifact,
+    metric_name,
+)
 from bnpipe.train.common import DEFAULT_SHARD_SIZE, Cell
 
 # Per-epoch metrics that must match; epoch_time_s is wall time and never does.
@@ -102,7 +109,7 @@ def recorded_settings(run: CellRun) -> RecordedSettings:
             f"run {run.run_id} is not a grid cell (no {TAG_PREFIX}cell_key tag); pass the id of "
             "a child run (one per cell), not of a parent run"
         )
-    p = run.params
+    p = run.cell_params  # old and new param spellings alike
     try:
         return RecordedSettings(
             cell=Cell(bn=p["bn"] == "True", batch_size=int(p["batch_size"]), seed=int(p["seed"])),
@@ -188,7 +195,7 @@ def reproduce_run(tracker: Tracker, run_id: str, data_dir: str | None) -> Reprod
         now = evaluate_cell(cfg, result, data).metrics()
         for name, value in now.items():
             rep.n_metrics += 1
-            recorded = run.metrics.get(name)
+            recorded = run.metrics.get(metric_name(name))
             # Non-finite values are never logged (MLflow would reject NaN history plots).
             if recorded is None and not math.isfinite(value):
                 continue

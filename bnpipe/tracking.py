@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import random
@@ -24,19 +25,24 @@ import sqlite3
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
 import requests
 import sqlalchemy.exc
-from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+if TYPE_CHECKING:
+    from bnpipe.data import MnistData
 
 try:
     import fcntl
@@ -57,6 +63,45 @@ UNUSABLE_TAG = TAG_PREFIX + "unusable_reason"
 ABANDONED = "abandoned"
 INTERRUPTED = "interrupted"
 WITHDRAWN = "withdrawn"
+# What the MLflow UI reads: the experiment's kind decides whether it opens on the runs table
+# (Model training) or on GenAI traces; the note is the description shown on top of a run/experiment.
+KIND_TAG = "mlflow.experimentKind"
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_NOTE = (
+    "BatchNormalization on/off x batch size x seed ablation of a 784-64-64-10 MLP on MNIST "
+    "(bnpipe). One parent run per `bnpipe run` (its description is the verdict, its artifacts the "
+    "report); one child run per cell. Compare cells: Model training view, group by `bn` and "
+    "`batch_size`."
+)
+# The UI `make ui` serves the local store on; links to a SQLite store's runs point there.
+LOCAL_UI = "http://127.0.0.1:5000"
+# Metric names as logged: sections (train/, val/, test/, time/) group the UI's charts and keep the
+# metric `train/loss` apart from the param naming the loss function. Runs written before carry the
+# names on the left; reading maps them (CellRun.of), so their results are still found and reused.
+METRIC_NAMES = {
+    "loss": "train/loss",
+    "accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+    "epoch_time_s": "time/epoch_s",
+    "train_time_s": "time/train_s",
+}
+# Child params as logged, spelled as the parent's (``train.epochs`` on both); the keys are
+# grid.cell_params' names, which the cell key hashes, so keys stay as they were.
+PARAM_NAMES = {
+    "epochs": "train.epochs",
+    "learning_rate": "train.learning_rate",
+    "optimizer": "train.optimizer",
+    "loss": "train.loss_function",
+    "engine": "train.engine",
+    "shard_size": "train.shard_size",
+    "hidden_units": "model.hidden_units",
+    "num_classes": "model.num_classes",
+    "limit_train": "data.limit_train",
+    "limit_test": "data.limit_test",
+    "data_digest": "data.digest",
+}
+CELL_PARAMS = ("bn", "batch_size", "seed")  # what tells the cells of one grid apart
 # MLflow caps one log_batch call at 1000 metrics / 100 params / 100 tags.
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 # A parent's heartbeat is refreshed this often; a run on another host whose heartbeat is older
@@ -125,6 +170,58 @@ def _store_problem(exc: BaseException) -> str:
     if "Name or service not known" in text or "nodename nor servname" in text:
         return "unknown host"
     return _first_line(exc)
+
+
+def metric_name(name: str) -> str:
+    """The logged name of a metric known by its legacy name (``test_loss`` -> ``test/loss``)."""
+    if name in METRIC_NAMES:
+        return METRIC_NAMES[name]
+    return "test/" + name.removeprefix("test_") if name.startswith("test_") else name
+
+
+def logged_params(cell_params: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell's params as logged: the parent's spelling, ``bn`` as on/off like the run names."""
+    out = {PARAM_NAMES.get(k, k): v for k, v in cell_params.items()}
+    if "bn" in out:
+        out["bn"] = "on" if out["bn"] else "off"
+    return out
+
+
+def parent_params(flat_config: Mapping[str, Any], cell_params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parent's params: the whole config plus what its cells share, spelled as they are."""
+    shared = {k: v for k, v in logged_params(cell_params).items() if k not in CELL_PARAMS}
+    return {**flat_config, **shared}
+
+
+def _recorded_cell_params(params: Mapping[str, str]) -> dict[str, str]:
+    """A child's params under grid.cell_params' names, whichever spelling it was logged with."""
+    out = dict(params)
+    for old, new in PARAM_NAMES.items():
+        if new in params:
+            out[old] = params[new]
+    if params.get("bn") in ("on", "off"):
+        out["bn"] = str(params["bn"] == "on")
+    return out
+
+
+def _model_name(run_name: str) -> str:
+    """A LoggedModel name from a run name ("bn=on bs=32 seed=0" -> "bn-on_bs-32_seed-0")."""
+    return "_".join(run_name.replace("=", "-").split())
+
+
+def _model_requirements() -> list[str]:
+    """What loading a logged model needs: the versions that trained it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for names in (("mlflow",), ("keras",), ("tensorflow-cpu", "tensorflow"), ("numpy",)):
+        for name in names:
+            try:
+                out.append(f"{name}=={version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+    return out
 
 
 # -- who owns a run ------------------------------------------------------------------------------
@@ -228,7 +325,8 @@ class CellRun:
             lifecycle=run.info.lifecycle_stage,
             start_time=int(run.info.start_time or 0),
             params=dict(run.data.params),
-            metrics=dict(run.data.metrics),
+            # Legacy names read as today's; a run never carries both spellings of one metric.
+            metrics={metric_name(k): v for k, v in run.data.metrics.items()},
             tags=dict(run.data.tags),
         )
 
@@ -247,9 +345,22 @@ class CellRun:
             self.status == "FINISHED"
             and self.lifecycle == "active"
             and self.tags.get(STATUS_TAG) == "finished"
-            and "test_accuracy" in self.metrics
+            and metric_name("test_accuracy") in self.metrics
             and UNUSABLE_TAG not in self.tags
         )
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.metrics[metric_name("test_accuracy")]
+
+    @property
+    def test_loss(self) -> float:
+        return self.metrics.get(metric_name("test_loss"), float("nan"))
+
+    @property
+    def cell_params(self) -> dict[str, str]:
+        """The params under grid.cell_params' names (``bn`` "True"/"False"), old runs or new."""
+        return _recorded_cell_params(self.params)
 
     @property
     def order(self) -> tuple[int, str]:
@@ -352,6 +463,8 @@ class Tracker:
 
     def __post_init__(self) -> None:
         self._client: _RetryingClient | None = None
+        self._inputs: list[DatasetInput] = []
+        self._datasets: dict[str, tuple[str, str]] = {}  # context -> (dataset name, digest)
         self._experiment_id: str | None = None
         if self.store_dir is None:
             self.store_dir = (
@@ -384,6 +497,7 @@ class Tracker:
                 exp_id = self.experiment_id
                 # A write the store must accept now, or training would be wasted.
                 self.client.set_experiment_tag(exp_id, TAG_PREFIX + "last_check", time.time())
+                self._describe_experiment(exp_id)
         except TrackingError:
             raise
         except _STORE_ERRORS as exc:
@@ -392,6 +506,27 @@ class Tracker:
             self._use_wal()
         self._check_artifact_root(exp_id)
         return exp_id
+
+    def _describe_experiment(self, exp_id: str) -> None:
+        """Open in the UI's Model training view, with a description (a user's own edit stays)."""
+        tags = self.client.get_experiment(exp_id).tags
+        if tags.get(KIND_TAG) != "custom_model_development":
+            self.client.set_experiment_tag(exp_id, KIND_TAG, "custom_model_development")
+        if NOTE_TAG not in tags:
+            self.client.set_experiment_tag(exp_id, NOTE_TAG, EXPERIMENT_NOTE)
+
+    def ui_base(self) -> str:
+        """The UI's address: the tracking server's, or the one `make ui` serves a local store on."""
+        return self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else LOCAL_UI
+
+    def run_url(self, run_id: str) -> str:
+        """The UI link to a run, in Model training mode (MLflow 3's UI would open GenAI views)."""
+        return run_url(self.uri, self.experiment_id, run_id)
+
+    def runs_url(self) -> str:
+        """The UI link to the experiment's runs table, in Model training mode."""
+        base = f"{self.ui_base()}/#/experiments/{self.experiment_id}"
+        return f"{base}/runs?workflowType=machine_learning"
 
     def _check_sqlite_folder(self) -> None:
         db = _sqlite_path(self.uri)
@@ -469,7 +604,39 @@ class Tracker:
             all_tags[PARENT_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self._log_batch(run.info.run_id, params=params)
+        if self._inputs:
+            self.client.log_inputs(run.info.run_id, datasets=self._inputs)
         return run.info.run_id
+
+    def use_data(self, data: MnistData) -> None:
+        """Log ``data``'s train and test splits as the inputs of every run started from now on.
+
+        Only metadata is stored (name, digest, shape, source), never the arrays. The digest is
+        the data's own: MLflow's numpy digest would hash only the first 10,000 values.
+        """
+        from mlflow.data import from_numpy
+
+        self._inputs, self._datasets = [], {}
+        for context, x, y in (
+            ("train", data.x_train, data.y_train),
+            ("test", data.x_test, data.y_test),
+        ):
+            # The digest column holds 36 characters.
+            name, digest = f"mnist-{context}", data.digest[:32]
+            with warnings.catch_warnings():
+                # "source can be interpreted in multiple ways": both readings are local paths.
+                warnings.simplefilter("ignore", UserWarning)
+                ds = from_numpy(x[:1], targets=y[:1], source=data.source, name=name, digest=digest)
+            entity = ds._to_mlflow_entity()
+            # Profiled on one row to skip scanning the arrays; the real shapes go in here.
+            profile = {"features_shape": list(x.shape), "targets_shape": list(y.shape)}
+            entity = Dataset(
+                name, digest, entity.source_type, entity.source, entity.schema, json.dumps(profile)
+            )
+            self._inputs.append(
+                DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            )
+            self._datasets[context] = (name, digest)
 
     def _log_batch(
         self,
@@ -513,7 +680,7 @@ class Tracker:
             for s in specs:
                 mine[s.key] = self.start_run(
                     s.name,
-                    params=s.params,
+                    params=logged_params(s.params),
                     tags={**s.tags, CELL_KEY_TAG: s.key, STATUS_TAG: "running", **owner.tag()},
                     parent_id=parent_id,
                 )
@@ -614,20 +781,30 @@ class Tracker:
         weights: list[np.ndarray] | None,
         status: str,
         timestamp_ms: int | None = None,
+        model: Any | None = None,
+        input_example: np.ndarray | None = None,
     ) -> str:
         """Fill a claimed child run: tags, per-epoch metrics, final metrics, artifacts; close it.
 
         ``status`` is "FINISHED" or "FAILED" (diverged or errored; the tags say why). A fixed
         ``timestamp_ms`` makes a retried call write the same metric rows again, not new ones.
+        History columns and final metrics come under their legacy names (history.csv keeps
+        them) and are logged under ``metric_name``'s. A Keras ``model`` becomes the run's
+        LoggedModel, its test metrics linked to it.
         """
         now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        model_id = self._create_model(run_id, model) if model is not None else None
         metrics = [
-            Metric(col, float(row[col]), now, int(row["epoch"]))
+            self._metric(col, float(row[col]), now, int(row["epoch"]))
             for _, row in history.iterrows()
             for col in history.columns
             if col != "epoch" and np.isfinite(row[col])
         ]
-        metrics += [Metric(k, float(v), now, 0) for k, v in final_metrics.items() if np.isfinite(v)]
+        metrics += [
+            self._metric(k, float(v), now, 0, model_id)
+            for k, v in final_metrics.items()
+            if np.isfinite(v)
+        ]
         self._log_batch(run_id, metrics=metrics, tags=tags)
         try:
             self.client.log_text(run_id, history.to_csv(index=False), "history.csv")
@@ -640,6 +817,8 @@ class Tracker:
                 # ~20x the write (measured: 209 vs 226 KB, 6 vs 0.3 ms per cell).
                 np.savez(buf, *weights)
                 self._log_bytes(run_id, buf.getvalue(), "weights.npz")
+            if model_id is not None:
+                self._save_model(run_id, model_id, model, input_example)
         except OSError as exc:
             # A full or read-only disk does not heal by retrying; the run stays open for the
             # flow to close, so it is never mistaken for a finished cell.
@@ -650,6 +829,71 @@ class Tracker:
             ) from None
         self.client.set_terminated(run_id, status)
         return run_id
+
+    def _metric(
+        self, legacy: str, value: float, ts: int, step: int, model_id: str | None = None
+    ) -> Metric:
+        """A metric under its logged name; val/ and test/ metrics name the test set they used."""
+        name = metric_name(legacy)
+        section = name.partition("/")[0]
+        dataset = self._datasets.get("test") if section in ("val", "test") else None
+        return Metric(
+            name,
+            value,
+            ts,
+            step,
+            model_id=model_id if section == "test" else None,
+            dataset_name=dataset[0] if dataset else None,
+            dataset_digest=dataset[1] if dataset else None,
+        )
+
+    def _create_model(self, run_id: str, model: Any) -> str:
+        """Register the run's LoggedModel (PENDING until its files are uploaded); its id."""
+        run = self.client.get_run(run_id)
+        logged = self.client.create_logged_model(
+            self.experiment_id,
+            name=_model_name(run.info.run_name or run_id),
+            source_run_id=run_id,
+            params={k: str(v)[:500] for k, v in run.data.params.items()},
+            model_type="keras-mlp",
+        )
+        return logged.model_id
+
+    def _save_model(
+        self, run_id: str, model_id: str, model: Any, input_example: np.ndarray | None
+    ) -> None:
+        """Save ``model`` in MLflow's Keras flavor into its LoggedModel and link it to the run."""
+        import mlflow.keras
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model, ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        n_in, n_out = int(model.inputs[0].shape[-1]), int(model.outputs[0].shape[-1])
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_in), "pixels")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out), "probabilities")]),
+        )
+        info = self.client.get_logged_model(model_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model"
+            path.mkdir()  # the input example is written before the flavor makes the folder
+            mlflow.keras.save_model(
+                model,
+                str(path),
+                mlflow_model=Model(
+                    artifact_path=info.artifact_location,
+                    model_uuid=model_id,
+                    run_id=run_id,
+                    model_id=model_id,
+                ),
+                signature=signature,
+                input_example=input_example,
+                # Given, not inferred: inferring loads the model in a pip subprocess per cell.
+                pip_requirements=_model_requirements(),
+            )
+            self.client.log_model_artifacts(model_id, str(path))
+        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
 
     def _log_bytes(self, run_id: str, data: bytes, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -666,9 +910,13 @@ class Tracker:
         tags: Mapping[str, Any],
         files: list[Path] = (),
         status: str = "FINISHED",
+        description: str | None = None,
     ) -> None:
-        """Close the parent run with the analysis: key numbers as metrics, tables as CSV."""
+        """Close the parent run with the analysis: key numbers as metrics, tables as CSV, and
+        ``description`` (Markdown: the verdict) as the run's description in the UI."""
         now = int(time.time() * 1000)
+        if description is not None:
+            tags = {**tags, NOTE_TAG: description}
         self._log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)],
@@ -859,11 +1107,8 @@ class Tracker:
         self.client.set_tag(run_id, UNUSABLE_TAG, reason[:5000])
 
 
-LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
-
-
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI: on the tracking server itself when tracking over HTTP,
-    else on the local ``make ui``."""
+    """The run's page in the MLflow UI, in Model training mode: on the tracking server itself
+    when tracking over HTTP, else on the local ``make ui``."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"

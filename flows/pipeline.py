@@ -53,6 +53,7 @@ from bnpipe.grid import (
     evaluate_cell,
     grid_cells,
     history_frame,
+    keras_model,
     result_row,
     train_cells,
     training_groups,
@@ -76,6 +77,7 @@ from bnpipe.tracking import (
     Owner,
     Tracker,
     UnreadableArtifact,
+    parent_params,
     resolve_uri,
     run_url,
 )
@@ -198,6 +200,7 @@ def log_cell(
     error: str | None,
     timestamp_ms: int,
     clock: PhaseClock,
+    example: Any = None,
 ) -> CellOutcome:
     """Fill the cell's claimed child run (I/O: retried); return its results row and history."""
     history = history_frame(result) if result is not None else history_frame(TrainResult(cell, []))
@@ -214,6 +217,7 @@ def log_cell(
     final = dict(evaluation.metrics()) if evaluation is not None else {}
     if result is not None:
         final["train_time_s"] = result.train_time_s
+    log_model = cfg.tracking.log_models and evaluation is not None and result is not None
     with clock.phase("tracking"):
         tracker.log_cell(
             run_id,
@@ -224,6 +228,8 @@ def log_cell(
             weights=result.weights if (result is not None and cfg.tracking.log_weights) else None,
             status="FINISHED" if status == "finished" else "FAILED",
             timestamp_ms=timestamp_ms,
+            model=keras_model(cfg, result) if log_model else None,
+            input_example=example,
         )
     row = result_row(
         cell,
@@ -250,8 +256,8 @@ def load_reused(state: GridRun) -> dict[Cell, CellOutcome]:
             cell,
             status="finished",
             run_id=run.run_id,
-            test_accuracy=run.metrics["test_accuracy"],
-            test_loss=run.metrics.get("test_loss", float("nan")),
+            test_accuracy=run.test_accuracy,
+            test_loss=run.test_loss,
             history=history,
             reused=True,
         )
@@ -476,6 +482,7 @@ def _train_and_log(
             why,
             _now_ms(),
             progress.clock,
+            data.x_test[:3],
         )
         del claimed[cell]
         progress.cell(cell, out[cell].row["status"], out[cell].row["test_accuracy"])
@@ -515,7 +522,7 @@ def _reuse(
             again.append(cell)
             continue
         state.reused[cell], state.histories[cell] = run, history
-        progress.cell(cell, f"reused (run {run.run_id[:8]})", run.metrics["test_accuracy"])
+        progress.cell(cell, f"reused (run {run.run_id[:8]})", run.test_accuracy)
     return again
 
 
@@ -610,6 +617,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
     with clock.phase("tracking"):
         tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
         tracker.check()
+        tracker.use_data(data)
         abandoned = tracker.fail_abandoned_runs()
     if abandoned:
         print(
@@ -625,10 +633,12 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
         **{f"{TAG_PREFIX}version.{k}": v for k, v in package_versions().items()},
         **{f"{TAG_PREFIX}env.{k}": v for k, v in environment_facts().items()},
     }
+    # Any cell: the parent records only the settings its cells share.
+    shared = cell_params(cfg, Cell(False, cfg.grid.batch_sizes[0], 0), data.digest)
     with clock.phase("tracking"):
         parent_id = tracker.start_run(
             run_name,
-            params=cfg.flat(),
+            params=parent_params(cfg.flat(), shared),
             tags={
                 **common_tags,
                 **Owner.current().tag(),
@@ -639,6 +649,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
             },
         )
     _link_to_mlflow(tracker, parent_id, run_name)
+    print(f"MLflow parent run: {tracker.run_url(parent_id)}", flush=True)
     plan = plan_of(cfg)
     log = _prefect_log()
     progress = Progress(
@@ -712,7 +723,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                             else {}
                         ),
                     },
-                    files=[report.report_path, *report.figures],
+                    files=[report.report_path, report.html_path, *report.figures],
                     tags={
                         TAG_PREFIX + "cells_total": len(results),
                         TAG_PREFIX + "cells_trained": len(keys) - len(state.reused),
@@ -723,6 +734,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                         **{TAG_PREFIX + k: v for k, v in design.record["tags"].items()},
                     },
                     status="FAILED" if len(failed) else "FINISHED",
+                    description=report.verdict_markdown,
                 )
     except BaseException as exc:
         # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
@@ -737,6 +749,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
     final_times = clock.breakdown()  # finish_parent's own tracking included
     return {
         "parent_run_id": parent_id,
+        "parent_url": tracker.run_url(parent_id),
         "run_name": run_name,
         "tracking_uri": tracker.uri,
         "results": results.to_dict("records"),
@@ -782,7 +795,7 @@ def _light_results(state: GridRun) -> pd.DataFrame:
             "batch_size": c.batch_size,
             "seed": c.seed,
             "status": "finished",
-            "test_accuracy": run.metrics["test_accuracy"],
+            "test_accuracy": run.test_accuracy,
         }
         for c, run in state.reused.items()
     ]

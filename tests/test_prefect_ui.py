@@ -63,10 +63,10 @@ def test_terminal_gets_a_live_bar_and_logs_get_plain_lines() -> None:
 
 def test_run_url_points_at_the_server_or_the_local_ui() -> None:
     assert run_url("http://10.0.0.5:5000/", "3", "abc") == (
-        "http://10.0.0.5:5000/#/experiments/3/runs/abc"
+        "http://10.0.0.5:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     )
     assert run_url("sqlite:////tmp/m/mlflow.db", "3", "abc") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     )
 
 
