@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench bench-peers ui lock clean
+.PHONY: setup run test lint bench bench-peers ui screenshots lock clean
 
 setup: $(STAMP)
 
@@ -36,10 +36,18 @@ bench: setup
 bench-peers: setup
 	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements-jax.lock
 
-# The MLflow UI on the local store, bound to localhost.
+# The MLflow UI on the local store, bound to localhost. MLflow 3.17 opens experiments in its GenAI
+# view; the runs table is under "Model training" (the link `bnpipe run` prints opens it directly).
 ui: setup
 	mkdir -p mlruns
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+	@echo "  pick the experiment (Model training mode: runs table), or open the parent-run link"
+	@echo "  that bnpipe run printed; group the runs by bn and batch_size to compare cells"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+# PNGs of the MLflow UI over the local store's latest run (headless Chromium; docs/screenshots).
+screenshots: setup
+	$(BIN)/python -m tests.browser --store mlruns --out docs/screenshots
 
 lock: setup
 	$(BIN)/uv pip compile pyproject.toml --group dev --universal --python-version 3.11 \

@@ -179,6 +179,14 @@ def metric_name(name: str) -> str:
     return "test/" + name.removeprefix("test_") if name.startswith("test_") else name
 
 
+def _current_names(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Metrics under today's names; runs logged before the renaming are read the same way (where
+    a run has both spellings of one metric, today's wins)."""
+    out = {metric_name(k): v for k, v in metrics.items() if metric_name(k) not in metrics}
+    out.update({k: v for k, v in metrics.items() if metric_name(k) == k})
+    return out
+
+
 def logged_params(cell_params: Mapping[str, Any]) -> dict[str, Any]:
     """A cell's params as logged: the parent's spelling, ``bn`` as on/off like the run names."""
     out = {PARAM_NAMES.get(k, k): v for k, v in cell_params.items()}
@@ -325,8 +333,7 @@ class CellRun:
             lifecycle=run.info.lifecycle_stage,
             start_time=int(run.info.start_time or 0),
             params=dict(run.data.params),
-            # Legacy names read as today's; a run never carries both spellings of one metric.
-            metrics={metric_name(k): v for k, v in run.data.metrics.items()},
+            metrics=_current_names(run.data.metrics),
             tags=dict(run.data.tags),
         )
 

@@ -100,13 +100,15 @@ def wait_text(driver: Any, text: str, timeout_s: float = 30.0) -> None:
 def screenshot(driver: Any, path: Path, *, full_page: bool = True) -> Path:
     """Save a PNG of the page (the whole scroll height when ``full_page``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    size = driver.get_window_size()
     if full_page:
         height = driver.execute_script(
             "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
         )
-        width = driver.get_window_size()["width"]
-        driver.set_window_size(width, min(max(int(height), 800), 4000))
+        driver.set_window_size(size["width"], min(max(int(height), size["height"]), 4000))
+        time.sleep(0.5)
     driver.save_screenshot(str(path))
+    driver.set_window_size(size["width"], size["height"])
     return path
 
 
@@ -178,9 +180,97 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# -- MLflow UI pages -----------------------------------------------------------------------------
+def close_assistant(driver: Any) -> None:
+    """Close MLflow's Assistant side panel, which 3.17 opens on every page and covers the runs."""
+    for button in driver.find_elements("css selector", "button[aria-label='Close']"):
+        if button.is_displayed():
+            button.click()
+
+
+def mlflow_group_by(driver: Any, names: list[str]) -> None:
+    """Group the runs table by ``names`` (params or tags) with the UI's own Group by control."""
+    menu_items = "[role=menu] [role=menuitemcheckbox]"
+    for name in names:
+        if not driver.find_elements("css selector", "[role=menu]"):
+            driver.find_element("xpath", "//button[contains(., 'Group by')]").click()
+        item = wait_for(
+            lambda n=name: next(
+                i for i in driver.find_elements("css selector", menu_items) if i.text.strip() == n
+            ),
+            20,
+            f"group-by entry {name!r}",
+        )
+        item.click()
+        time.sleep(1)  # the menu re-renders (or closes) after each pick
+    driver.find_element("tag name", "body").send_keys("\ue00c")  # Escape closes the menu
+
+
+def group_rows(driver: Any) -> list[str]:
+    """The group header rows of a grouped runs table ("Group: bn: on, batch_size: 32")."""
+    body = driver.find_element("tag name", "body").text
+    return [ln for ln in body.splitlines() if ln.startswith("Group: ")]
+
+
+def report_images(driver: Any) -> list[int]:
+    """naturalWidth of every <img> of an HTML artifact (rendered in an iframe; 0: not loaded)."""
+    frame = wait_for(lambda: driver.find_element("tag name", "iframe"), 60, "artifact iframe")
+    driver.switch_to.frame(frame)
+    try:
+        imgs = wait_for(lambda: driver.find_elements("tag name", "img"), 30, "images in report")
+        wait_for(
+            lambda: all(driver.execute_script("return arguments[0].complete", i) for i in imgs),
+            30,
+            "images loaded",
+        )
+        return [int(driver.execute_script("return arguments[0].naturalWidth", i)) for i in imgs]
+    finally:
+        driver.switch_to.default_content()
+
+
+def open_page(driver: Any, url: str, text: str, timeout_s: float = 120) -> None:
+    """Load ``url``, wait for ``text``, and close the Assistant panel."""
+    driver.get(url)
+    wait_text(driver, text, timeout_s)
+    close_assistant(driver)
+    time.sleep(1)  # let the last requests (charts, columns) render before anything is read
+
+
 def shoot_all(driver: Any, url: str, store: Path, experiment: str, out: Path) -> list[Path]:
-    """Screenshots of the MLflow UI pages a user meets; the PNG paths."""
-    raise NotImplementedError("MLflow pages come in the next commit")
+    """Screenshots of the MLflow UI pages a user meets, for the latest parent run; PNG paths."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{(store / 'mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise SystemExit(f"--experiment: no experiment {experiment!r} in {store}")
+    parents = client.search_runs(
+        [exp.experiment_id],
+        "tags.`bnpipe.role` = 'parent'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not parents:
+        raise SystemExit(f"--store: no bnpipe parent run in experiment {experiment!r}")
+    parent = parents[0]
+    models = client.search_logged_models([exp.experiment_id], max_results=1)
+    base = f"{url}/#/experiments/{exp.experiment_id}"
+    mode = "?workflowType=machine_learning"
+    shots = []
+    open_page(driver, f"{base}/runs{mode}", parent.info.run_name)
+    mlflow_group_by(driver, ["bn", "batch_size"])
+    wait_for(lambda: group_rows(driver), 30, "grouped runs")
+    shots.append(screenshot(driver, out / "mlflow-runs-grouped.png", full_page=False))
+    open_page(driver, f"{base}/runs/{parent.info.run_id}{mode}", "Description")
+    shots.append(screenshot(driver, out / "mlflow-parent-run.png"))
+    run_page = f"{base}/runs/{parent.info.run_id}/artifacts/report/report.html{mode}"
+    open_page(driver, run_page, "report.html")
+    report_images(driver)
+    shots.append(screenshot(driver, out / "mlflow-report-html.png", full_page=False))
+    if models:
+        open_page(driver, f"{base}/models/{models[0].model_id}{mode}", models[0].name)
+        shots.append(screenshot(driver, out / "mlflow-model.png"))
+    return shots
 
 
 if __name__ == "__main__":

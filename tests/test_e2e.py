@@ -62,6 +62,6 @@ def test_bnpipe_run_on_real_mnist(tmp_path):
     assert len(parents) == 1 and len(children) == 16
     assert set(children["status"]) == {"FINISHED"}
     assert parents["run_id"].iloc[0] in out
-    acc = children["metrics.test_accuracy"].astype(float)
+    acc = children["metrics.test/accuracy"].astype(float)
     assert acc.between(0.9, 1.0).all()  # one epoch of the reference MLP on MNIST: ~0.93-0.96
     assert (children["tags.bnpipe.data_digest"] == parents["tags.bnpipe.data_digest"].iloc[0]).all()

@@ -62,10 +62,10 @@ def test_flow_logs_parent_and_one_child_per_cell(monkeypatch, tiny_mnist, store,
         "params.bn",
         "params.batch_size",
         "params.seed",
-        "params.learning_rate",
-        "params.data_digest",
-        "metrics.test_accuracy",
-        "metrics.val_accuracy",
+        "params.train.learning_rate",
+        "params.data.digest",
+        "metrics.test/accuracy",
+        "metrics.val/accuracy",
         "tags.bnpipe.cell_key",
         "tags.bnpipe.data_digest",
         "tags.bnpipe.version.keras",
@@ -74,11 +74,11 @@ def test_flow_logs_parent_and_one_child_per_cell(monkeypatch, tiny_mnist, store,
     assert children["tags.bnpipe.cell_key"].nunique() == len(children)
     assert (children["tags.bnpipe.engine"] == engine).all()
     # the learnable fake data is learned: the pipeline really trains and evaluates
-    acc = children["metrics.test_accuracy"].astype(float)
+    acc = children["metrics.test/accuracy"].astype(float)
     assert acc.mean() > 0.5 and acc.min() > 0.15  # chance is 0.1
     # per-epoch metrics carry their step
     client = mlflow.MlflowClient(store)
-    hist = client.get_metric_history(children["run_id"].iloc[0], "val_accuracy")
+    hist = client.get_metric_history(children["run_id"].iloc[0], "val/accuracy")
     assert sorted(m.step for m in hist) == [1, 2]
     # analysis: one row per batch size, all pairs used, parent carries the key numbers
     summary = pd.DataFrame(out["summary"])

@@ -235,7 +235,7 @@ def finished_cells_in(store: str) -> set[Cell]:
     for key, value, run in rows:
         by_run.setdefault(run, {})[key] = value
     return {
-        Cell(p["bn"] == "True", int(p["batch_size"]), int(p["seed"]))
+        Cell(p["bn"] in ("True", "on"), int(p["batch_size"]), int(p["seed"]))
         for p in by_run.values()
         if len(p) == 3
     }
@@ -344,7 +344,7 @@ def test_reproduce_matches_exactly_and_reports_what_differs(
 
     # A recorded value that no longer matches, and a recorded fact that differs now.
     client = mlflow.MlflowClient(store)
-    client.log_metric(cell["run_id"], "test_accuracy", cell["test_accuracy"] + 0.01)
+    client.log_metric(cell["run_id"], "test/accuracy", cell["test_accuracy"] + 0.01)
     client.set_tag(cell["run_id"], "bnpipe.version.keras", "2.0.0")
     assert main(argv) == 1
     text = capsys.readouterr().out

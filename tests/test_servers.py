@@ -222,7 +222,7 @@ def test_grid_logs_through_a_real_mlflow_server(tmp_path: Path) -> None:
         assert len(children) == 4 and set(children["status"]) == {"FINISHED"}
         assert (children[f"tags.{PARENT_TAG}"] == parent_id).all()
         assert children["tags.bnpipe.cell_key"].nunique() == 4
-        assert children["metrics.test_accuracy"].astype(float).between(0.1, 1).all()
+        assert children["metrics.test/accuracy"].astype(float).between(0.1, 1).all()
         # Artifacts go through the server's proxy (mlflow-artifacts:) and land in its folder.
         client = mlflow.MlflowClient(url)
         assert client.get_run(parent_id).info.artifact_uri.startswith("mlflow-artifacts:")
