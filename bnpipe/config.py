@@ -166,7 +166,7 @@ class TrackingConfig(_Section):
     uri: str | None = None
     experiment: str = Field(default="bnpipe-bn-ablation", min_length=1)
     log_weights: bool = True
-    log_models: bool = True
+    log_models: bool = False
     reports_dir: str = "reports"
 
 

@@ -43,6 +43,7 @@ def ui_run(tmp_path_factory, prefect_api):
             f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
             f"tracking.reports_dir={tmp / 'reports'}",
             "stats.n_resamples=199",
+            "tracking.log_models=true",
             "train.epochs=1",
             f"grid.seeds={SEEDS}",
             f"grid.batch_sizes={BATCH_SIZES}",
