@@ -266,6 +266,10 @@ def shoot_all(driver: Any, url: str, store: Path, experiment: str, out: Path) ->
     run_page = f"{base}/runs/{parent.info.run_id}/artifacts/report/report.html{mode}"
     open_page(driver, run_page, "report.html")
     report_images(driver)
+    # Show a figure, not only the title: scroll the report's frame to its first image.
+    driver.switch_to.frame(driver.find_element("tag name", "iframe"))
+    driver.execute_script("document.querySelector('img').scrollIntoView()")
+    driver.switch_to.default_content()
     shots.append(screenshot(driver, out / "mlflow-report-html.png", full_page=False))
     if models:
         open_page(driver, f"{base}/models/{models[0].model_id}{mode}", models[0].name)
