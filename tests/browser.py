@@ -120,7 +120,10 @@ def free_port() -> int:
 
 @contextmanager
 def mlflow_ui(store_dir: Path, log: Path | None = None) -> Iterator[str]:
-    """``mlflow ui`` on a free 127.0.0.1 port over ``store_dir`` (a bnpipe store); its URL."""
+    """``mlflow ui`` on a free 127.0.0.1 port over ``store_dir`` (a bnpipe store); its URL.
+
+    Its start takes seconds on an idle machine and minutes on a loaded 2-core one.
+    """
     port = free_port()
     db = (store_dir / "mlflow.db").resolve()
     cmd = [
@@ -139,7 +142,7 @@ def mlflow_ui(store_dir: Path, log: Path | None = None) -> Iterator[str]:
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(url + "/health") or proc.poll() is not None, 120, "mlflow ui")
+        wait_for(lambda: _answers(url + "/health") or proc.poll() is not None, 300, "mlflow ui")
         if proc.poll() is not None:
             raise RuntimeError(f"mlflow ui exited with {proc.returncode} (log: {log})")
         yield url
