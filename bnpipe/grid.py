@@ -102,6 +102,7 @@ SPEED_ONLY_FIELDS = frozenset(
         "tracking.uri",
         "tracking.experiment",
         "tracking.log_weights",
+        "tracking.log_models",
         "tracking.reports_dir",
         "orchestration.task_runner",
         "orchestration.dask_address",
