@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,10 +12,10 @@ import pandas as pd
 from bnpipe.config import Config
 from bnpipe.data import MnistData
 from bnpipe.provenance import (
-    NUMERIC_ENV_VARS,
     NUMERIC_PACKAGES,
     cell_key,
     code_digest,
+    numeric_env,
     package_versions,
 )
 from bnpipe.train.common import HISTORY_KEYS, Cell, TrainResult
@@ -156,7 +155,7 @@ def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
             "params": cell_params(cfg, cell, data_digest),
             "versions": package_versions(NUMERIC_PACKAGES),
             "code": code_digest(),
-            "env": {var: os.environ.get(var) for var in NUMERIC_ENV_VARS},
+            "env": numeric_env(),
         }
     )
 

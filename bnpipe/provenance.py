@@ -95,10 +95,16 @@ def environment_facts() -> dict[str, str]:
         "cpu": _cpu_model(),
         "cpu_count": str(os.cpu_count()),
     }
-    for var in NUMERIC_ENV_VARS:
-        value = strip_cache_flags(os.environ.get(var, ""))
+    for var, value in numeric_env().items():
         facts[var] = value or "unset"
     return facts
+
+
+def numeric_env() -> dict[str, str | None]:
+    """The environment variables that change a cell's numbers, without the compile-cache flags
+    (bnpipe.xla_cache sets those once something trains: a cell key taken before that must equal
+    one taken after)."""
+    return {var: strip_cache_flags(os.environ.get(var, "")) or None for var in NUMERIC_ENV_VARS}
 
 
 def strip_cache_flags(flags: str) -> str:

@@ -121,6 +121,21 @@ def test_numeric_environment_variables_change_the_key(monkeypatch, var):
     assert cell_key_for(BASE, CELL, DIGEST) != key
 
 
+def test_the_compile_cache_flag_does_not_change_the_key(monkeypatch):
+    # bnpipe.xla_cache adds it once something trains: keys taken before and after must agree.
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0")
+    key = cell_key_for(BASE, CELL, DIGEST)
+    monkeypatch.setenv(
+        "TF_XLA_FLAGS", "--tf_xla_auto_jit=0 --tf_xla_persistent_cache_directory=/tmp/x"
+    )
+    assert cell_key_for(BASE, CELL, DIGEST) == key
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/tmp/x")
+    monkeypatch.delenv("TF_XLA_FLAGS")
+    unset = cell_key_for(BASE, CELL, DIGEST)
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/tmp/x")
+    assert cell_key_for(BASE, CELL, DIGEST) == unset
+
+
 def test_numeric_code_changes_the_key_and_comments_do_not(monkeypatch, tmp_path):
     copy = tmp_path / "bnpipe"
     shutil.copytree(provenance._PACKAGE_DIR, copy)
