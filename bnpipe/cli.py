@@ -6,8 +6,10 @@ import argparse
 import logging
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -201,21 +203,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = checked_config(args, clock)
     if cfg is None:
         return EXIT_BAD_INPUT
-    from flows.server import start_temporary_server
+    from flows.server import ServerError, TemporaryServer
 
-    server_up = start_temporary_server()  # boots while TensorFlow is imported
-    with clock.phase("tf_import"):
-        import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
-    from bnpipe.tracking import ArtifactWriteError
-    from flows.pipeline import ablation, quiet_reported_errors
+    with TemporaryServer() as server:  # boots while TensorFlow is imported; always stopped
+        with clock.phase("tf_import"):
+            import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
+        from bnpipe.tracking import ArtifactWriteError
+        from flows.pipeline import ablation, quiet_reported_errors
 
-    server_up()
-    quiet_reported_errors()
-    try:
-        out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
-    except ArtifactWriteError as exc:  # mid-run: the claimed cells are recorded FAILED
-        bad_input(str(exc))
-        return EXIT_FAILED_CELLS
+        try:
+            server.wait()
+        except ServerError as exc:
+            return bad_input(str(exc))
+        quiet_reported_errors()
+        _hide_interrupt_reports()
+        try:
+            out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
+        except ArtifactWriteError as exc:  # mid-run: the claimed cells are recorded FAILED
+            bad_input(str(exc))
+            return EXIT_FAILED_CELLS
     print()
     print(format_run_summary(out))
     print(format_breakdown(clock.breakdown(out["timing"]), out["timing"]))
@@ -365,6 +371,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_mod.run(args, cfg)
 
 
+_signals: list[int] = []  # SIGINT/SIGTERM received by this process, first first
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    """First SIGINT/SIGTERM: unwind (open runs are closed on the way out); a second: exit now."""
+    if _signals:
+        os._exit(128 + _signals[0])
+    _signals.append(signum)
+    raise KeyboardInterrupt
+
+
+# How Prefect's crash reports name an interrupt (prefect.states.exception_to_crashed_state).
+_INTERRUPT_REPORTS = ("aborted by an interrupt signal", "aborted by a termination signal")
+
+
+def _not_an_interrupt_report(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in _INTERRUPT_REPORTS)
+
+
+def _hide_interrupt_reports() -> None:
+    """Keep Prefect's per-run "Crash detected!" lines about an interrupt off the console (the
+    Prefect API still records them): bnpipe prints one line for an interrupt instead."""
+    for handler in logging.getLogger().handlers:
+        if _not_an_interrupt_report not in handler.filters:
+            handler.addFilter(_not_an_interrupt_report)
+
+
+def interrupted(exc: KeyboardInterrupt) -> int:
+    """The one line after Ctrl-C or SIGTERM; the shell's exit code for that signal."""
+    runs = getattr(exc, "runs_failed", 0)
+    signum = _signals[0] if _signals else getattr(exc, "signum", signal.SIGINT)
+    print(f"interrupted: {runs} open cell run(s) marked FAILED; rerun to continue", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_defaults()
     args = _parser().parse_args(argv)
@@ -373,6 +414,21 @@ def main(argv: list[str] | None = None) -> int:
 
         # Before TensorFlow's first compile in this process. Not for bench: it times compiles.
         xla_cache.enable()
+    # Handlers only from the main thread (Python's rule); restored after, for callers in-process.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt as exc:
+        return interrupted(exc)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _signals.clear()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return cmd_run(args)
     if args.command == "report":

@@ -8,6 +8,7 @@ import base64
 import logging
 import re
 import secrets
+import signal
 import time
 import traceback
 from collections import ChainMap
@@ -27,6 +28,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import PrefectLogAdapter
 from prefect.runtime import flow_run as current_flow_run
@@ -597,6 +599,14 @@ def _run_grid(
             pending.sort()
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the flow after ``runs_failed`` open cell runs were closed."""
+
+    def __init__(self, signum: int, runs_failed: int) -> None:
+        super().__init__(f"signal {signum}: {runs_failed} open cell run(s) marked FAILED")
+        self.signum, self.runs_failed = signum, runs_failed
+
+
 @flow(name="bn-ablation", flow_run_name=new_run_name)
 def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
     """Run the BN x batch-size x seed grid defined by ``params``.
@@ -740,9 +750,12 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
         # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
         # left open would make a concurrent run wait for a cell nobody trains.
         why = f"{type(exc).__name__}: {exc}"
-        for run_id in state.open_claims.values():
+        open_runs = list(state.open_claims.values())
+        for run_id in open_runs:
             tracker.fail_run(run_id, why, failure="interrupted")
         tracker.fail_run(parent_id, why)
+        if isinstance(exc, KeyboardInterrupt | TerminationSignal):
+            raise Interrupted(getattr(exc, "signal", signal.SIGINT), len(open_runs)) from exc
         raise
     finally:
         progress.close()

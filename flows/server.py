@@ -1,38 +1,180 @@
-"""Boot Prefect's temporary API server early, so that its start overlaps TensorFlow's import.
+"""Prefect's temporary API server for one ``bnpipe run``: booted early, owned, always stopped.
 
 Without PREFECT_API_URL, Prefect starts a temporary server in a subprocess when the first flow
-runs, and waits for it (5-10 s on two cores). ``bnpipe run`` asks for that same server (Prefect
-keeps one instance per process) on a thread while it imports the pipeline, which brings in
-TensorFlow (~7 s). Nothing changes when a server is configured: then this does nothing.
+runs (5-10 s on two cores). ``bnpipe run`` starts that server itself while it imports TensorFlow
+(~7 s) and registers it as Prefect's process-wide instance, so Prefect uses it and never starts a
+second one. Owning it fixes three ways the server used to outlive or die before bnpipe:
+
+- it runs in its own session, so a terminal's Ctrl-C (SIGINT to the whole foreground process
+  group) reaches bnpipe only, which then still has an API while it closes its runs;
+- it gets SIGTERM from the kernel when bnpipe dies, however it dies (kill -9 included:
+  PR_SET_PDEATHSIG), and ``stop()`` ends it on every normal or interrupted exit;
+- the wait for it is ours (wall-clock, generous), so a slow start on a loaded machine is waited
+  for instead of being abandoned while Prefect starts another server on the same port.
+
+Nothing changes when a server is configured (PREFECT_API_URL) or temporary servers are off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+import time
+from typing import Any
+
+import httpx
+
+STARTUP_TIMEOUT_S = 120.0  # a first start runs database migrations; 2 loaded cores are slow
+_PR_SET_PDEATHSIG = 1
 
 
-def start_temporary_server() -> Callable[[], None]:
-    """Start booting the temporary server if Prefect would use one; returns a function that waits
-    until it is up. A failed early start is left alone: Prefect's own start then retries it and
-    reports its error where a user expects it."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+class ServerError(RuntimeError):
+    """The temporary Prefect server did not come up."""
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return lambda: None
-    from prefect.server.api.server import SubprocessASGIServer
 
-    # The server's telemetry service would report an error on every run on a machine without
-    # internet access; a user who wants it on says so in the environment, which wins.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+def _die_with_parent(parent: int) -> None:
+    """preexec_fn: ask the kernel for SIGTERM when the parent dies; exit if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
-    def boot() -> None:
-        # Prefect's own start, at the first flow run, raises a failure again, in context.
-        with contextlib.suppress(Exception):
-            SubprocessASGIServer().start()
 
-    thread = threading.Thread(target=boot, name="prefect-server-start", daemon=True)
-    thread.start()
-    return thread.join
+class TemporaryServer:
+    """The temporary server for this process, or nothing when Prefect would not start one.
+
+    Use as a context manager: entering starts the server process (from the calling thread, as
+    the death signal follows the thread that started it), ``wait()`` blocks until it answers,
+    leaving stops it.
+    """
+
+    def __init__(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self.process: subprocess.Popen[Any] | None = None
+        self._instance: Any = None
+        self._ready = threading.Event()
+        self._error: str | None = None
+
+    def __enter__(self) -> TemporaryServer:
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+            self._ready.set()
+            return self
+        from prefect.server.api.server import SubprocessASGIServer
+
+        # The server's telemetry would report an error on every run on a machine without
+        # internet access; a user who wants it on says so in the environment, which wins.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        server = SubprocessASGIServer()  # Prefect's process-wide instance (keyed None)
+        if server.running:  # someone (a test harness) already runs one: theirs to stop
+            self._ready.set()
+            return self
+        server.port = server.find_available_port()
+        self.process = self._spawn(server)
+        self._instance = server
+        threading.Thread(target=self._wait_healthy, name="prefect-server-wait", daemon=True).start()
+        return self
+
+    def _spawn(self, server: Any) -> subprocess.Popen[Any]:
+        from prefect.settings import get_current_settings
+
+        # Prefect's own command for its temporary server (SubprocessASGIServer), in a session of
+        # its own and tied to this process's life.
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+        }
+        import prefect
+
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+        parent = os.getpid()
+        return subprocess.Popen(
+            cmd, env=env, start_new_session=True, preexec_fn=lambda: _die_with_parent(parent)
+        )
+
+    def _wait_healthy(self) -> None:
+        server, proc = self._instance, self.process
+        assert server is not None and proc is not None
+        deadline = time.monotonic() + self.timeout_s
+        with httpx.Client(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    self._error = f"exited with code {proc.returncode} before answering"
+                    break
+                try:
+                    if client.get(f"{server.api_url}/health").status_code == 200:
+                        # Prefect's later start() calls now find it running and use it.
+                        server.server_process, server.running = proc, True
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            else:
+                self._error = f"did not answer within {self.timeout_s:.0f} s"
+        self._ready.set()
+
+    def wait(self) -> None:
+        """Block until the server answers; ServerError (one line) if it never does."""
+        self._ready.wait()
+        if self._error is not None:
+            raise ServerError(
+                f"Prefect's temporary API server on 127.0.0.1 {self._error}; set PREFECT_API_URL "
+                "to a running Prefect server (`prefect server start`) or retry"
+            )
+
+    def stop(self) -> None:
+        """Flush Prefect's queued logs and events to the server, then end it (idempotent)."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        if self._instance is not None and self._instance.running:
+            _drain_prefect_workers()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        server = self._instance
+        if server is not None:
+            server.server_process, server.running = None, False
+            type(server)._instances.pop(None, None)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _drain_prefect_workers() -> None:
+    """Send what Prefect's log and event workers still hold before the server goes (as Prefect's
+    test harness does); a worker that never started has nothing to send."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(RuntimeError):
+            worker.drain_all(timeout=3)
