@@ -77,9 +77,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def resolve_config(params: str | None, overrides: list[str]) -> Config:
     """params.yaml (explicit, or ./params.yaml when present) plus overrides, validated."""
+    from bnpipe.tracking import without_credentials
+
     if params is None and Path(DEFAULT_PARAMS).is_file():
         params = DEFAULT_PARAMS
-    return load_config(params, overrides)
+    return without_credentials(load_config(params, overrides))
 
 
 def preflight(cfg: Config, clock: PhaseClock | None = None) -> None:
@@ -270,7 +272,10 @@ def format_run_summary(out: dict) -> str:
         lines.append(f"FAILED: {len(failed)} of {len(results)} cells (their pairs are left out):")
         lines += [f"  {_cell_name(r)}: {r['error']}  [run {r['run_id']}]" for r in failed]
     lines.append(f"report: {out['report']}")
-    lines.append(f"parent run: {out['parent_run_id']} ({out['run_name']}) in {out['tracking_uri']}")
+    from bnpipe.tracking import redact_uri
+
+    where = redact_uri(out["tracking_uri"])
+    lines.append(f"parent run: {out['parent_run_id']} ({out['run_name']}) in {where}")
     if out.get("parent_url"):
         lines.append(f"open it in the MLflow UI: {out['parent_url']}")
     return "\n".join(lines)
@@ -343,7 +348,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from bnpipe.report import build_run_report
-    from bnpipe.tracking import Tracker, TrackingError, resolve_uri
+    from bnpipe.tracking import Tracker, TrackingError, redact_uri, resolve_uri
 
     try:
         cfg = resolve_config(args.params, args.overrides)
@@ -354,7 +359,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         return bad_input(str(exc))
     except (MlflowException, OSError) as exc:
         return bad_input(f"run {args.run_id}: {_first_line(exc)}")
-    run_info = {"parent run": args.run_id, "tracking": tracker.uri, "rebuilt by": "bnpipe report"}
+    run_info = {
+        "parent run": args.run_id,
+        "tracking": redact_uri(tracker.uri),
+        "rebuilt by": "bnpipe report",
+    }
     out = build_run_report(results, histories, cfg, run_name, run_info)
     tracker.log_report(args.run_id, [out.report_path, *out.figures])
     print(format_summary(out.summary.to_dict("records")))

@@ -44,6 +44,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 if TYPE_CHECKING:
     from bnpipe.data import MnistData
 
+if TYPE_CHECKING:
+    from bnpipe.config import Config
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; concurrent first opens stay unprotected there
@@ -144,6 +147,40 @@ def resolve_uri(configured: str | None, store_dir: Path = STORE_DIR) -> str:
     if configured:
         return configured
     return f"sqlite:///{(store_dir / 'mlflow.db').resolve()}"
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without a ``user:password@`` part: the only form shown or stored."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def move_credentials(uri: str) -> str:
+    """Hand the ``user:password@`` of ``uri`` to MLflow's own MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD (unless already set) and return ``uri`` without it, so the secret
+    travels in this process's environment and never in params, tags, reports or flow runs."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.password is not None or parts.username:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
+    return redact_uri(uri)
+
+
+def without_credentials(cfg: Config) -> Config:
+    """``cfg`` with credentials in its tracking URI, or in MLFLOW_TRACKING_URI, moved to
+    MLflow's username and password variables (see move_credentials)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = move_credentials(os.environ["MLFLOW_TRACKING_URI"])
+    if not cfg.tracking.uri:
+        return cfg
+    tracking = cfg.tracking.model_copy(update={"uri": move_credentials(cfg.tracking.uri)})
+    return cfg.model_copy(update={"tracking": tracking})
 
 
 def _is_local_sqlite(uri: str) -> bool:

@@ -80,8 +80,10 @@ from bnpipe.tracking import (
     Tracker,
     UnreadableArtifact,
     parent_params,
+    redact_uri,
     resolve_uri,
     run_url,
+    without_credentials,
 )
 from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
@@ -621,7 +623,8 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
     Returns the parent run id, the results table (records), the per-batch-size summary, and
     which cells were trained and reused.
     """
-    cfg = Config.model_validate(params)
+    # A deployment's params may carry credentials in the URI: keep them out of what is logged.
+    cfg = without_credentials(Config.model_validate(params))
     clock = PhaseClock()
     data = load_data.with_options(retries=cfg.orchestration.retries)(cfg.data, clock)
     with clock.phase("tracking"):
@@ -694,7 +697,11 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
             results = pd.DataFrame([o.row for o in ordered], columns=list(RESULT_COLUMNS))
             histories = [o.history for o in ordered if len(o.history)]
             history_table = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
-            run_info = {"parent run": parent_id, "tracking": tracker.uri, **cfg_info(cfg, data)}
+            run_info = {
+                "parent run": parent_id,
+                "tracking": redact_uri(tracker.uri),
+                **cfg_info(cfg, data),
+            }
             if state.reused:
                 run_info["reused"] = (
                     f"{len(state.reused)} of {len(keys)} cells from earlier runs (reused.csv)"
@@ -764,7 +771,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
         "parent_run_id": parent_id,
         "parent_url": tracker.run_url(parent_id),
         "run_name": run_name,
-        "tracking_uri": tracker.uri,
+        "tracking_uri": redact_uri(tracker.uri),
         "results": results.to_dict("records"),
         "summary": summary.to_dict("records"),
         "decisions": design.decisions.to_dict("records"),
