@@ -64,8 +64,15 @@ def mlflow_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         "--workers",
         "1",
     ]
-    env = client_env(tmp, MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=password)
-    with running(cmd, env=env, log=tmp / "server.log", ready_url=f"{url}/health"):
+    env = client_env(
+        tmp,
+        MLFLOW_AUTH_CONFIG_PATH=str(ini),
+        MLFLOW_AUTH_ADMIN_PASSWORD=password,
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),  # CSRF protection needs one
+    )
+    # Every path asks for credentials, /health included.
+    ready = url.replace("http://", f"http://{ADMIN}:{password}@") + "/health"
+    with running(cmd, env=env, log=tmp / "server.log", ready_url=ready):
         yield url, password, tmp
 
 
