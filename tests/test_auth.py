@@ -70,9 +70,8 @@ def mlflow_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         MLFLOW_AUTH_ADMIN_PASSWORD=password,
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),  # CSRF protection needs one
     )
-    # Every path asks for credentials, /health included.
-    ready = url.replace("http://", f"http://{ADMIN}:{password}@") + "/health"
-    with running(cmd, env=env, log=tmp / "server.log", ready_url=ready):
+    # The auth app starts slowly (two databases to migrate): minutes on a loaded 2-core box.
+    with running(cmd, env=env, log=tmp / "server.log", ready_url=f"{url}/health", timeout=300):
         yield url, password, tmp
 
 
@@ -85,7 +84,7 @@ def prefect_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     api = f"http://127.0.0.1:{port}/api"
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     env = client_env(tmp, PREFECT_SERVER_API_AUTH_STRING=auth)
-    with running(cmd, env=env, log=tmp / "server.log", ready_url=f"{api}/health"):
+    with running(cmd, env=env, log=tmp / "server.log", ready_url=f"{api}/health", timeout=300):
         yield api, auth, tmp
 
 
