@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bnpipe.config import load_config
@@ -45,6 +46,9 @@ def mlflow_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         f"database_uri = sqlite:///{tmp / 'basic_auth.db'}\n"
         f"admin_username = {ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Without it every request pays a PBKDF2 check (seconds on a loaded 2-core box, over
+        # bnpipe's 5 s preflight bound); docs/servers.md recommends it as well.
+        "auth_cache_ttl_seconds = 600\n"
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -72,6 +76,9 @@ def mlflow_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     )
     # The auth app starts slowly (two databases to migrate): minutes on a loaded 2-core box.
     with running(cmd, env=env, log=tmp / "server.log", ready_url=f"{url}/health", timeout=300):
+        # One authenticated request fills the credential cache, as a team server's would be.
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert httpx.get(search, auth=(ADMIN, password), timeout=120).status_code == 200
         yield url, password, tmp
 
 
