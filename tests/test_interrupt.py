@@ -189,7 +189,7 @@ def test_ctrl_c_stops_within_seconds_and_the_rerun_trains_what_is_missing(bnpipe
     started = bnpipe.descendants()
     assert bnpipe.proc.wait(timeout=600) == 0, bnpipe.output
     assert left_behind(started, bnpipe.proc.pid) == []
-    assert f"({CELLS} cells: {CELLS - len(finished)} trained, {len(finished)} reused" in (
+    assert f"{CELLS} cells: {CELLS - len(finished)} trained, {len(finished)} reused;" in (
         bnpipe.output
     )
     _, children = runs(bnpipe.store)
