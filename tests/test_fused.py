@@ -135,8 +135,8 @@ def test_a_diverged_member_leaves_the_others_untouched(
     clean = _fused(data, True, SEEDS, epochs=2)
     real_init = fused.stack_initial_weights
 
-    def poisoned(bn: bool, seeds, hidden_units):
-        weights = real_init(bn, seeds, hidden_units)
+    def poisoned(bn: bool, seeds, hidden_units, num_classes=10):
+        weights = real_init(bn, seeds, hidden_units, num_classes)
         weights[0][1, 0, 0] = np.inf
         return weights
 

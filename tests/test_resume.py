@@ -183,7 +183,7 @@ def bnpipe_process(tmp_path, prefect_api):
     env |= {
         "PYTHONPATH": str(ROOT),
         "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TF_CPP_MIN_LOG_LEVEL": "3",  # what the CLI sets by default
     }
     started: list[subprocess.Popen] = []
 
