@@ -773,7 +773,13 @@ def build_report(
         batch_effect,
         dyn,
         design,
-        verdict_markdown=verdict_table(summary),
+        # A sequential run's answer is its decided table; the fixed-sample table is descriptive.
+        verdict_markdown=(
+            "Decided (sequential design): BN − no BN test accuracy\n\n"
+            + decision_table(design.decisions)
+            if design is not None and design.plan.sequential and len(design.decisions)
+            else verdict_table(summary)
+        ),
         html_path=write_html_report(report_path),
     )
 
