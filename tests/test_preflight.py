@@ -4,12 +4,11 @@ one line, exit 2, fast, and no run in the store."""
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
-from bnpipe.cli import EXIT_BAD_INPUT, main
+from tests.test_config_hostile import assert_one_line_exit_2
 
 
 @pytest.fixture
@@ -43,14 +42,7 @@ def refused(capsys, sets: list[str], fragment: str, seconds: float = 10.0) -> No
     for item in sets:
         argv += ["--set", item]
     capsys.readouterr()  # what setting up the store printed
-    start = time.perf_counter()
-    code = main(argv)
-    elapsed = time.perf_counter() - start
-    err = capsys.readouterr().err.strip()
-    assert code == EXIT_BAD_INPUT, err
-    assert err.startswith("bnpipe: error: ") and "\n" not in err, err
-    assert fragment in err, err
-    assert elapsed < seconds, f"{elapsed:.1f}s"
+    assert_one_line_exit_2(capsys, argv, fragment, seconds)
 
 
 def free_port() -> int:
