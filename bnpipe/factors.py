@@ -1,0 +1,165 @@
+"""The grid's factors: what may vary from cell to cell, how a level is spelled, and strata.
+
+A cell is (factor levels, seed). Every module outside the model builder and the engines handles
+cells through this module only, so a new factor is a registry entry here plus, for a factor that
+changes the network, the model builder and the fused kernel.
+
+Levels are stored in registry order (FACTORS), whatever order ``grid.factors`` lists them in:
+the same levels always make the same cell. A stratum is a cell's levels without the compared
+factor and the seed: one paired comparison per stratum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Level = tuple[str, Any]
+Stratum = tuple[Level, ...]
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One setting that may vary per cell.
+
+    Attributes:
+        name: the config, params, results-column and MLflow-param name.
+        label: short name in run names (``bs=32``).
+        kind: the Python type of a level (bool, int, float or str).
+        architecture: the level changes the compiled program (shapes or layers); the fused
+            engine stacks only cells that agree on every architecture factor.
+        default_field: dotted config field a cell takes its level from when the factor is not
+            in ``grid.factors``.
+        choices: the allowed levels of a str factor.
+        keyless_default: a level left out of a cell's params (and so its key) because cells were
+            keyed before the factor existed: those cells keep their keys and stay reusable.
+    """
+
+    name: str
+    label: str
+    kind: type
+    architecture: bool
+    default_field: str
+    choices: tuple[str, ...] | None = None
+    keyless_default: Any = None
+
+    def format(self, value: Any) -> str:
+        """A level as run names, tables and figure labels show it."""
+        if self.kind is bool:
+            return "on" if value else "off"
+        if self.kind is float:
+            return f"{value:g}"
+        return str(value)
+
+
+FACTORS: dict[str, Factor] = {
+    f.name: f
+    for f in (
+        Factor("bn", "bn", bool, True, "model.bn"),
+        Factor("bn_position", "pos", str, True, "model.bn_position",
+               choices=("after_relu", "before_relu"), keyless_default="after_relu"),
+        Factor("batch_size", "bs", int, True, "train.batch_size"),
+        Factor("learning_rate", "lr", float, False, "train.learning_rate"),
+        Factor("init_scale", "init", float, False, "model.init_scale", keyless_default=1.0),
+    )
+}  # fmt: skip
+_ORDER = {name: i for i, name in enumerate(FACTORS)}
+
+
+def factor(name: str) -> Factor:
+    """The registry entry of ``name``.
+
+    Raises:
+        KeyError: with the known names, for an unknown factor.
+    """
+    try:
+        return FACTORS[name]
+    except KeyError:
+        raise KeyError(f"unknown factor {name!r}; known: {', '.join(FACTORS)}") from None
+
+
+def canonical(levels: Mapping[str, Any] | Iterable[Level]) -> tuple[Level, ...]:
+    """``levels`` as a tuple of (name, level) pairs in registry order (unknown names: KeyError)."""
+    pairs = dict(levels.items() if isinstance(levels, Mapping) else levels)
+    for name in pairs:
+        factor(name)
+    return tuple(sorted(pairs.items(), key=lambda kv: _ORDER[kv[0]]))
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One grid cell: the levels of the grid's factors, and a seed."""
+
+    levels: tuple[Level, ...]
+    seed: int
+
+    @classmethod
+    def of(cls, seed: int, **levels: Any) -> Cell:
+        """``Cell.of(3, bn=True, batch_size=32)``."""
+        return cls(canonical(levels), seed)
+
+    def __getitem__(self, name: str) -> Any:
+        for n, v in self.levels:
+            if n == name:
+                return v
+        raise KeyError(f"cell {self.name!r} has no factor {name!r}")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict(self.levels).get(name, default)
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.levels)
+
+    @property
+    def name(self) -> str:
+        """The MLflow run name: ``bn=on bs=32 seed=3``."""
+        return " ".join([*(level_text(n, v) for n, v in self.levels), f"seed={self.seed}"])
+
+    def replace(self, **changes: Any) -> Cell:
+        """This cell with some levels (or ``seed``) changed."""
+        seed = changes.pop("seed", self.seed)
+        return Cell(canonical({**dict(self.levels), **changes}), seed)
+
+    def stratum(self, compare: str) -> Stratum:
+        """The levels without the compared factor: the comparison this cell belongs to."""
+        return tuple((n, v) for n, v in self.levels if n != compare)
+
+
+def level_text(name: str, value: Any) -> str:
+    """``bs=32``, ``bn=on``: one level as a run name shows it."""
+    f = factor(name)
+    return f"{f.label}={f.format(value)}"
+
+
+def stratum_label(stratum: Stratum) -> str:
+    """A comparison's name in tables, figures and the terminal: ``batch_size=32``, or
+    ``batch_size=32, learning_rate=0.1``; ``all`` when the grid has only the compared factor."""
+    if not stratum:
+        return "all"
+    return ", ".join(f"{n}={factor(n).format(v)}" for n, v in stratum)
+
+
+def stratum_key(stratum: Stratum) -> str:
+    """A comparison's name inside MLflow metric and tag names, which may not contain ``=`` or
+    ``,``: ``batch_size_32``, ``batch_size_32.learning_rate_0.1``, ``all``."""
+    if not stratum:
+        return "all"
+    return ".".join(f"{n}_{factor(n).format(v)}" for n, v in stratum)
+
+
+def parse_level(name: str, text: str) -> Any:
+    """A level read back from an MLflow param string (``"on"``, ``"True"``, ``"32"``, ``"0.1"``)."""
+    f = factor(name)
+    if f.kind is bool:
+        if text in ("on", "True", "true"):
+            return True
+        if text in ("off", "False", "false"):
+            return False
+        raise ValueError(f"{name}: not a BN level: {text!r}")
+    if f.kind is int:
+        return int(text)
+    if f.kind is float:
+        return float(text)
+    return text
