@@ -15,10 +15,13 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
+from bnpipe.factors import FACTORS, Factor
 from bnpipe.train.common import DEFAULT_SHARD_SIZE
 
 # Bounds on what a params file or --set may make bnpipe read, build or echo: a hostile or broken
@@ -32,8 +35,13 @@ MAX_NESTING = 50  # PyYAML recurses per level and slows down quadratically with 
 MAX_HIDDEN_LAYERS = 100
 MAX_SEED = (2**31 - 1) // 1000 - 1
 # A batch above the training set is one batch of all examples (as in Keras fit); far beyond any
-# data set it overflows int32 shapes inside TensorFlow.
-MAX_BATCH_SIZE = 1 << 24
+# data set it overflows int32 shapes inside TensorFlow (the registry holds the bound).
+MAX_BATCH_SIZE = int(FACTORS["batch_size"].le or 0)
+# The grid's spelling before grid.factors existed, still accepted: grid.<alias> fills
+# grid.factors.<factor>. Every params file and --set of that time keeps working unchanged.
+GRID_ALIASES = {"bn": "bn", "batch_sizes": "batch_size"}
+# The grid when params name none: the reference ablation, BN off/on x four batch sizes.
+DEFAULT_FACTORS: dict[str, tuple[Any, ...]] = {"bn": (False, True), "batch_size": (16, 32, 64, 128)}
 
 
 class ConfigError(ValueError):
@@ -74,6 +82,12 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     hidden_units: tuple[int, ...] = (64, 64)
     num_classes: int = Field(default=10, ge=2)
+    # Defaults of factors a grid does not vary (bnpipe.factors): a cell takes its level from
+    # grid.factors when listed there, else from here.
+    bn: bool = False
+    bn_position: Literal["after_relu", "before_relu"] = "after_relu"
+    # Multiplier of the Glorot-uniform limit of every Dense kernel (1: Keras' GlorotUniform).
+    init_scale: float = Field(default=1.0, gt=0)
 
     @field_validator("hidden_units")
     @classmethod
@@ -88,6 +102,8 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(default=10, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
+    # The batch size of a grid without a batch_size factor.
+    batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)
     engine: Literal["fused", "keras"] = "fused"
     steps_per_execution: int = Field(default=100, ge=1)
     # Fused engine: members per stacked model. It decides the last bits of every result (XLA
@@ -97,9 +113,81 @@ class TrainConfig(_Section):
     parallel_shards: int | None = Field(default=None, ge=1)
 
 
+def _as_float(v: Any) -> Any:
+    # The float fields' YAML quirks (see _Section), for each level of a float factor.
+    if isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+class _FactorLevelsBase(_Section):
+    """``grid.factors``: one optional list of levels per registry factor (bnpipe.factors).
+
+    A model rather than a free mapping, so an unknown factor is an unknown key (named, with the
+    known ones) and each factor's levels are typed as strictly as any other field.
+    """
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_quirks(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, list):
+            v = tuple(v)
+        if FACTORS[str(info.field_name)].kind is float and isinstance(v, tuple):
+            v = tuple(_as_float(x) for x in v)
+        return v
+
+    @field_validator("*")
+    @classmethod
+    def _levels(cls, v: tuple | None, info: ValidationInfo) -> tuple | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("must not be empty")
+        if len(set(v)) != len(v):
+            raise ValueError("has duplicates")
+        f = FACTORS[str(info.field_name)]
+        if f.gt is not None and any(x <= f.gt for x in v):
+            raise ValueError(f"levels must be > {f.gt}")
+        if f.le is not None and any(x > f.le for x in v):
+            raise ValueError(f"levels must be at most {f.le}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _listed_only(self, handler: Any) -> dict[str, Any]:
+        # Factors the grid does not vary are absent, not null: params and dumps list the grid.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def levels(self) -> dict[str, tuple[Any, ...]]:
+        """The listed factors' levels, in registry order."""
+        return {n: getattr(self, n) for n in FACTORS if getattr(self, n) is not None}
+
+
+def _level_type(f: Factor) -> Any:
+    return Literal[f.choices] if f.choices else f.kind
+
+
+FactorLevels = create_model(
+    "FactorLevels",
+    __base__=_FactorLevelsBase,
+    **{n: (tuple[_level_type(f), ...] | None, None) for n, f in FACTORS.items()},
+)
+
+
 class GridConfig(_Section):
-    bn: tuple[bool, ...] = (False, True)
-    batch_sizes: tuple[int, ...] = (16, 32, 64, 128)
+    # Factor name -> levels; a cell per combination and seed. Unlisted factors take their
+    # default field's value (bnpipe.factors.Factor.default_field).
+    factors: FactorLevels = FactorLevels(**DEFAULT_FACTORS)
+    # The factor whose two levels are paired per seed (first level: the control); every other
+    # listed factor's levels make the strata, one comparison each.
+    compare: str = "bn"
+    # Aliases (GRID_ALIASES): input only; after validation they read back the grid's levels.
+    bn: tuple[bool, ...] | None = Field(default=None, exclude=True)
+    batch_sizes: tuple[int, ...] | None = Field(default=None, exclude=True)
     # null: the sequential design picks seeds 0, 1, 2, ... as it needs them; a list: a fixed
     # design on exactly those seeds.
     seeds: tuple[int, ...] | None = None
@@ -117,7 +205,9 @@ class GridConfig(_Section):
 
     @field_validator("batch_sizes")
     @classmethod
-    def _positive_batch(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+    def _positive_batch(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is None:
+            return v
         if any(b <= 0 for b in v):
             raise ValueError("batch sizes must be > 0")
         if any(b > MAX_BATCH_SIZE for b in v):
@@ -132,6 +222,50 @@ class GridConfig(_Section):
         if v is not None and any(s > MAX_SEED for s in v):
             raise ValueError(f"seeds must be at most {MAX_SEED}")
         return v
+
+    @model_validator(mode="after")
+    def _resolve_factors(self) -> GridConfig:
+        listed = "factors" in self.model_fields_set
+        levels = self.factors.levels() if listed else dict(DEFAULT_FACTORS)
+        for alias, name in GRID_ALIASES.items():
+            value = getattr(self, alias)
+            if value is None:
+                continue
+            if listed and name in self.factors.levels():
+                raise ValueError(
+                    f"grid.{alias} and grid.factors.{name} both given; keep one (grid.{alias} "
+                    f"is the older spelling of grid.factors.{name})"
+                )
+            levels[name] = value
+        if self.compare not in FACTORS:
+            raise ValueError(
+                f"grid.compare: unknown factor {echo(self.compare)}; known: {', '.join(FACTORS)}"
+            )
+        if self.compare not in levels:
+            raise ValueError(
+                f"grid.compare: {self.compare} is not in grid.factors "
+                f"({', '.join(levels) or 'none listed'}); list its two levels there"
+            )
+        if len(levels[self.compare]) > 2:
+            raise ValueError(
+                f"grid.compare: {self.compare} has {len(levels[self.compare])} levels; a paired "
+                "comparison takes 2 (control first)"
+            )
+        # Frozen: the resolved grid is written once, here, before anyone can read the config.
+        object.__setattr__(self, "factors", FactorLevels(**levels))
+        for alias, name in GRID_ALIASES.items():
+            object.__setattr__(self, alias, levels.get(name))
+        return self
+
+    @property
+    def levels(self) -> dict[str, tuple[Any, ...]]:
+        """The grid's factors and their levels, in registry order."""
+        return self.factors.levels()
+
+    @property
+    def compare_levels(self) -> tuple[Any, ...]:
+        """The compared factor's levels: (control, treatment), or one level."""
+        return self.levels[self.compare]
 
 
 class StatsConfig(_Section):
@@ -188,12 +322,25 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _design_has_pairs(self) -> Config:
-        # A sequential design decides BN vs no BN per batch size: without both arms no look can
-        # ever decide, and it would train up to the seed cap for nothing.
-        if self.stats.design == "sequential" and self.grid.seeds is None and len(self.grid.bn) != 2:
+        # A sequential design decides one paired comparison per stratum: without both arms no
+        # look can ever decide, and it would train up to the seed cap for nothing.
+        grid = self.grid
+        if (
+            self.stats.design == "sequential"
+            and grid.seeds is None
+            and len(grid.compare_levels) != 2
+        ):
+            spelled = next(
+                (
+                    f"grid.{alias}"
+                    for alias, name in GRID_ALIASES.items()
+                    if name == grid.compare and alias in grid.model_fields_set
+                ),
+                f"grid.factors.{grid.compare}",
+            )
             raise ValueError(
-                "stats.design: sequential needs grid.bn = [false, true]; give grid.seeds for a "
-                "fixed design"
+                f"stats.design: sequential needs {spelled} with 2 levels (control first, e.g. "
+                "[false, true]); give grid.seeds for a fixed design"
             )
         return self
 
@@ -234,7 +381,7 @@ def _one_line(err: ValidationError, source: str) -> str:
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{source}: unknown key '{field}'{hint} (valid: {', '.join(valid)})"
     msg = e["msg"].removeprefix("Value error, ")
-    if not loc:  # a check across sections names its fields itself
+    if not loc or msg.startswith(f"{loc[0]}."):  # a check across fields names them itself
         return f"{source}: {msg}"
     return f"{source}: {field}: {msg} (got {echo(e.get('input'))})"
 
@@ -355,6 +502,27 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _grid_spelling(raw: dict[str, Any], keys: list[str]) -> list[str]:
+    """An override of a grid factor replaces it in whichever spelling the params use.
+
+    ``--set grid.batch_sizes=[16]`` over a file with ``grid.factors`` sets
+    ``grid.factors.batch_size``; ``--set grid.factors...`` over a file with the aliases drops
+    the alias it replaces (all of them when the whole mapping is set). Both spellings in one
+    params file stay an error.
+    """
+    grid = raw.get("grid")
+    if not isinstance(grid, dict) or len(keys) < 2 or keys[0] != "grid":
+        return keys
+    factors = grid.get("factors")
+    if len(keys) == 2 and keys[1] in GRID_ALIASES and isinstance(factors, dict):
+        return ["grid", "factors", GRID_ALIASES[keys[1]]]
+    if keys[1] == "factors":
+        for alias, name in GRID_ALIASES.items():
+            if len(keys) == 2 or keys[2] == name:
+                grid.pop(alias, None)
+    return keys
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read params.yaml (or defaults when ``path`` is None), apply ``--set`` overrides, validate."""
     raw: dict[str, Any] = {}
@@ -367,6 +535,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = loaded or {}
     for item in overrides or []:
         keys, value = parse_override(item)
+        keys = _grid_spelling(raw, keys)
         node = raw
         for k in keys[:-1]:
             child = node.setdefault(k, {})

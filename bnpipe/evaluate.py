@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnpipe.models import build_model
-from bnpipe.train.common import Cell
+from bnpipe.train.common import Architecture, Cell
 
 # Keras clips probabilities by this epsilon in sparse categorical cross-entropy; using the same
 # value keeps test_loss comparable with the val_loss in the training history.
@@ -53,14 +53,10 @@ def evaluate_weights(
     weights: list[np.ndarray],
     x_test: np.ndarray,
     y_test: np.ndarray,
-    *,
-    hidden_units: tuple[int, ...] = (64, 64),
-    num_classes: int = 10,
+    architecture: Architecture,
 ) -> Evaluation:
     """Rebuild the cell's Keras model from ``weights`` and evaluate it (BN in inference mode)."""
-    model = build_model(
-        bn=cell.bn, seed=cell.seed, hidden_units=hidden_units, num_classes=num_classes
-    )
+    model = build_model(seed=cell.seed, **architecture.model_kwargs())
     model.set_weights(weights)
     # A direct call, not model.predict: predict traces a new tf.function for every rebuilt model,
     # which costs more than the forward pass itself on 10,000 rows.

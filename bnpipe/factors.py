@@ -34,6 +34,8 @@ class Factor:
         choices: the allowed levels of a str factor.
         keyless_default: a level left out of a cell's params (and so its key) because cells were
             keyed before the factor existed: those cells keep their keys and stay reusable.
+        gt: a numeric level must be greater than this (config validation).
+        le: a numeric level must be at most this (config validation).
     """
 
     name: str
@@ -43,6 +45,8 @@ class Factor:
     default_field: str
     choices: tuple[str, ...] | None = None
     keyless_default: Any = None
+    gt: float | None = None
+    le: float | None = None
 
     def format(self, value: Any) -> str:
         """A level as run names, tables and figure labels show it."""
@@ -59,9 +63,11 @@ FACTORS: dict[str, Factor] = {
         Factor("bn", "bn", bool, True, "model.bn"),
         Factor("bn_position", "pos", str, True, "model.bn_position",
                choices=("after_relu", "before_relu"), keyless_default="after_relu"),
-        Factor("batch_size", "bs", int, True, "train.batch_size"),
-        Factor("learning_rate", "lr", float, False, "train.learning_rate"),
-        Factor("init_scale", "init", float, False, "model.init_scale", keyless_default=1.0),
+        # A batch far beyond any data set overflows int32 shapes inside TensorFlow.
+        Factor("batch_size", "bs", int, True, "train.batch_size", gt=0, le=1 << 24),
+        Factor("learning_rate", "lr", float, False, "train.learning_rate", gt=0),
+        Factor("init_scale", "init", float, False, "model.init_scale", keyless_default=1.0,
+               gt=0),
     )
 }  # fmt: skip
 _ORDER = {name: i for i, name in enumerate(FACTORS)}
@@ -163,3 +169,15 @@ def parse_level(name: str, text: str) -> Any:
     if f.kind is float:
         return float(text)
     return text
+
+
+def levels_text(levels: Iterable[Level]) -> str:
+    """``bn=on bs=32``: levels as group names (a run name without its seed) show them."""
+    return " ".join(level_text(n, v) for n, v in levels)
+
+
+def factor_columns(columns: Iterable[str]) -> list[str]:
+    """The names among ``columns`` that are factors, in registry order (a results table's
+    factor columns)."""
+    present = set(columns)
+    return [name for name in FACTORS if name in present]

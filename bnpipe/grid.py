@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import pandas as pd
 
 from bnpipe.config import Config
 from bnpipe.data import MnistData
+from bnpipe.factors import FACTORS, Cell, Level, Stratum, canonical, factor, levels_text
 from bnpipe.provenance import (
     NUMERIC_PACKAGES,
     cell_key,
@@ -18,14 +20,13 @@ from bnpipe.provenance import (
     numeric_env,
     package_versions,
 )
-from bnpipe.train.common import HISTORY_KEYS, Cell, TrainResult
+from bnpipe.train.common import HISTORY_KEYS, Architecture, TrainResult, TrainSpec
 
 if TYPE_CHECKING:  # evaluate imports Keras; grid must not pull in TensorFlow
     from bnpipe.evaluate import Evaluation
 
-RESULT_COLUMNS = (
-    "bn",
-    "batch_size",
+# The results table: one column per grid factor (named as the factor), then these.
+RESULT_TAIL = (
     "seed",
     "status",
     "test_accuracy",
@@ -38,49 +39,61 @@ RESULT_COLUMNS = (
 )
 
 
+def result_columns(cfg: Config) -> list[str]:
+    """The results table's columns for ``cfg``'s grid."""
+    return [*cfg.grid.levels, *RESULT_TAIL]
+
+
 @dataclass(frozen=True)
 class Group:
-    """Cells that train together: one (BN, batch size) with all seeds (fused) or one seed."""
+    """Cells that train together: one combination of the grid's levels with its seeds."""
 
-    bn: bool
-    batch_size: int
+    levels: tuple[Level, ...]
     seeds: tuple[int, ...]
 
     @property
     def cells(self) -> list[Cell]:
-        return [Cell(self.bn, self.batch_size, s) for s in self.seeds]
+        return [Cell(self.levels, s) for s in self.seeds]
 
     @property
     def name(self) -> str:
-        return f"bn={'on' if self.bn else 'off'} bs={self.batch_size}"
+        """``bn=on bs=32``: the run names of its cells without the seed."""
+        return levels_text(self.levels)
 
 
-def grid_cells(cfg: Config, seeds: Mapping[int, Sequence[int]]) -> list[Cell]:
-    """The cells of ``seeds`` (batch size -> seeds) in grid order: batch size as configured,
-    then BN off before on, then seed."""
+def strata(cfg: Config) -> list[Stratum]:
+    """The grid's comparisons: every combination of the levels of the factors other than the
+    compared one (registry order, each factor's levels as listed); ``()`` when there are none."""
+    others = {n: v for n, v in cfg.grid.levels.items() if n != cfg.grid.compare}
+    return [tuple(zip(others, combo, strict=True)) for combo in itertools.product(*others.values())]
+
+
+def grid_cells(cfg: Config, seeds: Mapping[Stratum, Sequence[int]]) -> list[Cell]:
+    """The cells of ``seeds`` (stratum -> seeds) in grid order: strata as :func:`strata` lists
+    them, then the compared factor's levels as listed (control first), then seed."""
+    compare = cfg.grid.compare
     return [
-        Cell(bn, bs, s)
-        for bs in cfg.grid.batch_sizes
-        if bs in seeds
-        for bn in sorted(cfg.grid.bn)
-        for s in sorted(seeds[bs])
+        Cell(canonical({**dict(stratum), compare: level}), s)
+        for stratum in strata(cfg)
+        if stratum in seeds
+        for level in cfg.grid.compare_levels
+        for s in sorted(seeds[stratum])
     ]
 
 
 def training_groups(cells: Iterable[Cell]) -> list[Group]:
-    """``cells`` split into training groups (one per BN and batch size), in grid order as
+    """``cells`` split into training groups (one per combination of levels), in the order
     given (first appearance)."""
-    by: dict[tuple[bool, int], list[int]] = {}
+    by: dict[tuple[Level, ...], list[int]] = {}
     for c in cells:
-        by.setdefault((c.bn, c.batch_size), []).append(c.seed)
-    return [Group(bn, bs, tuple(seeds)) for (bn, bs), seeds in by.items()]
+        by.setdefault(c.levels, []).append(c.seed)
+    return [Group(levels, tuple(seeds)) for levels, seeds in by.items()]
 
 
 # Every config field is one of these (tests/test_cell_key.py fails on a field in none of them).
 # Fields that change a cell's numbers, with their name among the cell's params (the cell key):
 NUMERIC_FIELDS = {
     "train.epochs": "epochs",
-    "train.learning_rate": "learning_rate",
     "model.hidden_units": "hidden_units",
     "model.num_classes": "num_classes",
     "train.engine": "engine",
@@ -89,8 +102,13 @@ NUMERIC_FIELDS = {
     "data.limit_train": "limit_train",
     "data.limit_test": "limit_test",
 }
-# The grid's levels: each cell carries its own (bn, batch size, seed), so the lists do not count.
-GRID_FIELDS = frozenset({"grid.bn", "grid.batch_sizes", "grid.seeds"})
+# The factors' default fields (model.bn, train.learning_rate, ...) are numeric too, through the
+# factor they feed: a cell whose grid does not list the factor takes its level from there.
+FACTOR_FIELDS = {f.default_field: f.name for f in FACTORS.values()}
+# The grid's levels: each cell carries its own levels and seed, so the lists do not count.
+GRID_FIELDS = frozenset(
+    {"grid.factors", "grid.compare", "grid.bn", "grid.batch_sizes", "grid.seeds"}
+)
 # Settings that change speed or bookkeeping, never a cell's numbers. data.dir counts only through
 # the data digest (the same files elsewhere are the same data).
 SPEED_ONLY_FIELDS = frozenset(
@@ -115,27 +133,50 @@ SPEED_ONLY_SECTIONS = frozenset({"stats"})
 
 def field_kind(field: str) -> str | None:
     """ "numeric", "grid" or "speed-only" for a dotted config field; None if unclassified."""
-    if field in NUMERIC_FIELDS:
+    if field in NUMERIC_FIELDS or field in FACTOR_FIELDS:
         return "numeric"
-    if field in GRID_FIELDS:
+    if field in GRID_FIELDS or field.startswith("grid.factors."):
         return "grid"
     if field in SPEED_ONLY_FIELDS or field.partition(".")[0] in SPEED_ONLY_SECTIONS:
         return "speed-only"
     return None
 
 
+def default_level(cfg: Config, name: str) -> Any:
+    """The level of factor ``name`` for a cell whose grid does not list it (its default field)."""
+    section, _, field = factor(name).default_field.partition(".")
+    return getattr(getattr(cfg, section), field)
+
+
+def resolved_levels(cfg: Config, levels: Cell | Iterable[Level]) -> dict[str, Any]:
+    """Every registry factor's level for a cell (or a group's levels): its own where it has
+    one, else the factor's default field."""
+    own = dict(levels.levels if isinstance(levels, Cell) else levels)
+    return {name: own[name] if name in own else default_level(cfg, name) for name in FACTORS}
+
+
 def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
-    """Every setting that defines a cell's result (logged as the child run's params)."""
+    """Every setting that defines a cell's result (logged as the child run's params).
+
+    Every factor's level is there, except a level equal to the factor's ``keyless_default``:
+    cells keyed before that factor existed keep their keys (a BN x batch-size cell's params
+    are exactly what they were).
+    """
     flat = cfg.flat()
     params: dict[str, Any] = {
-        "bn": cell.bn,
-        "batch_size": cell.batch_size,
-        "seed": cell.seed,
-        "optimizer": "adam",
-        "loss": "sparse_categorical_crossentropy",
-        **{name: flat[field] for field, name in NUMERIC_FIELDS.items()},
-        "data_digest": data_digest,
+        name: level
+        for name, level in resolved_levels(cfg, cell).items()
+        if FACTORS[name].keyless_default is None or level != FACTORS[name].keyless_default
     }
+    params.update(
+        {
+            "seed": cell.seed,
+            "optimizer": "adam",
+            "loss": "sparse_categorical_crossentropy",
+            **{name: flat[field] for field, name in NUMERIC_FIELDS.items()},
+            "data_digest": data_digest,
+        }
+    )
     if cfg.train.engine != "fused":
         params["shard_size"] = None
     return params
@@ -144,11 +185,11 @@ def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
 def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
     """Cell key: everything that decides a cell's numbers.
 
-    The cell's params (data digest, model, training settings, BN, batch size, seed, engine), the
-    versions of the packages that compute them (and Python's), the digest of bnpipe's own
-    numeric code, and the environment variables that change TF's kernels. Speed-only settings
-    (SPEED_ONLY_FIELDS) are left out: they change no numbers, so a result found under the key
-    stays valid.
+    The cell's params (data digest, model and training settings, every factor's level, seed,
+    engine), the versions of the packages that compute them (and Python's), the digest of
+    bnpipe's own numeric code, and the environment variables that change TF's kernels.
+    Speed-only settings (SPEED_ONLY_FIELDS) are left out: they change no numbers, so a result
+    found under the key stays valid.
     """
     return cell_key(
         {
@@ -157,6 +198,29 @@ def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
             "code": code_digest(),
             "env": numeric_env(),
         }
+    )
+
+
+def train_spec(cfg: Config, group: Group) -> TrainSpec:
+    """What the engines train for ``group`` under ``cfg`` (one member per cell)."""
+    cells = group.cells
+    return TrainSpec.for_cells(
+        cells,
+        [resolved_levels(cfg, c) for c in cells],
+        epochs=cfg.train.epochs,
+        hidden_units=cfg.model.hidden_units,
+        num_classes=cfg.model.num_classes,
+        engine=cfg.train.engine,
+        steps_per_execution=cfg.train.steps_per_execution,
+        shard_size=cfg.train.shard_size,
+        parallel_shards=cfg.train.parallel_shards,
+    )
+
+
+def architecture(cfg: Config, cell: Cell) -> Architecture:
+    """The cell's layers and shapes (to rebuild its Keras model)."""
+    return Architecture.of(
+        resolved_levels(cfg, cell), cfg.model.hidden_units, cfg.model.num_classes
     )
 
 
@@ -176,24 +240,7 @@ def train_cells(
     # Before this process's first compile; a Dask worker's first one is here.
     xla_cache.enable()
 
-    return engines.train_group(
-        cfg.train.engine,
-        group.bn,
-        group.batch_size,
-        group.seeds,
-        data.x_train,
-        data.y_train,
-        data.x_test,
-        data.y_test,
-        epochs=cfg.train.epochs,
-        learning_rate=cfg.train.learning_rate,
-        hidden_units=cfg.model.hidden_units,
-        num_classes=cfg.model.num_classes,
-        steps_per_execution=cfg.train.steps_per_execution,
-        shard_size=cfg.train.shard_size,
-        parallel_shards=cfg.train.parallel_shards,
-        on_epoch=on_epoch,
-    )
+    return engines.train_group(train_spec(cfg, group), data, on_epoch)
 
 
 def evaluate_cell(cfg: Config, result: TrainResult, data: MnistData) -> Evaluation:
@@ -201,12 +248,7 @@ def evaluate_cell(cfg: Config, result: TrainResult, data: MnistData) -> Evaluati
     from bnpipe.evaluate import evaluate_weights
 
     return evaluate_weights(
-        result.cell,
-        result.weights,
-        data.x_test,
-        data.y_test,
-        hidden_units=cfg.model.hidden_units,
-        num_classes=cfg.model.num_classes,
+        result.cell, result.weights, data.x_test, data.y_test, architecture(cfg, result.cell)
     )
 
 
@@ -214,12 +256,7 @@ def keras_model(cfg: Config, result: TrainResult) -> Any:
     """The cell's trained Keras model (whichever engine trained it: both return weights)."""
     from bnpipe.models import build_model
 
-    model = build_model(
-        bn=result.cell.bn,
-        seed=result.cell.seed,
-        hidden_units=cfg.model.hidden_units,
-        num_classes=cfg.model.num_classes,
-    )
+    model = build_model(seed=result.cell.seed, **architecture(cfg, result.cell).model_kwargs())
     model.set_weights(result.weights)
     return model
 
@@ -242,14 +279,13 @@ def result_row(
     error: str | None = None,
     reused: bool = False,
 ) -> dict[str, Any]:
-    """One row of the results table (schema RESULT_COLUMNS).
+    """One row of the results table (schema :func:`result_columns`).
 
     ``reused`` marks a cell whose result comes from an earlier run (``run_id`` is that run).
     """
     has_history = history is not None and len(history) > 0
     return {
-        "bn": cell.bn,
-        "batch_size": cell.batch_size,
+        **dict(cell.levels),
         "seed": cell.seed,
         "status": status,
         "test_accuracy": test_accuracy,

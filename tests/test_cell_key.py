@@ -10,15 +10,38 @@ from importlib import metadata
 
 import pytest
 
+from pydantic import BaseModel
+
 from bnpipe import grid, provenance
-from bnpipe.config import Config
-from bnpipe.grid import cell_key_for, field_kind
-from bnpipe.provenance import NUMERIC_ENV_VARS, NUMERIC_PACKAGES
+from bnpipe.config import Config, load_config
+from bnpipe.factors import FACTORS
+from bnpipe.grid import FACTOR_FIELDS, cell_key_for, cell_params, field_kind
+from bnpipe.provenance import NUMERIC_ENV_VARS, NUMERIC_PACKAGES, cell_key
 from bnpipe.train.common import Cell
 
-CELL = Cell(bn=True, batch_size=32, seed=3)
+CELL = Cell.of(3, bn=True, batch_size=32)
+# A cell whose grid lists no factor: every factor's level comes from its default field.
+BARE = Cell.of(3)
 DIGEST = "data-digest"
 BASE = Config(grid={"seeds": (3, 4), "batch_sizes": (32,)})
+# What cell_params gave for CELL under params.yaml before the factors were generalised (captured
+# from main at 86d33a8): the default grid's cells keep exactly these params, hence their keys.
+MAIN_PARAMS = {
+    "bn": True,
+    "batch_size": 32,
+    "seed": 3,
+    "optimizer": "adam",
+    "loss": "sparse_categorical_crossentropy",
+    "epochs": 10,
+    "learning_rate": 0.001,
+    "hidden_units": [64, 64],
+    "num_classes": 10,
+    "engine": "fused",
+    "shard_size": 5,
+    "limit_train": None,
+    "limit_test": None,
+    "data_digest": "d" * 64,
+}
 
 
 def all_fields() -> list[tuple[str, str]]:
@@ -33,6 +56,10 @@ def _literals(annotation: object) -> list:
 
 def _candidates(value: object, annotation: object):
     yield from _literals(annotation)
+    if isinstance(value, BaseModel):  # grid.factors
+        yield {"bn": [True], "batch_size": [32], "learning_rate": [0.1]}
+    if isinstance(value, str):  # grid.compare
+        yield from FACTORS
     if isinstance(value, bool):
         yield not value
     elif isinstance(value, int | float):
@@ -53,6 +80,8 @@ def changed(cfg: Config, section: str, name: str) -> Config:
         if candidate == current:
             continue
         dump[section][name] = candidate
+        if section == "grid" and name in ("bn", "batch_sizes"):  # the aliases of grid.factors
+            dump[section].pop("factors", None)
         try:
             return Config.model_validate(dump)
         except ValueError:
@@ -72,7 +101,9 @@ def test_every_config_field_is_classified():
 @pytest.mark.parametrize(("section", "name"), all_fields(), ids=lambda v: str(v))
 def test_field_changes_the_key_exactly_when_it_changes_numbers(section, name):
     other = changed(BASE, section, name)
-    before, after = cell_key_for(BASE, CELL, DIGEST), cell_key_for(other, CELL, DIGEST)
+    # A factor's default field decides the cells whose grid does not list the factor.
+    cell = BARE if f"{section}.{name}" in FACTOR_FIELDS else CELL
+    before, after = cell_key_for(BASE, cell, DIGEST), cell_key_for(other, cell, DIGEST)
     if field_kind(f"{section}.{name}") == "numeric":
         assert before != after, f"{section}.{name} changes numbers but not the cell key"
     else:  # speed-only, bookkeeping, or the grid's lists (the cell carries its own levels)
@@ -90,7 +121,7 @@ def test_shard_size_counts_for_the_fused_engine_only():
 
 def test_the_cell_itself_and_the_data_digest_change_the_key():
     key = cell_key_for(BASE, CELL, DIGEST)
-    for cell in (Cell(False, 32, 3), Cell(True, 64, 3), Cell(True, 32, 4)):
+    for cell in (CELL.replace(bn=False), CELL.replace(batch_size=64), CELL.replace(seed=4)):
         assert cell_key_for(BASE, cell, DIGEST) != key
     assert cell_key_for(BASE, CELL, "other-data") != key
 
@@ -153,3 +184,55 @@ def test_numeric_code_changes_the_key_and_comments_do_not(monkeypatch, tmp_path)
         assert cell_key_for(BASE, CELL, DIGEST) != key
     finally:
         provenance.code_digest.cache_clear()
+
+
+def test_default_grid_cells_keep_their_params_and_keys():
+    cfg = load_config(grid.__file__.replace("bnpipe/grid.py", "params.yaml"))
+    params = cell_params(cfg, CELL, "d" * 64)
+    assert params == MAIN_PARAMS
+    # The key hashes exactly these params (same versions, code and environment as main's).
+    assert cell_key_for(cfg, CELL, "d" * 64) == cell_key(
+        {
+            "params": MAIN_PARAMS,
+            "versions": provenance.package_versions(NUMERIC_PACKAGES),
+            "code": provenance.code_digest(),
+            "env": provenance.numeric_env(),
+        }
+    )
+    # The keras engine's cells too (no shard width).
+    keras = load_config(None, ["train.engine=keras"])
+    assert cell_params(keras, CELL, "d" * 64) == {
+        **MAIN_PARAMS,
+        "engine": "keras",
+        "shard_size": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "level"),
+    [
+        ("bn", False),
+        ("bn_position", "before_relu"),
+        ("batch_size", 64),
+        ("learning_rate", 0.01),
+        ("init_scale", 0.5),
+    ],
+)
+def test_every_factor_level_changes_the_key(name, level):
+    assert FACTORS[name].kind is type(level)
+    key = cell_key_for(BASE, CELL, DIGEST)
+    assert cell_key_for(BASE, CELL.replace(**{name: level}), DIGEST) != key
+    # Listed in the grid or taken from its default field: one level, one key.
+    field = FACTORS[name].default_field
+    section, _, attr = field.partition(".")
+    default = getattr(getattr(BASE, section), attr)
+    assert cell_key_for(BASE, CELL.replace(**{name: default}), DIGEST) == cell_key_for(
+        BASE, Cell(tuple((n, v) for n, v in CELL.levels if n != name), 3), DIGEST
+    )
+
+
+def test_keyless_defaults_are_left_out_of_the_params():
+    params = cell_params(BASE, CELL, DIGEST)
+    assert "bn_position" not in params and "init_scale" not in params
+    other = cell_params(BASE, CELL.replace(bn_position="before_relu", init_scale=2.0), DIGEST)
+    assert other["bn_position"] == "before_relu" and other["init_scale"] == 2.0

@@ -40,10 +40,37 @@ def assert_rejected(capsys, argv: list[str], fragment: str, workdir: Path) -> No
         ("grid.seeds=[3,3]", "grid.seeds: has duplicates"),
         ("train.epochs=0", "train.epochs"),
         ("train.learning_rate=0", "train.learning_rate"),
+        # grid.factors: one error each, in one line, before anything runs
+        ("grid.factors={dropout: [0.1]}", "unknown key 'grid.factors.dropout' (valid: bn,"),
+        ("grid.factors={bn: []}", "grid.factors.bn: must not be empty"),
+        ("grid.factors={bn: [true, true]}", "grid.factors.bn: has duplicates"),
+        ("grid.factors={bn: [no, 1]}", "grid.factors.bn: Input should be a valid boolean"),
+        ("grid.factors={bn: [false, true], batch_size: [0]}", "grid.factors.batch_size: levels"),
+        ("grid.factors={bn: [false, true], batch_size: [2e9]}", "grid.factors.batch_size"),
+        ("grid.factors={bn: [false, true], learning_rate: [-1]}", "grid.factors.learning_rate"),
+        ("grid.factors={bn: [false, true], init_scale: [0]}", "grid.factors.init_scale: levels"),
+        ("grid.factors={bn: [false, true], bn_position: [x]}", "grid.factors.bn_position"),
+        ("grid.compare=depth", "grid.compare: unknown factor 'depth'"),
+        ("grid.compare=init_scale", "grid.compare: init_scale is not in grid.factors"),
+        ("grid.compare=batch_size", "grid.compare: batch_size has 4 levels"),
+        ("grid.factors={bn: [true]}", "stats.design: sequential needs grid.factors.bn"),
+        ("model.init_scale=0", "model.init_scale"),
+        ("model.bn_position=inside", "model.bn_position"),
+        ("train.batch_size=0", "train.batch_size"),
     ],
 )
 def test_bad_config_exits_2(capsys, workdir, override, fragment):
     assert_rejected(capsys, ["run", "--set", override], fragment, workdir)
+
+
+def test_grid_alias_and_factor_both_given_exits_2(capsys, workdir):
+    (workdir / "both.yaml").write_text("grid: {bn: [true], factors: {bn: [false, true]}}\n")
+    assert_rejected(
+        capsys,
+        ["run", "--params", "both.yaml"],
+        "both.yaml: grid.bn and grid.factors.bn both given; keep one",
+        workdir,
+    )
 
 
 def test_unreadable_params_file(capsys, workdir):

@@ -96,4 +96,108 @@ def test_top_level_must_be_a_mapping(tmp_path):
 def test_flat_view_has_dotted_keys():
     flat = load_config(None).flat()
     assert flat["train.epochs"] == 10
-    assert flat["grid.batch_sizes"] == [16, 32, 64, 128]
+    # The grid as grid.factors.<factor> (the aliases grid.bn / grid.batch_sizes are input only).
+    assert flat["grid.factors.batch_size"] == [16, 32, 64, 128]
+    assert flat["grid.factors.bn"] == [False, True] and "grid.batch_sizes" not in flat
+
+
+def test_grid_factors_and_their_defaults():
+    cfg = load_config(None, ["grid.factors={bn: [false, true], learning_rate: [0.001, 0.1]}"])
+    assert cfg.grid.levels == {"bn": (False, True), "learning_rate": (0.001, 0.1)}
+    assert cfg.grid.compare == "bn" and cfg.grid.compare_levels == (False, True)
+    assert cfg.grid.batch_sizes is None  # not a grid factor: cells take train.batch_size
+    assert cfg.train.batch_size == 32 and cfg.model.init_scale == 1.0
+    assert cfg.model.bn is False and cfg.model.bn_position == "after_relu"
+    # Levels are typed like any other field: YAML's 1e-3 string and an int are floats.
+    lr = load_config(None, ["grid.factors={bn: [false, true], learning_rate: [1e-3, 1]}"])
+    assert lr.grid.levels["learning_rate"] == (0.001, 1.0)
+    # Registry order, whatever order the mapping lists them in: the same grid either way.
+    a = load_config(None, ["grid.factors={learning_rate: [0.1], bn: [false, true]}"])
+    b = load_config(None, ["grid.factors={bn: [false, true], learning_rate: [0.1]}"])
+    assert a == b and list(a.grid.levels) == ["bn", "learning_rate"]
+
+
+def test_grid_aliases_fill_grid_factors():
+    # The older spelling, from the defaults or over params.yaml's grid.factors.
+    for path in (None, ROOT / "params.yaml"):
+        cfg = load_config(path, ["grid.batch_sizes=[16]", "grid.bn=[true]", "grid.seeds=[0]"])
+        assert cfg.grid.levels == {"bn": (True,), "batch_size": (16,)}
+        assert cfg.grid.bn == (True,) and cfg.grid.batch_sizes == (16,)
+    # A whole new grid.factors replaces the aliases of an older params file.
+    old = load_config(None, ["grid.bn=[false, true]", "grid.factors={bn: [false, true]}"])
+    assert old.grid.levels == {"bn": (False, True)}
+    # An added factor keeps the file's others.
+    more = load_config(ROOT / "params.yaml", ["grid.factors.init_scale=[0.5, 2]"])
+    assert more.grid.levels["init_scale"] == (0.5, 2.0) and len(more.grid.levels) == 3
+    # The dump is the resolved grid and reads back as the same config (deployments, Dask).
+    assert Config.model_validate(more.model_dump(mode="json")) == more
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        (
+            "grid.factors={dropout: [0.1]}",
+            "unknown key 'grid.factors.dropout' (valid: bn, bn_position, batch_size, "
+            "learning_rate, init_scale)",
+        ),
+        ("grid.factors={bn: []}", "grid.factors.bn: must not be empty"),
+        ("grid.factors={bn: [false, false]}", "grid.factors.bn: has duplicates"),
+        ("grid.factors={bn: [0, 1]}", "grid.factors.bn: Input should be a valid boolean"),
+        ("grid.factors={bn: [false, true], batch_size: [32.0]}", "grid.factors.batch_size"),
+        (
+            "grid.factors={bn: [false, true], batch_size: [0]}",
+            "grid.factors.batch_size: levels must be > 0",
+        ),
+        (
+            "grid.factors={bn: [false, true], batch_size: [16777217]}",
+            "grid.factors.batch_size: levels must be at most 16777216",
+        ),
+        (
+            "grid.factors={bn: [false, true], learning_rate: [0]}",
+            "grid.factors.learning_rate: levels must be > 0",
+        ),
+        ("grid.factors={bn: [false, true], learning_rate: [.nan]}", "grid.factors.learning_rate"),
+        (
+            "grid.factors={bn: [false, true], init_scale: [-1]}",
+            "grid.factors.init_scale: levels must be > 0",
+        ),
+        ("grid.factors={bn: [false, true], bn_position: [middle]}", "grid.factors.bn_position"),
+        ("grid.factors={bn: [false, true], learning_rate: [x]}", "grid.factors.learning_rate"),
+        ("grid.factors=[bn]", "grid.factors"),
+        ("grid.compare=dropout", "grid.compare: unknown factor 'dropout'; known: bn, bn_position"),
+        (
+            "grid.compare=learning_rate",
+            "grid.compare: learning_rate is not in grid.factors (bn, batch_size)",
+        ),
+        (
+            "grid.compare=batch_size",
+            "grid.compare: batch_size has 4 levels; a paired comparison takes 2",
+        ),
+        (
+            "grid.factors={bn: [true]}",
+            "stats.design: sequential needs grid.factors.bn with 2 levels",
+        ),
+        ("model.init_scale=0", "model.init_scale: Input should be greater than 0"),
+        ("model.bn_position=middle", "model.bn_position"),
+        ("model.bn=1", "model.bn: Input should be a valid boolean"),
+        ("train.batch_size=0", "train.batch_size: Input should be greater than or equal to 1"),
+        ("train.batch_size=16777217", "train.batch_size: Input should be less than or equal to"),
+    ],
+)
+def test_bad_grid_factors_give_one_line_errors(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_alias_and_factor_in_one_file_is_an_error(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("grid:\n  batch_sizes: [16]\n  factors: {bn: [false, true], batch_size: [32]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert str(err.value) == (
+        f"{p}: grid.batch_sizes and grid.factors.batch_size both given; keep one "
+        "(grid.batch_sizes is the older spelling of grid.factors.batch_size)"
+    )

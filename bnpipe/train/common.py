@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import numpy as np
+
+# The grid cell is the factor registry's (re-exported: older imports keep working).
+from bnpipe.factors import Cell
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "HISTORY_KEYS",
+    "Architecture",
+    "Cell",
+    "TrainData",
+    "TrainResult",
+    "TrainSpec",
+    "epoch_permutation",
+]
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
 # Fused engine: members per stacked model. Two shards of 5 cover the default 10 seeds and keep
@@ -12,17 +28,153 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
 DEFAULT_SHARD_SIZE = 5
 
 
-@dataclass(frozen=True, order=True)
-class Cell:
-    """One grid cell: BN on/off x batch size x seed."""
+DEFAULT_STEPS_PER_EXECUTION = 100
+BN_POSITIONS = ("after_relu", "before_relu")
 
-    bn: bool
+
+class TrainData(NamedTuple):
+    """Training and validation arrays (``bnpipe.data.MnistData`` has the same attributes)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What decides a model's layers and shapes (its weights' layout)."""
+
+    bn: bool = False
+    bn_position: str = "after_relu"
+    hidden_units: tuple[int, ...] = (64, 64)
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.bn_position not in BN_POSITIONS:
+            raise ValueError(f"bn_position must be one of {BN_POSITIONS}, got {self.bn_position!r}")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`bnpipe.models.build_model` for this architecture."""
+        return {
+            "bn": self.bn,
+            "bn_position": self.bn_position,
+            "hidden_units": self.hidden_units,
+            "num_classes": self.num_classes,
+        }
+
+    @classmethod
+    def of(
+        cls, levels: Mapping[str, Any], hidden_units: tuple[int, ...], num_classes: int
+    ) -> Architecture:
+        """The architecture of a cell from its resolved factor levels (every registry factor)."""
+        return cls(
+            bn=bool(levels["bn"]),
+            bn_position=str(levels["bn_position"]),
+            hidden_units=tuple(hidden_units),
+            num_classes=num_classes,
+        )
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything an engine needs to train a group of cells: one model (member) per cell.
+
+    Members share the architecture, batch size and epochs (one compiled program); each has its
+    own seed, learning rate and init scale. ``cells`` label the results.
+    """
+
+    cells: tuple[Cell, ...]
+    seeds: tuple[int, ...]
+    learning_rates: tuple[float, ...]
+    init_scales: tuple[float, ...]
     batch_size: int
-    seed: int
+    epochs: int
+    architecture: Architecture = Architecture()
+    engine: str = "fused"
+    # Engine settings: keras steps per graph call (speed only); fused members per stacked model
+    # (decides the last bits) and shards trained at once (speed only; None: one per core).
+    steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION
+    shard_size: int = DEFAULT_SHARD_SIZE
+    parallel_shards: int | None = None
 
-    @property
-    def name(self) -> str:
-        return f"bn={'on' if self.bn else 'off'} bs={self.batch_size} seed={self.seed}"
+    def __post_init__(self) -> None:
+        n = len(self.cells)
+        if not (len(self.seeds) == len(self.learning_rates) == len(self.init_scales) == n):
+            raise ValueError("TrainSpec: one seed, learning rate and init scale per cell")
+
+    @classmethod
+    def of(
+        cls,
+        seeds: Iterable[int],
+        *,
+        bn: bool = False,
+        batch_size: int = 32,
+        epochs: int = 1,
+        learning_rate: float = 1e-3,
+        init_scale: float = 1.0,
+        bn_position: str = "after_relu",
+        hidden_units: tuple[int, ...] = (64, 64),
+        num_classes: int = 10,
+        cells: Iterable[Cell] | None = None,
+        **settings: Any,
+    ) -> TrainSpec:
+        """A group whose members differ only by seed (cells named by BN and batch size unless
+        given): the short form for tests, the benchmark and notebooks."""
+        seeds = tuple(seeds)
+        named = (
+            tuple(cells)
+            if cells is not None
+            else tuple(Cell.of(s, bn=bn, batch_size=batch_size) for s in seeds)
+        )
+        return cls(
+            cells=named,
+            seeds=seeds,
+            learning_rates=(float(learning_rate),) * len(seeds),
+            init_scales=(float(init_scale),) * len(seeds),
+            batch_size=batch_size,
+            epochs=epochs,
+            architecture=Architecture(bn, bn_position, tuple(hidden_units), num_classes),
+            **settings,
+        )
+
+    @classmethod
+    def for_cells(
+        cls, cells: Sequence[Cell], levels: Sequence[Mapping[str, Any]], **settings: Any
+    ) -> TrainSpec:
+        """A spec from grid cells and each cell's resolved levels (every registry factor).
+
+        Raises:
+            ValueError: cells that disagree on the architecture or the batch size (they cannot
+                share one compiled program).
+        """
+        if not cells:
+            raise ValueError("TrainSpec.for_cells: no cells")
+        hidden_units = settings.pop("hidden_units")
+        num_classes = settings.pop("num_classes")
+        archs = {Architecture.of(lv, hidden_units, num_classes) for lv in levels}
+        batches = {int(lv["batch_size"]) for lv in levels}
+        if len(archs) != 1 or len(batches) != 1:
+            raise ValueError("cells of one group must share the architecture and batch size")
+        return cls(
+            cells=tuple(cells),
+            seeds=tuple(c.seed for c in cells),
+            learning_rates=tuple(float(lv["learning_rate"]) for lv in levels),
+            init_scales=tuple(float(lv["init_scale"]) for lv in levels),
+            batch_size=batches.pop(),
+            architecture=archs.pop(),
+            **settings,
+        )
+
+    def members(self, indices: Sequence[int]) -> TrainSpec:
+        """The same spec with only the members at ``indices`` (in that order)."""
+        return replace(
+            self,
+            cells=tuple(self.cells[i] for i in indices),
+            seeds=tuple(self.seeds[i] for i in indices),
+            learning_rates=tuple(self.learning_rates[i] for i in indices),
+            init_scales=tuple(self.init_scales[i] for i in indices),
+        )
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Fused engine: the seeds of one (BN, batch size) group train together as stacked models.
+"""Fused engine: the members of one group (same architecture and batch size) train together as
+stacked models.
 
 The seeds are cut into shards of a fixed width K (``train.shard_size``). In a shard every weight
 gets a leading model axis K, so one batched matmul does the work of K small ones and one
@@ -6,11 +7,13 @@ XLA-compiled epoch loop replaces K * steps Python-driven ``fit`` steps; shards r
 on threads, one per core. Each member still trains exactly as the keras engine would train it
 alone:
 
-- initial weights come from :func:`bnpipe.models.build_model` for that member's seed;
+- initial weights come from :func:`bnpipe.models.build_model` for that member's seed and init
+  scale;
 - member k's batch at step s is ``x[epoch_permutation(seed_k, epoch, n)][s*B:(s+1)*B]`` (the
   rows are gathered on device per step, so the data is never copied K times);
 - the last partial batch is a step of its own, as in ``fit``;
-- BN uses per-member batch moments in training and per-member moving averages (momentum 0.99,
+- BN sits after each hidden ReLU or (``before_relu``) between the Dense and its ReLU; it uses
+  per-member batch moments in training and per-member moving averages (momentum 0.99,
   epsilon 1e-3) in validation, with the same formulas as ``keras.layers.BatchNormalization``;
 - the loss is Keras' sparse categorical cross-entropy of a softmax output. Keras reads the
   logits cached on its softmax output, so it never clips probabilities here; neither do we;
@@ -35,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from bnpipe.models import build_model
-from bnpipe.train.common import DEFAULT_SHARD_SIZE, Cell, TrainResult, epoch_permutation
+from bnpipe.train.common import Cell, TrainData, TrainResult, TrainSpec, epoch_permutation
 from bnpipe.xla_cache import stable_names
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
@@ -56,6 +59,8 @@ class Layout:
 
     bn: bool
     n_layers: int  # hidden layers + output layer
+    # Where BN sits (same variables either way): after each hidden ReLU, or before it.
+    bn_position: str = "after_relu"
 
     @property
     def per_hidden(self) -> int:
@@ -94,7 +99,10 @@ def forward(
     h = x
     for layer in range(layout.n_layers - 1):
         base = layer * layout.per_hidden
-        h = tf.nn.relu(_dense(h, weights[base], weights[base + 1]))
+        h = _dense(h, weights[base], weights[base + 1])
+        before = layout.bn and layout.bn_position == "before_relu"
+        if not before:
+            h = tf.nn.relu(h)
         if layout.bn:
             gamma, beta = weights[base + 2], weights[base + 3]
             moving_mean, moving_var = weights[base + 4], weights[base + 5]
@@ -110,6 +118,8 @@ def forward(
             h = tf.nn.batch_normalization(
                 h, mean, var, beta[:, None, :], gamma[:, None, :], BN_EPSILON
             )
+        if before:
+            h = tf.nn.relu(h)
     base = (layout.n_layers - 1) * layout.per_hidden
     return _dense(h, weights[base], weights[base + 1]), updates
 
@@ -260,14 +270,27 @@ def _compiled(layout: Layout, batch_size: int) -> tuple[Callable, Callable]:
 
 
 def stack_initial_weights(
-    bn: bool, seeds: Sequence[int], hidden_units: tuple[int, ...], num_classes: int = 10
+    bn: bool,
+    seeds: Sequence[int],
+    hidden_units: tuple[int, ...],
+    num_classes: int = 10,
+    *,
+    bn_position: str = "after_relu",
+    init_scales: Sequence[float] | None = None,
 ) -> list[np.ndarray]:
-    """Initial weights of each seed's Keras model, stacked on a leading model axis."""
+    """Initial weights of each seed's Keras model (with its init scale), stacked on a leading
+    model axis."""
+    scales = list(init_scales) if init_scales is not None else [1.0] * len(seeds)
     per_seed = [
         build_model(
-            bn=bn, seed=seed, hidden_units=hidden_units, num_classes=num_classes
+            bn=bn,
+            seed=seed,
+            hidden_units=hidden_units,
+            num_classes=num_classes,
+            bn_position=bn_position,
+            init_scale=scale,
         ).get_weights()
-        for seed in seeds
+        for seed, scale in zip(seeds, scales, strict=True)
     ]
     return [np.stack(ws).astype(np.float32) for ws in zip(*per_seed, strict=True)]
 
@@ -290,83 +313,73 @@ def default_parallel_shards(n_shards: int) -> int:
 
 
 def train_fused(
-    bn: bool,
-    batch_size: int,
-    seeds: Sequence[int],
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    *,
-    epochs: int,
-    learning_rate: float,
-    hidden_units: tuple[int, ...] = (64, 64),
-    num_classes: int = 10,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    parallel_shards: int | None = None,
-    on_epoch: EpochCallback | None = None,
+    spec: TrainSpec, data: TrainData, on_epoch: EpochCallback | None = None
 ) -> list[TrainResult]:
-    """Train one model per seed of a (bn, batch_size) group as stacked models.
+    """Train one model per member of ``spec`` as stacked models.
 
-    The seeds are cut into shards of ``shard_size``; each shard is one stacked model of exactly
-    ``shard_size`` members (a short shard is padded with copies of its first seed, whose results
-    are dropped). XLA compiles a program for its shapes, and the member count is one of them: on
-    this CPU a member's last bits differed between K = 1, 2 and 10 at batch 128. With every shard
-    the same width, a seed's weights depend on its own settings only, never on which other seeds
-    share the group, so a resumed group or ``bnpipe reproduce`` trains a cell bit for bit as the
-    full grid did. Shards run ``parallel_shards`` at a time on threads, in step epoch by epoch:
-    XLA keeps about 1.7 of 2 cores busy with one small-matmul program, two keep both busy.
+    Members that share a learning rate are cut into shards of ``spec.shard_size``; each shard
+    is one stacked model of exactly ``shard_size`` members (a short shard is padded with copies
+    of its first member, whose results are dropped). Members with different learning rates
+    never share a shard (the rate is one scalar of the shard's program); init scales only decide
+    initial weights, so they mix freely. XLA compiles a program for its shapes, and the member
+    count is one of them: on this CPU a member's last bits differed between K = 1, 2 and 10 at
+    batch 128. With every shard the same width, a member's weights depend on its own settings
+    only, never on which other members share the group, so a resumed group or ``bnpipe
+    reproduce`` trains a cell bit for bit as the full grid did. Shards run ``parallel_shards``
+    at a time on threads, in step epoch by epoch: XLA keeps about 1.7 of 2 cores busy with one
+    small-matmul program, two keep both busy.
 
     Args:
-        bn: BatchNormalization after each hidden layer.
-        batch_size: examples per step (a final partial batch is a step of its own).
-        seeds: one model per seed; results come back in this order.
-        x_train: [n, features] float32.
-        y_train: [n] int labels.
-        x_val: validation features, evaluated (inference-mode BN) after every epoch.
-        y_val: validation labels.
-        epochs: training epochs.
-        learning_rate: Adam learning rate.
-        hidden_units: hidden layer widths.
-        num_classes: output units (labels must be below it).
-        shard_size: members per stacked model (decides the last bits of the results).
-        parallel_shards: shards trained at once (speed only); None: one per CPU core.
+        spec: the members (cells, seeds, learning rates, init scales), the shared architecture,
+            batch size (a final partial batch is a step of its own) and epochs, and the engine
+            settings (``shard_size``: decides the last bits; ``parallel_shards``: speed only,
+            None: one per CPU core).
+        data: x_train [n, features] float32, y_train [n] int labels, and the validation arrays
+            x_test / y_test, evaluated (inference-mode BN) after every epoch.
         on_epoch: called as ``on_epoch(cell, epoch, row)`` (1-based epoch) per member per epoch,
             on the calling thread.
 
     Returns:
-        One TrainResult per seed (engine "fused"). ``epoch_time_s`` and ``train_time_s`` are the
-        wall time of the shards trained together divided by their real members (the amortized
-        cost of one model). A member whose epoch loss is non-finite is "diverged" with its history
-        and weights up to that epoch; the others carry on.
+        One TrainResult per member, in member order (engine "fused"). ``epoch_time_s`` and
+        ``train_time_s`` are the wall time of the shards trained together divided by their real
+        members (the amortized cost of one model). A member whose epoch loss is non-finite is
+        "diverged" with its history and weights up to that epoch; the others carry on.
     """
+    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_test, data.y_test
     if len(x_train) < 1 or len(x_val) < 1:
         raise ValueError("train_fused needs at least one training and one validation example")
-    shards = shard_seeds(seeds, shard_size)
+    by_rate: dict[float, list[int]] = {}
+    for i, rate in enumerate(spec.learning_rates):
+        by_rate.setdefault(rate, []).append(i)
+    shards = [
+        chunk for members in by_rate.values() for chunk in shard_seeds(members, spec.shard_size)
+    ]
+    parallel_shards = spec.parallel_shards
     if parallel_shards is None:
         parallel_shards = default_parallel_shards(len(shards))
     if parallel_shards < 1:
         raise ValueError(f"parallel_shards must be >= 1, got {parallel_shards}")
     # XLA on CPU is deterministic; this also pins any op that falls back to TF kernels.
     tf.config.experimental.enable_op_determinism()
-    data = (
+    tensors = (
         tf.constant(np.asarray(x_train, np.float32)),
         tf.constant(np.asarray(y_train, np.int32)),
         tf.constant(np.asarray(x_val, np.float32)),
         tf.constant(np.asarray(y_val, np.int32)),
     )
-    layout = Layout(bn=bn, n_layers=len(hidden_units) + 1)
-    results: list[TrainResult] = []
+    arch = spec.architecture
+    layout = Layout(bn=arch.bn, n_layers=len(arch.hidden_units) + 1, bn_position=arch.bn_position)
+    results: dict[int, TrainResult] = {}
     with ThreadPoolExecutor(max_workers=parallel_shards, thread_name_prefix="fused") as pool:
         for wave_start in range(0, len(shards), parallel_shards):
             wave = [
-                _Shard(
-                    layout, batch_size, shard, shard_size, hidden_units, learning_rate, num_classes
-                )
+                _Shard(layout, spec, shard)
                 for shard in shards[wave_start : wave_start + parallel_shards]
             ]
-            results += _train_wave(wave, pool, data, epochs, on_epoch)
-    return results
+            trained = _train_wave(wave, pool, tensors, spec.epochs, on_epoch)
+            members = [i for shard in wave for i in shard.indices]
+            results.update(zip(members, trained, strict=True))
+    return [results[i] for i in range(len(spec.cells))]
 
 
 def _train_wave(
@@ -394,24 +407,26 @@ def _train_wave(
 
 
 class _Shard:
-    """One stacked model of ``width`` members: its seeds, padded with copies of the first."""
+    """One stacked model of ``shard_size`` members: some of a spec's members (one learning
+    rate), padded with copies of the first."""
 
-    def __init__(
-        self,
-        layout: Layout,
-        batch_size: int,
-        seeds: list[int],
-        width: int,
-        hidden_units: tuple[int, ...],
-        learning_rate: float,
-        num_classes: int,
-    ) -> None:
-        self.seeds = seeds
-        self.members = seeds + [seeds[0]] * (width - len(seeds))
-        self.cells = [Cell(bn=layout.bn, batch_size=batch_size, seed=seed) for seed in seeds]
-        self.run_epoch_fn, self.evaluate_fn = _compiled(layout, batch_size)
+    def __init__(self, layout: Layout, spec: TrainSpec, indices: list[int]) -> None:
+        self.indices = indices  # the spec's members trained here
+        padded = indices + [indices[0]] * (spec.shard_size - len(indices))
+        self.seeds = [spec.seeds[i] for i in indices]
+        self.members = [spec.seeds[i] for i in padded]
+        self.cells = [spec.cells[i] for i in indices]
+        self.run_epoch_fn, self.evaluate_fn = _compiled(layout, spec.batch_size)
+        arch = spec.architecture
         # Keras builds the initial weights; it runs here, on the calling thread.
-        stacked = stack_initial_weights(layout.bn, self.members, hidden_units, num_classes)
+        stacked = stack_initial_weights(
+            layout.bn,
+            self.members,
+            arch.hidden_units,
+            arch.num_classes,
+            bn_position=arch.bn_position,
+            init_scales=[spec.init_scales[i] for i in padded],
+        )
         if len(stacked) != layout.n_weights:
             raise ValueError(
                 f"expected {layout.n_weights} weight arrays, build_model gave {len(stacked)}"
@@ -420,10 +435,10 @@ class _Shard:
         zeros = tuple(tf.zeros_like(weights[i]) for i in layout.trainable())
         self.state = (weights, zeros, zeros)
         self.iterations = tf.constant(0, tf.int64)
-        self.lr = tf.constant(learning_rate, tf.float32)
-        self.histories: list[list[dict[str, float]]] = [[] for _ in seeds]
-        self.final: list[list[np.ndarray] | None] = [None] * len(seeds)
-        self.end_time = [0.0] * len(seeds)
+        self.lr = tf.constant(spec.learning_rates[indices[0]], tf.float32)
+        self.histories: list[list[dict[str, float]]] = [[] for _ in indices]
+        self.final: list[list[np.ndarray] | None] = [None] * len(indices)
+        self.end_time = [0.0] * len(indices)
 
     @property
     def done(self) -> bool:

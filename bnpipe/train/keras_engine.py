@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from bnpipe.models import build_model
-from bnpipe.train.common import Cell, TrainResult, epoch_permutation
+from bnpipe.train.common import Cell, TrainData, TrainResult, TrainSpec, epoch_permutation
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
 
@@ -44,35 +43,33 @@ def compile_model(
 
 
 def train_keras(
-    cell: Cell,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    *,
-    epochs: int,
-    learning_rate: float,
-    hidden_units: tuple[int, ...] = (64, 64),
-    num_classes: int = 10,
-    steps_per_execution: int = 1,
-    on_epoch: EpochCallback | None = None,
+    spec: TrainSpec, data: TrainData, on_epoch: EpochCallback | None = None
+) -> list[TrainResult]:
+    """Train every member of ``spec`` with its own ``model.fit``, one after another; validation
+    runs on (x_test, y_test) after every epoch."""
+    return [_train_one(spec, i, data, on_epoch) for i in range(len(spec.cells))]
+
+
+def _train_one(
+    spec: TrainSpec, i: int, data: TrainData, on_epoch: EpochCallback | None
 ) -> TrainResult:
-    """Train one cell with ``model.fit``; validation runs on (x_val, y_val) after every epoch."""
-    set_determinism(cell.seed)
+    cell, seed = spec.cells[i], spec.seeds[i]
+    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_test, data.y_test
+    set_determinism(seed)
     model = build_model(
-        bn=cell.bn, seed=cell.seed, hidden_units=hidden_units, num_classes=num_classes
+        seed=seed, init_scale=spec.init_scales[i], **spec.architecture.model_kwargs()
     )
-    compile_model(model, learning_rate, steps_per_execution)
+    compile_model(model, spec.learning_rates[i], spec.steps_per_execution)
     history: list[dict[str, float]] = []
     status = "finished"
     start = time.perf_counter()
-    for epoch in range(epochs):
-        order = epoch_permutation(cell.seed, epoch, len(x_train))
+    for epoch in range(spec.epochs):
+        order = epoch_permutation(seed, epoch, len(x_train))
         t0 = time.perf_counter()
         fit = model.fit(
             x_train[order],
             y_train[order],
-            batch_size=cell.batch_size,
+            batch_size=spec.batch_size,
             epochs=epoch + 1,
             initial_epoch=epoch,
             shuffle=False,
