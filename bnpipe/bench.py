@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import resource
 import subprocess
@@ -136,22 +137,20 @@ def _time_engine(
     epochs: int,
     steps_per_execution: int,
 ) -> dict:
+    from bnpipe.train.common import TrainSpec
     from bnpipe.train.engines import train_group
 
-    start, cpu_start = time.perf_counter(), time.process_time()
-    results = train_group(
-        engine,
-        bn,
-        batch_size,
-        list(range(seeds)),
-        data.x_train,
-        data.y_train,
-        data.x_test,
-        data.y_test,
+    spec = TrainSpec.of(
+        range(seeds),
+        bn=bn,
+        batch_size=batch_size,
         epochs=epochs,
         learning_rate=0.001,
+        engine=engine,
         steps_per_execution=steps_per_execution,
     )
+    start, cpu_start = time.perf_counter(), time.process_time()
+    results = train_group(spec, data)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     # Fused rows hold the amortized (per member) time; keras rows one model's own time.
     per_epoch = [[r.history[e]["epoch_time_s"] for r in results] for e in range(epochs)]
@@ -470,7 +469,7 @@ def run_full_grid(sets: Sequence[str] = (), *, probe_seconds: float = 2.0, log: 
     from bnpipe.config import load_config
 
     cfg = load_config(None, list(sets))
-    models = len(cfg.grid.bn) * len(cfg.grid.batch_sizes) * len(cfg.grid.seeds)
+    models = math.prod(len(v) for v in cfg.grid.levels.values()) * len(cfg.grid.seeds or ())
     probes = [_probe(probe_seconds, log)]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "BNPIPE_XLA_CACHE": f"{tmp}/xla", "PYTHONUNBUFFERED": "1"}

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bnpipe.config import Config, ConfigError, load_config
+from bnpipe.factors import Cell, contrast_phrase, factor_columns, strata_phrase
 from bnpipe.progress import PhaseClock, format_breakdown
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
@@ -145,10 +146,15 @@ def check_dask_address(address: str) -> None:
         raise ConfigError(f"{what}: cannot connect ({reason})") from None
 
 
+def _width(rows: list[dict], key: str, head: str) -> int:
+    return max([len(head), *(len(str(r[key])) for r in rows)])
+
+
 def format_summary(summary: list[dict]) -> str:
-    """The per-batch-size table printed at the end of a run."""
+    """The per-comparison table printed at the end of a run (control and treatment arms)."""
+    w = _width(summary, "stratum", "comparison")
     head = (
-        f"{'batch':>5}  {'n':>3}  {'acc no BN':>9}  {'acc BN':>7}  {'BN - no BN':>10}  "
+        f"{'comparison':<{w}}  {'n':>3}  {'acc ctrl':>9}  {'acc treat':>9}  {'diff':>10}  "
         f"{'95% CI':>19}  {'p (t)':>7}  {'p Holm':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -159,8 +165,8 @@ def format_summary(summary: list[dict]) -> str:
     for r in summary:
         ci = f"[{f(r['ci_low'], '+.4f')}, {f(r['ci_high'], '+.4f')}]"
         lines.append(
-            f"{r['batch_size']:>5}  {r['n_pairs']:>3}  {f(r['acc_no_bn'], '.4f'):>9}  "
-            f"{f(r['acc_bn'], '.4f'):>7}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
+            f"{r['stratum']:<{w}}  {r['n_pairs']:>3}  {f(r['acc_no_bn'], '.4f'):>9}  "
+            f"{f(r['acc_bn'], '.4f'):>9}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
             f"{f(r['t_pvalue'], '.4f'):>7}  {f(r['p_holm'], '.4f'):>7}"
         )
     return "\n".join(lines)
@@ -168,18 +174,30 @@ def format_summary(summary: list[dict]) -> str:
 
 def format_decisions(decisions: list[dict]) -> str:
     """The sequential design's decided table printed at the end of a run."""
+    w = _width(decisions, "comparison", "comparison")
     head = (
-        f"{'batch':>5}  {'decision':>10}  {'pairs':>5}  {'looks':>5}  {'BN - no BN':>10}  "
+        f"{'comparison':<{w}}  {'decision':>10}  {'pairs':>5}  {'looks':>5}  {'diff':>10}  "
         f"{'repeated CI':>19}"
     )
     lines = [head, "-" * len(head)]
     for r in decisions:
         ci = f"[{r['rci_low']:+.4f}, {r['rci_high']:+.4f}]"
         lines.append(
-            f"{r['batch_size']:>5}  {r['decision']:>10}  {r['n_pairs']:>5}  {r['looks']:>5}  "
+            f"{r['comparison']:<{w}}  {r['decision']:>10}  {r['n_pairs']:>5}  {r['looks']:>5}  "
             f"{r['mean_diff']:>+10.4f}  {ci:>19}"
         )
     return "\n".join(lines)
+
+
+def _contrast(summary: list[dict]) -> str:
+    """``BN on minus BN off test accuracy per batch size``, from the summary's own columns."""
+    if not summary:
+        return "test accuracy"
+    r = summary[0]
+    arms = (r["control_level"], r["treatment_level"])
+    levels = arms if arms[1] is not None and arms[1] == arms[1] else ()
+    others = [c for c in factor_columns(r) if c != r["compare"]]
+    return f"{contrast_phrase(r['compare'], levels)} test accuracy {strata_phrase(others)}"
 
 
 def checked_config(args: argparse.Namespace, clock: PhaseClock | None = None) -> Config | None:
@@ -242,7 +260,7 @@ def format_run_summary(out: dict) -> str:
     if out.get("decisions"):
         alpha = out["decisions"][0]["alpha"]
         lines = [
-            f"Decided: BN minus no-BN test accuracy per batch size, sequential design ({counts}; "
+            f"Decided: {_contrast(out['summary'])}, sequential design ({counts}; "
             f"alpha {alpha:.4g} per comparison):",
             format_decisions(out["decisions"]),
             "",
@@ -251,7 +269,7 @@ def format_run_summary(out: dict) -> str:
         ]
     else:
         lines = [
-            f"BN minus no-BN test accuracy, paired by seed ({counts}):",
+            f"{_contrast(out['summary'])}, paired by seed ({counts}):",
             format_summary(out["summary"]),
         ]
     if out["reused"]:
@@ -282,7 +300,7 @@ def format_run_summary(out: dict) -> str:
 
 
 def _cell_name(r: dict) -> str:
-    return f"bn={'on' if r['bn'] else 'off'} bs={r['batch_size']} seed={r['seed']}"
+    return Cell.of(int(r["seed"]), **{n: r[n] for n in factor_columns(r)}).name
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

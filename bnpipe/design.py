@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bnpipe.config import Config
+from bnpipe.factors import Stratum, stratum_key, stratum_label
+from bnpipe.grid import strata
 from bnpipe.stats import SequentialResult, average_sample_number, paired_frame, sequential_decide
 
 # An explicit fixed design without a seed list trains these (the grid before designs existed).
@@ -36,7 +38,7 @@ class Plan:
     """The design of one run, from its config."""
 
     kind: str  # "fixed" | "sequential"
-    strata: tuple[int, ...]  # one comparison (BN vs no BN) per batch size
+    strata: tuple[Stratum, ...]  # one comparison (compare's control vs treatment) per stratum
     seeds: tuple[int, ...]  # fixed design: exactly these
     look_every: int
     max_seeds: int
@@ -45,6 +47,8 @@ class Plan:
     margin: float
     planning_sd: float
     looks_per_run: int | None = None
+    compare: str = "bn"
+    levels: tuple[Any, ...] = (False, True)  # the compared factor's (control, treatment)
 
     @property
     def sequential(self) -> bool:
@@ -71,8 +75,14 @@ class Plan:
         facts = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("seeds", "planning_sd", "looks_per_run")
+            if k not in ("seeds", "planning_sd", "looks_per_run", "compare", "levels")
         }
+        # The reference grid's strata hash as they did when they were batch sizes (its
+        # scheduled runs stay looks of one design); any other grid's by their levels.
+        flat = [st[0][1] if len(st) == 1 and st[0][0] == "batch_size" else st for st in self.strata]
+        facts["strata"] = flat
+        if (self.compare, tuple(self.levels)) != ("bn", (False, True)):
+            facts["compare"] = [self.compare, list(self.levels)]
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
     def describe(self) -> str:
@@ -102,7 +112,7 @@ def plan_of(cfg: Config) -> Plan:
     fixed = cfg.stats.design == "fixed" or cfg.grid.seeds is not None
     return Plan(
         kind="fixed" if fixed else "sequential",
-        strata=tuple(cfg.grid.batch_sizes),
+        strata=tuple(strata(cfg)),
         seeds=tuple(cfg.grid.seeds) if cfg.grid.seeds is not None else DEFAULT_FIXED_SEEDS,
         look_every=cfg.stats.look_every,
         max_seeds=cfg.stats.max_seeds,
@@ -111,60 +121,64 @@ def plan_of(cfg: Config) -> Plan:
         margin=cfg.stats.equivalence_margin,
         planning_sd=cfg.stats.planning_sd,
         looks_per_run=cfg.stats.looks_per_run,
+        compare=cfg.grid.compare,
+        levels=tuple(cfg.grid.compare_levels),
     )
 
 
-def stratum_label(batch_size: int) -> str:
-    """A comparison's name in tables, figures and MLflow (one stratum of the grid)."""
-    return f"batch_size={batch_size}"
+def _in_stratum(frame: pd.DataFrame, stratum: Stratum) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for name, level in stratum:
+        mask &= frame[name] == level
+    return mask
 
 
-def mlflow_label(batch_size: int) -> str:
-    """The comparison's name inside MLflow keys ('=' is not allowed there)."""
-    return f"batch_size_{batch_size}"
-
-
-def decide_all(results: pd.DataFrame, plan: Plan) -> dict[int, SequentialResult]:
+def decide_all(results: pd.DataFrame, plan: Plan) -> dict[Stratum, SequentialResult]:
     """Every comparison's decision on the pairs finished so far (in seed order)."""
-    empty = pd.DataFrame(columns=["batch_size", "seed", "diff"])
-    pairs = paired_frame(results) if len(results) else empty
+    levels = plan.levels if len(plan.levels) == 2 else None
     out = {}
-    for bs in plan.strata:
-        diffs = pairs.loc[pairs["batch_size"] == bs].sort_values("seed")["diff"].to_numpy(float)
-        out[bs] = plan.decide(diffs)
+    pairs = paired_frame(results, plan.compare, levels) if len(results) and levels else None
+    for stratum in plan.strata:
+        if pairs is None or not len(pairs):
+            diffs = np.array([], float)
+        else:
+            mine = pairs.loc[_in_stratum(pairs, stratum)]
+            diffs = mine.sort_values("seed")["diff"].to_numpy(float)
+        out[stratum] = plan.decide(diffs)
     return out
 
 
 def next_block(
-    plan: Plan, decisions: dict[int, SequentialResult], started: dict[int, int]
-) -> dict[int, range]:
+    plan: Plan, decisions: dict[Stratum, SequentialResult], started: dict[Stratum, int]
+) -> dict[Stratum, range]:
     """The next seeds per open comparison: the next ``look_every`` after those started, for
     comparisons whose decision is still open and whose seed cap is not reached."""
     return {
-        bs: range(started[bs], started[bs] + plan.look_every)
-        for bs, d in decisions.items()
-        if d.decision == OPEN and started[bs] < plan.seed_cap
+        st: range(started[st], started[st] + plan.look_every)
+        for st, d in decisions.items()
+        if d.decision == OPEN and started[st] < plan.seed_cap
     }
 
 
 def close_capped(
-    decisions: dict[int, SequentialResult], plan: Plan, started: dict[int, int]
-) -> dict[int, SequentialResult]:
+    decisions: dict[Stratum, SequentialResult], plan: Plan, started: dict[Stratum, int]
+) -> dict[Stratum, SequentialResult]:
     """Comparisons still open at the seed cap (too many failed pairs) end undecided."""
     return {
-        bs: dataclasses.replace(d, decision="undecided")
-        if d.decision == OPEN and started[bs] >= plan.seed_cap
+        st: dataclasses.replace(d, decision="undecided")
+        if d.decision == OPEN and started[st] >= plan.seed_cap
         else d
-        for bs, d in decisions.items()
+        for st, d in decisions.items()
     }
 
 
-def design_table(decisions: dict[int, SequentialResult], plan: Plan) -> pd.DataFrame:
-    """One row per comparison: the decided verdict table."""
+def design_table(decisions: dict[Stratum, SequentialResult], plan: Plan) -> pd.DataFrame:
+    """One row per comparison: the decided verdict table (``comparison`` is the stratum's
+    label, then one column per stratum factor)."""
     rows = [
         {
-            "comparison": stratum_label(bs),
-            "batch_size": bs,
+            "comparison": stratum_label(st),
+            **dict(st),
             "decision": d.decision,
             "n_pairs": d.n,
             "looks": d.looks,
@@ -173,16 +187,16 @@ def design_table(decisions: dict[int, SequentialResult], plan: Plan) -> pd.DataF
             "rci_high": d.rci_high,
             "alpha": plan.alpha_per_comparison,
         }
-        for bs, d in decisions.items()
+        for st, d in decisions.items()
     ]
     return pd.DataFrame(rows)
 
 
-def looks_table(decisions: dict[int, SequentialResult]) -> pd.DataFrame:
+def looks_table(decisions: dict[Stratum, SequentialResult]) -> pd.DataFrame:
     """Every look of every comparison (for the monitoring figure and the audit record)."""
     frames = [
-        d.table.assign(comparison=stratum_label(bs), batch_size=bs)
-        for bs, d in decisions.items()
+        d.table.assign(comparison=stratum_label(st), **dict(st))
+        for st, d in decisions.items()
         if len(d.table)
     ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -208,13 +222,13 @@ def operating_characteristics(plan: Plan, n_sim: int = 20000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def design_record(decisions: dict[int, SequentialResult], plan: Plan) -> dict[str, Any]:
+def design_record(decisions: dict[Stratum, SequentialResult], plan: Plan) -> dict[str, Any]:
     """The design's state as MLflow tags and metrics on the parent run (looks done, alpha,
     decisions), so the store says where every scheduled run left the design."""
     tags: dict[str, Any] = {"design": plan.kind, "design_id": plan.design_id()}
     metrics: dict[str, float] = {}
-    for bs, d in decisions.items():
-        label = mlflow_label(bs)
+    for st, d in decisions.items():
+        label = stratum_key(st)
         tags[f"decision.{label}"] = d.decision
         metrics[f"seeds_{label}"] = float(d.n)
         metrics[f"looks_{label}"] = float(d.looks)
@@ -237,6 +251,14 @@ class DesignOutcome:
     characteristics: pd.DataFrame
 
 
+def started_seeds(results: pd.DataFrame, stratum: Stratum) -> int:
+    """Seeds 0 .. n-1 started in ``stratum`` (one past the largest seed recorded there)."""
+    if not len(results):
+        return 0
+    seeds = results.loc[_in_stratum(results, stratum), "seed"]
+    return int(seeds.max()) + 1 if len(seeds) else 0
+
+
 def design_outcome(results: pd.DataFrame, plan: Plan, n_sim: int = 20000) -> DesignOutcome:
     """The design's decisions on a run's results table (recomputed from the cells, so
     ``bnpipe report`` and the flow agree, whichever runs trained them)."""
@@ -245,8 +267,7 @@ def design_outcome(results: pd.DataFrame, plan: Plan, n_sim: int = 20000) -> Des
         return DesignOutcome(
             plan, empty, empty, {"tags": {"design": "fixed"}, "metrics": {}}, empty
         )
-    seeds = results.groupby("batch_size")["seed"].max() if len(results) else pd.Series()
-    started = {bs: int(seeds.get(bs, -1)) + 1 for bs in plan.strata}
+    started = {st: started_seeds(results, st) for st in plan.strata}
     decisions = close_capped(decide_all(results, plan), plan, started)
     return DesignOutcome(
         plan,

@@ -11,7 +11,7 @@ factor and the seed: one paired comparison per stratum.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ class Factor:
             keyed before the factor existed: those cells keep their keys and stay reusable.
         gt: a numeric level must be greater than this (config validation).
         le: a numeric level must be at most this (config validation).
+        title: the factor in sentences (``BN``, ``batch size``); default: the name in words.
     """
 
     name: str
@@ -47,6 +48,12 @@ class Factor:
     keyless_default: Any = None
     gt: float | None = None
     le: float | None = None
+    title: str = ""
+
+    @property
+    def words(self) -> str:
+        """The factor in sentences: ``BN``, ``batch size``, ``learning rate``."""
+        return self.title or self.name.replace("_", " ")
 
     def format(self, value: Any) -> str:
         """A level as run names, tables and figure labels show it."""
@@ -60,9 +67,10 @@ class Factor:
 FACTORS: dict[str, Factor] = {
     f.name: f
     for f in (
-        Factor("bn", "bn", bool, True, "model.bn"),
+        Factor("bn", "bn", bool, True, "model.bn", title="BN"),
         Factor("bn_position", "pos", str, True, "model.bn_position",
-               choices=("after_relu", "before_relu"), keyless_default="after_relu"),
+               choices=("after_relu", "before_relu"), keyless_default="after_relu",
+               title="BN position"),
         # A batch far beyond any data set overflows int32 shapes inside TensorFlow.
         Factor("batch_size", "bs", int, True, "train.batch_size", gt=0, le=1 << 24),
         Factor("learning_rate", "lr", float, False, "train.learning_rate", gt=0),
@@ -181,3 +189,29 @@ def factor_columns(columns: Iterable[str]) -> list[str]:
     factor columns)."""
     present = set(columns)
     return [name for name in FACTORS if name in present]
+
+
+def level_phrase(name: str, value: Any) -> str:
+    """One level in a sentence: ``BN on``, ``batch size 64``, ``learning rate 0.1``."""
+    f = factor(name)
+    return f"{f.words} {f.format(value)}"
+
+
+def stratum_phrase(stratum: Stratum) -> str:
+    """A comparison in a sentence: ``batch size 64``, ``batch size 64, learning rate 0.1``;
+    ``the whole grid`` when the grid has only the compared factor."""
+    return ", ".join(level_phrase(n, v) for n, v in stratum) or "the whole grid"
+
+
+def contrast_phrase(compare: str, levels: Sequence[Any]) -> str:
+    """What a comparison's difference is: ``BN on minus BN off`` (treatment minus control)."""
+    if len(levels) != 2:
+        return f"{factor(compare).words} (one level: nothing to compare)"
+    return f"{level_phrase(compare, levels[1])} minus {level_phrase(compare, levels[0])}"
+
+
+def strata_phrase(names: Iterable[str]) -> str:
+    """How the comparisons are split: ``per batch size``, ``per batch size x learning rate``;
+    ``over the whole grid`` when no factor but the compared one varies."""
+    words = " x ".join(factor(n).words for n in names)
+    return f"per {words}" if words else "over the whole grid"

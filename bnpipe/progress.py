@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
-from bnpipe.train.common import Cell
+from bnpipe.factors import Cell, levels_text
 
 
 def _clock(seconds: float) -> str:
@@ -49,7 +49,7 @@ class Progress:
         self.on_cell = on_cell
         self.stage = ""
         self._group = ""
-        self._last_epoch: tuple[bool, int, int] | None = None
+        self._last_epoch: tuple[tuple, int] | None = None
         # A bar only where a person watches: logs, pipes and CI keep plain lines.
         is_tty = getattr(self.stream, "isatty", lambda: False)()
         self._bar = _Bar(self.stream, total_cells) if (is_tty if live is None else live) else None
@@ -94,13 +94,11 @@ class Progress:
 
     def epoch(self, cell: Cell, epoch: int, row: dict[str, float]) -> None:
         """Called per model per epoch; a fused group reports once per epoch, not per member."""
-        key = (cell.bn, cell.batch_size, epoch)
+        key = (cell.levels, epoch)
         if key == self._last_epoch:
             return
         self._last_epoch = key
-        self._group = (
-            f"bn={'on' if cell.bn else 'off'} bs={cell.batch_size} epoch {epoch}/{self.epochs}"
-        )
+        self._group = f"{levels_text(cell.levels)} epoch {epoch}/{self.epochs}"
         self._show()
         # On a bar the epoch shows in place; as lines it is the only sign of life in a long group.
         self._say(

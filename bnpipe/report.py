@@ -27,6 +27,7 @@ from scipy import stats as sps
 from bnpipe import stats
 from bnpipe.config import Config
 from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
+from bnpipe.factors import factor_columns, stratum_phrase
 
 FIGSIZE = (7.0, 4.0)
 DPI = 100
@@ -389,11 +390,24 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _by_batch_size(frame: pd.DataFrame) -> bool:
+    """The reference grid's tables: one comparison per batch size (else per stratum label)."""
+    return [c for c in factor_columns(frame.columns) if c != "bn"] == ["batch_size"]
+
+
+def _where(frame: pd.DataFrame, r: Any, label: str = "stratum") -> Any:
+    return int(r.batch_size) if _by_batch_size(frame) else getattr(r, label)
+
+
+def _py(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def verdict_table(summary: pd.DataFrame) -> str:
-    """The per-batch-size verdict table (differences in percentage points)."""
+    """The per-comparison verdict table (differences in percentage points)."""
     level = _level(float(summary["alpha"].iloc[0])) if len(summary) else "95%"
     headers = [
-        "batch size",
+        "batch size" if _by_batch_size(summary) else "comparison",
         "n",
         "mean no BN",
         "mean BN",
@@ -406,7 +420,7 @@ def verdict_table(summary: pd.DataFrame) -> str:
     ]
     rows = [
         [
-            int(r.batch_size),
+            _where(summary, r),
             int(r.n_pairs),
             _pct(r.acc_no_bn),
             _pct(r.acc_bn),
@@ -426,7 +440,7 @@ def decision_table(decisions: pd.DataFrame) -> str:
     """The sequential design's decided verdicts (differences in percentage points)."""
     rows = [
         [
-            int(r.batch_size),
+            _where(decisions, r, "comparison"),
             "open: next look due" if r.decision == "continue" else f"**{r.decision}**",
             int(r.n_pairs),
             int(r.looks),
@@ -435,7 +449,8 @@ def decision_table(decisions: pd.DataFrame) -> str:
         ]
         for r in decisions.itertuples(index=False)
     ]
-    headers = ["batch size", "decision", "pairs used", "looks", "BN − no BN pp [RCI]", "alpha"]
+    first = "batch size" if _by_batch_size(decisions) else "comparison"
+    headers = [first, "decision", "pairs used", "looks", "BN − no BN pp [RCI]", "alpha"]
     return md_table(headers, rows)
 
 
@@ -485,7 +500,7 @@ def design_section(design: DesignOutcome) -> list[str]:
     undecided = design.decisions.loc[design.decisions["decision"] == "undecided"]
     for r in undecided.itertuples(index=False):
         lines.append(
-            f"- batch size {int(r.batch_size)}: undecided after {int(r.n_pairs)} pairs; the "
+            f"- {r.comparison}: undecided after {int(r.n_pairs)} pairs; the "
             f"difference lies in [{_pp(r.rci_low)}, {_pp(r.rci_high)}] pp."
         )
     lines += [
@@ -608,18 +623,21 @@ def methods_note(
     ]
     for r in summary.itertuples(index=False):
         lines.append(
-            f"- batch size {int(r.batch_size)}: n = {int(r.n_pairs)} pairs "
+            f"- {r.stratum}: n = {int(r.n_pairs)} pairs "
             f"(Wilcoxon: {r.wilcoxon_method}; permutation: {r.permutation_method})"
         )
     lines += ["", "Dropped pairs:", ""]
-    dropped = stats.dropped_pairs(results)
+    compare = str(summary["compare"].iloc[0]) if len(summary) else "bn"
+    dropped = stats.dropped_pairs(results, compare)
     if dropped.empty:
-        lines.append("- none: every seed finished in both arms at every batch size.")
-    for bs, group in dropped.groupby("batch_size", sort=True):
+        lines.append("- none: every seed finished in both arms in every comparison.")
+    strata = stats.stratum_factors(dropped, compare)
+    for _, group in dropped.groupby("stratum", sort=False):
+        first = group.iloc[0]
+        where = stratum_phrase(tuple((n, _py(first[n])) for n in strata))
         n = len(group)
         lines.append(
-            f"- {n} pair{'s' if n != 1 else ''} dropped at batch size {int(bs)}: "
-            + "; ".join(group["reason"])
+            f"- {n} pair{'s' if n != 1 else ''} dropped at {where}: " + "; ".join(group["reason"])
         )
     return "\n".join(lines)
 
@@ -637,8 +655,14 @@ def render_markdown(
     alpha: float,
     threshold: float,
     design: DesignOutcome | None = None,
+    reference: bool = True,
 ) -> str:
-    """Assemble report.md from computed tables (figure links relative to the report)."""
+    """Assemble report.md from computed tables (figure links relative to the report).
+
+    ``reference``: the grid is BN compared per batch size, which the exploratory sections
+    (interaction ANOVA, batch-size effect, dynamics) are written for; other grids get the
+    paired comparisons, the design and the figures only.
+    """
     parts = [f"# {title}", "", "## Run", ""]
     parts += [f"- **{k}**: {v}" for k, v in run_info.items()] or ["- (no run info)"]
     parts += [""]
@@ -661,6 +685,11 @@ def render_markdown(
         ]
     parts += [verdict_table(summary), ""]
     parts += [f"- {stats.verdict_sentence(row)}" for _, row in summary.iterrows()]
+    if not reference:
+        parts += ["", "## Figures", ""]
+        parts += [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in figures]
+        parts += ["## Methods", "", methods, ""]
+        return "\n".join(parts)
     parts += [
         "",
         "## Does batch size change the effect of BN? (exploratory)",
@@ -727,9 +756,57 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     results = stats.normalize_results(results)
     histories = stats.normalize_histories(histories)
-    summary = stats.summarize_by_batch_size(
-        results, alpha=alpha, equivalence_margin=equivalence_margin, n_resamples=n_resamples
+    compare = plan.compare if plan is not None else "bn"
+    levels = tuple(plan.levels) if plan is not None and len(plan.levels) == 2 else None
+    summary = stats.summarize_by_stratum(
+        results,
+        compare,
+        levels,
+        alpha=alpha,
+        equivalence_margin=equivalence_margin,
+        n_resamples=n_resamples,
     )
+    # The exploratory analyses and their figures are written for BN compared per batch size;
+    # other grids get the paired comparisons and the design (their faceting comes separately).
+    reference = compare == "bn" and stats.stratum_factors(results, compare) == ["batch_size"]
+    design = design_outcome(results, plan) if plan is not None else None
+    if not reference:
+        empty = pd.DataFrame()
+        figures: list[Path] = []
+        if design is not None and plan is not None and plan.sequential and len(design.looks):
+            monitoring = out_dir / FIGURE_FILES["sequential_monitoring"]
+            figures.append(plot_sequential_monitoring(design.looks, monitoring, margin=plan.margin))
+        text = render_markdown(
+            title=title,
+            run_info=dict(run_info or {}),
+            summary=summary,
+            anova=empty,
+            batch_effect=empty,
+            dyn_summary=empty,
+            figures=figures,
+            methods=methods_note(results, summary, alpha=alpha, n_resamples=n_resamples),
+            alpha=alpha,
+            threshold=threshold,
+            design=design,
+            reference=False,
+        )
+        report_path = out_dir / "report.md"
+        report_path.write_text(text, encoding="utf-8")
+        return ReportOutput(
+            report_path,
+            figures,
+            summary,
+            empty,
+            empty,
+            empty,
+            design,
+            verdict_markdown=(
+                "Decided (sequential design)\n\n" + decision_table(design.decisions)
+                if design is not None and design.plan.sequential and len(design.decisions)
+                else verdict_table(summary)
+            ),
+            html_path=write_html_report(report_path),
+        )
     anova = stats.interaction_anova(results)
     batch_effect = stats.batch_size_effect(results)
     dyn = stats.dynamics(histories, results, threshold)
@@ -746,8 +823,7 @@ def build_report(
         ),
         plot_paired_seeds(results, out_dir / FIGURE_FILES["paired_seeds"]),
     ]
-    design = design_outcome(results, plan) if plan is not None else None
-    if design is not None and plan.sequential and len(design.looks):
+    if design is not None and plan is not None and plan.sequential and len(design.looks):
         monitoring = out_dir / FIGURE_FILES["sequential_monitoring"]
         figures.insert(0, plot_sequential_monitoring(design.looks, monitoring, margin=plan.margin))
     text = render_markdown(

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from bnpipe.config import Config, DataConfig, ModelConfig, TrainConfig
+from bnpipe.config import Config
 from bnpipe.data import MnistData, load_mnist
+from bnpipe.factors import FACTORS, parse_level
 from bnpipe.grid import Group, evaluate_cell, history_frame, train_cells
 from bnpipe.provenance import code_digest, environment_facts, package_versions
 from bnpipe.tracking import (
@@ -72,7 +74,7 @@ class RecordedSettings:
     cell: Cell
     engine: str
     epochs: int
-    learning_rate: float
+    levels: dict[str, Any]  # every factor's level (the cell's and the defaults it trained with)
     hidden_units: tuple[int, ...]
     num_classes: int
     limit_train: int | None
@@ -81,17 +83,23 @@ class RecordedSettings:
     shard_size: int
 
     def config(self) -> Config:
-        """The settings as a config, so the cell trains through the flow's own code path."""
-        return Config(
-            data=DataConfig(limit_train=self.limit_train, limit_test=self.limit_test),
-            model=ModelConfig(hidden_units=self.hidden_units, num_classes=self.num_classes),
-            train=TrainConfig(
-                epochs=self.epochs,
-                learning_rate=self.learning_rate,
-                engine=self.engine,
-                shard_size=self.shard_size,
-            ),
-        )
+        """The settings as a config, so the cell trains through the flow's own code path: a
+        one-cell grid of the cell's own factors, every other factor in its default field."""
+        raw: dict[str, Any] = {
+            "data": {"limit_train": self.limit_train, "limit_test": self.limit_test},
+            "model": {"hidden_units": list(self.hidden_units), "num_classes": self.num_classes},
+            "train": {"epochs": self.epochs, "engine": self.engine, "shard_size": self.shard_size},
+            "grid": {
+                "factors": {name: [level] for name, level in self.cell.levels},
+                "compare": self.cell.factor_names[0],
+                "seeds": [self.cell.seed],
+            },
+        }
+        for name, level in self.levels.items():
+            if name not in self.cell.factor_names:
+                section, _, attr = FACTORS[name].default_field.partition(".")
+                raw[section][attr] = level
+        return Config.model_validate(raw)
 
 
 def _optional_int(value: str | None) -> int | None:
@@ -111,11 +119,19 @@ def recorded_settings(run: CellRun) -> RecordedSettings:
         )
     p = run.cell_params  # old and new param spellings alike
     try:
+        # A factor absent from the params is at its keyless default (keyed before it existed).
+        levels = {
+            name: parse_level(name, p[name]) if name in p else f.keyless_default
+            for name, f in FACTORS.items()
+        }
+        missing = [name for name, level in levels.items() if level is None]
+        if missing:
+            raise KeyError(", ".join(missing))
         return RecordedSettings(
-            cell=Cell(bn=p["bn"] == "True", batch_size=int(p["batch_size"]), seed=int(p["seed"])),
+            cell=run.cell,
             engine=p["engine"],
             epochs=int(p["epochs"]),
-            learning_rate=float(p["learning_rate"]),
+            levels=levels,
             hidden_units=tuple(int(u) for u in json.loads(p["hidden_units"])),
             num_classes=int(p["num_classes"]),
             limit_train=_optional_int(p.get("limit_train")),
@@ -185,7 +201,7 @@ def reproduce_run(tracker: Tracker, run_id: str, data_dir: str | None) -> Reprod
     s = recorded_settings(run)
     cfg = s.config()
     data = load_cell_data(s, data_dir)
-    result = train_cells(cfg, Group(s.cell.bn, s.cell.batch_size, (s.cell.seed,)), data)[0]
+    result = train_cells(cfg, Group(s.cell.levels, (s.cell.seed,)), data)[0]
     rep = Reproduction(run_id, s.cell, s.engine, s.epochs, n_metrics=0)
     recorded_status = run.tags.get(STATUS_TAG, "")
     if recorded_status != result.status:

@@ -41,6 +41,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from bnpipe.factors import FACTORS, Cell, parse_level
+
 if TYPE_CHECKING:
     from bnpipe.data import MnistData
 
@@ -104,7 +106,8 @@ PARAM_NAMES = {
     "limit_test": "data.limit_test",
     "data_digest": "data.digest",
 }
-CELL_PARAMS = ("bn", "batch_size", "seed")  # what tells the cells of one grid apart
+# What tells the cells of one grid apart, besides the grid's factors' levels.
+CELL_PARAMS = ("seed",)
 # MLflow caps one log_batch call at 1000 metrics / 100 params / 100 tags.
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 # A parent's heartbeat is refreshed this often; a run on another host whose heartbeat is older
@@ -225,28 +228,54 @@ def _current_names(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def logged_params(cell_params: Mapping[str, Any]) -> dict[str, Any]:
-    """A cell's params as logged: the parent's spelling, ``bn`` as on/off like the run names."""
+    """A cell's params as logged: the parent's spelling, on/off factors (``bn``) as on/off like
+    the run names."""
     out = {PARAM_NAMES.get(k, k): v for k, v in cell_params.items()}
-    if "bn" in out:
-        out["bn"] = "on" if out["bn"] else "off"
+    for name, f in FACTORS.items():
+        if f.kind is bool and name in out:
+            out[name] = f.format(out[name])
     return out
 
 
-def parent_params(flat_config: Mapping[str, Any], cell_params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parent's params: the whole config plus what its cells share, spelled as they are."""
-    shared = {k: v for k, v in logged_params(cell_params).items() if k not in CELL_PARAMS}
+def parent_params(
+    flat_config: Mapping[str, Any],
+    cell_params: Mapping[str, Any],
+    varying: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The parent's params: the whole config plus what its cells share, spelled as they are
+    (``varying``: the grid's factors, whose levels differ from cell to cell)."""
+    differ = {PARAM_NAMES.get(k, k) for k in (*varying, *CELL_PARAMS)}
+    shared = {k: v for k, v in logged_params(cell_params).items() if k not in differ}
     return {**flat_config, **shared}
 
 
 def _recorded_cell_params(params: Mapping[str, str]) -> dict[str, str]:
-    """A child's params under grid.cell_params' names, whichever spelling it was logged with."""
+    """A child's params under grid.cell_params' names, whichever spelling it was logged with
+    (on/off factors as "True"/"False", as the oldest runs logged ``bn``)."""
     out = dict(params)
     for old, new in PARAM_NAMES.items():
         if new in params:
             out[old] = params[new]
-    if params.get("bn") in ("on", "off"):
-        out["bn"] = str(params["bn"] == "on")
+    for name, f in FACTORS.items():
+        if f.kind is bool and name in params:
+            out[name] = str(parse_level(name, params[name]))
     return out
+
+
+def recorded_cell(run_name: str, params: Mapping[str, str]) -> Cell:
+    """The grid cell a child run recorded: its factors from the run name (``bn=on bs=32
+    seed=3``), their levels and the seed from its params (old and new spellings alike).
+
+    Raises:
+        KeyError, ValueError: the params or the name do not describe a cell.
+    """
+    p = _recorded_cell_params(params)
+    by_label = {f.label: name for name, f in FACTORS.items()}
+    labels = [token.partition("=")[0] for token in run_name.split()]
+    names = [by_label[label] for label in labels if label in by_label]
+    if not names or any(label not in by_label and label != "seed" for label in labels):
+        raise ValueError(f"run name {run_name!r} is not a cell's (factor=level ... seed=N)")
+    return Cell.of(int(p["seed"]), **{n: parse_level(n, p[n]) for n in names})
 
 
 def _model_name(run_name: str) -> str:
@@ -405,6 +434,11 @@ class CellRun:
     def cell_params(self) -> dict[str, str]:
         """The params under grid.cell_params' names (``bn`` "True"/"False"), old runs or new."""
         return _recorded_cell_params(self.params)
+
+    @property
+    def cell(self) -> Cell:
+        """The grid cell this run recorded (see :func:`recorded_cell`)."""
+        return recorded_cell(self.name, self.params)
 
     @property
     def order(self) -> tuple[int, str]:

@@ -1,5 +1,6 @@
-"""The Prefect flow: load data once, train per (BN, batch size) group, evaluate and log per cell,
-analyse at the end. Prefect lives here only; the work is done by plain functions in bnpipe/.
+"""The Prefect flow: load data once, train per group (one combination of the grid's levels),
+evaluate and log per cell, analyse at the end. Prefect lives here only; the work is done by
+plain functions in bnpipe/.
 """
 
 from __future__ import annotations
@@ -44,11 +45,17 @@ from bnpipe.design import (
     decide_all,
     next_block,
     plan_of,
-    stratum_label,
 )
 from bnpipe.evaluate import Evaluation
+from bnpipe.factors import (
+    Stratum,
+    contrast_phrase,
+    factor_columns,
+    strata_phrase,
+    stratum_key,
+    stratum_label,
+)
 from bnpipe.grid import (
-    RESULT_COLUMNS,
     Group,
     cell_key_for,
     cell_params,
@@ -56,7 +63,9 @@ from bnpipe.grid import (
     grid_cells,
     history_frame,
     keras_model,
+    result_columns,
     result_row,
+    strata,
     train_cells,
     training_groups,
 )
@@ -106,7 +115,7 @@ class CellOutcome:
 
 
 def _keyed(history: pd.DataFrame, cell: Cell) -> pd.DataFrame:
-    return history.assign(bn=cell.bn, batch_size=cell.batch_size, seed=cell.seed)
+    return history.assign(**dict(cell.levels), seed=cell.seed)
 
 
 def _now_ms() -> int:
@@ -288,7 +297,7 @@ def analyze(
     create_table_artifact(
         table.astype(object).where(table.notna(), None).to_dict("records"),
         key=key + "-table",
-        description=f"BN minus no-BN per batch size ({run_name})",
+        description=f"{_contrast(cfg)} ({run_name})",
     )
     return out
 
@@ -366,10 +375,20 @@ def _link_to_mlflow(tracker: Tracker, parent_id: str, run_name: str) -> None:
     )
 
 
+def _contrast(cfg: Config) -> str:
+    """``BN on minus BN off test accuracy per batch size``: what the comparisons are."""
+    others = [n for n in cfg.grid.levels if n != cfg.grid.compare]
+    return (
+        f"{contrast_phrase(cfg.grid.compare, cfg.grid.compare_levels)} test accuracy "
+        f"{strata_phrase(others)}"
+    )
+
+
 def cfg_info(cfg: Config, data: MnistData) -> dict[str, Any]:
     """Facts shown at the top of the report."""
+    grid = " x ".join(f"{name} {list(levels)}" for name, levels in cfg.grid.levels.items())
     return {
-        "grid": f"BN {list(cfg.grid.bn)} x batch sizes {list(cfg.grid.batch_sizes)} x seeds",
+        "grid": f"{grid} x seeds; compared: {_contrast(cfg)}",
         "design": plan_of(cfg).describe(),
         "training": f"{cfg.train.epochs} epochs, Adam lr {cfg.train.learning_rate}, "
         f"engine {cfg.train.engine}",
@@ -389,7 +408,8 @@ def _error_text(state: State) -> str:
 
 
 def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
-    """Key numbers per batch size as parent-run metrics, so the UI can chart them over runs."""
+    """Key numbers per comparison as parent-run metrics (``diff_batch_size_32``), so the UI can
+    chart them over runs."""
     out: dict[str, float] = {}
     names = {
         "mean_diff": "diff",
@@ -402,10 +422,16 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
         "n_pairs": "n_pairs",
     }
     for _, row in summary.iterrows():
+        factors = [c for c in factor_columns(summary.columns) if c != row.get("compare")]
+        key = stratum_key(tuple((n, _py(row[n])) for n in factors))
         for col, short in names.items():
             if col in row:
-                out[f"{short}_bs{int(row['batch_size'])}"] = float(row[col])
+                out[f"{short}_{key}"] = float(row[col])
     return out
+
+
+def _py(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
 
 
 def _grouped(cells: list[Cell], order: Iterable[Cell]) -> list[list[Cell]]:
@@ -416,7 +442,7 @@ def _grouped(cells: list[Cell], order: Iterable[Cell]) -> list[list[Cell]]:
 
 def _group_of(claimed: MutableMapping[Cell, str]) -> Group:
     cells = sorted(claimed)
-    return Group(cells[0].bn, cells[0].batch_size, tuple(c.seed for c in cells))
+    return Group(cells[0].levels, tuple(c.seed for c in cells))
 
 
 def _train_on_cluster(
@@ -611,7 +637,7 @@ class Interrupted(KeyboardInterrupt):
 
 @flow(name="bn-ablation", flow_run_name=new_run_name)
 def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
-    """Run the BN x batch-size x seed grid defined by ``params``.
+    """Run the grid (factor levels x seeds) defined by ``params``.
 
     Args:
         params: The experiment, as in params.yaml (a mapping of the same shape works too).
@@ -620,7 +646,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
     Cells whose key has a FINISHED run in the experiment are reused, not trained, unless
     ``fresh``. Runs left RUNNING by a killed bnpipe process are marked FAILED first.
 
-    Returns the parent run id, the results table (records), the per-batch-size summary, and
+    Returns the parent run id, the results table (records), the per-comparison summary, and
     which cells were trained and reused.
     """
     # A deployment's params may carry credentials in the URI: keep them out of what is logged.
@@ -647,11 +673,11 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
         **{f"{TAG_PREFIX}env.{k}": v for k, v in environment_facts().items()},
     }
     # Any cell: the parent records only the settings its cells share.
-    shared = cell_params(cfg, Cell(False, cfg.grid.batch_sizes[0], 0), data.digest)
+    shared = cell_params(cfg, grid_cells(cfg, {strata(cfg)[0]: [0]})[0], data.digest)
     with clock.phase("tracking"):
         parent_id = tracker.start_run(
             run_name,
-            params=parent_params(cfg.flat(), shared),
+            params=parent_params(cfg.flat(), shared, cfg.grid.levels),
             tags={
                 **common_tags,
                 **Owner.current().tag(),
@@ -673,7 +699,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
     try:
         with tracker.heartbeat(parent_id):
 
-            def run_cells(seeds: dict[int, range | tuple[int, ...]]) -> dict[Cell, str]:
+            def run_cells(seeds: dict[Stratum, range | tuple[int, ...]]) -> dict[Cell, str]:
                 keys = {c: cell_key_for(cfg, c, data.digest) for c in grid_cells(cfg, seeds)}
                 progress.total += len(keys)
                 _run_grid(
@@ -689,12 +715,13 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                 )
                 return keys
 
-            keys = _run_design(plan, run_cells, state, progress)
+            keys = _run_design(plan, run_cells, state, progress, cfg)
             state.outcomes.update(load_reused(state))
             # Grid order, whichever cells were reused and whichever look trained them: the
             # analysis is then the same as a run's that trained everything at once.
-            ordered = [state.outcomes[c] for c in grid_cells(cfg, _seeds_by_stratum(keys))]
-            results = pd.DataFrame([o.row for o in ordered], columns=list(RESULT_COLUMNS))
+            by_stratum = _seeds_by_stratum(keys, cfg.grid.compare)
+            ordered = [state.outcomes[c] for c in grid_cells(cfg, by_stratum)]
+            results = pd.DataFrame([o.row for o in ordered], columns=result_columns(cfg))
             histories = [o.history for o in ordered if len(o.history)]
             history_table = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
             run_info = {
@@ -710,7 +737,8 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
             summary = report.summary
             design = report.design
             log.info(
-                "BN minus no-BN test accuracy per batch size (report %s):\n%s",
+                "%s (report %s):\n%s",
+                _contrast(cfg),
                 report.report_path,
                 summary[VERDICT_COLUMNS].round(4).to_string(index=False),
             )
@@ -733,7 +761,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                         "results": results,
                         "histories": history_table,
                         "summary": summary,
-                        "reused": reused_table(state.reused, keys),
+                        "reused": reused_table(state.reused, keys, cfg.grid.levels),
                         **(
                             {"decisions": design.decisions, "looks": design.looks}
                             if plan.sequential
@@ -786,7 +814,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
 
 def _plan_size(plan: Plan, cfg: Config) -> str:
     """How many cells the plan trains (a fixed list), or per look and at most (sequential)."""
-    arms = len(cfg.grid.bn)
+    arms = len(cfg.grid.compare_levels)
     if not plan.sequential:
         return f"{arms * len(plan.strata) * len(plan.seeds)} cells"
     per_look = arms * len(plan.strata) * plan.look_every
@@ -796,33 +824,32 @@ def _plan_size(plan: Plan, cfg: Config) -> str:
     )
 
 
-def _seeds_by_stratum(cells: Iterable[Cell]) -> dict[int, list[int]]:
-    out: dict[int, set[int]] = {}
+def _seeds_by_stratum(cells: Iterable[Cell], compare: str) -> dict[Stratum, list[int]]:
+    out: dict[Stratum, set[int]] = {}
     for c in cells:
-        out.setdefault(c.batch_size, set()).add(c.seed)
-    return {bs: sorted(s) for bs, s in out.items()}
+        out.setdefault(c.stratum(compare), set()).add(c.seed)
+    return {st: sorted(s) for st, s in out.items()}
 
 
-def _light_results(state: GridRun) -> pd.DataFrame:
+def _light_results(state: GridRun, cfg: Config) -> pd.DataFrame:
     """Status and test accuracy of every cell so far (trained or reused): what a look needs."""
-    rows = [
-        {k: o.row[k] for k in ("bn", "batch_size", "seed", "status", "test_accuracy")}
-        for o in state.outcomes.values()
-    ]
+    columns = [*cfg.grid.levels, "seed", "status", "test_accuracy"]
+    rows = [{k: o.row[k] for k in columns} for o in state.outcomes.values()]
     rows += [
         {
-            "bn": c.bn,
-            "batch_size": c.batch_size,
+            **dict(c.levels),
             "seed": c.seed,
             "status": "finished",
             "test_accuracy": run.test_accuracy,
         }
         for c, run in state.reused.items()
     ]
-    return pd.DataFrame(rows, columns=["bn", "batch_size", "seed", "status", "test_accuracy"])
+    return pd.DataFrame(rows, columns=columns)
 
 
-def _run_design(plan: Plan, run_cells: Any, state: GridRun, progress: Progress) -> dict[Cell, str]:
+def _run_design(
+    plan: Plan, run_cells: Any, state: GridRun, progress: Progress, cfg: Config
+) -> dict[Cell, str]:
     """Train what the design asks for; returns every cell's key.
 
     Fixed: the seed list once. Sequential: a block of ``look_every`` seeds for every open
@@ -830,10 +857,10 @@ def _run_design(plan: Plan, run_cells: Any, state: GridRun, progress: Progress) 
     every comparison is decided or capped.
     """
     if not plan.sequential:
-        return run_cells({bs: plan.seeds for bs in plan.strata})
+        return run_cells({st: plan.seeds for st in plan.strata})
     keys: dict[Cell, str] = {}
     started = dict.fromkeys(plan.strata, 0)
-    decisions = decide_all(_light_results(state), plan)
+    decisions = decide_all(_light_results(state, cfg), plan)
     look = trained_looks = 0
     while block := next_block(plan, decisions, started):
         # Looks replayed from reused cells are free and do not count: a scheduled run with
@@ -850,26 +877,26 @@ def _run_design(plan: Plan, run_cells: Any, state: GridRun, progress: Progress) 
         progress.set_stage(
             f"look {look}: seeds {min(r.start for r in block.values())}-"
             f"{max(r.stop for r in block.values()) - 1} for "
-            f"{', '.join(stratum_label(bs) for bs in block)}"
+            f"{', '.join(stratum_label(st) for st in block)}"
         )
         keys.update(run_cells(block))
         trained_looks += len(state.outcomes) > trained_before
-        for bs, seeds in block.items():
-            started[bs] = seeds.stop
-        decisions = close_capped(decide_all(_light_results(state), plan), plan, started)
+        for st, seeds in block.items():
+            started[st] = seeds.stop
+        decisions = close_capped(decide_all(_light_results(state, cfg), plan), plan, started)
         progress.note(
             f"look {look} done in {time.perf_counter() - t0:.0f}s: "
             + "; ".join(
-                f"{stratum_label(bs)} {d.decision} (n={d.n}, "
+                f"{stratum_label(st)} {d.decision} (n={d.n}, "
                 f"RCI [{100 * d.rci_low:+.2f}, {100 * d.rci_high:+.2f}] pp)"
-                for bs, d in decisions.items()
+                for st, d in decisions.items()
             )
         )
-        still_open = [bs for bs, d in decisions.items() if d.decision == "continue"]
+        still_open = [st for st, d in decisions.items() if d.decision == "continue"]
         if still_open and len(state.outcomes) > trained_before:
             # Worst case: every open comparison runs to max_seeds at this look's pace.
             per_pair = (time.perf_counter() - t0) / sum(len(r) for r in block.values())
-            left = sum(max(0, plan.max_seeds - started[bs]) for bs in still_open)
+            left = sum(max(0, plan.max_seeds - started[st]) for st in still_open)
             progress.note(
                 f"still open: {len(still_open)} comparison(s); at most {2 * left} more cells "
                 f"(~{per_pair * left / 60:.0f} min at this look's pace)"
@@ -877,12 +904,14 @@ def _run_design(plan: Plan, run_cells: Any, state: GridRun, progress: Progress) 
     return keys
 
 
-def reused_table(reused: dict[Cell, CellRun], keys: dict[Cell, str]) -> pd.DataFrame:
-    """The parent's link to reused child runs (they keep their own parent; none is moved)."""
+def reused_table(
+    reused: dict[Cell, CellRun], keys: dict[Cell, str], factors: Iterable[str]
+) -> pd.DataFrame:
+    """The parent's link to reused child runs (they keep their own parent; none is moved);
+    ``factors``: the grid's factor names (the table's first columns)."""
     rows = [
         {
-            "bn": c.bn,
-            "batch_size": c.batch_size,
+            **dict(c.levels),
             "seed": c.seed,
             "run_id": run.run_id,
             "parent_run_id": run.parent_id,
@@ -890,9 +919,7 @@ def reused_table(reused: dict[Cell, CellRun], keys: dict[Cell, str]) -> pd.DataF
         }
         for c, run in sorted(reused.items())
     ]
-    return pd.DataFrame(
-        rows, columns=["bn", "batch_size", "seed", "run_id", "parent_run_id", "cell_key"]
-    )
+    return pd.DataFrame(rows, columns=[*factors, "seed", "run_id", "parent_run_id", "cell_key"])
 
 
 @flow(name="bn-ablation-from-file", flow_run_name=new_run_name)

@@ -10,11 +10,17 @@ import prefect  # noqa: F401  (import before TensorFlow: its logging setup would
 import pytest
 
 from bnpipe.data import MnistData
+from bnpipe.factors import Cell
 
 REAL_DATA = os.environ.get("BNPIPE_DATA_DIR")
 requires_mnist = pytest.mark.skipif(
     not REAL_DATA, reason="set BNPIPE_DATA_DIR to the MNIST folder (CI does)"
 )
+
+
+def bs_cell(bn: bool, batch_size: int, seed: int) -> Cell:
+    """A cell of the reference grid (BN x batch size), as the tests name them."""
+    return Cell.of(seed, bn=bn, batch_size=batch_size)
 
 
 def make_tiny_mnist(n_train: int = 600, n_test: int = 200, seed: int = 0) -> MnistData:

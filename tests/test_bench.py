@@ -102,9 +102,9 @@ def test_jax_peer_learns_what_the_fused_engine_learns(tiny_mnist, bn):
 
     d = tiny_mnist
     peer = time_group(d, bn, 64, 2, 3, shard_size=1)
-    fused = train_fused(
-        bn, 64, [0, 1], d.x_train, d.y_train, d.x_test, d.y_test, epochs=3, learning_rate=1e-3
-    )
+    from bnpipe.train.common import TrainSpec
+
+    fused = train_fused(TrainSpec.of([0, 1], bn=bn, batch_size=64, epochs=3), d)
     fused_acc = np.mean([r.history[-1]["val_accuracy"] for r in fused])
     # Same init, data order and update rule: the frameworks' float rounding is all that differs.
     assert peer["val_accuracy"] == pytest.approx(fused_acc, abs=0.02)

@@ -9,7 +9,6 @@ import typing
 from importlib import metadata
 
 import pytest
-
 from pydantic import BaseModel
 
 from bnpipe import grid, provenance

@@ -19,7 +19,7 @@ from bnpipe.design import (
     next_block,
     plan_of,
 )
-from bnpipe.train.common import Cell
+from tests.conftest import bs_cell
 from tests.test_resume import TrainCounter, accuracies, run_flow
 
 # Tiny data, 1 epoch, keras engine (no XLA compile per group): looks of 2 seed pairs up to 6 per
@@ -99,13 +99,14 @@ def test_blocks_follow_the_open_comparisons() -> None:
         }
     )
     decisions = decide_all(results, plan)
-    assert decisions[16].decision == "benefit" and decisions[16].n == 10
-    assert decisions[32].decision == "continue"
-    started = {16: 10, 32: 10}
-    assert next_block(plan, decisions, started) == {32: range(10, 20)}
+    s16, s32 = (("batch_size", 16),), (("batch_size", 32),)  # the strata: one per batch size
+    assert decisions[s16].decision == "benefit" and decisions[s16].n == 10
+    assert decisions[s32].decision == "continue"
+    started = {s16: 10, s32: 10}
+    assert next_block(plan, decisions, started) == {s32: range(10, 20)}
     # A comparison whose pairs keep failing is closed undecided at the seed cap.
-    capped = close_capped(decisions, plan, {16: 10, 32: plan.seed_cap})
-    assert capped[32].decision == "undecided" and next_block(plan, capped, started) == {}
+    capped = close_capped(decisions, plan, {s16: 10, s32: plan.seed_cap})
+    assert capped[s32].decision == "undecided" and next_block(plan, capped, started) == {}
 
 
 def test_design_outcome_records_state_and_design_quantities() -> None:
@@ -137,7 +138,7 @@ def test_sequential_runs_until_decided_and_a_scheduled_sequence_equals_a_straigh
     assert set(decisions["decision"]) <= {"benefit", "harm", "equivalent", "undecided"}
     # Every comparison got whole blocks of 2 seeds up to its decision, and no more.
     for r in decisions.itertuples():
-        seeds = {c.seed for c in trained if c.batch_size == r.batch_size}
+        seeds = {c.seed for c in trained if c["batch_size"] == r.batch_size}
         assert seeds == set(range(r.n_pairs)) and r.n_pairs % 2 == 0 and r.looks >= 2
     assert len(trained) == straight["trained"] == 2 * decisions["n_pairs"].sum()
     parent = mlflow.MlflowClient(straight_store).get_run(straight["parent_run_id"])
@@ -172,5 +173,5 @@ def test_fixed_design_keeps_its_seed_list(monkeypatch, tiny_mnist, store, prefec
         store,
         ["train.engine=keras", "train.epochs=1", "grid.batch_sizes=[32]", "grid.seeds=[3,5]"],
     )
-    assert counter.take() == {Cell(b, 32, s) for b in (False, True) for s in (3, 5)}
+    assert counter.take() == {bs_cell(b, 32, s) for b in (False, True) for s in (3, 5)}
     assert out["decisions"] == []

@@ -46,7 +46,7 @@ def test_bnpipe_run_on_real_mnist(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "[ 16/16]" in out  # progress reached the last cell
-    assert "BN minus no-BN test accuracy" in out
+    assert "BN on minus BN off test accuracy per batch size" in out
     rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(0\.\d{4})\s+(0\.\d{4})\s+", out, re.MULTILINE)
     # one summary row per batch size, 2 pairs each, accuracies of one epoch (~0.93-0.97)
     assert [(int(r[0]), int(r[1])) for r in rows] == [(16, 2), (32, 2), (64, 2), (128, 2)]

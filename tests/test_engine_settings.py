@@ -9,7 +9,7 @@ import pytest
 from bnpipe import grid
 from bnpipe.config import load_config
 from bnpipe.data import MnistData
-from bnpipe.train.common import Cell
+from bnpipe.train.common import TrainSpec
 from bnpipe.train.fused import train_fused
 from bnpipe.train.keras_engine import train_keras
 from tests.conftest import make_tiny_mnist
@@ -43,7 +43,7 @@ def test_hidden_units_and_num_classes_reach_both_engines(hidden, classes, labels
                 "grid.seeds=[1]",
             ],
         )
-        (group,) = grid.training_groups(grid.grid_cells(cfg, {32: [1]}))
+        (group,) = grid.training_groups(grid.grid_cells(cfg, {(("batch_size", 32),): [1]}))
         (result,) = grid.train_cells(cfg, group, data)
         assert result.status == "finished", result.error
         assert np.isfinite(result.history[-1]["loss"])
@@ -63,9 +63,9 @@ def test_hidden_units_and_num_classes_reach_both_engines(hidden, classes, labels
 @pytest.mark.parametrize(("bn", "n_train"), [(True, 1), (False, 5)])
 def test_batch_above_the_training_set_is_one_batch_as_in_fit(bn, n_train):
     data = make_tiny_mnist(n_train=n_train, n_test=10, seed=2)
-    args = (data.x_train, data.y_train, data.x_test, data.y_test)
-    (fused,) = train_fused(bn, 16, [0], *args, epochs=2, learning_rate=1e-3)
-    keras = train_keras(Cell(bn, 16, 0), *args, epochs=2, learning_rate=1e-3)
+    spec = TrainSpec.of([0], bn=bn, batch_size=16, epochs=2, learning_rate=1e-3)
+    (fused,) = train_fused(spec, data)
+    (keras,) = train_keras(spec, data)
     assert fused.status == keras.status == "finished"
     for f, k in zip(fused.weights, keras.weights, strict=True):
         np.testing.assert_allclose(f, k, atol=KERAS_ATOL[bn])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import time
@@ -15,6 +16,7 @@ from bnpipe import evaluate
 from bnpipe.cli import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, main
 from bnpipe.train import engines
 from bnpipe.train.common import Cell
+from tests.conftest import bs_cell
 from tests.test_resume import (  # noqa: F401 (bnpipe_process is a fixture)
     STATS,
     _set_args,
@@ -30,23 +32,23 @@ GRID = ["train.engine=keras", "train.epochs=2", "grid.batch_sizes=[32,64]", "gri
 
 
 def _cell(r: dict) -> Cell:
-    return Cell(bool(r["bn"]), int(r["batch_size"]), int(r["seed"]))
+    return bs_cell(bool(r["bn"]), int(r["batch_size"]), int(r["seed"]))
 
 
 def test_diverging_cell_fails_alone_and_only_its_pair_is_dropped(
     monkeypatch, tiny_mnist, store, tmp_path
 ):
 
-    bad = Cell(True, 64, 1)
+    bad = bs_cell(True, 64, 1)
     real = engines.train_group
 
-    def one_cell_diverges(engine, bn, batch_size, seeds, *args, **kwargs):
+    def one_cell_diverges(spec, *args, **kwargs):
         results = []
-        for seed in seeds:  # the keras engine trains seed by seed anyway
-            lr = 1e30 if Cell(bn, batch_size, seed) == bad else kwargs["learning_rate"]
-            results += real(
-                engine, bn, batch_size, [seed], *args, **{**kwargs, "learning_rate": lr}
-            )
+        for i, cell in enumerate(spec.cells):  # the keras engine trains seed by seed anyway
+            one = spec.members([i])
+            if cell == bad:
+                one = dataclasses.replace(one, learning_rates=(1e30,))
+            results += real(one, *args, **kwargs)
         return results
 
     monkeypatch.setattr(engines, "train_group", one_cell_diverges)
@@ -74,20 +76,20 @@ def test_evaluate_that_fails_once_is_retried(monkeypatch, tiny_mnist, store):
 
     def flaky(cell, *args, **kwargs):
         calls.append(cell)
-        if cell == Cell(False, 32, 1) and calls.count(cell) == 1:
+        if cell == bs_cell(False, 32, 1) and calls.count(cell) == 1:
             raise ConnectionError("worker lost (simulated)")
         return real(cell, *args, **kwargs)
 
     monkeypatch.setattr(evaluate, "evaluate_weights", flaky)
     out, _ = run_flow(monkeypatch, tiny_mnist, store, [*GRID, "grid.batch_sizes=[32]"])
-    assert calls.count(Cell(False, 32, 1)) == 2
+    assert calls.count(bs_cell(False, 32, 1)) == 2
     assert {r["status"] for r in out["results"]} == {"finished"}
 
 
 def test_cell_that_keeps_failing_is_recorded_and_run_exits_1(
     monkeypatch, tiny_mnist, store, capsys
 ):
-    bad, real = Cell(True, 32, 2), evaluate.evaluate_weights
+    bad, real = bs_cell(True, 32, 2), evaluate.evaluate_weights
 
     def broken(cell, *args, **kwargs):
         if cell == bad:
@@ -256,10 +258,10 @@ def test_interrupted_run_leaves_nothing_running(monkeypatch, tiny_mnist, store):
 
     real = engines.train_group
 
-    def interrupted_at_second_group(engine, bn, batch_size, seeds, *args, **kwargs):
-        if bn:
+    def interrupted_at_second_group(spec, *args, **kwargs):
+        if spec.architecture.bn:
             raise KeyboardInterrupt  # Ctrl-C while the second group trains
-        return real(engine, bn, batch_size, seeds, *args, **kwargs)
+        return real(spec, *args, **kwargs)
 
     monkeypatch.setattr(engines, "train_group", interrupted_at_second_group)
     with pytest.raises(KeyboardInterrupt):

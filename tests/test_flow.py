@@ -84,7 +84,7 @@ def test_flow_logs_parent_and_one_child_per_cell(monkeypatch, tiny_mnist, store,
     summary = pd.DataFrame(out["summary"])
     assert summary["batch_size"].tolist() == [32, 64]
     assert summary["n_pairs"].tolist() == [3, 3]
-    assert np.isfinite(parent["metrics.diff_bs32"].iloc[0])
+    assert np.isfinite(parent["metrics.diff_batch_size_32"].iloc[0])
     artifacts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
     assert {"summary.csv", "results.csv"} <= artifacts
     child_artifacts = {a.path for a in client.list_artifacts(children["run_id"].iloc[0])}

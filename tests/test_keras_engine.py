@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from bnpipe.data import MnistData
-from bnpipe.train.common import HISTORY_KEYS, Cell, epoch_permutation
+from bnpipe.train.common import HISTORY_KEYS, Cell, TrainSpec, epoch_permutation
 from bnpipe.train.keras_engine import train_keras
 from tests.conftest import make_tiny_mnist
 
 # 200 % 48 != 0: the last batch of every epoch is partial.
-CELL = Cell(bn=True, batch_size=48, seed=11)
+CELL = Cell.of(11, bn=True, batch_size=48)
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +19,14 @@ def data() -> MnistData:
     return make_tiny_mnist(n_train=200, n_test=80, seed=5)
 
 
-def _train(data: MnistData, cell: Cell = CELL, **kwargs):
+def _train(data: MnistData, cell: Cell = CELL, on_epoch=None, **kwargs):
     kwargs = {"epochs": 2, "learning_rate": 1e-3, **kwargs}
-    return train_keras(cell, data.x_train, data.y_train, data.x_test, data.y_test, **kwargs)
+    spec = TrainSpec.of(
+        [cell.seed], bn=cell["bn"], batch_size=cell["batch_size"], engine="keras", **kwargs
+    )
+    (result,) = train_keras(spec, data, on_epoch)
+    assert result.cell == cell
+    return result
 
 
 def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -49,7 +54,7 @@ def test_steps_per_execution_changes_no_numbers(data: MnistData) -> None:
 
 
 def test_seed_decides_init_and_order(data: MnistData) -> None:
-    other = _train(data, Cell(bn=True, batch_size=48, seed=12))
+    other = _train(data, Cell.of(12, bn=True, batch_size=48))
     assert not _same(_train(data).weights, other.weights)
     assert not np.array_equal(epoch_permutation(11, 0, 200), epoch_permutation(12, 0, 200))
     assert not np.array_equal(epoch_permutation(11, 0, 200), epoch_permutation(11, 1, 200))
@@ -62,7 +67,7 @@ def test_on_epoch_sees_every_epoch(data: MnistData) -> None:
 
 
 def test_huge_learning_rate_diverges_and_stops(data: MnistData) -> None:
-    result = _train(data, Cell(bn=False, batch_size=48, seed=1), epochs=3, learning_rate=1e8)
+    result = _train(data, Cell.of(1, bn=False, batch_size=48), epochs=3, learning_rate=1e8)
     assert result.status == "diverged"
     assert result.error
     assert len(result.history) < 3

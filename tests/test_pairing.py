@@ -16,6 +16,7 @@ import pytest
 
 from bnpipe.data import MnistData
 from bnpipe.train import fused
+from bnpipe.train.common import TrainSpec
 from bnpipe.train.engines import train_group
 from tests.conftest import make_tiny_mnist
 
@@ -101,12 +102,10 @@ def fused_record(monkeypatch):
 
 def test_bn_and_no_bn_cells_are_paired_in_both_engines(keras_record, fused_record):
     data = identified_data()
-    arrays = (data.x_train, data.y_train, data.x_test, data.y_test)
     for engine in ("keras", "fused"):
         for bn in (False, True):
-            results = train_group(
-                engine, bn, BATCH, SEEDS, *arrays, epochs=EPOCHS, learning_rate=1e-3
-            )
+            spec = TrainSpec.of(SEEDS, bn=bn, batch_size=BATCH, epochs=EPOCHS, engine=engine)
+            results = train_group(spec, data)
             assert [r.status for r in results] == ["finished"] * len(SEEDS)
     for engine, record in (("keras", keras_record), ("fused", fused_record)):
         for seed in SEEDS:

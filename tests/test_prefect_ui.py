@@ -20,8 +20,7 @@ import pytest
 
 from bnpipe.progress import Progress
 from bnpipe.tracking import run_url
-from bnpipe.train.common import Cell
-from tests.conftest import requires_mnist
+from tests.conftest import bs_cell, requires_mnist
 
 
 class _Terminal(io.StringIO):
@@ -32,9 +31,9 @@ class _Terminal(io.StringIO):
 def _drive(progress: Progress) -> None:
     progress.total += 2  # as a sequential design adds a look's cells
     progress.set_stage("look 1/2")
-    progress.epoch(Cell(True, 32, 0), 1, {"val_accuracy": 0.9, "epoch_time_s": 1.0})
-    progress.cell(Cell(True, 32, 0), "finished", 0.91)
-    progress.cell(Cell(True, 32, 1), "finished", 0.92)
+    progress.epoch(bs_cell(True, 32, 0), 1, {"val_accuracy": 0.9, "epoch_time_s": 1.0})
+    progress.cell(bs_cell(True, 32, 0), "finished", 0.91)
+    progress.cell(bs_cell(True, 32, 1), "finished", 0.92)
     progress.close()
 
 
@@ -132,7 +131,7 @@ def test_flow_run_is_named_linked_and_reports_progress(monkeypatch, tiny_mnist, 
     assert by_key["bn-ablation-report"].data.count("](data:image/png;base64,") >= 4
     messages = [log.message for log in logs]
     assert sum(": finished, test_accuracy" in m for m in messages) == 4
-    assert any(m.startswith("BN minus no-BN test accuracy per batch size") for m in messages), (
+    assert any(m.startswith("BN on minus BN off test accuracy per batch size") for m in messages), (
         messages
     )
 

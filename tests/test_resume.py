@@ -27,7 +27,7 @@ from bnpipe.data import MnistData
 from bnpipe.tracking import CELL_KEY_TAG, PARENT_TAG
 from bnpipe.train import engines
 from bnpipe.train.common import Cell
-from tests.conftest import requires_mnist
+from tests.conftest import bs_cell, requires_mnist
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +71,9 @@ class TrainCounter:
         self.cells: list[Cell] = []
         real = engines.train_group
 
-        def counting(engine, bn, batch_size, seeds, *args, **kwargs):
-            self.cells += [Cell(bn, batch_size, s) for s in seeds]
-            return real(engine, bn, batch_size, seeds, *args, **kwargs)
+        def counting(spec, *args, **kwargs):
+            self.cells += list(spec.cells)
+            return real(spec, *args, **kwargs)
 
         monkeypatch.setattr(engines, "train_group", counting)
 
@@ -84,12 +84,12 @@ class TrainCounter:
 
 
 def grid_cells(bn=(False, True), batch_sizes=(32, 64), seeds=(0, 1)) -> set[Cell]:
-    return {Cell(b, bs, s) for b in bn for bs in batch_sizes for s in seeds}
+    return {bs_cell(b, bs, s) for b in bn for bs in batch_sizes for s in seeds}
 
 
 def accuracies(out: dict) -> dict[Cell, float]:
     return {
-        Cell(bool(r["bn"]), int(r["batch_size"]), int(r["seed"])): r["test_accuracy"]
+        bs_cell(bool(r["bn"]), int(r["batch_size"]), int(r["seed"])): r["test_accuracy"]
         for r in out["results"]
     }
 
@@ -235,7 +235,7 @@ def finished_cells_in(store: str) -> set[Cell]:
     for key, value, run in rows:
         by_run.setdefault(run, {})[key] = value
     return {
-        Cell(p["bn"] in ("True", "on"), int(p["batch_size"]), int(p["seed"]))
+        bs_cell(p["bn"] in ("True", "on"), int(p["batch_size"]), int(p["seed"]))
         for p in by_run.values()
         if len(p) == 3
     }
@@ -369,8 +369,10 @@ def test_finished_cells_with_unreadable_artifacts_are_retrained_and_never_picked
     counter = TrainCounter(monkeypatch)
     first, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
     counter.take()
-    runs = {Cell(bool(r["bn"]), r["batch_size"], r["seed"]): r["run_id"] for r in first["results"]}
-    no_history, no_weights = Cell(True, 64, 1), Cell(False, 64, 0)
+    runs = {
+        bs_cell(bool(r["bn"]), r["batch_size"], r["seed"]): r["run_id"] for r in first["results"]
+    }
+    no_history, no_weights = bs_cell(True, 64, 1), bs_cell(False, 64, 0)
     artifact_file(store, runs[no_history], "history.csv").unlink()
     # Reuse needs the metrics and the history only: a cell without weights is still a result.
     artifact_file(store, runs[no_weights], "weights.npz").unlink()
@@ -453,8 +455,8 @@ def test_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp_path, prefect
     again = bnpipe_run()
     assert again.returncode == 0, again.stderr[-3000:]
     assert "(8 cells: 0 trained, 8 reused" in again.stdout
-    table = first.stdout[first.stdout.index("BN minus") :].splitlines()[1:5]
-    assert again.stdout[again.stdout.index("BN minus") :].splitlines()[1:5] == table
+    table = first.stdout[first.stdout.index("BN on minus") :].splitlines()[1:5]
+    assert again.stdout[again.stdout.index("BN on minus") :].splitlines()[1:5] == table
 
     runs = search(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "bnpipe-bn-ablation")
     cell = runs[runs["tags.mlflow.runName"] == "bn=on bs=128 seed=1"]["run_id"].iloc[0]

@@ -355,7 +355,8 @@ def test_paired_frame_uses_only_finished_finite_cells() -> None:
     _set(r, False, 16, 1, test_accuracy=np.nan)
     _set(r, False, 16, 2, status="failed")
     pf = S.paired_frame(r)
-    assert list(pf.columns) == ["batch_size", "seed", "control", "treatment", "diff"]
+    assert list(pf.columns) == ["stratum", "batch_size", "seed", "control", "treatment", "diff"]
+    assert pf.loc[pf.batch_size == 16, "stratum"].unique().tolist() == ["batch_size=16"]
     assert pf.loc[pf.batch_size == 16, "seed"].tolist() == [0, 3, 4]
     assert pf.loc[pf.batch_size == 32, "seed"].tolist() == [0, 1, 2, 3]
     np.testing.assert_allclose(pf["diff"], pf["treatment"] - pf["control"])
@@ -378,7 +379,7 @@ def test_summarize_by_batch_size_columns_holm_and_verdicts() -> None:
     noisy = np.random.default_rng(9).normal(0, 0.004, 10)
     r.loc[(r.batch_size == 128) & r.bn, "test_accuracy"] += noisy
     summary = S.summarize_by_batch_size(r, n_resamples=999)
-    assert list(summary.columns) == S.SUMMARY_COLUMNS
+    assert list(summary.columns) == S.summary_columns(["batch_size"])
     assert summary["batch_size"].tolist() == [16, 32, 64, 128]
     assert summary["n_pairs"].tolist() == [10] * 4
     np.testing.assert_allclose(summary["p_holm"], S.holm(summary["t_pvalue"]))
@@ -415,7 +416,7 @@ def test_summarize_batch_size_without_complete_pair() -> None:
 
 def test_summarize_empty_results_keeps_columns() -> None:
     empty = make_results().iloc[:0]
-    assert list(S.summarize_by_batch_size(empty).columns) == S.SUMMARY_COLUMNS
+    assert list(S.summarize_by_batch_size(empty).columns) == S.summary_columns(["batch_size"])
 
 
 def test_verdict_uses_margin_argument() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnpipe.grid import cell_key_for, cell_params, grid_cells
+from bnpipe.grid import cell_key_for, cell_params, grid_cells, strata
 from bnpipe.report import markdown_to_html, write_html_report
 from bnpipe.reproduce import recorded_settings
 from bnpipe.tracking import (
@@ -165,7 +165,7 @@ def test_runs_recorded_under_the_old_names_are_still_reused(monkeypatch, store):
     exp_id = tracker.check()
     client = mlflow.MlflowClient(store)
     recorded = {}
-    for i, cell in enumerate(grid_cells(cfg, dict.fromkeys(cfg.grid.batch_sizes, cfg.grid.seeds))):
+    for i, cell in enumerate(grid_cells(cfg, dict.fromkeys(strata(cfg), cfg.grid.seeds))):
         recorded[cell] = 0.5 + i / 100
         params = cell_params(cfg, cell, data.digest)  # the keys and spelling of the old runs
         key = cell_key_for(cfg, cell, data.digest)

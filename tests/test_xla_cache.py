@@ -82,13 +82,14 @@ import hashlib, json, sys
 from bnpipe import xla_cache
 xla_cache.enable()
 import numpy as np
+from bnpipe.train.common import TrainData, TrainSpec
 from bnpipe.train.fused import train_fused
 rng = np.random.default_rng(0)
 x, y = rng.random((320, 784), np.float32), rng.integers(0, 10, 320).astype(np.int32)
 digests, first_epoch = {}, {}
 for bn in json.loads(sys.argv[1]):
-    res = train_fused(bn, 64, [0, 1], x[:256], y[:256], x[256:], y[256:], epochs=2,
-                      learning_rate=1e-3, shard_size=2)
+    spec = TrainSpec.of([0, 1], bn=bn, batch_size=64, epochs=2, shard_size=2)
+    res = train_fused(spec, TrainData(x[:256], y[:256], x[256:], y[256:]))
     first_epoch[str(bn)] = 2 * res[0].history[0]["epoch_time_s"]
     h = hashlib.sha256()
     for r in res:

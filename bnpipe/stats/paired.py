@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
+
+from bnpipe.factors import FACTORS, factor_columns, level_phrase, stratum_label, stratum_phrase
 
 FINISHED = "finished"
 
@@ -358,7 +361,9 @@ def verdict(cmp: PairedComparison, p_adj: float, alpha: float, margin: float) ->
     return VERDICTS[3]
 
 
-RESULT_REQUIRED = ("bn", "batch_size", "seed", "status", "test_accuracy")
+# A results table has one column per grid factor (any of bnpipe.factors.FACTORS), then these.
+RESULT_REQUIRED = ("seed", "status", "test_accuracy")
+# The histories of the default grid when there are none (an empty frame keeps these columns).
 HISTORY_COLUMNS = (
     "bn",
     "batch_size",
@@ -382,8 +387,24 @@ def _as_bool(s: pd.Series) -> pd.Series:
     return s.astype(bool)
 
 
+def _typed_factors(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every factor column in its factor's type (in place; returns it)."""
+    for name in factor_columns(frame.columns):
+        kind = FACTORS[name].kind
+        if kind is bool:
+            frame[name] = _as_bool(frame[name])
+        elif kind is int:
+            frame[name] = frame[name].astype(int)
+        elif kind is float:
+            frame[name] = pd.to_numeric(frame[name]).astype(float)
+        else:
+            frame[name] = frame[name].astype(str)
+    return frame
+
+
 def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
-    """Copy of a results frame with typed keys (bn bool, batch_size/seed int).
+    """Copy of a results frame with typed keys (each factor column in its factor's type, seed
+    int).
 
     Optional numeric columns (``train_accuracy``, ``epoch_time_s``, ``test_loss``) are added as
     NaN when absent.
@@ -394,9 +415,7 @@ def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in RESULT_REQUIRED if c not in results.columns]
     if missing:
         raise ValueError(f"results frame lacks columns {missing}")
-    out = results.copy()
-    out["bn"] = _as_bool(out["bn"])
-    out["batch_size"] = out["batch_size"].astype(int)
+    out = _typed_factors(results.copy())
     out["seed"] = out["seed"].astype(int)
     out["test_accuracy"] = pd.to_numeric(out["test_accuracy"], errors="coerce").astype(float)
     for col in ("train_accuracy", "epoch_time_s", "test_loss"):
@@ -412,13 +431,12 @@ def normalize_histories(histories: pd.DataFrame | None) -> pd.DataFrame:
     """
     if histories is None or len(histories) == 0:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in HISTORY_COLUMNS})
-    needed = ("bn", "batch_size", "seed", "epoch", "val_accuracy")
+    needed = ("seed", "epoch", "val_accuracy")
     missing = [c for c in needed if c not in histories.columns]
     if missing:
         raise ValueError(f"histories frame lacks columns {missing}")
-    out = histories.copy()
-    out["bn"] = _as_bool(out["bn"])
-    for col in ("batch_size", "seed", "epoch"):
+    out = _typed_factors(histories.copy())
+    for col in ("seed", "epoch"):
         out[col] = out[col].astype(int)
     for col in ("accuracy", "epoch_time_s", "loss", "val_loss"):
         if col not in out:
@@ -432,47 +450,107 @@ def _finished(results: pd.DataFrame) -> pd.DataFrame:
     return results.loc[ok]
 
 
+def stratum_factors(results: pd.DataFrame, compare: str) -> list[str]:
+    """The factor columns of ``results`` other than ``compare``: what makes its strata."""
+    return [c for c in factor_columns(results.columns) if c != compare]
+
+
+def _compare_levels(
+    results: pd.DataFrame, compare: str, levels: Sequence[Any] | None
+) -> tuple[Any, Any] | None:
+    """(control, treatment); None when ``results`` has fewer than two levels of ``compare``.
+
+    Without ``levels`` the two levels present, in sorted order (BN off before on).
+    """
+    if compare not in results.columns:
+        raise ValueError(f"results frame lacks the compared factor's column {compare!r}")
+    if levels is not None:
+        if len(levels) != 2:
+            return None
+        return levels[0], levels[1]
+    present = sorted(pd.unique(results[compare]).tolist())
+    if len(present) > 2:
+        raise ValueError(f"{compare} has {len(present)} levels; say which two to compare")
+    return (present[0], present[1]) if len(present) == 2 else None
+
+
+def _label(strata: list[str], values: Sequence[Any]) -> str:
+    return stratum_label(tuple((n, _py(v)) for n, v in zip(strata, values, strict=True)))
+
+
+def _py(v: Any) -> Any:
+    """A numpy scalar as the Python value (levels compare and format as the config's)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def paired_frame(
-    results: pd.DataFrame, treatment_bn: bool = True, metric: str = "test_accuracy"
+    results: pd.DataFrame,
+    compare: str = "bn",
+    levels: Sequence[Any] | None = None,
+    outcome: str = "test_accuracy",
+    *,
+    treatment_bn: bool | None = None,
+    metric: str | None = None,
 ) -> pd.DataFrame:
-    """Join BN-on and BN-off cells by (batch_size, seed), finished cells only.
+    """Join the control and treatment cells of ``compare`` by (stratum, seed), finished cells
+    only.
 
     Args:
-        results: The results frame (one row per grid cell).
-        treatment_bn: Which BN setting is the treatment (the other is the control).
-        metric: Column to pair.
+        results: The results frame (one row per grid cell, one column per grid factor).
+        compare: The compared factor (its column in ``results``).
+        levels: (control, treatment); default: the two levels present, sorted (BN off, on).
+        outcome: Column to pair.
+        treatment_bn: Older spelling (compare "bn"): which BN setting is the treatment.
+        metric: Older name of ``outcome``.
 
     Returns:
-        Columns ``batch_size, seed, control, treatment, diff`` (diff = treatment - control),
-        sorted by batch size and seed; only seeds finished in both arms.
+        Columns ``stratum`` (its label, e.g. ``batch_size=32``), one per stratum factor,
+        ``seed, control, treatment, diff`` (diff = treatment - control), sorted by stratum and
+        seed; only seeds finished in both arms.
 
     Raises:
         ValueError: If a finished cell appears twice (pairing would be ambiguous).
     """
-    done = _finished(results)
-    dup = done.duplicated(["bn", "batch_size", "seed"], keep=False)
-    if dup.any():
-        cells = done.loc[dup, ["bn", "batch_size", "seed"]].drop_duplicates().to_dict("records")
-        raise ValueError(f"finished cells recorded more than once: {cells}")
-    cols = ["batch_size", "seed", metric]
-    treat = done.loc[done["bn"].astype(bool) == treatment_bn, cols]
-    ctrl = done.loc[done["bn"].astype(bool) != treatment_bn, cols]
-    merged = ctrl.merge(treat, on=["batch_size", "seed"], suffixes=("_c", "_t"))
-    out = pd.DataFrame(
+    if treatment_bn is not None:
+        levels = (not treatment_bn, treatment_bn)
+    outcome = metric or outcome
+    strata = stratum_factors(results, compare)
+    empty = pd.DataFrame(
         {
-            "batch_size": merged["batch_size"].astype(int),
-            "seed": merged["seed"].astype(int),
-            "control": merged[f"{metric}_c"].astype(float),
-            "treatment": merged[f"{metric}_t"].astype(float),
+            c: pd.Series(dtype=float)
+            for c in ["stratum", *strata, "seed", "control", "treatment", "diff"]
         }
     )
+    done = _finished(results)
+    keys = [*factor_columns(done.columns), "seed"]
+    dup = done.duplicated(keys, keep=False)
+    if dup.any():
+        cells = done.loc[dup, keys].drop_duplicates().to_dict("records")
+        raise ValueError(f"finished cells recorded more than once: {cells}")
+    arms = _compare_levels(normalize_results(results), compare, levels)
+    if arms is None:
+        return empty
+    control, treatment = arms
+    cols = [*strata, "seed", outcome]
+    ctrl = done.loc[done[compare] == control, cols]
+    treat = done.loc[done[compare] == treatment, cols]
+    merged = ctrl.merge(treat, on=[*strata, "seed"], suffixes=("_c", "_t"))
+    out = merged[[*strata, "seed"]].copy()
+    out["seed"] = out["seed"].astype(int)
+    out["control"] = merged[f"{outcome}_c"].astype(float)
+    out["treatment"] = merged[f"{outcome}_t"].astype(float)
     out["diff"] = out["treatment"] - out["control"]
-    return out.sort_values(["batch_size", "seed"]).reset_index(drop=True)
+    out = out.sort_values([*strata, "seed"]).reset_index(drop=True)
+    labels = [_label(strata, row) for row in out[strata].itertuples(index=False, name=None)]
+    out.insert(0, "stratum", pd.Series(labels, index=out.index, dtype=object))
+    return out
 
 
-# The columns a reader looks at first (the CLI table, the Prefect table artifact).
+# The columns a reader looks at first (the CLI table, the Prefect table artifact). ``acc_no_bn``
+# and ``acc_bn`` are the control's and the treatment's mean (named from the reference ablation,
+# BN off vs on, whatever the compared factor is).
 HEADLINE_COLUMNS = [
-    "batch_size",
+    "stratum",
     "n_pairs",
     "acc_no_bn",
     "acc_bn",
@@ -504,33 +582,56 @@ SUMMARY_COLUMNS = [
     "seeds_for_80pct_power",
     "alpha",
     "equivalence_margin",
+    "compare",
+    "control_level",
+    "treatment_level",
 ]
 
 
-def summarize_by_batch_size(
+def summary_columns(strata: Sequence[str]) -> list[str]:
+    """A summary's columns: ``stratum``, one per stratum factor, then the statistics."""
+    return [SUMMARY_COLUMNS[0], *strata, *SUMMARY_COLUMNS[1:]]
+
+
+def summarize_by_stratum(
     results: pd.DataFrame,
+    compare: str = "bn",
+    levels: Sequence[Any] | None = None,
     *,
     alpha: float = 0.05,
     equivalence_margin: float = 0.002,
     n_resamples: int = 9999,
     random_state: int = 0,
 ) -> pd.DataFrame:
-    """One paired BN-vs-no-BN comparison of test accuracy per batch size.
+    """One paired comparison (treatment vs control level of ``compare``) of test accuracy per
+    stratum (combination of the other factors' levels).
 
-    ``diff`` is BN minus no-BN. ``acc_no_bn``/``acc_bn`` average all finished cells of that
-    arm (``n_no_bn``/``n_bn`` of them); the paired statistics use the ``n_pairs`` seeds finished
-    in both. ``p_holm`` adjusts ``t_pvalue`` across the batch sizes (Holm). A batch size with
-    no complete pair gives ``n_pairs=0`` and NaN statistics.
+    ``diff`` is treatment minus control. ``acc_no_bn``/``acc_bn`` average all finished cells of
+    the control/treatment arm (``n_no_bn``/``n_bn`` of them); the paired statistics use the
+    ``n_pairs`` seeds finished in both. ``p_holm`` adjusts ``t_pvalue`` across the strata
+    (Holm). A stratum with no complete pair gives ``n_pairs=0`` and NaN statistics.
 
     Returns:
-        A DataFrame with ``SUMMARY_COLUMNS``, one row per batch size in ``results``, sorted.
+        A DataFrame with :func:`summary_columns`, one row per stratum in ``results``, sorted.
     """
     results = normalize_results(results)
+    strata = stratum_factors(results, compare)
+    columns = summary_columns(strata)
+    arms = _compare_levels(results, compare, levels)
+    control, treatment = arms if arms is not None else (None, None)
     done = _finished(results)
-    pairs = paired_frame(results, treatment_bn=True)
+    pairs = paired_frame(results, compare, arms)
     rows: list[dict[str, Any]] = []
-    for bs in sorted(int(b) for b in pd.unique(results["batch_size"])):
-        p = pairs.loc[pairs["batch_size"] == bs]
+    combos = results[strata].drop_duplicates().sort_values(strata) if strata else [()]
+    for values in combos.itertuples(index=False, name=None) if strata else combos:
+
+        def at(frame: pd.DataFrame, values: tuple = values) -> pd.Series:
+            mask = pd.Series(True, index=frame.index)
+            for name, value in zip(strata, values, strict=True):
+                mask &= frame[name] == value
+            return mask
+
+        p = pairs.loc[at(pairs)]
         cmp = compare_paired(
             p["treatment"].to_numpy(),
             p["control"].to_numpy(),
@@ -539,27 +640,36 @@ def summarize_by_batch_size(
             n_resamples=n_resamples,
             random_state=random_state,
         )
-        arm = done.loc[done["batch_size"] == bs]
-        acc_bn = arm.loc[arm["bn"].astype(bool), "test_accuracy"].astype(float)
-        acc_no = arm.loc[~arm["bn"].astype(bool), "test_accuracy"].astype(float)
+        arm = done.loc[at(done)]
+        acc_t = arm.loc[arm[compare] == treatment, "test_accuracy"].astype(float)
+        acc_c = arm.loc[arm[compare] == control, "test_accuracy"].astype(float)
         row = cmp.to_dict()
         row.update(
-            batch_size=bs,
+            stratum=_label(strata, values),
+            **{name: _py(v) for name, v in zip(strata, values, strict=True)},
             n_pairs=row.pop("n"),
-            acc_no_bn=float(acc_no.mean()) if len(acc_no) else math.nan,
-            acc_bn=float(acc_bn.mean()) if len(acc_bn) else math.nan,
-            n_no_bn=len(acc_no),
-            n_bn=len(acc_bn),
+            acc_no_bn=float(acc_c.mean()) if len(acc_c) else math.nan,
+            acc_bn=float(acc_t.mean()) if len(acc_t) else math.nan,
+            n_no_bn=len(acc_c),
+            n_bn=len(acc_t),
+            compare=compare,
+            control_level=_py(control),
+            treatment_level=_py(treatment),
             _cmp=cmp,
         )
         rows.append(row)
-    if not rows:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in SUMMARY_COLUMNS})
+    if not rows or not len(results):
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in columns})
     adjusted = holm([r["t_pvalue"] for r in rows])
     for r, p_adj in zip(rows, adjusted, strict=True):
         r["p_holm"] = float(p_adj)
         r["verdict"] = verdict(r.pop("_cmp"), p_adj, alpha, equivalence_margin)
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def summarize_by_batch_size(results: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
+    """:func:`summarize_by_stratum` of BN off vs on (the reference grid's comparison)."""
+    return summarize_by_stratum(results, "bn", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,33 +677,48 @@ def summarize_by_batch_size(
 # --------------------------------------------------------------------------------------------
 
 
-def dropped_pairs(results: pd.DataFrame) -> pd.DataFrame:
-    """Seeds present at a batch size but missing from the paired analysis, and why.
+def dropped_pairs(
+    results: pd.DataFrame, compare: str = "bn", levels: Sequence[Any] | None = None
+) -> pd.DataFrame:
+    """Seeds present in a stratum but missing from the paired analysis, and why.
 
     Returns:
-        Columns ``batch_size, seed, reason`` (e.g. ``"seed 4 diverged (BN on)"``).
+        Columns ``stratum``, one per stratum factor, ``seed, reason`` (e.g.
+        ``"seed 4 diverged (BN on)"``).
     """
     results = normalize_results(results)
+    strata = stratum_factors(results, compare)
+    columns = ["stratum", *strata, "seed", "reason"]
+    arms = _compare_levels(results, compare, levels) if len(results) else None
+    if arms is None:
+        return pd.DataFrame(columns=columns)
     done = _finished(results)
-    ok = {(bool(r.bn), int(r.batch_size), int(r.seed)) for r in done.itertuples(index=False)}
+    keys = [*strata, compare, "seed"]
+    ok = {tuple(map(_py, k)) for k in done[keys].itertuples(index=False, name=None)}
     status = {
-        (bool(r.bn), int(r.batch_size), int(r.seed)): (
-            str(r.status) if r.status != FINISHED else "finished without a test accuracy"
-        )
-        for r in results.itertuples(index=False)
+        tuple(map(_py, k)): (s if s != FINISHED else "finished without a test accuracy")
+        for *k, s in results[[*keys, "status"]].itertuples(index=False, name=None)
     }
     rows = []
-    cells = results[["batch_size", "seed"]].drop_duplicates().astype(int)
-    for bs, seed in sorted(cells.itertuples(index=False, name=None)):
+    cells = results[[*strata, "seed"]].drop_duplicates()
+    for *values, seed in sorted(
+        tuple(map(_py, c)) for c in cells.itertuples(index=False, name=None)
+    ):
         problems = []
-        for bn, label in ((False, "BN off"), (True, "BN on")):
-            if (bn, bs, seed) not in ok:
-                problems.append(f"{status.get((bn, bs, seed), 'missing')} ({label})")
+        for level in arms:
+            key = (*values, _py(level), seed)
+            if key not in ok:
+                problems.append(f"{status.get(key, 'missing')} ({level_phrase(compare, level)})")
         if problems:
             rows.append(
-                {"batch_size": bs, "seed": seed, "reason": f"seed {seed} " + ", ".join(problems)}
+                {
+                    "stratum": _label(strata, values),
+                    **dict(zip(strata, values, strict=True)),
+                    "seed": seed,
+                    "reason": f"seed {seed} " + ", ".join(problems),
+                }
             )
-    return pd.DataFrame(rows, columns=["batch_size", "seed", "reason"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _pp(x: float) -> str:
@@ -608,15 +733,27 @@ def _p(x: float) -> str:
 
 
 def verdict_sentence(row: pd.Series | dict[str, Any]) -> str:
-    """Plain-language sentence for one row of ``summarize_by_batch_size``.
+    """Plain-language sentence for one row of ``summarize_by_stratum``.
 
     Every number and the conclusion come from the row; nothing is hard-coded.
     """
-    bs, n = int(row["batch_size"]), int(row["n_pairs"])
+    get = row.get
+    compare = get("compare") or "bn"
+    index = row.index if isinstance(row, pd.Series) else row.keys()
+    where = stratum_phrase(tuple((n, _py(row[n])) for n in factor_columns(index) if n != compare))
+    n = int(row["n_pairs"])
+    control, treatment = get("control_level", False), get("treatment_level", True)
     if n == 0:
-        return f"At batch size {bs}, no seed finished in both arms, so BN cannot be compared."
+        return (
+            f"At {where}, no seed finished in both arms, so "
+            f"{level_phrase(compare, treatment)} and {level_phrase(compare, control)} cannot be "
+            "compared."
+        )
     margin = float(row["equivalence_margin"])
-    head = f"At batch size {bs} (n = {n} seed pairs), BN changed test accuracy by "
+    head = (
+        f"At {where} (n = {n} seed pairs), {level_phrase(compare, treatment)} instead of "
+        f"{level_phrase(compare, control)} changed test accuracy by "
+    )
     head += _pp(float(row["mean_diff"]))
     if np.isfinite(row["ci_low"]):
         level = 100 * (1 - float(row["alpha"]))
