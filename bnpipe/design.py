@@ -127,9 +127,10 @@ def plan_of(cfg: Config) -> Plan:
 
 
 def _in_stratum(frame: pd.DataFrame, stratum: Stratum) -> pd.Series:
+    # A table of another grid (``bnpipe report`` under other params) has none of its cells.
     mask = pd.Series(True, index=frame.index)
     for name, level in stratum:
-        mask &= frame[name] == level
+        mask &= frame[name] == level if name in frame.columns else False
     return mask
 
 
@@ -137,7 +138,8 @@ def decide_all(results: pd.DataFrame, plan: Plan) -> dict[Stratum, SequentialRes
     """Every comparison's decision on the pairs finished so far (in seed order)."""
     levels = plan.levels if len(plan.levels) == 2 else None
     out = {}
-    pairs = paired_frame(results, plan.compare, levels) if len(results) and levels else None
+    usable = len(results) and levels and plan.compare in results.columns
+    pairs = paired_frame(results, plan.compare, levels) if usable else None
     for stratum in plan.strata:
         if pairs is None or not len(pairs):
             diffs = np.array([], float)

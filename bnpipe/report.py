@@ -672,9 +672,14 @@ def render_markdown(
     parts += [
         "## Fixed-sample tests on the same pairs (descriptive)"
         if sequential
-        else "## Verdict per batch size",
+        else "## Verdict per batch size"
+        if reference
+        else "## Verdict per comparison",
         "",
-        "Differences are BN minus no BN, in percentage points (pp) of test accuracy.",
+        "Differences are BN minus no BN, in percentage points (pp) of test accuracy."
+        if reference
+        else "Differences are the compared factor's second level minus its first (control), "
+        "in percentage points (pp) of test accuracy; the mean columns are control and treatment.",
         "",
     ]
     if sequential:

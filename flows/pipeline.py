@@ -48,9 +48,11 @@ from bnpipe.design import (
 )
 from bnpipe.evaluate import Evaluation
 from bnpipe.factors import (
+    FACTORS,
     Stratum,
     contrast_phrase,
     factor_columns,
+    level_phrase,
     strata_phrase,
     stratum_key,
     stratum_label,
@@ -59,6 +61,7 @@ from bnpipe.grid import (
     Group,
     cell_key_for,
     cell_params,
+    default_level,
     evaluate_cell,
     grid_cells,
     history_frame,
@@ -390,8 +393,12 @@ def cfg_info(cfg: Config, data: MnistData) -> dict[str, Any]:
     return {
         "grid": f"{grid} x seeds; compared: {_contrast(cfg)}",
         "design": plan_of(cfg).describe(),
-        "training": f"{cfg.train.epochs} epochs, Adam lr {cfg.train.learning_rate}, "
-        f"engine {cfg.train.engine}",
+        "training": f"{cfg.train.epochs} epochs, Adam, engine {cfg.train.engine}; "
+        + ", ".join(
+            level_phrase(name, default_level(cfg, name))
+            for name in FACTORS
+            if name not in cfg.grid.levels
+        ),
         "data": f"{len(data.x_train)} train / {len(data.x_test)} test ({data.source}), "
         f"digest {data.digest[:12]}",
     }

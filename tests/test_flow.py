@@ -152,3 +152,31 @@ def test_diverging_cell_is_recorded_failed_and_dropped(monkeypatch, tiny_mnist, 
     child = runs[runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]]
     assert child["status"].iloc[0] == "FAILED"
     assert child["tags.bnpipe.failure_reason"].iloc[0] == "diverged"
+
+
+def test_flow_runs_a_bn_x_learning_rate_grid_and_reuses_it(monkeypatch, tiny_mnist, store):
+    grid = [
+        "grid.factors={bn: [false, true], learning_rate: [0.001, 0.01]}",
+        "grid.seeds=[0,1]",
+        "train.epochs=1",
+        "stats.n_resamples=199",
+    ]
+    out, cfg = run_flow(monkeypatch, tiny_mnist, store, grid)
+    results = pd.DataFrame(out["results"])
+    assert list(results.columns[:3]) == ["bn", "learning_rate", "seed"]
+    assert set(results["status"]) == {"finished"} and len(results) == 8
+    runs = _search(store, cfg.tracking.experiment)
+    children = runs[runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]]
+    assert "bn=on lr=0.01 seed=1" in set(children["tags.mlflow.runName"])
+    child = children[children["tags.mlflow.runName"] == "bn=on lr=0.01 seed=1"].iloc[0]
+    assert child["params.bn"] == "on" and float(child["params.train.learning_rate"]) == 0.01
+    assert child["params.batch_size"] == "32"  # train.batch_size: not a factor of this grid
+    parent = runs[runs["run_id"] == out["parent_run_id"]].iloc[0]
+    assert np.isfinite(parent["metrics.diff_learning_rate_0.01"])
+    assert [r["stratum"] for r in out["summary"]] == ["learning_rate=0.001", "learning_rate=0.01"]
+    again, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    assert again["trained"] == 0 and again["reused"] == 8
+    assert (
+        pd.DataFrame(again["results"])["test_accuracy"].tolist()
+        == results["test_accuracy"].tolist()
+    )
