@@ -368,7 +368,9 @@ def train_fused(
         tf.constant(np.asarray(y_val, np.int32)),
     )
     arch = spec.architecture
-    layout = Layout(bn=arch.bn, n_layers=len(arch.hidden_units) + 1, bn_position=arch.bn_position)
+    # Without BN its position is moot: one program for both spellings.
+    position = arch.bn_position if arch.bn else "after_relu"
+    layout = Layout(bn=arch.bn, n_layers=len(arch.hidden_units) + 1, bn_position=position)
     results: dict[int, TrainResult] = {}
     with ThreadPoolExecutor(max_workers=parallel_shards, thread_name_prefix="fused") as pool:
         for wave_start in range(0, len(shards), parallel_shards):
