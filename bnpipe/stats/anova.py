@@ -1,22 +1,36 @@
 """Across the grid: repeated-measures ANOVA with seed as the subject.
 
-BN x batch-size interaction and the batch-size effect within each BN setting, on the seeds
-complete in every cell; exploratory, not part of the error-controlled decisions.
+Main effects and interactions of every grid factor (the compared one included), and the effect
+of each other factor within each level of the compared one, on the seeds complete in every
+cell; exploratory, not part of the error-controlled decisions.
+
+The N-way ANOVA is written here rather than taken from a library: pingouin's ``rm_anova``
+stops at two within factors and statsmodels' ``AnovaRM`` has no sphericity correction, while the
+orthonormal-contrast form below is a few lines for any number of factors and gives every
+effect its own Greenhouse-Geisser epsilon. It is checked against published results (pingouin's
+``rm_anova2`` data against JAMOVI; statsmodels' three-factor data against R's ``ezANOVA``) in
+tests/test_anova.py.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnpipe.stats.paired import _finished, normalize_results
+from bnpipe.factors import FACTORS, factor
+from bnpipe.stats.paired import FINISHED
+
+# The factor a results frame compares when no caller says otherwise (the grid's default).
+DEFAULT_COMPARE = "bn"
 
 ANOVA_METHOD = (
-    "two-way repeated-measures ANOVA (BN x batch size, both within-seed), seeds complete "
+    "repeated-measures ANOVA over every grid factor (all within-seed), seeds complete "
     "across all cells; p uncorrected, p_gg with the Greenhouse-Geisser correction"
 )
 ANOVA_COLUMNS = [
@@ -33,6 +47,51 @@ ANOVA_COLUMNS = [
     "n_seeds",
     "method",
 ]
+_STAT_COLUMNS = ANOVA_COLUMNS[1:-2]  # the numbers of a row, without effect, n_seeds, method
+
+
+# -------------------------------------------------------------------------------- frames
+
+
+def factor_columns(frame: pd.DataFrame) -> list[str]:
+    """The grid-factor columns of a results or histories frame, in registry order."""
+    return [name for name in FACTORS if name in frame.columns]
+
+
+def _typed_level(name: str, values: pd.Series) -> pd.Series:
+    kind = factor(name).kind
+    if kind is bool:
+        if values.dtype == bool:
+            return values
+        # Read back from CSV/MLflow the flag can be a string; astype(bool) would make "False" True.
+        return values.map(lambda v: str(v).strip().lower() in ("true", "1", "yes", "on"))
+    return values.astype(kind)
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Copy of ``frame`` with its factor columns of their registry type and ``seed`` int."""
+    out = frame.copy()
+    for name in factor_columns(out):
+        out[name] = _typed_level(name, out[name])
+    if "seed" in out:
+        out["seed"] = out["seed"].astype(int)
+    return out
+
+
+def finished_cells(results: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+    """The finished cells of ``results`` with a finite ``metric`` (typed)."""
+    out = typed(results)
+    out[metric] = pd.to_numeric(out[metric], errors="coerce").astype(float)
+    ok = (out["status"] == FINISHED) & np.isfinite(out[metric])
+    return out.loc[ok]
+
+
+def levels_of(frame: pd.DataFrame, name: str) -> list[Any]:
+    """The sorted distinct levels of factor column ``name``."""
+    return sorted(_typed_level(name, frame[name]).unique().tolist())
+
+
+# -------------------------------------------------------------------------------- the ANOVA
 
 
 def _helmert(k: int) -> np.ndarray:
@@ -85,9 +144,100 @@ def _f_row(
         "p": p,
         "gg_epsilon": eps,
         "p_gg": p_gg,
-        "partial_eta_sq": ss / total if total > 0 else math.nan,
+        "partial_eta_sq": ss / total if total > 0 and df > 0 else math.nan,
         "n_seeds": n,
     }
+
+
+def effect_contrasts(shape: Sequence[int], effect: Sequence[int]) -> np.ndarray:
+    """Orthonormal contrasts of one effect over a full factorial of ``shape`` levels.
+
+    The Kronecker product, factor by factor, of Helmert contrasts for the factors in the effect
+    and the normalised mean for the others; columns follow C order over ``shape`` (the last
+    factor varies fastest), as ``ndarray.reshape`` lays out cells.
+
+    Returns:
+        A (prod(k_i - 1 for i in effect), prod(shape)) matrix.
+    """
+    out = np.ones((1, 1))
+    for i, k in enumerate(shape):
+        part = _helmert(k) if i in effect else np.ones((1, k)) / math.sqrt(k)
+        out = np.kron(out, part)
+    return out
+
+
+def rm_anova_array(y: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """Repeated-measures ANOVA on a complete (subjects x k_1 x ... x k_m) array.
+
+    Every main effect and interaction is tested against its own subject-by-effect error term;
+    with orthonormal contrasts C the per-subject scores z = C y give SS = n |mean z|^2 and
+    SS_error = sum |z - mean z|^2 (the classical balanced sums of squares).
+
+    Returns:
+        One row per effect (main effects, then two-way interactions, ... in ``names`` order,
+        named ``a:b``) with ``ANOVA_COLUMNS`` without ``method``.
+    """
+    y = np.asarray(y, dtype=float)
+    n, shape = y.shape[0], y.shape[1:]
+    if len(shape) != len(names):
+        raise ValueError(f"{len(names)} factor names for an array with {len(shape)} factors")
+    flat = y.reshape(n, -1)
+    rows = []
+    for order in range(1, len(shape) + 1):
+        for effect in itertools.combinations(range(len(shape)), order):
+            c = effect_contrasts(shape, effect)
+            q = c.shape[0]
+            z = flat @ c.T
+            centered = z - z.mean(axis=0, keepdims=True)
+            ss = n * float(np.sum(z.mean(axis=0) ** 2)) if n else math.nan
+            ss_err = float(np.sum(centered**2))
+            eps = gg_epsilon(flat, c) if n >= 2 else math.nan
+            name = ":".join(names[i] for i in effect)
+            rows.append(_f_row(name, ss, q, ss_err, q * (n - 1), eps, n))
+    return pd.DataFrame(rows)
+
+
+def rm_anova(
+    frame: pd.DataFrame, dv: str, within: Sequence[str], subject: str = "seed"
+) -> pd.DataFrame:
+    """N-way repeated-measures ANOVA on a long frame, Greenhouse-Geisser per effect.
+
+    Only subjects with a finite ``dv`` in every combination of the ``within`` levels are used
+    (complete cases). A factor with one level gives its effects NaN statistics (df 0).
+
+    Args:
+        frame: One row per (subject, cell).
+        dv: The outcome column.
+        within: The within-subject factor columns, in the order effects are named.
+        subject: The subject column (seed).
+
+    Returns:
+        One row per effect with ``ANOVA_COLUMNS`` (``method`` = ``ANOVA_METHOD``).
+
+    Raises:
+        ValueError: When a (subject, cell) appears twice or a column is missing.
+    """
+    within = list(within)
+    missing = [c for c in [subject, dv, *within] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"rm_anova: frame lacks columns {missing}")
+    if not within:
+        raise ValueError("rm_anova: no within factors")
+    dup = frame.duplicated([subject, *within], keep=False)
+    if dup.any():
+        raise ValueError(f"rm_anova: {int(dup.sum())} rows repeat a ({subject}, cell) pair")
+    levels = [sorted(pd.unique(frame[w]).tolist()) for w in within]
+    values = pd.to_numeric(frame[dv], errors="coerce").astype(float)
+    wide = frame.assign(**{dv: values}).pivot_table(
+        index=subject, columns=within, values=dv, aggfunc="first", dropna=False
+    )
+    full = pd.MultiIndex.from_product(levels, names=within)
+    wide = wide.reindex(columns=full) if len(within) > 1 else wide.reindex(columns=levels[0])
+    wide = wide.loc[np.isfinite(wide.to_numpy()).all(axis=1)]
+    y = wide.to_numpy().reshape(len(wide), *(len(lv) for lv in levels))
+    out = rm_anova_array(y, within)
+    out["method"] = ANOVA_METHOD
+    return out[ANOVA_COLUMNS]
 
 
 def rm_anova_oneway(y: np.ndarray) -> dict[str, Any]:
@@ -97,98 +247,144 @@ def rm_anova_oneway(y: np.ndarray) -> dict[str, Any]:
         Dict with ``ss, df, ss_error, df_error, F, p, gg_epsilon, p_gg, partial_eta_sq,
         n_seeds`` (effect named ``"level"``).
     """
-    y = np.asarray(y, dtype=float)
-    n, k = y.shape
-    g = y.mean()
-    ss_level = n * float(np.sum((y.mean(axis=0) - g) ** 2))
-    resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + g
-    ss_err = float(np.sum(resid**2))
-    eps = gg_epsilon(y, _helmert(k))
-    return _f_row("level", ss_level, k - 1, ss_err, (k - 1) * (n - 1), eps, n)
+    return rm_anova_array(np.asarray(y, dtype=float), ["level"]).iloc[0].to_dict()
 
 
 def rm_anova_twoway(y: np.ndarray, names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
     """Two-way repeated-measures ANOVA on a complete (subjects x A x B) array.
 
-    Each effect is tested against its own subject-by-effect error term.
-
     Returns:
         Rows for A, B and A:B with ``ANOVA_COLUMNS`` (without ``method``).
     """
-    y = np.asarray(y, dtype=float)
-    n, a, b = y.shape
-    g = y.mean()
-    m_s = y.mean(axis=(1, 2))
-    m_a = y.mean(axis=(0, 2))
-    m_b = y.mean(axis=(0, 1))
-    m_ab = y.mean(axis=0)
-    m_as = y.mean(axis=2)  # (n, a)
-    m_bs = y.mean(axis=1)  # (n, b)
-    ss_a = n * b * float(np.sum((m_a - g) ** 2))
-    ss_b = n * a * float(np.sum((m_b - g) ** 2))
-    ss_ab = n * float(np.sum((m_ab - m_a[:, None] - m_b[None, :] + g) ** 2))
-    ss_as = b * float(np.sum((m_as - m_a[None, :] - m_s[:, None] + g) ** 2))
-    ss_bs = a * float(np.sum((m_bs - m_b[None, :] - m_s[:, None] + g) ** 2))
-    ss_total = float(np.sum((y - g) ** 2))
-    ss_s = a * b * float(np.sum((m_s - g) ** 2))
-    ss_abs = ss_total - ss_s - ss_a - ss_b - ss_ab - ss_as - ss_bs
-    flat = y.reshape(n, a * b)  # column index = i_a * b + i_b, matching np.kron below
-    ca, cb = _helmert(a), _helmert(b)
-    eps_a = gg_epsilon(flat, np.kron(ca, np.ones((1, b)) / math.sqrt(b)))
-    eps_b = gg_epsilon(flat, np.kron(np.ones((1, a)) / math.sqrt(a), cb))
-    eps_ab = gg_epsilon(flat, np.kron(ca, cb))
-    rows = [
-        _f_row(names[0], ss_a, a - 1, ss_as, (a - 1) * (n - 1), eps_a, n),
-        _f_row(names[1], ss_b, b - 1, ss_bs, (b - 1) * (n - 1), eps_b, n),
-        _f_row(
-            f"{names[0]}:{names[1]}",
-            ss_ab,
-            (a - 1) * (b - 1),
-            max(ss_abs, 0.0),
-            (a - 1) * (b - 1) * (n - 1),
-            eps_ab,
-            n,
-        ),
-    ]
-    return pd.DataFrame(rows)
-
-
-def _complete_seeds(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[int]]:
-    """Wide table (seed x (bn, batch_size)) of finished cells, restricted to complete seeds."""
-    results = normalize_results(results)
-    done = _finished(results)
-    bns = sorted(bool(v) for v in pd.unique(results["bn"]))
-    sizes = sorted(int(v) for v in pd.unique(results["batch_size"]))
-    wide = done.assign(bn=done["bn"].astype(bool)).pivot_table(
-        index="seed", columns=["bn", "batch_size"], values=metric, aggfunc="first"
-    )
-    full = pd.MultiIndex.from_product([bns, sizes], names=["bn", "batch_size"])
-    wide = wide.reindex(columns=full).dropna(axis=0, how="any")
-    return wide, sizes
+    return rm_anova_array(y, names)
 
 
 def interaction_anova(results: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """BN x batch-size two-way RM-ANOVA on ``metric`` with seed as the subject.
+    """RM-ANOVA on ``metric`` over every grid factor of ``results``, seed as the subject.
 
-    Only seeds finished (with a finite metric) in every cell of the grid are used.
+    Only seeds finished (with a finite metric) in every cell of the grid are used: the grid's
+    cells are the combinations of the levels present in ``results``.
 
     Returns:
-        Rows ``bn``, ``batch_size``, ``bn:batch_size`` with ``ANOVA_COLUMNS``; NaN statistics
-        (and ``n_seeds``) when fewer than two complete seeds or a factor has one level.
+        One row per effect (``bn``, ``batch_size``, ``bn:batch_size`` for the default grid) with
+        ``ANOVA_COLUMNS``; NaN statistics where fewer than two seeds are complete or an effect
+        involves a factor with one level.
     """
-    wide, sizes = _complete_seeds(results, metric)
-    bns = sorted({bool(c[0]) for c in wide.columns})
-    n = len(wide)
-    if n >= 2 and len(bns) == 2 and len(sizes) >= 2:
-        y = wide.to_numpy().reshape(n, len(bns), len(sizes))
-        out = rm_anova_twoway(y, names=("bn", "batch_size"))
-    else:
-        nan_row = dict.fromkeys(ANOVA_COLUMNS[1:-2], math.nan)
-        out = pd.DataFrame(
-            [{"effect": e, **nan_row, "n_seeds": n} for e in ("bn", "batch_size", "bn:batch_size")]
-        )
-    out["method"] = ANOVA_METHOD
-    return out[ANOVA_COLUMNS]
+    within = factor_columns(results)
+    levels = {w: levels_of(results, w) for w in within}
+    done = finished_cells(results, metric)
+    # Cells absent from the finished ones must still count: reindex over the whole grid.
+    grid = pd.MultiIndex.from_product(list(levels.values()), names=within).to_frame(index=False)
+    seeds = pd.DataFrame({"seed": sorted(typed(results)["seed"].unique())})
+    full = grid.merge(seeds, how="cross").merge(
+        done[[*within, "seed", metric]], on=[*within, "seed"], how="left"
+    )
+    return rm_anova(full, metric, within, subject="seed")
+
+
+# -------------------------------------------------------------------------------- per factor
+
+FACTOR_EFFECT_COLUMNS = [
+    "factor",
+    "compare",
+    "compare_level",
+    "n_seeds",
+    "n_levels",
+    "F",
+    "df",
+    "df_error",
+    "p",
+    "gg_epsilon",
+    "p_gg",
+    "partial_eta_sq",
+    "friedman_stat",
+    "friedman_p",
+    "trend_slope",
+    "trend_ci_low",
+    "trend_ci_high",
+    "trend_p",
+]
+_ONEWAY = ["F", "df", "df_error", "p", "gg_epsilon", "p_gg", "partial_eta_sq"]
+
+
+def trend_x(name: str, levels: Sequence[Any]) -> np.ndarray | None:
+    """The x of a factor's trend: log2 of its levels for a positive numeric factor (batch
+    size, learning rate and init scale are explored on doubling scales), else None."""
+    if factor(name).kind not in (int, float):
+        return None
+    x = np.asarray(levels, dtype=float)
+    return np.log2(x) if (x > 0).all() else None
+
+
+def _trend(y: np.ndarray, x: np.ndarray | None, alpha: float) -> dict[str, float]:
+    """Per-seed least-squares slope of y on x, then a one-sample t-test of the slopes."""
+    nan = dict.fromkeys(["trend_slope", "trend_ci_low", "trend_ci_high", "trend_p"], math.nan)
+    n = y.shape[0]
+    if x is None or n < 2 or y.shape[1] < 2:
+        return nan
+    xc = x - x.mean()
+    slopes = (y - y.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
+    mean, sd = float(slopes.mean()), float(slopes.std(ddof=1))
+    if not sd > 0:
+        return {**nan, "trend_slope": mean}
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(mean / se), n - 1))
+    return {"trend_slope": mean, "trend_ci_low": mean - half, "trend_ci_high": mean + half,
+            "trend_p": p}  # fmt: skip
+
+
+def factor_effects(
+    results: pd.DataFrame,
+    compare: str = DEFAULT_COMPARE,
+    metric: str = "test_accuracy",
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """The effect of each non-compared factor, within each level of the compared one.
+
+    Per (factor, compare level): the seeds' cell values averaged over the other factors (seeds
+    complete in every cell of that compare level), then a one-way RM-ANOVA over the factor's
+    levels (Greenhouse-Geisser p in ``p_gg``), Friedman's test as the nonparametric check (>= 3
+    levels, else NaN), and for a positive numeric factor the trend: the mean per-seed slope of
+    ``metric`` per doubling of the level (log2 scale) with its t CI and p.
+
+    Returns:
+        One row per (factor, compare level) with ``FACTOR_EFFECT_COLUMNS``.
+    """
+    within = factor_columns(results)
+    others = [w for w in within if w != compare]
+    done = finished_cells(results, metric)
+    rows = []
+    for name in others:
+        levels = levels_of(results, name)
+        rest = [w for w in others if w != name]
+        cells = {w: levels_of(results, w) for w in rest}
+        n_cells = int(np.prod([len(v) for v in cells.values()])) if cells else 1
+        for level in levels_of(results, compare) if compare in within else [None]:
+            arm = done if level is None else done.loc[done[compare] == level]
+            # A seed counts only when complete in every cell, so its mean is over the same cells.
+            per = arm.groupby(["seed", name, *rest])[metric].first().reset_index()
+            counts = per.groupby("seed").size()
+            full = counts.index[counts == n_cells * len(levels)]
+            per = per.loc[per["seed"].isin(full)]
+            wide = per.groupby(["seed", name])[metric].mean().unstack(name)
+            y = wide.reindex(columns=levels).to_numpy(dtype=float)
+            n, k = y.shape
+            row: dict[str, Any] = {"factor": name, "compare": compare, "compare_level": level,
+                                   "n_seeds": n, "n_levels": k}  # fmt: skip
+            if n >= 2 and k >= 2:
+                res = rm_anova_oneway(y)
+                row.update({key: res[key] for key in _ONEWAY})
+            else:
+                row.update(dict.fromkeys(_ONEWAY, math.nan))
+            if n >= 2 and k >= 3 and np.ptp(y) > 0:
+                fr = stats.friedmanchisquare(*y.T)
+                row.update(friedman_stat=float(fr.statistic), friedman_p=float(fr.pvalue))
+            else:
+                row.update(friedman_stat=math.nan, friedman_p=math.nan)
+            row.update(_trend(y, trend_x(name, levels), alpha))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=FACTOR_EFFECT_COLUMNS)
 
 
 BATCH_EFFECT_COLUMNS = [
@@ -208,34 +404,8 @@ BATCH_EFFECT_COLUMNS = [
 
 
 def batch_size_effect(results: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """Effect of batch size within each BN setting.
-
-    One-way RM-ANOVA over batch size (seed as subject, Greenhouse-Geisser p in ``p_gg``) and
-    Friedman's test as the nonparametric check (needs >= 3 batch sizes, else NaN). Seeds
-    must be finished in every batch size of that BN setting.
-
-    Returns:
-        One row per BN setting with ``BATCH_EFFECT_COLUMNS``.
-    """
-    results = normalize_results(results)
-    done = _finished(results)
-    sizes = sorted(int(v) for v in pd.unique(results["batch_size"]))
-    rows = []
-    for bn in sorted(bool(v) for v in pd.unique(results["bn"])):
-        arm = done.loc[done["bn"].astype(bool) == bn]
-        wide = arm.pivot_table(index="seed", columns="batch_size", values=metric, aggfunc="first")
-        y = wide.reindex(columns=sizes).dropna(axis=0, how="any").to_numpy()
-        n, k = y.shape
-        row: dict[str, Any] = {"bn": bn, "n_seeds": n, "n_levels": k}
-        if n >= 2 and k >= 2:
-            res = rm_anova_oneway(y)
-            row.update({key: res[key] for key in BATCH_EFFECT_COLUMNS[3:10]})
-        else:
-            row.update(dict.fromkeys(BATCH_EFFECT_COLUMNS[3:10], math.nan))
-        if n >= 2 and k >= 3 and np.ptp(y) > 0:
-            fr = stats.friedmanchisquare(*y.T)
-            row.update(friedman_stat=float(fr.statistic), friedman_p=float(fr.pvalue))
-        else:
-            row.update(friedman_stat=math.nan, friedman_p=math.nan)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=BATCH_EFFECT_COLUMNS)
+    """``factor_effects`` of batch size within each BN setting, in the columns used before the
+    grid was general (``bn`` for the BN level); kept for callers of the default grid."""
+    out = factor_effects(results, "bn", metric)
+    out = out.loc[out["factor"] == "batch_size"].rename(columns={"compare_level": "bn"})
+    return out[BATCH_EFFECT_COLUMNS].reset_index(drop=True)
