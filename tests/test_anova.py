@@ -232,3 +232,10 @@ def test_batch_size_effect_alias_keeps_its_columns() -> None:
     assert list(out.columns) == S.BATCH_EFFECT_COLUMNS and out["bn"].tolist() == [False, True]
     gen = S.factor_effects(r, "bn")
     np.testing.assert_allclose(out["F"], gen["F"])
+
+
+def test_no_complete_seed_gives_nan_rows() -> None:
+    r = make_grid(THREE, seeds=2)
+    r.loc[r.bn & (r.batch_size == 16), "status"] = "failed"
+    out = S.interaction_anova(r)
+    assert len(out) == 7 and (out["n_seeds"] == 0).all() and out["F"].isna().all()

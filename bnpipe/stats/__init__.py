@@ -30,8 +30,10 @@ from bnpipe.stats.anova import (
 )
 from bnpipe.stats.dynamics import (
     DYNAMICS_COLUMNS,
+    DYNAMICS_MEASURES,
     DYNAMICS_SUMMARY_COLUMNS,
     STABILITY_EPOCHS,
+    SUMMARY_MEASURES,
     dynamics,
     dynamics_summary,
 )
@@ -83,6 +85,7 @@ __all__ = [
     "BATCH_EFFECT_COLUMNS",
     "DEFAULT_COMPARE",
     "DYNAMICS_COLUMNS",
+    "DYNAMICS_MEASURES",
     "DYNAMICS_SUMMARY_COLUMNS",
     "FACTOR_EFFECT_COLUMNS",
     "FINISHED",
@@ -97,6 +100,7 @@ __all__ = [
     "SPENDINGS",
     "STABILITY_EPOCHS",
     "SUMMARY_COLUMNS",
+    "SUMMARY_MEASURES",
     "SequentialResult",
     "VERDICTS",
     "_t_power",

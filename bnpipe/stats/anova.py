@@ -181,16 +181,18 @@ def rm_anova_array(y: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
     n, shape = y.shape[0], y.shape[1:]
     if len(shape) != len(names):
         raise ValueError(f"{len(names)} factor names for an array with {len(shape)} factors")
-    flat = y.reshape(n, -1)
+    flat = y.reshape(n, int(np.prod(shape)))
     rows = []
     for order in range(1, len(shape) + 1):
         for effect in itertools.combinations(range(len(shape)), order):
             c = effect_contrasts(shape, effect)
             q = c.shape[0]
             z = flat @ c.T
-            centered = z - z.mean(axis=0, keepdims=True)
-            ss = n * float(np.sum(z.mean(axis=0) ** 2)) if n else math.nan
-            ss_err = float(np.sum(centered**2))
+            if n:
+                mean = z.mean(axis=0)
+                ss, ss_err = n * float(np.sum(mean**2)), float(np.sum((z - mean) ** 2))
+            else:
+                ss = ss_err = math.nan
             eps = gg_epsilon(flat, c) if n >= 2 else math.nan
             name = ":".join(names[i] for i in effect)
             rows.append(_f_row(name, ss, q, ss_err, q * (n - 1), eps, n))

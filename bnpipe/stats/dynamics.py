@@ -1,4 +1,5 @@
-"""Training dynamics per cell: epochs to a threshold, stability, generalization gap, time."""
+"""Training dynamics per cell and per stratum: epochs to a threshold, stability, generalization
+gap, time. Generic over the grid's factor columns (whatever ``grid.factors`` holds)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnpipe.stats.paired import FINISHED, normalize_histories, normalize_results
+from bnpipe.factors import Cell, stratum_label
+from bnpipe.stats.anova import DEFAULT_COMPARE, factor_columns, typed
+from bnpipe.stats.paired import FINISHED
 
-DYNAMICS_COLUMNS = [
-    "bn",
-    "batch_size",
-    "seed",
+# What ``dynamics`` measures per cell, after the factor columns and seed.
+DYNAMICS_MEASURES = [
     "status",
     "n_epochs",
     "final_val_accuracy",
@@ -21,7 +22,18 @@ DYNAMICS_COLUMNS = [
     "generalization_gap",
     "time_per_epoch",
 ]
+# The layout for the default grid (bn x batch size); other grids have their own factor columns.
+DYNAMICS_COLUMNS = ["bn", "batch_size", "seed", *DYNAMICS_MEASURES]
 STABILITY_EPOCHS = 3
+SUMMARY_MEASURES = [
+    "n",
+    "n_reached",
+    "epochs_to_threshold",
+    "stability",
+    "generalization_gap",
+    "time_per_epoch",
+]
+DYNAMICS_SUMMARY_COLUMNS = ["stratum", "bn", "batch_size", *SUMMARY_MEASURES]
 
 
 def _cell_dynamics(h: pd.DataFrame, threshold: float) -> dict[str, float]:
@@ -39,8 +51,15 @@ def _cell_dynamics(h: pd.DataFrame, threshold: float) -> dict[str, float]:
     }
 
 
+def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    out = frame.copy()
+    for col in columns:
+        out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else math.nan
+    return out
+
+
 def dynamics(
-    histories: pd.DataFrame, results: pd.DataFrame, threshold: float = 0.97
+    histories: pd.DataFrame | None, results: pd.DataFrame, threshold: float = 0.97
 ) -> pd.DataFrame:
     """Per-cell training dynamics.
 
@@ -49,81 +68,95 @@ def dynamics(
     steadier). ``generalization_gap``: final train accuracy minus test accuracy.
     ``time_per_epoch``: the results' ``epoch_time_s`` (history mean where missing).
 
+    Args:
+        histories: One row per cell per epoch: the results' factor columns, ``seed``, ``epoch``,
+            ``val_accuracy`` (``accuracy``, ``epoch_time_s`` optional); may be empty or None.
+        results: One row per cell: factor columns, ``seed``, ``status``, ``test_accuracy``.
+        threshold: The validation accuracy to reach.
+
     Returns:
-        One row per cell in ``results`` with ``DYNAMICS_COLUMNS``, sorted by bn, batch_size, seed.
+        One row per cell in ``results``: its factor columns, ``seed``, then
+        ``DYNAMICS_MEASURES``; sorted by the factors and seed.
+
+    Raises:
+        ValueError: If a non-empty ``histories`` lacks a column the dynamics need.
     """
-    results = normalize_results(results)
-    histories = normalize_histories(histories)
-    keys = ["bn", "batch_size", "seed"]
-    per_cell = {
-        (bool(k[0]), int(k[1]), int(k[2])): _cell_dynamics(h, threshold)
-        for k, h in histories.groupby(keys, sort=False)
-    }
+    keys = [*factor_columns(results), "seed"]
+    results = _numeric(typed(results), ["test_accuracy", "train_accuracy", "epoch_time_s"])
+    per_cell: dict[tuple, dict[str, float]] = {}
+    if histories is not None and len(histories):
+        missing = [c for c in [*keys, "epoch", "val_accuracy"] if c not in histories.columns]
+        if missing:
+            raise ValueError(f"histories frame lacks columns {missing}")
+        h = _numeric(typed(histories), ["val_accuracy", "accuracy", "epoch_time_s"])
+        per_cell = {
+            k if isinstance(k, tuple) else (k,): _cell_dynamics(g, threshold)
+            for k, g in h.groupby(keys, sort=False)
+        }
     empty = dict.fromkeys(
         ["final_val_accuracy", "epochs_to_threshold", "stability"]
         + ["train_accuracy_hist", "time_hist"],
         math.nan,
     )
     rows = []
-    for r in results.itertuples(index=False):
-        key = (bool(r.bn), int(r.batch_size), int(r.seed))
+    for r in results.to_dict("records"):
+        key = tuple(r[k] for k in keys)
         d = per_cell.get(key, {"n_epochs": 0, **empty})
-        train_acc = float(r.train_accuracy)
+        train_acc = float(r["train_accuracy"])
         if not np.isfinite(train_acc):
             train_acc = d["train_accuracy_hist"]
-        t = float(r.epoch_time_s)
+        t = float(r["epoch_time_s"])
         rows.append(
             {
-                "bn": key[0],
-                "batch_size": key[1],
-                "seed": key[2],
-                "status": r.status,
+                **{k: r[k] for k in keys},
+                "status": r["status"],
                 "n_epochs": d["n_epochs"],
                 "final_val_accuracy": d["final_val_accuracy"],
                 "epochs_to_threshold": d["epochs_to_threshold"],
                 "stability": d["stability"],
-                "generalization_gap": train_acc - float(r.test_accuracy),
+                "generalization_gap": train_acc - float(r["test_accuracy"]),
                 "time_per_epoch": t if np.isfinite(t) else d["time_hist"],
             }
         )
-    out = pd.DataFrame(rows, columns=DYNAMICS_COLUMNS)
+    out = pd.DataFrame(rows, columns=[*keys, *DYNAMICS_MEASURES])
     return out.sort_values(keys).reset_index(drop=True)
 
 
-DYNAMICS_SUMMARY_COLUMNS = [
-    "bn",
-    "batch_size",
-    "n",
-    "n_reached",
-    "epochs_to_threshold",
-    "stability",
-    "generalization_gap",
-    "time_per_epoch",
-]
-
-
 def dynamics_summary(
-    histories: pd.DataFrame, results: pd.DataFrame, threshold: float = 0.97
+    histories: pd.DataFrame | None,
+    results: pd.DataFrame,
+    threshold: float = 0.97,
+    compare: str = DEFAULT_COMPARE,
 ) -> pd.DataFrame:
-    """Mean dynamics per (bn, batch_size) over finished cells.
+    """Mean dynamics per stratum and level of the compared factor, over finished cells.
 
     ``n`` counts finished cells; ``n_reached`` those reaching ``threshold``;
     ``epochs_to_threshold`` averages only the cells that reached it.
 
     Returns:
-        A DataFrame with ``DYNAMICS_SUMMARY_COLUMNS``.
+        ``stratum`` (the comparison's label, ``batch_size=32``), the factor columns, then
+        ``SUMMARY_MEASURES``; one row per (stratum, compare level), sorted by the factors.
     """
+    factors = factor_columns(results)
     dyn = dynamics(histories, results, threshold)
     dyn = dyn.loc[dyn["status"] == FINISHED]
+    columns = ["stratum", *factors, *SUMMARY_MEASURES]
     if dyn.empty:
-        return pd.DataFrame(columns=DYNAMICS_SUMMARY_COLUMNS)
-    grouped = dyn.groupby(["bn", "batch_size"], sort=True)
-    out = grouped.agg(
-        n=("seed", "size"),
-        n_reached=("epochs_to_threshold", "count"),
-        epochs_to_threshold=("epochs_to_threshold", "mean"),
-        stability=("stability", "mean"),
-        generalization_gap=("generalization_gap", "mean"),
-        time_per_epoch=("time_per_epoch", "mean"),
-    ).reset_index()
-    return out[DYNAMICS_SUMMARY_COLUMNS]
+        return pd.DataFrame(columns=columns)
+    out = (
+        dyn.groupby(factors, sort=True)
+        .agg(
+            n=("seed", "size"),
+            n_reached=("epochs_to_threshold", "count"),
+            epochs_to_threshold=("epochs_to_threshold", "mean"),
+            stability=("stability", "mean"),
+            generalization_gap=("generalization_gap", "mean"),
+            time_per_epoch=("time_per_epoch", "mean"),
+        )
+        .reset_index()
+    )
+    out["stratum"] = [
+        stratum_label(Cell.of(0, **{f: r[f] for f in factors}).stratum(compare))
+        for r in out.to_dict("records")
+    ]
+    return out[columns]
