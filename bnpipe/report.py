@@ -1,4 +1,9 @@
-"""Markdown report and figures for the BN ablation.
+"""Markdown report and figures for a paired ablation over any grid factors.
+
+One factor is compared (its two levels paired per seed; the first is the control); every other
+grid factor defines the strata, one comparison each. Every table and figure is faceted on the
+strata: figures get one panel per level combination of the non-compared factors, and labels come
+from ``bnpipe.factors`` (``bn=on``, ``learning_rate=0.1``), so nothing here names a factor.
 
 Pure functions: data frames in, files out, paths returned. Figures are drawn on
 ``matplotlib.figure.Figure`` objects (Agg canvas) rather than pyplot, so building a report
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import math
 import mimetypes
 import re
@@ -21,25 +27,84 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
 from scipy import stats as sps
 
 from bnpipe import stats
 from bnpipe.config import Config
 from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
-from bnpipe.factors import factor_columns, stratum_phrase
+from bnpipe.factors import factor, level_text, stratum_label
 
 FIGSIZE = (7.0, 4.0)
+PANEL = (2.7, 2.3)  # inches per facet panel; figures with many panels grow past FIGSIZE
 DPI = 100
-COLORS = {False: "#1f77b4", True: "#d62728"}  # no BN / BN, colour-blind-safe pair
-LABELS = {False: "no BN", True: "BN"}
+ARM_COLORS = ("#1f77b4", "#d62728")  # control, treatment: a colour-blind-safe pair
 FIGURE_FILES = {
     "learning_curves": "learning_curves.png",
-    "accuracy_vs_batch_size": "accuracy_vs_batch_size.png",
-    "bn_difference": "bn_difference.png",
     "paired_seeds": "paired_seeds.png",
     "sequential_monitoring": "sequential_monitoring.png",
-}
+}  # plus accuracy_vs_<first stratum factor>.png and <compare>_difference.png, named per grid
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What a report compares: ``compare``'s two levels (control first) within each stratum of
+    the ``strata`` factors, whose levels (sorted) span the grid."""
+
+    compare: str
+    control: Any
+    treatment: Any
+    strata: tuple[str, ...]
+    levels: Mapping[str, tuple[Any, ...]]
+
+    @property
+    def arms(self) -> tuple[Any, Any]:
+        return (self.control, self.treatment)
+
+    def arm_label(self, level: Any) -> str:
+        """``bn=on``: one arm as tables and legends show it."""
+        return level_text(self.compare, level)
+
+    @property
+    def diff_label(self) -> str:
+        """``bn=on − bn=off``: the sign convention of every difference."""
+        return f"{self.arm_label(self.treatment)} − {self.arm_label(self.control)}"
+
+    def strata_cells(self) -> list[tuple[tuple[str, Any], ...]]:
+        """Every stratum of the grid, in sorted level order."""
+        combos = itertools.product(*(self.levels[n] for n in self.strata))
+        return [tuple(zip(self.strata, c, strict=True)) for c in combos]
+
+
+def comparison_of(
+    results: pd.DataFrame, compare: str | None = None, levels: Sequence[Any] | None = None
+) -> Comparison:
+    """The comparison a results frame holds.
+
+    Args:
+        results: One row per cell with one column per grid factor.
+        compare: The compared factor (default ``stats.DEFAULT_COMPARE``).
+        levels: Its (control, treatment) levels; default: its two sorted levels in the frame.
+
+    Raises:
+        ValueError: If ``compare`` is not a column or does not have exactly two levels.
+    """
+    compare = compare or stats.DEFAULT_COMPARE
+    factors = stats.factor_columns(results)
+    if compare not in factors:
+        raise ValueError(f"results frame has no column for the compared factor {compare!r}")
+    found = stats.levels_of(results, compare)
+    arms = tuple(levels) if levels is not None else tuple(found)
+    if len(arms) != 2:
+        raise ValueError(f"{compare}: a paired comparison needs 2 levels, found {list(arms)}")
+    strata = tuple(f for f in factors if f != compare)
+    return Comparison(
+        compare,
+        arms[0],
+        arms[1],
+        strata,
+        {f: tuple(stats.levels_of(results, f)) for f in strata},
+    )
 
 
 @dataclass(frozen=True)
@@ -50,18 +115,133 @@ class ReportOutput:
     figures: list[Path]
     summary: pd.DataFrame
     anova: pd.DataFrame
-    batch_effect: pd.DataFrame
+    factor_effects: pd.DataFrame
     dynamics: pd.DataFrame
     design: DesignOutcome | None = None
     verdict_markdown: str = ""  # the verdict table alone (the parent run's description)
     html_path: Path | None = None  # report.html: the report with its figures embedded
 
 
+# -------------------------------------------------------------------------------- the numbers
+
+
+def _stratum_mask(frame: pd.DataFrame, stratum: Sequence[tuple[str, Any]]) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for name, level in stratum:
+        mask &= frame[name] == level
+    return mask
+
+
+def paired_by_stratum(results: pd.DataFrame, cmp: Comparison) -> pd.DataFrame:
+    """Seeds finished in both arms of a stratum: its factor columns, ``stratum``, ``seed``,
+    ``control``, ``treatment``, ``diff`` (treatment − control).
+
+    Raises:
+        ValueError: If a finished cell appears twice (pairing would be ambiguous).
+    """
+    done = stats.finished_cells(results)
+    keys = [*cmp.strata, cmp.compare, "seed"]
+    dup = done.duplicated(keys, keep=False)
+    if dup.any():
+        cells = done.loc[dup, keys].drop_duplicates().to_dict("records")
+        raise ValueError(f"finished cells recorded more than once: {cells}")
+    on = [*cmp.strata, "seed"]
+    cols = [*on, "test_accuracy"]
+    ctrl = done.loc[done[cmp.compare] == cmp.control, cols]
+    treat = done.loc[done[cmp.compare] == cmp.treatment, cols]
+    merged = ctrl.merge(treat, on=on, suffixes=("_c", "_t"))
+    out = merged[on].copy()
+    keys_of = merged[list(cmp.strata)].itertuples(index=False, name=None)
+    out["stratum"] = [stratum_label(tuple(zip(cmp.strata, k, strict=True))) for k in keys_of]
+    out["control"] = merged["test_accuracy_c"].astype(float)
+    out["treatment"] = merged["test_accuracy_t"].astype(float)
+    out["diff"] = out["treatment"] - out["control"]
+    return out.sort_values(on).reset_index(drop=True)
+
+
+def summarize(
+    results: pd.DataFrame,
+    cmp: Comparison,
+    *,
+    alpha: float,
+    equivalence_margin: float,
+    n_resamples: int,
+) -> pd.DataFrame:
+    """One paired comparison per stratum: ``stratum``, its factor columns, the arms' means
+    (``acc_control``/``acc_treatment`` over their ``n_control``/``n_treatment`` finished cells)
+    and ``stats.compare_paired``'s fields; ``p_holm`` across strata, ``verdict``."""
+    done = stats.finished_cells(results)
+    pairs = paired_by_stratum(results, cmp)
+    rows = []
+    for stratum in cmp.strata_cells():
+        p = pairs.loc[_stratum_mask(pairs, stratum)]
+        c = stats.compare_paired(
+            p["treatment"].to_numpy(),
+            p["control"].to_numpy(),
+            alpha=alpha,
+            equivalence_margin=equivalence_margin,
+            n_resamples=n_resamples,
+        )
+        cells = done.loc[_stratum_mask(done, stratum)]
+        arm = [cells.loc[cells[cmp.compare] == lv, "test_accuracy"] for lv in cmp.arms]
+        row = {"stratum": stratum_label(stratum), **dict(stratum), **c.to_dict()}
+        row.update(
+            n_pairs=row.pop("n"),
+            acc_control=float(arm[0].mean()) if len(arm[0]) else math.nan,
+            acc_treatment=float(arm[1].mean()) if len(arm[1]) else math.nan,
+            n_control=len(arm[0]),
+            n_treatment=len(arm[1]),
+            _cmp=c,
+        )
+        rows.append(row)
+    adjusted = stats.holm([r["t_pvalue"] for r in rows])
+    for r, p_adj in zip(rows, adjusted, strict=True):
+        r["p_holm"] = float(p_adj)
+        r["verdict"] = stats.verdict(r.pop("_cmp"), p_adj, alpha, equivalence_margin)
+    return pd.DataFrame(rows)
+
+
+def dropped_pairs(results: pd.DataFrame, cmp: Comparison) -> pd.DataFrame:
+    """Seeds present in a stratum but missing from its paired analysis, and why.
+
+    Returns:
+        Columns ``stratum, seed, reason`` (e.g. ``"seed 4 diverged (bn=on)"``).
+    """
+    frame = stats.typed(results)
+    frame["test_accuracy"] = pd.to_numeric(frame["test_accuracy"], errors="coerce")
+    keys = [*cmp.strata, cmp.compare, "seed"]
+    status = {}
+    for r in frame.to_dict("records"):
+        ok = r["status"] == stats.FINISHED and np.isfinite(r["test_accuracy"])
+        text = str(r["status"]) if r["status"] != stats.FINISHED else "finished without a result"
+        status[tuple(r[k] for k in keys)] = None if ok else text
+    rows = []
+    for stratum in cmp.strata_cells():
+        seeds = sorted(frame.loc[_stratum_mask(frame, stratum), "seed"].unique())
+        levels = tuple(v for _, v in stratum)
+        for seed in seeds:
+            problems = [
+                f"{status.get((*levels, lv, seed), 'missing')} ({cmp.arm_label(lv)})"
+                for lv in cmp.arms
+                if status.get((*levels, lv, seed), "missing") is not None
+            ]
+            if problems:
+                rows.append(
+                    {
+                        "stratum": stratum_label(stratum),
+                        "seed": int(seed),
+                        "reason": f"seed {seed} " + ", ".join(problems),
+                    }
+                )
+    return pd.DataFrame(rows, columns=["stratum", "seed", "reason"])
+
+
 # -------------------------------------------------------------------------------- helpers
 
 
 def _new_figure(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    size = (max(FIGSIZE[0], PANEL[0] * ncols), max(FIGSIZE[1], PANEL[1] * nrows + 1.0))
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
@@ -86,197 +266,331 @@ def mean_ci(values: np.ndarray | pd.Series, alpha: float = 0.05) -> tuple[float,
     return float(x.mean()), float(half), n
 
 
-def _finished(results: pd.DataFrame) -> pd.DataFrame:
-    results = stats.normalize_results(results)
-    ok = (results["status"] == stats.FINISHED) & np.isfinite(results["test_accuracy"])
-    return results.loc[ok]
-
-
 def _level(alpha: float) -> str:
     return f"{100 * (1 - alpha):g}%"
 
 
-def _grid_shape(k: int) -> tuple[int, int]:
-    return (1, k) if k <= 2 else (2, math.ceil(k / 2))
+def _wrap_shape(k: int) -> tuple[int, int]:
+    """Up to 3 panels side by side, more in a near-square grid (4 -> 2 x 2, 6 -> 2 x 3)."""
+    if k <= 3:
+        return 1, max(k, 1)
+    ncols = math.ceil(math.sqrt(k))
+    return math.ceil(k / ncols), ncols
 
 
-def _hide_unused(axes: np.ndarray, used: int) -> None:
-    for ax in axes.flat[used:]:
-        ax.set_visible(False)
+def facets(
+    names: Sequence[str], levels: Mapping[str, Sequence[Any]]
+) -> tuple[int, int, list[tuple[int, int, tuple[tuple[str, Any], ...]]]]:
+    """Panel layout for strata of ``names``: one panel per level combination.
+
+    One factor: its levels side by side (a near-square grid past 3). Two or more: columns are
+    the last factor's levels, rows the combinations of the others (a 2-factor stratum is rows
+    x columns).
+
+    Returns:
+        ``(nrows, ncols, [(row, col, stratum), ...])``; no names gives one panel, stratum ().
+    """
+    if not names:
+        return 1, 1, [(0, 0, ())]
+    if len(names) == 1:
+        lv = list(levels[names[0]])
+        nrows, ncols = _wrap_shape(len(lv))
+        return nrows, ncols, [(i // ncols, i % ncols, ((names[0], v),)) for i, v in enumerate(lv)]
+    head, last = list(names[:-1]), names[-1]
+    rows = list(itertools.product(*(levels[n] for n in head)))
+    panels = [
+        (i, j, (*zip(head, combo, strict=True), (last, v)))
+        for i, combo in enumerate(rows)
+        for j, v in enumerate(levels[last])
+    ]
+    return len(rows), len(levels[last]), panels
+
+
+def _hide_unused(axes: np.ndarray, used: set[tuple[int, int]]) -> None:
+    for (i, j), ax in np.ndenumerate(axes):
+        if (i, j) not in used:
+            ax.set_visible(False)
+
+
+def _xlabel_bottom(axes: np.ndarray, panels: Sequence[tuple[int, int, Any]], text: str) -> None:
+    """The x label under the lowest used panel of each column (a figure-level label would
+    collide with the legend below the panels)."""
+    bottom: dict[int, int] = {}
+    for i, j, _ in panels:
+        bottom[j] = max(bottom.get(j, 0), i)
+    for j, i in bottom.items():
+        axes[i, j].set_xlabel(text, fontsize=9)
+
+
+def _panel_title(stratum: Sequence[tuple[str, Any]]) -> str:
+    """A panel's stratum in the run-name spelling (``bs=32, lr=0.1``): full names would not fit
+    above a panel once the strata have two or more factors."""
+    return ", ".join(level_text(n, v) for n, v in stratum)
+
+
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+
+
+def _log_axis(name: str, levels: Sequence[Any]) -> bool:
+    """Positive numeric factors are explored on multiplicative scales: plot them on log x."""
+    return stats.trend_x(name, levels) is not None
 
 
 # -------------------------------------------------------------------------------- figures
 
 
 def plot_learning_curves(
-    histories: pd.DataFrame, results: pd.DataFrame, path: Path, *, alpha: float = 0.05
+    histories: pd.DataFrame, results: pd.DataFrame, cmp: Comparison, path: Path, *, alpha=0.05
 ) -> Path:
-    """Validation accuracy per epoch: mean over seeds with a t-based band, panel per batch size.
+    """Validation accuracy per epoch: mean over seeds with a t-based band, one panel per stratum.
 
     Only finished cells are drawn, matching the cells the statistics use.
     """
-    done = _finished(results)[["bn", "batch_size", "seed"]]
-    h = stats.normalize_histories(histories).merge(done, on=["bn", "batch_size", "seed"])
-    sizes = sorted(int(b) for b in pd.unique(results["batch_size"]))
+    keys = [*cmp.strata, cmp.compare, "seed"]
+    done = stats.finished_cells(results)[keys]
+    h = stats.typed(histories) if len(histories) else pd.DataFrame(columns=[*keys, "epoch"])
+    h = h.merge(done, on=keys) if len(h) else h
     if h.empty:
         fig, axes = _new_figure()
         axes[0, 0].set_axis_off()
-        axes[0, 0].text(0.5, 0.5, "no per-epoch history recorded", ha="center", va="center")
+        _no_data(axes[0, 0], "no per-epoch history recorded")
         return _save(fig, path)
-    nrows, ncols = _grid_shape(max(len(sizes), 1))
+    nrows, ncols, panels = facets(cmp.strata, cmp.levels)
     fig, axes = _new_figure(nrows, ncols, sharex=True, sharey=True)
-    for ax, bs in zip(axes.flat, sizes, strict=False):
-        for bn in (False, True):
-            cell = h.loc[(h["batch_size"] == bs) & (h["bn"] == bn)]
+    for i, j, stratum in panels:
+        ax = axes[i, j]
+        sub = h.loc[_stratum_mask(h, stratum)]
+        counts: list[str] = []
+        for color, lv in zip(ARM_COLORS, cmp.arms, strict=True):
+            cell = sub.loc[sub[cmp.compare] == lv]
             if cell.empty:
+                counts.append("0")
                 continue
             agg = [(e, *mean_ci(g["val_accuracy"], alpha)) for e, g in cell.groupby("epoch")]
             epochs, means, halves, ns = (np.array(v) for v in zip(*agg, strict=True))
-            ax.plot(epochs, means, color=COLORS[bn], marker="o", ms=3, lw=1.5)
-            ax.fill_between(epochs, means - halves, means + halves, color=COLORS[bn], alpha=0.2)
-            ax.plot([], [], color=COLORS[bn], label=f"{LABELS[bn]} (n={int(ns.max())})")
-        ax.set_title(f"batch size {bs}", fontsize=9)
+            ax.plot(epochs, means, color=color, marker="o", ms=3, lw=1.5)
+            ax.fill_between(epochs, means - halves, means + halves, color=color, alpha=0.2)
+            counts.append(f"{int(ns.max())}")
+        ax.set_title(_panel_title(stratum), fontsize=8)
+        # Seeds per arm (control/treatment): they differ from the grid's when cells failed.
+        ax.text(
+            0.98,
+            0.03,
+            "n = " + "/".join(counts),
+            transform=ax.transAxes,
+            fontsize=7,
+            ha="right",
+            va="bottom",
+            color="0.3",
+        )
         ax.grid(alpha=0.3)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
-        ax.tick_params(labelsize=8)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="lower right")
-    _hide_unused(axes, len(sizes))
-    for ax in axes[-1, :]:
-        ax.set_xlabel("epoch", fontsize=9)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("val accuracy", fontsize=9)
+        ax.tick_params(labelsize=7)
+    _hide_unused(axes, {(i, j) for i, j, _ in panels})
+    handles = [
+        axes[0, 0].plot([], [], color=c, marker="o", ms=3, label=cmp.arm_label(lv))[0]
+        for c, lv in zip(ARM_COLORS, cmp.arms, strict=True)
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    _xlabel_bottom(axes, panels, "epoch")
+    fig.supylabel("val accuracy", fontsize=9)
     fig.suptitle(
         f"Validation accuracy per epoch (mean, {_level(alpha)} CI over seeds)", fontsize=10
     )
     return _save(fig, path)
 
 
-def plot_accuracy_vs_batch_size(results: pd.DataFrame, path: Path, *, alpha: float = 0.05) -> Path:
-    """Test accuracy per batch size, BN and no BN dodged, mean with t-based CI and seed dots."""
-    done = _finished(results)
-    sizes = sorted(int(b) for b in pd.unique(results["batch_size"]))
-    fig, axes = _new_figure()
-    ax = axes[0, 0]
-    x = np.arange(len(sizes))
+def _x_positions(name: str | None, levels: Sequence[Any]) -> tuple[np.ndarray, bool]:
+    if name is not None and _log_axis(name, levels):
+        return np.asarray(levels, dtype=float), True
+    return np.arange(len(levels), dtype=float), False
+
+
+def _gap(x: np.ndarray, log: bool) -> float:
+    """The smallest distance between adjacent levels (in log2 units on a log axis)."""
+    if x.size < 2:
+        return 1.0
+    return float(np.min(np.diff(np.log2(np.sort(x)) if log else np.sort(x))))
+
+
+def _shift(x: np.ndarray, log: bool, frac: Any, gap: float) -> np.ndarray:
+    """Move points sideways by ``frac`` of ``gap``: the arms side by side, seeds jittered."""
+    return x * 2.0 ** (np.asarray(frac) * gap) if log else x + np.asarray(frac) * gap
+
+
+def _level_axis(ax: Any, name: str | None, levels: Sequence[Any], x: np.ndarray, log: bool) -> None:
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(x))
+        ax.xaxis.set_minor_locator(NullLocator())
+        pad = 2.0 ** (0.55 * _gap(x, log))
+        ax.set_xlim(x.min() / pad, x.max() * pad)
+    else:
+        ax.xaxis.set_major_locator(FixedLocator(x))
+        ax.set_xlim(-0.6, len(levels) - 0.4)
+    labels = [factor(name).format(v) for v in levels] if name else [""] * len(levels)
+    ax.set_xticklabels(labels, fontsize=7)
+
+
+def accuracy_figure_name(cmp: Comparison) -> str:
+    """``accuracy_vs_<first stratum factor>.png`` (``accuracy.png`` with no strata)."""
+    return f"accuracy_vs_{cmp.strata[0]}.png" if cmp.strata else "accuracy.png"
+
+
+def plot_accuracy_vs_factor(
+    results: pd.DataFrame, cmp: Comparison, path: Path, *, alpha: float = 0.05
+) -> Path:
+    """Test accuracy against the first non-compared factor, the two arms side by side (mean
+    with t-based CI, dots for seeds); one panel per level combination of the other factors.
+    Positive numeric factors (batch size, learning rate, init scale) are on a log x axis."""
+    done = stats.finished_cells(results)
+    xname = cmp.strata[0] if cmp.strata else None
+    xlevels = list(cmp.levels[xname]) if xname else [None]
+    x, log = _x_positions(xname, xlevels)
+    nrows, ncols, panels = facets(cmp.strata[1:], cmp.levels)
+    fig, axes = _new_figure(nrows, ncols, sharey=True)
     rng = np.random.default_rng(0)  # jitter only; fixed so figures are reproducible
-    for bn, offset in ((False, -0.15), (True, 0.15)):
-        arm = done.loc[done["bn"] == bn]
-        stats_per = [
-            mean_ci(arm.loc[arm["batch_size"] == bs, "test_accuracy"], alpha) for bs in sizes
-        ]
-        means = np.array([s[0] for s in stats_per])
-        halves = np.array([s[1] for s in stats_per])
-        for i, bs in enumerate(sizes):
-            vals = arm.loc[arm["batch_size"] == bs, "test_accuracy"].to_numpy()
-            jitter = rng.uniform(-0.05, 0.05, vals.size)
-            ax.scatter(x[i] + offset + jitter, vals, s=9, color=COLORS[bn], alpha=0.35, lw=0)
-        ax.errorbar(
-            x + offset,
-            means,
-            yerr=np.nan_to_num(halves),
-            fmt="o",
-            color=COLORS[bn],
-            capsize=4,
-            ms=6,
-            label=f"{LABELS[bn]}: mean ± {_level(alpha)} CI",
-        )
-    ax.set_xticks(x, [str(b) for b in sizes])
-    ax.set_xlim(-0.6, len(sizes) - 0.4)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("test accuracy")
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=2))
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title("Test accuracy by batch size (dots: individual seeds)", fontsize=10)
+    for i, j, stratum in panels:
+        ax = axes[i, j]
+        sub = done.loc[_stratum_mask(done, stratum)]
+        gap = _gap(x, log)
+        for color, lv, offset in zip(ARM_COLORS, cmp.arms, (-0.15, 0.15), strict=True):
+            arm = sub.loc[sub[cmp.compare] == lv]
+            xs = _shift(x, log, offset, gap)
+            vals = [
+                arm.loc[arm[xname] == v, "test_accuracy"] if xname else arm["test_accuracy"]
+                for v in xlevels
+            ]
+            ci = [mean_ci(v, alpha) for v in vals]
+            for xk, v in zip(xs, vals, strict=True):
+                spread = _shift(np.full(v.size, xk), log, rng.uniform(-0.06, 0.06, v.size), gap)
+                ax.scatter(spread, v, s=8, color=color, alpha=0.35, lw=0)
+            ax.errorbar(
+                xs,
+                [c[0] for c in ci],
+                yerr=np.nan_to_num([c[1] for c in ci]),
+                fmt="o",
+                color=color,
+                capsize=3,
+                ms=5,
+                label=f"{cmp.arm_label(lv)}: mean ± {_level(alpha)} CI",
+            )
+        _level_axis(ax, xname, xlevels, x, log)
+        ax.set_title(_panel_title(stratum), fontsize=8)
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=2))
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    _hide_unused(axes, {(i, j) for i, j, _ in panels})
+    _xlabel_bottom(axes, panels, xname or "")
+    fig.supylabel("test accuracy", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
+    what = f"by {xname}" if xname else f"by {cmp.compare}"
+    fig.suptitle(f"Test accuracy {what} (dots: individual seeds)", fontsize=10)
     return _save(fig, path)
 
 
-def plot_bn_difference(summary: pd.DataFrame, path: Path, *, equivalence_margin: float) -> Path:
-    """BN minus no-BN test accuracy per batch size with its CI, zero line and ±margin band."""
-    fig, axes = _new_figure()
-    ax = axes[0, 0]
-    x = np.arange(len(summary))
+def difference_figure_name(cmp: Comparison) -> str:
+    """``<compare>_difference.png``."""
+    return f"{cmp.compare}_difference.png"
+
+
+def plot_difference(
+    summary: pd.DataFrame, cmp: Comparison, path: Path, *, equivalence_margin: float
+) -> Path:
+    """Treatment − control test accuracy per stratum with its CI, the zero line and the ±margin
+    band: x = the first non-compared factor, one panel per combination of the others."""
+    xname = cmp.strata[0] if cmp.strata else None
+    xlevels = list(cmp.levels[xname]) if xname else [None]
+    x, log = _x_positions(xname, xlevels)
+    nrows, ncols, panels = facets(cmp.strata[1:], cmp.levels)
+    fig, axes = _new_figure(nrows, ncols, sharey=True)
     pp = 100.0
     margin = pp * equivalence_margin
-    ax.axhspan(-margin, margin, color="0.85", label=f"equivalence band ±{margin:.2f} pp")
-    ax.axhline(0.0, color="0.3", lw=1)
-    mean = pp * summary["mean_diff"].to_numpy(dtype=float)
-    low = pp * summary["ci_low"].to_numpy(dtype=float)
-    high = pp * summary["ci_high"].to_numpy(dtype=float)
     alpha = float(summary["alpha"].iloc[0]) if len(summary) else 0.05
-    ax.errorbar(
-        x,
-        mean,
-        yerr=np.nan_to_num(np.vstack([mean - low, high - mean])),
-        fmt="o",
-        color="k",
-        capsize=5,
-        ms=6,
-        label=f"mean paired difference ± {_level(alpha)} CI",
-    )
-    labels = [
-        f"{int(r.batch_size)}\nn={int(r.n_pairs)}, p_Holm{_p_label(r.p_holm)}"
-        for r in summary.itertuples(index=False)
-    ]
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_xlim(-0.6, len(summary) - 0.4)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("BN − no BN test accuracy (pp)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title("Effect of BN per batch size (paired by seed)", fontsize=10)
+    for i, j, stratum in panels:
+        ax = axes[i, j]
+        sub = summary.loc[_stratum_mask(summary, stratum)]
+        if xname:
+            sub = sub.set_index(xname).reindex(xlevels)
+        mean, low, high = (
+            pp * sub[c].to_numpy(dtype=float) for c in ("mean_diff", "ci_low", "ci_high")
+        )
+        ax.axhspan(-margin, margin, color="0.85", label=f"equivalence band ±{margin:.2f} pp")
+        ax.axhline(0.0, color="0.3", lw=1)
+        ax.errorbar(
+            x,
+            mean,
+            yerr=np.nan_to_num(np.vstack([mean - low, high - mean])),
+            fmt="o",
+            color="k",
+            capsize=4,
+            ms=5,
+            label=f"mean paired difference ± {_level(alpha)} CI",
+        )
+        _level_axis(ax, xname, xlevels, x, log)
+        labels = []
+        for v, r in zip(xlevels, sub.itertuples(index=False), strict=True):
+            head = factor(xname).format(v) if xname else ""
+            n = int(r.n_pairs) if np.isfinite(r.n_pairs) else 0
+            labels.append(f"{head}\nn={n}\np_Holm{_p_label(r.p_holm)}" if n else f"{head}\nn=0")
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_title(_panel_title(stratum), fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    _hide_unused(axes, {(i, j) for i, j, _ in panels})
+    _xlabel_bottom(axes, panels, xname or "")
+    fig.supylabel(f"{cmp.diff_label} test accuracy (pp)", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
+    fig.suptitle(f"Effect of {cmp.compare} per stratum (paired by seed)", fontsize=10)
     return _save(fig, path)
 
 
-def plot_paired_seeds(results: pd.DataFrame, path: Path) -> Path:
-    """Per-seed no-BN vs BN test accuracy joined by a line, panel per batch size."""
-    pairs = stats.paired_frame(results, treatment_bn=True)
-    sizes = sorted(int(b) for b in pd.unique(results["batch_size"]))
-    nrows, ncols = _grid_shape(max(len(sizes), 1))
+def plot_paired_seeds(results: pd.DataFrame, cmp: Comparison, path: Path) -> Path:
+    """Per-seed control vs treatment test accuracy joined by a line, one panel per stratum."""
+    pairs = paired_by_stratum(results, cmp)
+    nrows, ncols, panels = facets(cmp.strata, cmp.levels)
     fig, axes = _new_figure(nrows, ncols, sharey=True)
     colors = {True: "#2ca02c", False: "#9467bd"}
-    for ax, bs in zip(axes.flat, sizes, strict=False):
-        p = pairs.loc[pairs["batch_size"] == bs]
+    for i, j, stratum in panels:
+        ax = axes[i, j]
+        p = pairs.loc[_stratum_mask(pairs, stratum)]
         for r in p.itertuples(index=False):
-            up = r.diff > 0
             ax.plot(
                 [0, 1],
                 [r.control, r.treatment],
-                color=colors[up],
+                color=colors[r.diff > 0],
                 alpha=0.6,
                 lw=1,
                 marker="o",
                 ms=3,
             )
-        n_up = int((p["diff"] > 0).sum())
+        head = _panel_title(stratum)
         if p.empty:
-            ax.set_title(f"batch size {bs}: no complete pair", fontsize=9)
-            ax.text(
-                0.5,
-                0.5,
-                "no seed finished in both arms",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
+            ax.set_title(f"{head}\nno complete pair".strip(), fontsize=8)
+            _no_data(ax, "no seed finished in both arms")
+        else:
+            up = int((p["diff"] > 0).sum())
+            ax.set_title(
+                f"{head}\n{cmp.arm_label(cmp.treatment)} higher in {up}/{len(p)}".strip(),
                 fontsize=8,
             )
-        else:
-            ax.set_title(f"batch size {bs}: BN higher in {n_up}/{len(p)}", fontsize=9)
-        ax.set_xticks([0, 1], [LABELS[False], LABELS[True]], fontsize=8)
+        ax.set_xticks([0, 1], [cmp.arm_label(lv) for lv in cmp.arms], fontsize=7)
         ax.set_xlim(-0.3, 1.3)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=2))
-        ax.tick_params(axis="y", labelsize=8)
+        ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
-    _hide_unused(axes, len(sizes))
-    for ax in axes[:, 0]:
-        ax.set_ylabel("test accuracy", fontsize=9)
+    _hide_unused(axes, {(i, j) for i, j, _ in panels})
+    fig.supylabel("test accuracy", fontsize=9)
+    treat = cmp.arm_label(cmp.treatment)
     handles = [
-        axes.flat[0].plot([], [], color=colors[k], marker="o", ms=3, label=lab)[0]
-        for k, lab in ((True, "BN higher"), (False, "BN lower or equal"))
+        axes[0, 0].plot([], [], color=colors[k], marker="o", ms=3, label=lab)[0]
+        for k, lab in ((True, f"{treat} higher"), (False, f"{treat} lower or equal"))
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
-    fig.suptitle("Per-seed pairs (same data order and Dense init)", fontsize=10)
+    fig.suptitle("Per-seed pairs (same data order and initial weights)", fontsize=10)
     return _save(fig, path)
 
 
@@ -289,13 +603,16 @@ SEQUENTIAL_COLORS = {
 }
 
 
-def plot_sequential_monitoring(looks: pd.DataFrame, path: Path, *, margin: float) -> Path:
+def plot_sequential_monitoring(
+    looks: pd.DataFrame, path: Path, *, margin: float, diff_label: str = "treatment − control"
+) -> Path:
     """Group-sequential monitoring: one column per comparison, x = seed pairs used.
 
     Top row: the repeated CI at every look against 0 and the shaded ±margin band, the last
     look coloured by the decision. Bottom row: the t statistic against the look's boundary
     ±t_crit (crossing it is what "the interval excludes 0" means). ``looks`` is
-    ``stats.looks_frame`` output (``comparison`` plus ``stats.LOOK_COLUMNS``).
+    ``stats.looks_frame`` output (``comparison`` plus ``stats.LOOK_COLUMNS``); ``diff_label``
+    names the difference (``bn=on − bn=off``).
 
     Raises:
         ValueError: If ``looks`` lacks a needed column.
@@ -342,7 +659,7 @@ def plot_sequential_monitoring(looks: pd.DataFrame, path: Path, *, margin: float
         for ax in (top, bottom):
             ax.tick_params(labelsize=8)
             ax.set_xlim(0, n[-1] + max(n[0], 1))
-    axes[0, 0].set_ylabel("BN − no BN (pp)", fontsize=9)
+    axes[0, 0].set_ylabel(f"{diff_label} (pp)", fontsize=9)
     axes[1, 0].set_ylabel("t statistic", fontsize=9)
     handles = [
         axes[0, 0].errorbar([], [], yerr=[], fmt="o", color="k", ms=4, label="repeated CI"),
@@ -383,6 +700,37 @@ def _pp(x: float) -> str:
     return f"{100 * x:+.2f}" if np.isfinite(x) else "n/a"
 
 
+def _p_text(x: float) -> str:
+    if not np.isfinite(x):
+        return "n/a"
+    return "< 0.001" if x < 0.001 else f"= {x:.3f}"
+
+
+def factor_heading(name: str) -> str:
+    """A factor as a column heading or in a sentence: ``batch size``."""
+    return name.replace("_", " ")
+
+
+def stratum_phrase(stratum: Sequence[tuple[str, Any]]) -> str:
+    """A stratum in a sentence: ``batch size 32, learning rate 0.1``; ``the grid`` if none."""
+    if not stratum:
+        return "the grid"
+    return ", ".join(f"{factor_heading(n)} {factor(n).format(v)}" for n, v in stratum)
+
+
+def _strata_phrase(cmp: Comparison) -> str:
+    return " x ".join(factor_heading(n) for n in cmp.strata) or "comparison"
+
+
+def _row_stratum(row: Any, cmp: Comparison) -> tuple[tuple[str, Any], ...]:
+    get = row.get if isinstance(row, Mapping | pd.Series) else lambda k: getattr(row, k)
+    return tuple((n, get(n)) for n in cmp.strata)
+
+
+def _level_cells(row: Any, cmp: Comparison) -> list[str]:
+    return [factor(n).format(v) for n, v in _row_stratum(row, cmp)]
+
+
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Render a GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -390,27 +738,22 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _by_batch_size(frame: pd.DataFrame) -> bool:
-    """The reference grid's tables: one comparison per batch size (else per stratum label)."""
-    return [c for c in factor_columns(frame.columns) if c != "bn"] == ["batch_size"]
+def _stratum_headers(cmp: Comparison) -> list[str]:
+    return [factor_heading(n) for n in cmp.strata] or ["comparison"]
 
 
-def _where(frame: pd.DataFrame, r: Any, label: str = "stratum") -> Any:
-    return int(r.batch_size) if _by_batch_size(frame) else getattr(r, label)
+def _stratum_cells(row: Any, cmp: Comparison) -> list[str]:
+    return _level_cells(row, cmp) or ["all"]
 
 
-def _py(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def verdict_table(summary: pd.DataFrame) -> str:
-    """The per-comparison verdict table (differences in percentage points)."""
+def verdict_table(summary: pd.DataFrame, cmp: Comparison) -> str:
+    """The per-stratum verdict table (differences in percentage points)."""
     level = _level(float(summary["alpha"].iloc[0])) if len(summary) else "95%"
     headers = [
-        "batch size" if _by_batch_size(summary) else "comparison",
+        *_stratum_headers(cmp),
         "n",
-        "mean no BN",
-        "mean BN",
+        f"mean {cmp.arm_label(cmp.control)}",
+        f"mean {cmp.arm_label(cmp.treatment)}",
         f"diff pp [{level} CI]",
         "p (t)",
         "p Holm",
@@ -420,37 +763,78 @@ def verdict_table(summary: pd.DataFrame) -> str:
     ]
     rows = [
         [
-            _where(summary, r),
-            int(r.n_pairs),
-            _pct(r.acc_no_bn),
-            _pct(r.acc_bn),
-            f"{_pp(r.mean_diff)} [{_pp(r.ci_low)}, {_pp(r.ci_high)}]",
-            _fmt_p(r.t_pvalue),
-            _fmt_p(r.p_holm),
-            _fmt_p(r.tost_pvalue),
-            _fmt(r.cohens_dz, ".2f"),
-            r.verdict,
+            *_stratum_cells(r, cmp),
+            int(r["n_pairs"]),
+            _pct(r["acc_control"]),
+            _pct(r["acc_treatment"]),
+            f"{_pp(r['mean_diff'])} [{_pp(r['ci_low'])}, {_pp(r['ci_high'])}]",
+            _fmt_p(r["t_pvalue"]),
+            _fmt_p(r["p_holm"]),
+            _fmt_p(r["tost_pvalue"]),
+            _fmt(r["cohens_dz"], ".2f"),
+            r["verdict"],
         ]
-        for r in summary.itertuples(index=False)
+        for _, r in summary.iterrows()
     ]
     return md_table(headers, rows)
 
 
-def decision_table(decisions: pd.DataFrame) -> str:
+def verdict_sentence(row: Mapping[str, Any] | pd.Series, cmp: Comparison) -> str:
+    """Plain-language sentence for one stratum of ``summarize``: every number and the
+    conclusion come from the row; nothing is hard-coded."""
+    where, n = stratum_phrase(_row_stratum(row, cmp)), int(row["n_pairs"])
+    treat, ctrl = cmp.arm_label(cmp.treatment), cmp.arm_label(cmp.control)
+    if n == 0:
+        return (
+            f"At {where}, no seed finished in both arms, so {treat} and {ctrl} cannot be compared."
+        )
+    margin = float(row["equivalence_margin"])
+    head = f"At {where} (n = {n} seed pairs), {treat} changed test accuracy against {ctrl} by "
+    head += f"{_pp(float(row['mean_diff']))} pp"
+    if np.isfinite(row["ci_low"]):
+        level = 100 * (1 - float(row["alpha"]))
+        head += f" ({level:g}% CI {_pp(row['ci_low'])} to {_pp(row['ci_high'])} pp)"
+    v = row["verdict"]
+    if v in stats.VERDICTS[:2]:
+        tail = f": a {v} (Holm-adjusted p {_p_text(row['p_holm'])})."
+    elif v == stats.VERDICTS[2]:
+        tail = (
+            f": equivalent within ±{100 * margin:.2f} pp (TOST p {_p_text(row['tost_pvalue'])}; "
+            f"Holm-adjusted p {_p_text(row['p_holm'])})."
+        )
+    else:
+        tail = (
+            f": inconclusive, neither significant (Holm-adjusted p {_p_text(row['p_holm'])}) "
+            f"nor shown equivalent within ±{100 * margin:.2f} pp "
+            f"(TOST p {_p_text(row['tost_pvalue'])})."
+        )
+    # No "seeds needed" from the observed effect here: post-hoc power says nothing the CI does
+    # not; the sequential design's expected seeds (at a planning SD) are the design quantity.
+    return head + tail
+
+
+def decision_table(decisions: pd.DataFrame, cmp: Comparison) -> str:
     """The sequential design's decided verdicts (differences in percentage points)."""
+    by_factor = all(n in decisions.columns for n in cmp.strata) and cmp.strata
     rows = [
         [
-            _where(decisions, r, "comparison"),
-            "open: next look due" if r.decision == "continue" else f"**{r.decision}**",
-            int(r.n_pairs),
-            int(r.looks),
-            f"{_pp(r.mean_diff)} [{_pp(r.rci_low)}, {_pp(r.rci_high)}]",
-            f"{r.alpha:.4g}",
+            *(_stratum_cells(r, cmp) if by_factor else [r["comparison"]]),
+            "open: next look due" if r["decision"] == "continue" else f"**{r['decision']}**",
+            int(r["n_pairs"]),
+            int(r["looks"]),
+            f"{_pp(r['mean_diff'])} [{_pp(r['rci_low'])}, {_pp(r['rci_high'])}]",
+            f"{r['alpha']:.4g}",
         ]
-        for r in decisions.itertuples(index=False)
+        for _, r in decisions.iterrows()
     ]
-    first = "batch size" if _by_batch_size(decisions) else "comparison"
-    headers = [first, "decision", "pairs used", "looks", "BN − no BN pp [RCI]", "alpha"]
+    headers = [
+        *(_stratum_headers(cmp) if by_factor else ["comparison"]),
+        "decision",
+        "pairs used",
+        "looks",
+        f"{cmp.diff_label} pp [RCI]",
+        "alpha",
+    ]
     return md_table(headers, rows)
 
 
@@ -480,28 +864,28 @@ def characteristics_table(oc: pd.DataFrame) -> str:
     return md_table(headers, rows)
 
 
-def design_section(design: DesignOutcome) -> list[str]:
+def design_section(design: DesignOutcome, cmp: Comparison) -> list[str]:
     """Markdown lines: the decided verdicts, how to read them, and the design's quantities."""
     plan = design.plan
     margin = _pp(plan.margin).lstrip("+")
     lines = [
-        "## Decision per batch size (sequential design)",
+        f"## Decision per {_strata_phrase(cmp)} (sequential design)",
         "",
         f"The {plan.describe()}. At each look the repeated confidence interval (RCI) of the "
-        "mean BN − no BN difference is compared with 0 and with the equivalence band "
+        f"mean {cmp.diff_label} difference is compared with 0 and with the equivalence band "
         f"±{margin} pp: **benefit** / **harm** when it excludes 0, **equivalent** when it lies "
         "inside the band, else more seeds; **undecided** at the cap. The RCIs hold their "
         f"coverage at every look, so the family-wise error rate is at most {plan.alpha:g} "
         "across comparisons, looks and scheduled runs.",
         "",
-        decision_table(design.decisions),
+        decision_table(design.decisions, cmp),
         "",
     ]
     undecided = design.decisions.loc[design.decisions["decision"] == "undecided"]
-    for r in undecided.itertuples(index=False):
+    for _, r in undecided.iterrows():
         lines.append(
-            f"- {r.comparison}: undecided after {int(r.n_pairs)} pairs; the "
-            f"difference lies in [{_pp(r.rci_low)}, {_pp(r.rci_high)}] pp."
+            f"- {r['comparison']}: undecided after {int(r['n_pairs'])} pairs; the "
+            f"difference lies in [{_pp(r['rci_low'])}, {_pp(r['rci_high'])}] pp."
         )
     lines += [
         "",
@@ -515,10 +899,10 @@ def design_section(design: DesignOutcome) -> list[str]:
 
 
 def anova_table(anova: pd.DataFrame) -> str:
-    """Two-way RM-ANOVA table."""
+    """The N-way RM-ANOVA table: every main effect and interaction."""
     rows = [
         [
-            r.effect,
+            " × ".join(factor_heading(n) for n in r.effect.split(":")),
             f"F({int(r.df)}, {int(r.df_error)}) = {_fmt(r.F, '.2f')}"
             if np.isfinite(r.F)
             else "n/a",
@@ -532,112 +916,155 @@ def anova_table(anova: pd.DataFrame) -> str:
     return md_table(["effect", "F", "p", "GG ε", "p (GG)", "partial η²"], rows)
 
 
-def batch_effect_table(effect: pd.DataFrame) -> str:
-    """One-way RM-ANOVA over batch size within each BN setting, with Friedman."""
-    rows = [
-        [
-            LABELS[bool(r.bn)],
-            int(r.n_seeds),
-            f"F({_fmt(r.df, '.0f')}, {_fmt(r.df_error, '.0f')}) = {_fmt(r.F, '.2f')}",
-            _fmt_p(r.p),
-            _fmt_p(r.p_gg),
-            f"χ² = {_fmt(r.friedman_stat, '.2f')}",
-            _fmt_p(r.friedman_p),
-        ]
-        for r in effect.itertuples(index=False)
+def factor_effects_table(effects: pd.DataFrame, cmp: Comparison) -> str:
+    """One-way RM-ANOVA, Friedman and trend of each non-compared factor within each arm."""
+    rows = []
+    for r in effects.itertuples(index=False):
+        trend = (
+            f"{_pp(r.trend_slope)} [{_pp(r.trend_ci_low)}, {_pp(r.trend_ci_high)}]"
+            if np.isfinite(r.trend_slope)
+            else "n/a"
+        )
+        rows.append(
+            [
+                factor_heading(r.factor),
+                cmp.arm_label(r.compare_level),
+                int(r.n_seeds),
+                f"F({_fmt(r.df, '.0f')}, {_fmt(r.df_error, '.0f')}) = {_fmt(r.F, '.2f')}",
+                _fmt_p(r.p),
+                _fmt_p(r.p_gg),
+                f"χ² = {r.friedman_stat:.2f}" if np.isfinite(r.friedman_stat) else "n/a",
+                _fmt_p(r.friedman_p),
+                trend,
+                _fmt_p(r.trend_p),
+            ]
+        )
+    headers = [
+        "factor",
+        "arm",
+        "seeds",
+        "RM-ANOVA",
+        "p",
+        "p (GG)",
+        "Friedman",
+        "Friedman p",
+        "trend pp per doubling [CI]",
+        "trend p",
     ]
-    headers = ["BN", "seeds", "RM-ANOVA", "p", "p (GG)", "Friedman", "Friedman p"]
     return md_table(headers, rows)
 
 
-def dynamics_table(summary: pd.DataFrame, threshold: float) -> str:
-    """Per (BN, batch size) training-dynamics means."""
+def dynamics_table(summary: pd.DataFrame, cmp: Comparison, threshold: float) -> str:
+    """Training-dynamics means per stratum and arm."""
     rows = [
         [
-            LABELS[bool(r.bn)],
-            int(r.batch_size),
-            int(r.n),
-            f"{int(r.n_reached)}/{int(r.n)}",
-            _fmt(r.epochs_to_threshold, ".1f"),
-            _fmt(100 * r.stability, ".3f"),
-            _fmt(100 * r.generalization_gap, ".2f"),
-            _fmt(r.time_per_epoch, ".2f"),
+            cmp.arm_label(r[cmp.compare]),
+            *_stratum_cells(r, cmp),
+            int(r["n"]),
+            f"{int(r['n_reached'])}/{int(r['n'])}",
+            _fmt(r["epochs_to_threshold"], ".1f"),
+            _fmt(100 * r["stability"], ".3f"),
+            _fmt(100 * r["generalization_gap"], ".2f"),
+            _fmt(r["time_per_epoch"], ".2f"),
         ]
-        for r in summary.itertuples(index=False)
+        for _, r in summary.sort_values([*cmp.strata, cmp.compare]).iterrows()
     ]
     headers = [
-        "BN",
-        "batch size",
+        "arm",
+        *_stratum_headers(cmp),
         "n",
         f"reached {100 * threshold:g}%",
         "epochs to threshold",
-        "stability (SD pp, last 3)",
+        f"stability (SD pp, last {stats.STABILITY_EPOCHS})",
         "train − test (pp)",
         "s / epoch",
     ]
     return md_table(headers, rows)
 
 
-def anova_sentence(anova: pd.DataFrame, alpha: float) -> str:
-    """Plain-language reading of the interaction term."""
-    row = anova.set_index("effect").loc["bn:batch_size"]
-    if not np.isfinite(row["F"]):
-        return (
-            f"The BN x batch-size interaction could not be tested "
-            f"({int(row['n_seeds'])} seed(s) complete across all cells; at least 2 are needed)."
+def _factors_of(effect: str) -> set[str]:
+    return set(effect.split(":"))
+
+
+def anova_sentences(anova: pd.DataFrame, cmp: Comparison, alpha: float) -> list[str]:
+    """Plain-language readings of the two-way interactions of the compared factor: does its
+    effect depend on each other factor?"""
+    two_way = [len(_factors_of(e)) == 2 and cmp.compare in _factors_of(e) for e in anova["effect"]]
+    rows = anova.loc[two_way]
+    if rows.empty:
+        return [
+            f"With no other factor in the grid, the effect of {cmp.compare} has nothing to "
+            "interact with."
+        ]
+    out = []
+    for _, row in rows.iterrows():
+        other = factor_heading(next(iter(_factors_of(row["effect"]) - {cmp.compare})))
+        if not np.isfinite(row["F"]):
+            out.append(
+                f"Whether the effect of {cmp.compare} depends on {other} could not be tested "
+                f"({int(row['n_seeds'])} seed(s) complete across all cells, at least 2 needed, "
+                "and at least 2 levels of each factor)."
+            )
+            continue
+        p = row["p_gg"] if np.isfinite(row["p_gg"]) else row["p"]
+        does = "does" if p < alpha else "does not detectably"
+        out.append(
+            f"Across {int(row['n_seeds'])} seeds complete in every cell, the effect of "
+            f"{cmp.compare} {does} depend on {other} (interaction F({int(row['df'])}, "
+            f"{int(row['df_error'])}) = {row['F']:.2f}, Greenhouse-Geisser p {_p_text(p)})."
         )
-    p = row["p_gg"] if np.isfinite(row["p_gg"]) else row["p"]
-    does = "does" if p < alpha else "does not detectably"
-    return (
-        f"Across {int(row['n_seeds'])} seeds complete in every cell, the effect of BN "
-        f"{does} depend on batch size (interaction F({int(row['df'])}, {int(row['df_error'])}) "
-        f"= {row['F']:.2f}, Greenhouse-Geisser p = {_fmt_p(p)})."
-    )
+    return out
 
 
 def methods_note(
-    results: pd.DataFrame, summary: pd.DataFrame, *, alpha: float, n_resamples: int
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    cmp: Comparison,
+    *,
+    alpha: float,
+    n_resamples: int,
 ) -> str:
     """Which tests ran, with how many pairs, and which pairs were dropped and why."""
     k = int((summary["n_pairs"] > 0).sum())
+    treat, ctrl = cmp.arm_label(cmp.treatment), cmp.arm_label(cmp.control)
+    margin = 100 * float(summary["equivalence_margin"].iloc[0]) if len(summary) else 0.0
     lines = [
-        "Each seed pairs a BN and a no-BN cell (same data order, same Dense init), so every "
-        "comparison is on per-seed differences (BN − no BN test accuracy). Only cells with "
-        "status `finished` and a finite test accuracy are used.",
+        f"Each seed pairs a {treat} and a {ctrl} cell of the same stratum (same data order, "
+        f"same initial-weight draw), so every comparison is on per-seed differences ({treat} − "
+        f"{ctrl} test accuracy). Only cells with status `finished` and a finite test accuracy "
+        "are used.",
         "",
         f"- Paired t-test (scipy `ttest_rel`) with a t-based {_level(alpha)} CI; BCa bootstrap "
         f"CI ({n_resamples} resamples); Wilcoxon signed-rank; sign-flip permutation test of the "
         "mean (exact when 2^n ≤ resamples).",
-        f"- Holm-Bonferroni across the {k} batch size(s) with at least one pair (on the t-test "
-        "p); equivalence by TOST (two one-sided paired t-tests) against "
-        f"±{100 * float(summary['equivalence_margin'].iloc[0]) if len(summary) else 0:.2f} pp.",
+        f"- Holm-Bonferroni across the {k} stratum(s) with at least one pair (on the t-test p); "
+        f"equivalence by TOST (two one-sided paired t-tests) against ±{margin:.2f} pp.",
         "- Effect sizes: Cohen's d_z = mean/SD of differences; Hedges' g_z with the exact "
         "gamma-function small-sample correction.",
         "- Verdict: significant if Holm p < alpha (sign gives improvement/harm), else equivalent "
         "if TOST p < alpha, else inconclusive.",
-        f"- Interaction: {stats.ANOVA_METHOD}. Batch-size effect within each BN setting: "
-        "one-way RM-ANOVA plus Friedman's test.",
+        f"- Across the grid: {stats.ANOVA_METHOD}. Each other factor within each arm: one-way "
+        "RM-ANOVA on the seeds' means over the remaining factors, Friedman's test, and for a "
+        "numeric factor the mean per-seed slope per doubling of its level (t CI).",
         "",
         "Pairs used per comparison:",
         "",
     ]
-    for r in summary.itertuples(index=False):
+    for _, r in summary.iterrows():
         lines.append(
-            f"- {r.stratum}: n = {int(r.n_pairs)} pairs "
-            f"(Wilcoxon: {r.wilcoxon_method}; permutation: {r.permutation_method})"
+            f"- {stratum_phrase(_row_stratum(r, cmp))}: n = {int(r['n_pairs'])} pairs "
+            f"(Wilcoxon: {r['wilcoxon_method']}; permutation: {r['permutation_method']})"
         )
     lines += ["", "Dropped pairs:", ""]
-    compare = str(summary["compare"].iloc[0]) if len(summary) else "bn"
-    dropped = stats.dropped_pairs(results, compare)
+    dropped = dropped_pairs(results, cmp)
     if dropped.empty:
-        lines.append("- none: every seed finished in both arms in every comparison.")
-    strata = stats.stratum_factors(dropped, compare)
-    for _, group in dropped.groupby("stratum", sort=False):
-        first = group.iloc[0]
-        where = stratum_phrase(tuple((n, _py(first[n])) for n in strata))
+        lines.append("- none: every seed finished in both arms in every stratum.")
+    phrases = {stratum_label(s): stratum_phrase(s) for s in cmp.strata_cells()}
+    for label, group in dropped.groupby("stratum", sort=False):
         n = len(group)
         lines.append(
-            f"- {n} pair{'s' if n != 1 else ''} dropped at {where}: " + "; ".join(group["reason"])
+            f"- {n} pair{'s' if n != 1 else ''} dropped at {phrases.get(label, label)}: "
+            + "; ".join(group["reason"])
         )
     return "\n".join(lines)
 
@@ -646,40 +1073,30 @@ def render_markdown(
     *,
     title: str,
     run_info: Mapping[str, Any],
+    cmp: Comparison,
     summary: pd.DataFrame,
     anova: pd.DataFrame,
-    batch_effect: pd.DataFrame,
+    effects: pd.DataFrame,
     dyn_summary: pd.DataFrame,
     figures: Sequence[Path],
     methods: str,
     alpha: float,
     threshold: float,
     design: DesignOutcome | None = None,
-    reference: bool = True,
 ) -> str:
-    """Assemble report.md from computed tables (figure links relative to the report).
-
-    ``reference``: the grid is BN compared per batch size, which the exploratory sections
-    (interaction ANOVA, batch-size effect, dynamics) are written for; other grids get the
-    paired comparisons, the design and the figures only.
-    """
+    """Assemble report.md from computed tables (figure links relative to the report)."""
     parts = [f"# {title}", "", "## Run", ""]
     parts += [f"- **{k}**: {v}" for k, v in run_info.items()] or ["- (no run info)"]
     parts += [""]
     sequential = design is not None and design.plan.sequential
     if sequential:
-        parts += design_section(design)
+        parts += design_section(design, cmp)
     parts += [
         "## Fixed-sample tests on the same pairs (descriptive)"
         if sequential
-        else "## Verdict per batch size"
-        if reference
-        else "## Verdict per comparison",
+        else f"## Verdict per {_strata_phrase(cmp)}",
         "",
-        "Differences are BN minus no BN, in percentage points (pp) of test accuracy."
-        if reference
-        else "Differences are the compared factor's second level minus its first (control), "
-        "in percentage points (pp) of test accuracy; the mean columns are control and treatment.",
+        f"Differences are {cmp.diff_label}, in percentage points (pp) of test accuracy.",
         "",
     ]
     if sequential:
@@ -688,35 +1105,37 @@ def render_markdown(
             "not error-controlled: the decision table above is the result._",
             "",
         ]
-    parts += [verdict_table(summary), ""]
-    parts += [f"- {stats.verdict_sentence(row)}" for _, row in summary.iterrows()]
-    if not reference:
-        parts += ["", "## Figures", ""]
-        parts += [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in figures]
-        parts += ["## Methods", "", methods, ""]
-        return "\n".join(parts)
+    parts += [verdict_table(summary, cmp), ""]
+    parts += [f"- {verdict_sentence(row, cmp)}" for _, row in summary.iterrows()]
+    others = " and ".join(factor_heading(n) for n in cmp.strata) or "the grid"
     parts += [
         "",
-        "## Does batch size change the effect of BN? (exploratory)",
+        f"## Do {others} change the effect of {cmp.compare}? (exploratory)",
         "",
         "_Secondary analyses on the seeds complete in every cell; not error-controlled._",
         "",
-        anova_sentence(anova, alpha),
+        *[f"- {s}" for s in anova_sentences(anova, cmp, alpha)],
         "",
         anova_table(anova),
         "",
         f"_{stats.ANOVA_METHOD}._",
         "",
-        "Batch-size effect within each BN setting:",
-        "",
-        batch_effect_table(batch_effect),
-        "",
+    ]
+    if len(effects):
+        parts += [
+            f"Effect of each other factor within each {cmp.compare} arm (trend: change in test "
+            "accuracy per doubling of the level, mean of the per-seed slopes):",
+            "",
+            factor_effects_table(effects, cmp),
+            "",
+        ]
+    parts += [
         "## Training dynamics",
         "",
         f"Means over finished cells; epochs to threshold = first epoch with val accuracy ≥ "
         f"{100 * threshold:g}% (averaged over the cells that reached it).",
         "",
-        dynamics_table(dyn_summary, threshold),
+        dynamics_table(dyn_summary, cmp, threshold),
         "",
         "## Figures",
         "",
@@ -732,6 +1151,8 @@ def build_report(
     out_dir: Path,
     *,
     title: str,
+    compare: str | None = None,
+    levels: Sequence[Any] | None = None,
     alpha: float = 0.05,
     equivalence_margin: float = 0.002,
     threshold: float = 0.97,
@@ -742,10 +1163,12 @@ def build_report(
     """Compute the statistics, draw the figures and write ``out_dir/report.md``.
 
     Args:
-        results: Results frame (one row per grid cell).
+        results: Results frame (one row per grid cell, one column per grid factor).
         histories: Per-epoch histories (one row per cell per epoch).
         out_dir: Directory for report.md and the PNG figures (created if needed).
         title: Report title.
+        compare: The compared factor (default ``stats.DEFAULT_COMPARE``).
+        levels: Its (control, treatment) levels (default: its two sorted levels).
         alpha: Significance level (also sets the CI level).
         equivalence_margin: TOST margin on test accuracy (fraction, e.g. 0.002 = 0.2 pp).
         threshold: Validation accuracy threshold for epochs-to-threshold.
@@ -759,87 +1182,47 @@ def build_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = stats.normalize_results(results)
-    histories = stats.normalize_histories(histories)
-    compare = plan.compare if plan is not None else "bn"
-    levels = tuple(plan.levels) if plan is not None and len(plan.levels) == 2 else None
-    summary = stats.summarize_by_stratum(
-        results,
-        compare,
-        levels,
-        alpha=alpha,
-        equivalence_margin=equivalence_margin,
-        n_resamples=n_resamples,
+    histories = histories if histories is not None else pd.DataFrame()
+    cmp = comparison_of(results, compare, levels)
+    summary = summarize(
+        results, cmp, alpha=alpha, equivalence_margin=equivalence_margin, n_resamples=n_resamples
     )
-    # The exploratory analyses and their figures are written for BN compared per batch size;
-    # other grids get the paired comparisons and the design (their faceting comes separately).
-    reference = compare == "bn" and stats.stratum_factors(results, compare) == ["batch_size"]
-    design = design_outcome(results, plan) if plan is not None else None
-    if not reference:
-        empty = pd.DataFrame()
-        figures: list[Path] = []
-        if design is not None and plan is not None and plan.sequential and len(design.looks):
-            monitoring = out_dir / FIGURE_FILES["sequential_monitoring"]
-            figures.append(plot_sequential_monitoring(design.looks, monitoring, margin=plan.margin))
-        text = render_markdown(
-            title=title,
-            run_info=dict(run_info or {}),
-            summary=summary,
-            anova=empty,
-            batch_effect=empty,
-            dyn_summary=empty,
-            figures=figures,
-            methods=methods_note(results, summary, alpha=alpha, n_resamples=n_resamples),
-            alpha=alpha,
-            threshold=threshold,
-            design=design,
-            reference=False,
-        )
-        report_path = out_dir / "report.md"
-        report_path.write_text(text, encoding="utf-8")
-        return ReportOutput(
-            report_path,
-            figures,
-            summary,
-            empty,
-            empty,
-            empty,
-            design,
-            verdict_markdown=(
-                "Decided (sequential design)\n\n" + decision_table(design.decisions)
-                if design is not None and design.plan.sequential and len(design.decisions)
-                else verdict_table(summary)
-            ),
-            html_path=write_html_report(report_path),
-        )
     anova = stats.interaction_anova(results)
-    batch_effect = stats.batch_size_effect(results)
+    effects = stats.factor_effects(results, cmp.compare, alpha=alpha)
     dyn = stats.dynamics(histories, results, threshold)
-    dyn_summary = stats.dynamics_summary(histories, results, threshold)
+    dyn_summary = stats.dynamics_summary(histories, results, threshold, compare=cmp.compare)
     figures = [
         plot_learning_curves(
-            histories, results, out_dir / FIGURE_FILES["learning_curves"], alpha=alpha
+            histories, results, cmp, out_dir / FIGURE_FILES["learning_curves"], alpha=alpha
         ),
-        plot_accuracy_vs_batch_size(
-            results, out_dir / FIGURE_FILES["accuracy_vs_batch_size"], alpha=alpha
+        plot_accuracy_vs_factor(results, cmp, out_dir / accuracy_figure_name(cmp), alpha=alpha),
+        plot_difference(
+            summary,
+            cmp,
+            out_dir / difference_figure_name(cmp),
+            equivalence_margin=equivalence_margin,
         ),
-        plot_bn_difference(
-            summary, out_dir / FIGURE_FILES["bn_difference"], equivalence_margin=equivalence_margin
-        ),
-        plot_paired_seeds(results, out_dir / FIGURE_FILES["paired_seeds"]),
+        plot_paired_seeds(results, cmp, out_dir / FIGURE_FILES["paired_seeds"]),
     ]
-    if design is not None and plan is not None and plan.sequential and len(design.looks):
+    design = design_outcome(results, plan) if plan is not None else None
+    if design is not None and plan.sequential and len(design.looks):
         monitoring = out_dir / FIGURE_FILES["sequential_monitoring"]
-        figures.insert(0, plot_sequential_monitoring(design.looks, monitoring, margin=plan.margin))
+        figures.insert(
+            0,
+            plot_sequential_monitoring(
+                design.looks, monitoring, margin=plan.margin, diff_label=cmp.diff_label
+            ),
+        )
     text = render_markdown(
         title=title,
         run_info=dict(run_info or {}),
+        cmp=cmp,
         summary=summary,
         anova=anova,
-        batch_effect=batch_effect,
+        effects=effects,
         dyn_summary=dyn_summary,
         figures=figures,
-        methods=methods_note(results, summary, alpha=alpha, n_resamples=n_resamples),
+        methods=methods_note(results, summary, cmp, alpha=alpha, n_resamples=n_resamples),
         alpha=alpha,
         threshold=threshold,
         design=design,
@@ -851,15 +1234,15 @@ def build_report(
         figures,
         summary,
         anova,
-        batch_effect,
+        effects,
         dyn,
         design,
         # A sequential run's answer is its decided table; the fixed-sample table is descriptive.
         verdict_markdown=(
-            "Decided (sequential design): BN − no BN test accuracy\n\n"
-            + decision_table(design.decisions)
+            f"Decided (sequential design): {cmp.diff_label} test accuracy\n\n"
+            + decision_table(design.decisions, cmp)
             if design is not None and design.plan.sequential and len(design.decisions)
-            else verdict_table(summary)
+            else verdict_table(summary, cmp)
         ),
         html_path=write_html_report(report_path),
     )
@@ -873,11 +1256,15 @@ def build_run_report(
     run_info: Mapping[str, Any],
 ) -> ReportOutput:
     """``build_report`` with the settings of ``cfg``, into ``<reports_dir>/<run name>/``."""
+    compare = getattr(cfg.grid, "compare", None)
+    grid_factors = getattr(cfg.grid, "factors", None) or {}
     return build_report(
         results,
         histories,
         Path(cfg.tracking.reports_dir) / run_name,
-        title=f"BN ablation: {run_name}",
+        title=f"Paired ablation: {run_name}",
+        compare=compare,
+        levels=grid_factors.get(compare) if compare else None,
         alpha=cfg.stats.alpha,
         equivalence_margin=cfg.stats.equivalence_margin,
         threshold=cfg.stats.val_threshold,

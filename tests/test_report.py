@@ -121,7 +121,7 @@ def test_report_explains_dropped_pairs_and_missing_comparisons(tmp_path: Path) -
     out = _build(tmp_path, results, histories)
     text = out.report_path.read_text(encoding="utf-8")
     assert "3 pairs dropped at batch size 32" in text
-    assert "seed 0 diverged (BN on)" in text
+    assert "seed 0 diverged (bn=on)" in text
     assert "At batch size 32, no seed finished in both arms" in text
     row = next(line for line in text.splitlines() if line.startswith("| 32 |"))
     assert "| 0 |" in row and "inconclusive" in row
@@ -151,3 +151,121 @@ def test_report_from_csv_round_trip(tmp_path: Path) -> None:
     expected = _build(tmp_path / "direct", results, histories)
     pd.testing.assert_frame_equal(out.summary, expected.summary)
     assert out.dynamics["n_epochs"].tolist() == [3] * len(results)
+
+
+# ------------------------------------------------------------------ any grid factors
+
+
+def make_grid_frames(factors: dict[str, list], seeds: int = 3, epochs: int = 3):
+    """Results and histories over any factors; the treatment gains 0.5 pp at the largest
+    level of the last factor, nothing elsewhere (up to seed noise)."""
+    import itertools
+
+    rng = np.random.default_rng(1)
+    names, last = list(factors), list(factors)[-1]
+    compare = names[0]
+    rows, hist = [], []
+    for seed in range(seeds):
+        for levels in itertools.product(*factors.values()):
+            cell = dict(zip(names, levels, strict=True))
+            gain = (
+                0.005
+                if cell[compare] == factors[compare][1] and cell[last] == max(factors[last])
+                else 0
+            )
+            acc = 0.97 + gain + rng.normal(0, 0.0003)
+            rows.append(
+                {
+                    **cell,
+                    "seed": seed,
+                    "status": "finished",
+                    "test_accuracy": acc,
+                    "train_accuracy": acc + 0.01,
+                    "epoch_time_s": 1.0,
+                }
+            )
+            hist += [
+                {
+                    **cell,
+                    "seed": seed,
+                    "epoch": e,
+                    "accuracy": acc,
+                    "val_accuracy": acc - 0.01 * (epochs - e),
+                    "epoch_time_s": 1.0,
+                }
+                for e in range(1, epochs + 1)
+            ]
+    return pd.DataFrame(rows), pd.DataFrame(hist)
+
+
+def test_report_over_two_factors_names_its_figures_and_levels(tmp_path: Path) -> None:
+    results, histories = make_grid_frames({"bn": [False, True], "learning_rate": [0.001, 0.1]})
+    out = _build(tmp_path, results, histories)
+    names = [p.name for p in out.figures]
+    assert names == [
+        "learning_curves.png",
+        "accuracy_vs_learning_rate.png",
+        "bn_difference.png",
+        "paired_seeds.png",
+    ]
+    text = out.report_path.read_text(encoding="utf-8")
+    assert "## Verdict per learning rate" in text and "| learning rate | n | mean bn=off |" in text
+    assert "At learning rate 0.1 (n = 3 seed pairs), bn=on changed" in text
+    assert "depend on learning rate (interaction F(1, 2)" in text
+    body = text.split("\n", 1)[1]  # below the title _build gives every report
+    assert "batch" not in body.lower() and "BN" not in body  # nothing of the default grid
+    assert out.summary["stratum"].tolist() == ["learning_rate=0.001", "learning_rate=0.1"]
+    assert out.summary["verdict"].tolist()[1] == "significant improvement"
+
+
+def test_report_over_three_factors_facets_rows_by_columns(tmp_path: Path) -> None:
+    factors = {"bn": [False, True], "batch_size": [32, 128], "init_scale": [0.5, 1.0, 2.0]}
+    results, histories = make_grid_frames(factors)
+    sel = (
+        (results.seed == 2) & results.bn & (results.batch_size == 32) & (results.init_scale == 0.5)
+    )
+    results.loc[sel, "status"] = "diverged"
+    out = _build(tmp_path, results, histories)
+    text = out.report_path.read_text(encoding="utf-8")
+    assert len(out.summary) == 6 and len(out.anova) == 7
+    assert "| bn × batch size × init scale |" in text
+    assert "1 pair dropped at batch size 32, init scale 0.5: seed 2 diverged (bn=on)" in text
+    assert "| 32 | 0.5 | 2 |" in text  # the verdict row of that stratum: 2 pairs left
+    effects = out.factor_effects.set_index(["factor", "compare_level"])
+    assert effects.loc[("init_scale", True), "trend_slope"] > 0  # the gain at the largest level
+    # A 2-factor stratum gives a rows x columns grid: 2 batch sizes x 3 init scales.
+    from bnpipe.report import comparison_of, facets
+
+    cmp = comparison_of(results)
+    nrows, ncols, panels = facets(cmp.strata, cmp.levels)
+    assert (nrows, ncols, len(panels)) == (2, 3, 6)
+    assert panels[1] == (0, 1, (("batch_size", 32), ("init_scale", 1.0)))
+    for fig in out.figures:
+        assert fig.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_compares_any_factor_with_given_levels(tmp_path: Path) -> None:
+    factors = {"bn_position": ["before_relu", "after_relu"], "learning_rate": [0.001, 0.01]}
+    results, histories = make_grid_frames(factors)
+    out = report.build_report(
+        results,
+        histories,
+        tmp_path,
+        title="pos",
+        compare="bn_position",
+        levels=["before_relu", "after_relu"],
+        n_resamples=99,
+    )
+    text = out.report_path.read_text(encoding="utf-8")
+    assert "Differences are pos=after_relu − pos=before_relu" in text
+    assert [p.name for p in out.figures][2] == "bn_position_difference.png"
+    with pytest.raises(ValueError, match="2 levels"):
+        report.build_report(
+            results,
+            histories,
+            tmp_path,
+            title="x",
+            compare="learning_rate",
+            levels=[0.001],
+            n_resamples=99,
+        )
