@@ -63,6 +63,8 @@ class Comparison:
 
     def arm_label(self, level: Any) -> str:
         """``bn=on``: one arm as tables and legends show it."""
+        if level is None:  # a grid with one level of the compared factor has no treatment
+            return f"{factor(self.compare).label}=(not in grid)"
         return level_text(self.compare, level)
 
     @property
@@ -84,10 +86,12 @@ def comparison_of(
     Args:
         results: One row per cell with one column per grid factor.
         compare: The compared factor (default ``stats.DEFAULT_COMPARE``).
-        levels: Its (control, treatment) levels; default: its two sorted levels in the frame.
+        levels: Its (control, treatment) levels; default: its two sorted levels in the frame
+            (a frame with one level gets no treatment: every stratum has 0 pairs).
 
     Raises:
-        ValueError: If ``compare`` is not a column or does not have exactly two levels.
+        ValueError: If ``compare`` is not a column or ``levels`` are not two (or more than
+            two are found).
     """
     compare = compare or stats.DEFAULT_COMPARE
     factors = stats.factor_columns(results)
@@ -95,6 +99,8 @@ def comparison_of(
         raise ValueError(f"results frame has no column for the compared factor {compare!r}")
     found = stats.levels_of(results, compare)
     arms = tuple(levels) if levels is not None else tuple(found)
+    if levels is None and len(arms) == 1:
+        arms = (arms[0], None)
     if len(arms) != 2:
         raise ValueError(f"{compare}: a paired comparison needs 2 levels, found {list(arms)}")
     strata = tuple(f for f in factors if f != compare)
@@ -1256,15 +1262,15 @@ def build_run_report(
     run_info: Mapping[str, Any],
 ) -> ReportOutput:
     """``build_report`` with the settings of ``cfg``, into ``<reports_dir>/<run name>/``."""
-    compare = getattr(cfg.grid, "compare", None)
-    grid_factors = getattr(cfg.grid, "factors", None) or {}
+    levels = tuple(cfg.grid.compare_levels)
     return build_report(
         results,
         histories,
         Path(cfg.tracking.reports_dir) / run_name,
         title=f"Paired ablation: {run_name}",
-        compare=compare,
-        levels=grid_factors.get(compare) if compare else None,
+        compare=cfg.grid.compare,
+        # The config's order says which level is the control; a one-level grid has no pair.
+        levels=levels if len(levels) == 2 else None,
         alpha=cfg.stats.alpha,
         equivalence_margin=cfg.stats.equivalence_margin,
         threshold=cfg.stats.val_threshold,

@@ -269,3 +269,12 @@ def test_report_compares_any_factor_with_given_levels(tmp_path: Path) -> None:
             levels=[0.001],
             n_resamples=99,
         )
+
+
+def test_report_with_one_level_of_the_compared_factor(tmp_path: Path) -> None:
+    results, histories = make_frames()
+    results, histories = results[~results.bn], histories[~histories.bn]
+    out = _build(tmp_path, results, histories)
+    assert out.summary["n_pairs"].tolist() == [0, 0]
+    text = out.report_path.read_text(encoding="utf-8")
+    assert "At batch size 16, no seed finished in both arms" in text
