@@ -33,9 +33,10 @@ from scipy import stats as sps
 from bnpipe import stats
 from bnpipe.config import Config
 from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
-from bnpipe.factors import factor, level_text, stratum_label
+from bnpipe.factors import factor, factor_columns, level_text, stratum_label
 
 FIGSIZE = (7.0, 4.0)
+MONITOR_COLUMNS = 4  # comparisons per row of the sequential monitoring figure
 PANEL = (2.7, 2.3)  # inches per facet panel; figures with many panels grow past FIGSIZE
 DPI = 100
 ARM_COLORS = ("#1f77b4", "#d62728")  # control, treatment: a colour-blind-safe pair
@@ -612,7 +613,7 @@ SEQUENTIAL_COLORS = {
 def plot_sequential_monitoring(
     looks: pd.DataFrame, path: Path, *, margin: float, diff_label: str = "treatment − control"
 ) -> Path:
-    """Group-sequential monitoring: one column per comparison, x = seed pairs used.
+    """Group-sequential monitoring: one column per comparison (four to a row), x = seed pairs.
 
     Top row: the repeated CI at every look against 0 and the shaded ±margin band, the last
     look coloured by the decision. Bottom row: the t statistic against the look's boundary
@@ -628,9 +629,13 @@ def plot_sequential_monitoring(
     if missing:
         raise ValueError(f"looks frame lacks columns {missing}")
     comparisons = list(pd.unique(looks["comparison"]))
-    ncols = max(len(comparisons), 1)
-    fig, axes = _new_figure(2, ncols, sharex="col", sharey="row", height_ratios=[3, 2])
-    fig.set_size_inches(max(FIGSIZE[0], 2.4 * ncols), 5.5)
+    strata = factor_columns(looks.columns)  # the looks of a stratum carry its levels
+    ncols = min(max(len(comparisons), 1), MONITOR_COLUMNS)
+    if len(strata) >= 2:  # a row per level of the other factors, as the other figures facet
+        ncols = min(looks[strata[-1]].nunique(), MONITOR_COLUMNS)
+    blocks = max(math.ceil(len(comparisons) / ncols), 1)
+    fig, axes = _new_figure(2 * blocks, ncols, height_ratios=[3, 2] * blocks)
+    fig.set_size_inches(max(FIGSIZE[0], 2.4 * ncols), 1.0 + 4.5 * blocks)
     pp, band = 100.0, 100.0 * margin
     # The first O'Brien-Fleming looks have huge intervals; clip them rather than flatten the rest.
     last = looks.groupby("comparison", sort=False).tail(1)
@@ -639,7 +644,8 @@ def plot_sequential_monitoring(
     tlim = 1.3 * max(3.0, float(np.nanmax(np.abs(looks["t_stat"]), initial=0.0)))
     for j, name in enumerate(comparisons):
         g = looks.loc[looks["comparison"] == name].sort_values("n")
-        top, bottom = axes[0, j], axes[1, j]
+        top, bottom = axes[2 * (j // ncols), j % ncols], axes[2 * (j // ncols) + 1, j % ncols]
+        title = _panel_title([(f, g[f].iloc[0]) for f in strata]) if strata else name
         n = g["n"].to_numpy(dtype=float)
         mean, low, high = (pp * g[c].to_numpy(dtype=float) for c in ("mean", "rci_low", "rci_high"))
         decision = str(g["decision"].iloc[-1])
@@ -650,7 +656,7 @@ def plot_sequential_monitoring(
         for x, m, lo, hi, c in zip(n, mean, low, high, colors, strict=True):
             top.errorbar(x, m, yerr=[[m - lo], [hi - m]], fmt="o", color=c, capsize=3, ms=4)
         top.set_ylim(-ylim, ylim)
-        top.set_title(f"{name}\n{decision} at n = {int(n[-1])}", fontsize=9, color=color)
+        top.set_title(f"{title}\n{decision} at n = {int(n[-1])}", fontsize=9, color=color)
         top.grid(axis="y", alpha=0.3)
         # Boundaries exist only at the looks; the lines between them just guide the eye.
         bottom.fill_between(n, -g["t_crit"], g["t_crit"], color="0.92", lw=0)
@@ -665,8 +671,12 @@ def plot_sequential_monitoring(
         for ax in (top, bottom):
             ax.tick_params(labelsize=8)
             ax.set_xlim(0, n[-1] + max(n[0], 1))
-    axes[0, 0].set_ylabel(f"{diff_label} (pp)", fontsize=9)
-    axes[1, 0].set_ylabel("t statistic", fontsize=9)
+    _hide_unused(
+        axes, {(2 * (j // ncols) + k, j % ncols) for j in range(len(comparisons)) for k in (0, 1)}
+    )
+    for b in range(blocks):
+        axes[2 * b, 0].set_ylabel(f"{diff_label} (pp)", fontsize=9)
+        axes[2 * b + 1, 0].set_ylabel("t statistic", fontsize=9)
     handles = [
         axes[0, 0].errorbar([], [], yerr=[], fmt="o", color="k", ms=4, label="repeated CI"),
         axes[0, 0].fill_between([], [], color="0.85", label=f"equivalence band ±{band:.2f} pp"),
