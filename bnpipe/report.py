@@ -33,7 +33,15 @@ from scipy import stats as sps
 from bnpipe import stats
 from bnpipe.config import Config
 from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
-from bnpipe.factors import factor, factor_columns, level_text, stratum_label
+from bnpipe.factors import (
+    factor,
+    factor_columns,
+    level_phrase,
+    level_text,
+    strata_phrase,
+    stratum_label,
+    stratum_phrase,
+)
 
 FIGSIZE = (7.0, 4.0)
 MONITOR_COLUMNS = 4  # comparisons per row of the sequential monitoring figure
@@ -70,8 +78,24 @@ class Comparison:
 
     @property
     def diff_label(self) -> str:
-        """``bn=on − bn=off``: the sign convention of every difference."""
+        """``bn=on − bn=off``: the sign convention of every difference, in figures and tables."""
         return f"{self.arm_label(self.treatment)} − {self.arm_label(self.control)}"
+
+    def arm_phrase(self, level: Any) -> str:
+        """``BN on``: one arm in a sentence."""
+        if level is None:
+            return f"a second {factor(self.compare).words} level (not in the grid)"
+        return level_phrase(self.compare, level)
+
+    @property
+    def words(self) -> str:
+        """The compared factor in a sentence: ``BN``."""
+        return factor(self.compare).words
+
+    @property
+    def contrast(self) -> str:
+        """``BN on minus BN off``: the sign convention in a sentence."""
+        return f"{self.arm_phrase(self.treatment)} minus {self.arm_phrase(self.control)}"
 
     def strata_cells(self) -> list[tuple[tuple[str, Any], ...]]:
         """Every stratum of the grid, in sorted level order."""
@@ -95,7 +119,8 @@ def comparison_of(
             two are found).
     """
     compare = compare or stats.DEFAULT_COMPARE
-    factors = stats.factor_columns(results)
+    results = stats.normalize_results(results)  # levels read back from CSV come as strings
+    factors = factor_columns(results.columns)
     if compare not in factors:
         raise ValueError(f"results frame has no column for the compared factor {compare!r}")
     found = stats.levels_of(results, compare)
@@ -140,30 +165,9 @@ def _stratum_mask(frame: pd.DataFrame, stratum: Sequence[tuple[str, Any]]) -> pd
 
 
 def paired_by_stratum(results: pd.DataFrame, cmp: Comparison) -> pd.DataFrame:
-    """Seeds finished in both arms of a stratum: its factor columns, ``stratum``, ``seed``,
-    ``control``, ``treatment``, ``diff`` (treatment − control).
-
-    Raises:
-        ValueError: If a finished cell appears twice (pairing would be ambiguous).
-    """
-    done = stats.finished_cells(results)
-    keys = [*cmp.strata, cmp.compare, "seed"]
-    dup = done.duplicated(keys, keep=False)
-    if dup.any():
-        cells = done.loc[dup, keys].drop_duplicates().to_dict("records")
-        raise ValueError(f"finished cells recorded more than once: {cells}")
-    on = [*cmp.strata, "seed"]
-    cols = [*on, "test_accuracy"]
-    ctrl = done.loc[done[cmp.compare] == cmp.control, cols]
-    treat = done.loc[done[cmp.compare] == cmp.treatment, cols]
-    merged = ctrl.merge(treat, on=on, suffixes=("_c", "_t"))
-    out = merged[on].copy()
-    keys_of = merged[list(cmp.strata)].itertuples(index=False, name=None)
-    out["stratum"] = [stratum_label(tuple(zip(cmp.strata, k, strict=True))) for k in keys_of]
-    out["control"] = merged["test_accuracy_c"].astype(float)
-    out["treatment"] = merged["test_accuracy_t"].astype(float)
-    out["diff"] = out["treatment"] - out["control"]
-    return out.sort_values(on).reset_index(drop=True)
+    """``stats.paired_frame`` of this comparison: ``stratum``, its factor columns, ``seed``,
+    ``control``, ``treatment``, ``diff`` (treatment − control); empty without a treatment."""
+    return stats.paired_frame(results, cmp.compare, cmp.arms if cmp.treatment is not None else None)
 
 
 def summarize(
@@ -174,73 +178,25 @@ def summarize(
     equivalence_margin: float,
     n_resamples: int,
 ) -> pd.DataFrame:
-    """One paired comparison per stratum: ``stratum``, its factor columns, the arms' means
-    (``acc_control``/``acc_treatment`` over their ``n_control``/``n_treatment`` finished cells)
-    and ``stats.compare_paired``'s fields; ``p_holm`` across strata, ``verdict``."""
+    """``stats.summarize_by_stratum`` of this comparison (one row per stratum: ``stratum``, its
+    factor columns, the paired statistics, ``p_holm`` across strata, ``verdict``), plus each
+    arm's mean over its finished cells as ``acc_control`` / ``acc_treatment``."""
+    out = stats.summarize_by_stratum(
+        results,
+        cmp.compare,
+        cmp.arms if cmp.treatment is not None else None,
+        alpha=alpha,
+        equivalence_margin=equivalence_margin,
+        n_resamples=n_resamples,
+    )
     done = stats.finished_cells(results)
-    pairs = paired_by_stratum(results, cmp)
-    rows = []
-    for stratum in cmp.strata_cells():
-        p = pairs.loc[_stratum_mask(pairs, stratum)]
-        c = stats.compare_paired(
-            p["treatment"].to_numpy(),
-            p["control"].to_numpy(),
-            alpha=alpha,
-            equivalence_margin=equivalence_margin,
-            n_resamples=n_resamples,
-        )
-        cells = done.loc[_stratum_mask(done, stratum)]
-        arm = [cells.loc[cells[cmp.compare] == lv, "test_accuracy"] for lv in cmp.arms]
-        row = {"stratum": stratum_label(stratum), **dict(stratum), **c.to_dict()}
-        row.update(
-            n_pairs=row.pop("n"),
-            acc_control=float(arm[0].mean()) if len(arm[0]) else math.nan,
-            acc_treatment=float(arm[1].mean()) if len(arm[1]) else math.nan,
-            n_control=len(arm[0]),
-            n_treatment=len(arm[1]),
-            _cmp=c,
-        )
-        rows.append(row)
-    adjusted = stats.holm([r["t_pvalue"] for r in rows])
-    for r, p_adj in zip(rows, adjusted, strict=True):
-        r["p_holm"] = float(p_adj)
-        r["verdict"] = stats.verdict(r.pop("_cmp"), p_adj, alpha, equivalence_margin)
-    return pd.DataFrame(rows)
-
-
-def dropped_pairs(results: pd.DataFrame, cmp: Comparison) -> pd.DataFrame:
-    """Seeds present in a stratum but missing from its paired analysis, and why.
-
-    Returns:
-        Columns ``stratum, seed, reason`` (e.g. ``"seed 4 diverged (bn=on)"``).
-    """
-    frame = stats.typed(results)
-    frame["test_accuracy"] = pd.to_numeric(frame["test_accuracy"], errors="coerce")
-    keys = [*cmp.strata, cmp.compare, "seed"]
-    status = {}
-    for r in frame.to_dict("records"):
-        ok = r["status"] == stats.FINISHED and np.isfinite(r["test_accuracy"])
-        text = str(r["status"]) if r["status"] != stats.FINISHED else "finished without a result"
-        status[tuple(r[k] for k in keys)] = None if ok else text
-    rows = []
-    for stratum in cmp.strata_cells():
-        seeds = sorted(frame.loc[_stratum_mask(frame, stratum), "seed"].unique())
-        levels = tuple(v for _, v in stratum)
-        for seed in seeds:
-            problems = [
-                f"{status.get((*levels, lv, seed), 'missing')} ({cmp.arm_label(lv)})"
-                for lv in cmp.arms
-                if status.get((*levels, lv, seed), "missing") is not None
-            ]
-            if problems:
-                rows.append(
-                    {
-                        "stratum": stratum_label(stratum),
-                        "seed": int(seed),
-                        "reason": f"seed {seed} " + ", ".join(problems),
-                    }
-                )
-    return pd.DataFrame(rows, columns=["stratum", "seed", "reason"])
+    for column, level in (("acc_control", cmp.control), ("acc_treatment", cmp.treatment)):
+        means = [
+            done.loc[_stratum_mask(done, st) & (done[cmp.compare] == level), "test_accuracy"].mean()
+            for st in (_row_stratum(r, cmp) for _, r in out.iterrows())
+        ]
+        out[column] = np.asarray(means, dtype=float)
+    return out
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -356,7 +312,7 @@ def plot_learning_curves(
     """
     keys = [*cmp.strata, cmp.compare, "seed"]
     done = stats.finished_cells(results)[keys]
-    h = stats.typed(histories) if len(histories) else pd.DataFrame(columns=[*keys, "epoch"])
+    h = stats.normalize_histories(histories) if len(histories) else pd.DataFrame(columns=keys)
     h = h.merge(done, on=keys) if len(h) else h
     if h.empty:
         fig, axes = _new_figure()
@@ -551,7 +507,7 @@ def plot_difference(
     fig.supylabel(f"{cmp.diff_label} test accuracy (pp)", fontsize=9)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
-    fig.suptitle(f"Effect of {cmp.compare} per stratum (paired by seed)", fontsize=10)
+    fig.suptitle(f"Effect of {cmp.words} {strata_phrase(cmp.strata)} (paired by seed)", fontsize=10)
     return _save(fig, path)
 
 
@@ -722,20 +678,8 @@ def _p_text(x: float) -> str:
     return "< 0.001" if x < 0.001 else f"= {x:.3f}"
 
 
-def factor_heading(name: str) -> str:
-    """A factor as a column heading or in a sentence: ``batch size``."""
-    return name.replace("_", " ")
-
-
-def stratum_phrase(stratum: Sequence[tuple[str, Any]]) -> str:
-    """A stratum in a sentence: ``batch size 32, learning rate 0.1``; ``the grid`` if none."""
-    if not stratum:
-        return "the grid"
-    return ", ".join(f"{factor_heading(n)} {factor(n).format(v)}" for n, v in stratum)
-
-
-def _strata_phrase(cmp: Comparison) -> str:
-    return " x ".join(factor_heading(n) for n in cmp.strata) or "comparison"
+def _words(name: str) -> str:
+    return factor(name).words
 
 
 def _row_stratum(row: Any, cmp: Comparison) -> tuple[tuple[str, Any], ...]:
@@ -755,7 +699,7 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _stratum_headers(cmp: Comparison) -> list[str]:
-    return [factor_heading(n) for n in cmp.strata] or ["comparison"]
+    return [_words(n) for n in cmp.strata] or ["comparison"]
 
 
 def _stratum_cells(row: Any, cmp: Comparison) -> list[str]:
@@ -799,13 +743,13 @@ def verdict_sentence(row: Mapping[str, Any] | pd.Series, cmp: Comparison) -> str
     """Plain-language sentence for one stratum of ``summarize``: every number and the
     conclusion come from the row; nothing is hard-coded."""
     where, n = stratum_phrase(_row_stratum(row, cmp)), int(row["n_pairs"])
-    treat, ctrl = cmp.arm_label(cmp.treatment), cmp.arm_label(cmp.control)
+    treat, ctrl = cmp.arm_phrase(cmp.treatment), cmp.arm_phrase(cmp.control)
     if n == 0:
         return (
             f"At {where}, no seed finished in both arms, so {treat} and {ctrl} cannot be compared."
         )
     margin = float(row["equivalence_margin"])
-    head = f"At {where} (n = {n} seed pairs), {treat} changed test accuracy against {ctrl} by "
+    head = f"At {where} (n = {n} seed pairs), {treat} instead of {ctrl} changed test accuracy by "
     head += f"{_pp(float(row['mean_diff']))} pp"
     if np.isfinite(row["ci_low"]):
         level = 100 * (1 - float(row["alpha"]))
@@ -885,10 +829,10 @@ def design_section(design: DesignOutcome, cmp: Comparison) -> list[str]:
     plan = design.plan
     margin = _pp(plan.margin).lstrip("+")
     lines = [
-        f"## Decision per {_strata_phrase(cmp)} (sequential design)",
+        f"## Decision {strata_phrase(cmp.strata)} (sequential design)",
         "",
         f"The {plan.describe()}. At each look the repeated confidence interval (RCI) of the "
-        f"mean {cmp.diff_label} difference is compared with 0 and with the equivalence band "
+        f"mean {cmp.contrast} difference is compared with 0 and with the equivalence band "
         f"±{margin} pp: **benefit** / **harm** when it excludes 0, **equivalent** when it lies "
         "inside the band, else more seeds; **undecided** at the cap. The RCIs hold their "
         f"coverage at every look, so the family-wise error rate is at most {plan.alpha:g} "
@@ -918,7 +862,7 @@ def anova_table(anova: pd.DataFrame) -> str:
     """The N-way RM-ANOVA table: every main effect and interaction."""
     rows = [
         [
-            " × ".join(factor_heading(n) for n in r.effect.split(":")),
+            " × ".join(_words(n) for n in r.effect.split(":")),
             f"F({int(r.df)}, {int(r.df_error)}) = {_fmt(r.F, '.2f')}"
             if np.isfinite(r.F)
             else "n/a",
@@ -943,7 +887,7 @@ def factor_effects_table(effects: pd.DataFrame, cmp: Comparison) -> str:
         )
         rows.append(
             [
-                factor_heading(r.factor),
+                _words(r.factor),
                 cmp.arm_label(r.compare_level),
                 int(r.n_seeds),
                 f"F({_fmt(r.df, '.0f')}, {_fmt(r.df_error, '.0f')}) = {_fmt(r.F, '.2f')}",
@@ -1009,15 +953,15 @@ def anova_sentences(anova: pd.DataFrame, cmp: Comparison, alpha: float) -> list[
     rows = anova.loc[two_way]
     if rows.empty:
         return [
-            f"With no other factor in the grid, the effect of {cmp.compare} has nothing to "
+            f"With no other factor in the grid, the effect of {cmp.words} has nothing to "
             "interact with."
         ]
     out = []
     for _, row in rows.iterrows():
-        other = factor_heading(next(iter(_factors_of(row["effect"]) - {cmp.compare})))
+        other = _words(next(iter(_factors_of(row["effect"]) - {cmp.compare})))
         if not np.isfinite(row["F"]):
             out.append(
-                f"Whether the effect of {cmp.compare} depends on {other} could not be tested "
+                f"Whether the effect of {cmp.words} depends on {other} could not be tested "
                 f"({int(row['n_seeds'])} seed(s) complete across all cells, at least 2 needed, "
                 "and at least 2 levels of each factor)."
             )
@@ -1026,7 +970,7 @@ def anova_sentences(anova: pd.DataFrame, cmp: Comparison, alpha: float) -> list[
         does = "does" if p < alpha else "does not detectably"
         out.append(
             f"Across {int(row['n_seeds'])} seeds complete in every cell, the effect of "
-            f"{cmp.compare} {does} depend on {other} (interaction F({int(row['df'])}, "
+            f"{cmp.words} {does} depend on {other} (interaction F({int(row['df'])}, "
             f"{int(row['df_error'])}) = {row['F']:.2f}, Greenhouse-Geisser p {_p_text(p)})."
         )
     return out
@@ -1042,7 +986,7 @@ def methods_note(
 ) -> str:
     """Which tests ran, with how many pairs, and which pairs were dropped and why."""
     k = int((summary["n_pairs"] > 0).sum())
-    treat, ctrl = cmp.arm_label(cmp.treatment), cmp.arm_label(cmp.control)
+    treat, ctrl = cmp.arm_phrase(cmp.treatment), cmp.arm_phrase(cmp.control)
     margin = 100 * float(summary["equivalence_margin"].iloc[0]) if len(summary) else 0.0
     lines = [
         f"Each seed pairs a {treat} and a {ctrl} cell of the same stratum (same data order, "
@@ -1072,7 +1016,9 @@ def methods_note(
             f"(Wilcoxon: {r['wilcoxon_method']}; permutation: {r['permutation_method']})"
         )
     lines += ["", "Dropped pairs:", ""]
-    dropped = dropped_pairs(results, cmp)
+    dropped = stats.dropped_pairs(
+        results, cmp.compare, cmp.arms if cmp.treatment is not None else None
+    )
     if dropped.empty:
         lines.append("- none: every seed finished in both arms in every stratum.")
     phrases = {stratum_label(s): stratum_phrase(s) for s in cmp.strata_cells()}
@@ -1110,9 +1056,10 @@ def render_markdown(
     parts += [
         "## Fixed-sample tests on the same pairs (descriptive)"
         if sequential
-        else f"## Verdict per {_strata_phrase(cmp)}",
+        else f"## Verdict {strata_phrase(cmp.strata)}",
         "",
-        f"Differences are {cmp.diff_label}, in percentage points (pp) of test accuracy.",
+        f"Differences are {cmp.contrast} ({cmp.diff_label} in the tables and figures), in "
+        "percentage points (pp) of test accuracy.",
         "",
     ]
     if sequential:
@@ -1123,10 +1070,11 @@ def render_markdown(
         ]
     parts += [verdict_table(summary, cmp), ""]
     parts += [f"- {verdict_sentence(row, cmp)}" for _, row in summary.iterrows()]
-    others = " and ".join(factor_heading(n) for n in cmp.strata) or "the grid"
+    others = " and ".join(_words(n) for n in cmp.strata) or "the grid"
+    does = "Does" if len(cmp.strata) == 1 else "Do"
     parts += [
         "",
-        f"## Do {others} change the effect of {cmp.compare}? (exploratory)",
+        f"## {does} {others} change the effect of {cmp.words}? (exploratory)",
         "",
         "_Secondary analyses on the seeds complete in every cell; not error-controlled._",
         "",
@@ -1139,7 +1087,7 @@ def render_markdown(
     ]
     if len(effects):
         parts += [
-            f"Effect of each other factor within each {cmp.compare} arm (trend: change in test "
+            f"Effect of each other factor within each {cmp.words} arm (trend: change in test "
             "accuracy per doubling of the level, mean of the per-seed slopes):",
             "",
             factor_effects_table(effects, cmp),
@@ -1198,7 +1146,8 @@ def build_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    histories = histories if histories is not None else pd.DataFrame()
+    results = stats.normalize_results(results)
+    histories = stats.normalize_histories(histories)
     cmp = comparison_of(results, compare, levels)
     summary = summarize(
         results, cmp, alpha=alpha, equivalence_margin=equivalence_margin, n_resamples=n_resamples
@@ -1277,7 +1226,7 @@ def build_run_report(
         results,
         histories,
         Path(cfg.tracking.reports_dir) / run_name,
-        title=f"Paired ablation: {run_name}",
+        title=f"{factor(cfg.grid.compare).words} ablation: {run_name}",
         compare=cfg.grid.compare,
         # The config's order says which level is the control; a one-level grid has no pair.
         levels=levels if len(levels) == 2 else None,

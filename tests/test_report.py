@@ -121,7 +121,7 @@ def test_report_explains_dropped_pairs_and_missing_comparisons(tmp_path: Path) -
     out = _build(tmp_path, results, histories)
     text = out.report_path.read_text(encoding="utf-8")
     assert "3 pairs dropped at batch size 32" in text
-    assert "seed 0 diverged (bn=on)" in text
+    assert "seed 0 diverged (BN on)" in text
     assert "At batch size 32, no seed finished in both arms" in text
     row = next(line for line in text.splitlines() if line.startswith("| 32 |"))
     assert "| 0 |" in row and "inconclusive" in row
@@ -210,10 +210,10 @@ def test_report_over_two_factors_names_its_figures_and_levels(tmp_path: Path) ->
     ]
     text = out.report_path.read_text(encoding="utf-8")
     assert "## Verdict per learning rate" in text and "| learning rate | n | mean bn=off |" in text
-    assert "At learning rate 0.1 (n = 3 seed pairs), bn=on changed" in text
+    assert "At learning rate 0.1 (n = 3 seed pairs), BN on instead of BN off changed" in text
     assert "depend on learning rate (interaction F(1, 2)" in text
     body = text.split("\n", 1)[1]  # below the title _build gives every report
-    assert "batch" not in body.lower() and "BN" not in body  # nothing of the default grid
+    assert "batch" not in body.lower()  # nothing of the default grid
     assert out.summary["stratum"].tolist() == ["learning_rate=0.001", "learning_rate=0.1"]
     assert out.summary["verdict"].tolist()[1] == "significant improvement"
 
@@ -228,8 +228,8 @@ def test_report_over_three_factors_facets_rows_by_columns(tmp_path: Path) -> Non
     out = _build(tmp_path, results, histories)
     text = out.report_path.read_text(encoding="utf-8")
     assert len(out.summary) == 6 and len(out.anova) == 7
-    assert "| bn × batch size × init scale |" in text
-    assert "1 pair dropped at batch size 32, init scale 0.5: seed 2 diverged (bn=on)" in text
+    assert "| BN × batch size × init scale |" in text
+    assert "1 pair dropped at batch size 32, init scale 0.5: seed 2 diverged (BN on)" in text
     assert "| 32 | 0.5 | 2 |" in text  # the verdict row of that stratum: 2 pairs left
     effects = out.factor_effects.set_index(["factor", "compare_level"])
     assert effects.loc[("init_scale", True), "trend_slope"] > 0  # the gain at the largest level
@@ -257,7 +257,7 @@ def test_report_compares_any_factor_with_given_levels(tmp_path: Path) -> None:
         n_resamples=99,
     )
     text = out.report_path.read_text(encoding="utf-8")
-    assert "Differences are pos=after_relu − pos=before_relu" in text
+    assert "Differences are BN position after_relu minus BN position before_relu" in text
     assert [p.name for p in out.figures][2] == "bn_position_difference.png"
     with pytest.raises(ValueError, match="2 levels"):
         report.build_report(

@@ -15,7 +15,6 @@ from bnpipe.stats.anova import (
     FACTOR_EFFECT_COLUMNS,
     batch_size_effect,
     effect_contrasts,
-    factor_columns,
     factor_effects,
     finished_cells,
     gg_epsilon,
@@ -26,7 +25,6 @@ from bnpipe.stats.anova import (
     rm_anova_oneway,
     rm_anova_twoway,
     trend_x,
-    typed,
 )
 from bnpipe.stats.dynamics import (
     DYNAMICS_COLUMNS,
@@ -112,7 +110,6 @@ __all__ = [
     "dynamics",
     "dynamics_summary",
     "effect_contrasts",
-    "factor_columns",
     "factor_effects",
     "finished_cells",
     "gg_epsilon",
@@ -140,7 +137,6 @@ __all__ = [
     "t_critical",
     "tost_pvalue",
     "trend_x",
-    "typed",
     "verdict",
     "verdict_sentence",
 ]

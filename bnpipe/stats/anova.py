@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnpipe.factors import FACTORS, factor
-from bnpipe.stats.paired import FINISHED
+from bnpipe.factors import factor, factor_columns
+from bnpipe.stats.paired import FINISHED, normalize_results
 
 # The factor a results frame compares when no caller says otherwise (the grid's default).
 DEFAULT_COMPARE = "bn"
@@ -53,42 +53,21 @@ _STAT_COLUMNS = ANOVA_COLUMNS[1:-2]  # the numbers of a row, without effect, n_s
 # -------------------------------------------------------------------------------- frames
 
 
-def factor_columns(frame: pd.DataFrame) -> list[str]:
-    """The grid-factor columns of a results or histories frame, in registry order."""
-    return [name for name in FACTORS if name in frame.columns]
-
-
-def _typed_level(name: str, values: pd.Series) -> pd.Series:
-    kind = factor(name).kind
-    if kind is bool:
-        if values.dtype == bool:
-            return values
-        # Read back from CSV/MLflow the flag can be a string; astype(bool) would make "False" True.
-        return values.map(lambda v: str(v).strip().lower() in ("true", "1", "yes", "on"))
-    return values.astype(kind)
-
-
-def typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Copy of ``frame`` with its factor columns of their registry type and ``seed`` int."""
-    out = frame.copy()
-    for name in factor_columns(out):
-        out[name] = _typed_level(name, out[name])
-    if "seed" in out:
-        out["seed"] = out["seed"].astype(int)
-    return out
+def _factors(frame: pd.DataFrame) -> list[str]:
+    return factor_columns(frame.columns)
 
 
 def finished_cells(results: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """The finished cells of ``results`` with a finite ``metric`` (typed)."""
-    out = typed(results)
+    """The finished cells of ``results`` with a finite ``metric``, keys typed."""
+    out = normalize_results(results)
     out[metric] = pd.to_numeric(out[metric], errors="coerce").astype(float)
     ok = (out["status"] == FINISHED) & np.isfinite(out[metric])
     return out.loc[ok]
 
 
 def levels_of(frame: pd.DataFrame, name: str) -> list[Any]:
-    """The sorted distinct levels of factor column ``name``."""
-    return sorted(_typed_level(name, frame[name]).unique().tolist())
+    """The sorted distinct levels of factor column ``name`` (as Python values)."""
+    return sorted(v.item() if isinstance(v, np.generic) else v for v in pd.unique(frame[name]))
 
 
 # -------------------------------------------------------------------------------- the ANOVA
@@ -272,12 +251,13 @@ def interaction_anova(results: pd.DataFrame, metric: str = "test_accuracy") -> p
         ``ANOVA_COLUMNS``; NaN statistics where fewer than two seeds are complete or an effect
         involves a factor with one level.
     """
-    within = factor_columns(results)
+    results = normalize_results(results)
+    within = _factors(results)
     levels = {w: levels_of(results, w) for w in within}
     done = finished_cells(results, metric)
     # Cells absent from the finished ones must still count: reindex over the whole grid.
     grid = pd.MultiIndex.from_product(list(levels.values()), names=within).to_frame(index=False)
-    seeds = pd.DataFrame({"seed": sorted(typed(results)["seed"].unique())})
+    seeds = pd.DataFrame({"seed": sorted(results["seed"].unique())})
     full = grid.merge(seeds, how="cross").merge(
         done[[*within, "seed", metric]], on=[*within, "seed"], how="left"
     )
@@ -353,7 +333,8 @@ def factor_effects(
     Returns:
         One row per (factor, compare level) with ``FACTOR_EFFECT_COLUMNS``.
     """
-    within = factor_columns(results)
+    results = normalize_results(results)
+    within = _factors(results)
     others = [w for w in within if w != compare]
     done = finished_cells(results, metric)
     rows = []

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnpipe.factors import Cell, stratum_label
-from bnpipe.stats.anova import DEFAULT_COMPARE, factor_columns, typed
-from bnpipe.stats.paired import FINISHED
+from bnpipe.factors import Cell, factor_columns, stratum_label
+from bnpipe.stats.anova import DEFAULT_COMPARE
+from bnpipe.stats.paired import FINISHED, normalize_histories, normalize_results
 
 # What ``dynamics`` measures per cell, after the factor columns and seed.
 DYNAMICS_MEASURES = [
@@ -81,14 +81,14 @@ def dynamics(
     Raises:
         ValueError: If a non-empty ``histories`` lacks a column the dynamics need.
     """
-    keys = [*factor_columns(results), "seed"]
-    results = _numeric(typed(results), ["test_accuracy", "train_accuracy", "epoch_time_s"])
+    keys = [*factor_columns(results.columns), "seed"]
+    results = normalize_results(results)
     per_cell: dict[tuple, dict[str, float]] = {}
     if histories is not None and len(histories):
         missing = [c for c in [*keys, "epoch", "val_accuracy"] if c not in histories.columns]
         if missing:
             raise ValueError(f"histories frame lacks columns {missing}")
-        h = _numeric(typed(histories), ["val_accuracy", "accuracy", "epoch_time_s"])
+        h = _numeric(normalize_histories(histories), ["val_accuracy", "accuracy", "epoch_time_s"])
         per_cell = {
             k if isinstance(k, tuple) else (k,): _cell_dynamics(g, threshold)
             for k, g in h.groupby(keys, sort=False)
@@ -137,7 +137,7 @@ def dynamics_summary(
         ``stratum`` (the comparison's label, ``batch_size=32``), the factor columns, then
         ``SUMMARY_MEASURES``; one row per (stratum, compare level), sorted by the factors.
     """
-    factors = factor_columns(results)
+    factors = factor_columns(results.columns)
     dyn = dynamics(histories, results, threshold)
     dyn = dyn.loc[dyn["status"] == FINISHED]
     columns = ["stratum", *factors, *SUMMARY_MEASURES]
