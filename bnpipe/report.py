@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
 from scipy import stats as sps
 
 from bnpipe import stats
@@ -285,6 +285,13 @@ def _xlabel_bottom(axes: np.ndarray, panels: Sequence[tuple[int, int, Any]], tex
         axes[i, j].set_xlabel(text, fontsize=9)
 
 
+def _clamp_accuracy(ax: Any) -> None:
+    """Keep an accuracy axis inside [0, 1]: a t interval of few seeds can reach past either end,
+    where no accuracy lies."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0.0), min(high, 1.0))
+
+
 def _panel_title(stratum: Sequence[tuple[str, Any]]) -> str:
     """A panel's stratum in the run-name spelling (``bs=32, lr=0.1``): full names would not fit
     above a panel once the strata have two or more factors."""
@@ -332,9 +339,22 @@ def plot_learning_curves(
                 continue
             agg = [(e, *mean_ci(g["val_accuracy"], alpha)) for e, g in cell.groupby("epoch")]
             epochs, means, halves, ns = (np.array(v) for v in zip(*agg, strict=True))
-            ax.plot(epochs, means, color=color, marker="o", ms=3, lw=1.5)
-            ax.fill_between(epochs, means - halves, means + halves, color=color, alpha=0.2)
+            if len(epochs) > 1:
+                ax.plot(epochs, means, color=color, marker="o", ms=3, lw=1.5)
+                ax.fill_between(epochs, means - halves, means + halves, color=color, alpha=0.2)
+            else:  # a band over one epoch has no width: CI bars, side by side
+                shift = -0.06 if lv == cmp.control else 0.06
+                ax.errorbar(
+                    epochs + shift,
+                    means,
+                    yerr=np.nan_to_num(halves),
+                    color=color,
+                    fmt="o",
+                    ms=3,
+                    capsize=3,
+                )
             counts.append(f"{int(ns.max())}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_title(_panel_title(stratum), fontsize=8)
         # Seeds per arm (control/treatment): they differ from the grid's when cells failed.
         ax.text(
@@ -351,6 +371,9 @@ def plot_learning_curves(
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
         ax.tick_params(labelsize=7)
     _hide_unused(axes, {(i, j) for i, j, _ in panels})
+    _clamp_accuracy(axes[0, 0])  # the panels share their y axis
+    epochs_seen = h["epoch"].astype(int)
+    axes[0, 0].set_xlim(epochs_seen.min() - 0.5, epochs_seen.max() + 0.5)
     handles = [
         axes[0, 0].plot([], [], color=c, marker="o", ms=3, label=cmp.arm_label(lv))[0]
         for c, lv in zip(ARM_COLORS, cmp.arms, strict=True)
@@ -445,6 +468,7 @@ def plot_accuracy_vs_factor(
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
     _hide_unused(axes, {(i, j) for i, j, _ in panels})
+    _clamp_accuracy(axes[0, 0])  # the panels share their y axis
     _xlabel_bottom(axes, panels, xname or "")
     fig.supylabel("test accuracy", fontsize=9)
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -546,6 +570,7 @@ def plot_paired_seeds(results: pd.DataFrame, cmp: Comparison, path: Path) -> Pat
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
     _hide_unused(axes, {(i, j) for i, j, _ in panels})
+    _clamp_accuracy(axes[0, 0])  # the panels share their y axis
     fig.supylabel("test accuracy", fontsize=9)
     treat = cmp.arm_label(cmp.treatment)
     handles = [
