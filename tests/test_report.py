@@ -278,3 +278,22 @@ def test_report_with_one_level_of_the_compared_factor(tmp_path: Path) -> None:
     assert out.summary["n_pairs"].tolist() == [0, 0]
     text = out.report_path.read_text(encoding="utf-8")
     assert "At batch size 16, no seed finished in both arms" in text
+
+
+def test_sequential_report_over_a_generic_grid(tmp_path: Path) -> None:
+    from bnpipe.config import load_config
+    from bnpipe.design import plan_of
+
+    grid = "grid.factors={bn: [false, true], learning_rate: [0.001, 0.1]}"
+    sequential = ["stats.design=sequential", "stats.look_every=5", "stats.max_seeds=10"]
+    plan = plan_of(load_config(None, [grid, *sequential]))
+    factors = {"bn": [False, True], "learning_rate": [0.001, 0.1]}
+    results, histories = make_grid_frames(factors, seeds=10)
+    out = report.build_report(results, histories, tmp_path, title="seq", plan=plan, n_resamples=99)
+    assert out.figures[0].name == "sequential_monitoring.png"
+    text = out.report_path.read_text(encoding="utf-8")
+    assert "## Decision per learning rate (sequential design)" in text
+    assert "| learning rate | decision | pairs used |" in text
+    assert out.verdict_markdown.startswith("Decided (sequential design): bn=on − bn=off")
+    row = next(line for line in text.splitlines() if line.startswith("| 0.1 | **"))
+    assert "**benefit**" in row  # +0.5 pp at the largest learning rate, tiny noise, last look
