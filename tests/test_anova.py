@@ -146,8 +146,16 @@ def make_grid(
         for levels in itertools.product(*factors.values()):
             cell = dict(zip(names, levels, strict=True))
             acc = base + (effect(cell) if effect else 0.0) + rng.normal(0, noise)
-            rows.append({**cell, "seed": s, "status": "finished", "test_accuracy": acc,
-                         "train_accuracy": acc + 0.01, "epoch_time_s": 1.0})  # fmt: skip
+            rows.append(
+                {
+                    **cell,
+                    "seed": s,
+                    "status": "finished",
+                    "test_accuracy": acc,
+                    "train_accuracy": acc + 0.01,
+                    "epoch_time_s": 1.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -17,14 +17,32 @@ def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
             for init in (0.5, 2.0):
                 for seed in (0, 1):
                     acc = 0.97 + 0.002 * bn - 0.01 * (lr > 0.01)
-                    rows.append({"bn": bn, "learning_rate": lr, "init_scale": init, "seed": seed,
-                                 "status": "finished", "test_accuracy": acc,
-                                 "train_accuracy": acc + 0.02, "epoch_time_s": 1.5})  # fmt: skip
+                    rows.append(
+                        {
+                            "bn": bn,
+                            "learning_rate": lr,
+                            "init_scale": init,
+                            "seed": seed,
+                            "status": "finished",
+                            "test_accuracy": acc,
+                            "train_accuracy": acc + 0.02,
+                            "epoch_time_s": 1.5,
+                        }
+                    )
                     for e in range(1, 5):
                         val = acc - 0.01 * (4 - e) + (0.01 if bn else 0.0) * (e < 4)
-                        hist.append({"bn": bn, "learning_rate": lr, "init_scale": init,
-                                     "seed": seed, "epoch": e, "accuracy": val + 0.02,
-                                     "val_accuracy": val, "epoch_time_s": 1.0})  # fmt: skip
+                        hist.append(
+                            {
+                                "bn": bn,
+                                "learning_rate": lr,
+                                "init_scale": init,
+                                "seed": seed,
+                                "epoch": e,
+                                "accuracy": val + 0.02,
+                                "val_accuracy": val,
+                                "epoch_time_s": 1.0,
+                            }
+                        )
     return pd.DataFrame(rows), pd.DataFrame(hist)
 
 

@@ -47,7 +47,6 @@ ANOVA_COLUMNS = [
     "n_seeds",
     "method",
 ]
-_STAT_COLUMNS = ANOVA_COLUMNS[1:-2]  # the numbers of a row, without effect, n_seeds, method
 
 
 # -------------------------------------------------------------------------------- frames
@@ -312,8 +311,12 @@ def _trend(y: np.ndarray, x: np.ndarray | None, alpha: float) -> dict[str, float
     se = sd / math.sqrt(n)
     half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * se
     p = float(2 * stats.t.sf(abs(mean / se), n - 1))
-    return {"trend_slope": mean, "trend_ci_low": mean - half, "trend_ci_high": mean + half,
-            "trend_p": p}  # fmt: skip
+    return {
+        "trend_slope": mean,
+        "trend_ci_low": mean - half,
+        "trend_ci_high": mean + half,
+        "trend_p": p,
+    }
 
 
 def factor_effects(
@@ -353,8 +356,13 @@ def factor_effects(
             wide = per.groupby(["seed", name])[metric].mean().unstack(name)
             y = wide.reindex(columns=levels).to_numpy(dtype=float)
             n, k = y.shape
-            row: dict[str, Any] = {"factor": name, "compare": compare, "compare_level": level,
-                                   "n_seeds": n, "n_levels": k}  # fmt: skip
+            row: dict[str, Any] = {
+                "factor": name,
+                "compare": compare,
+                "compare_level": level,
+                "n_seeds": n,
+                "n_levels": k,
+            }
             if n >= 2 and k >= 2:
                 res = rm_anova_oneway(y)
                 row.update({key: res[key] for key in _ONEWAY})
