@@ -1,0 +1,348 @@
+"""The claims' tests on synthetic study frames (the general-grid schema), and the report."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from bnpipe import claims as C
+
+SEEDS = list(range(10))
+Outcome = Callable[[dict, int, np.random.Generator], dict]
+
+
+def frames(
+    factors: dict[str, list], seeds: list[int], outcome: Outcome, epochs: int = 5
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Results and histories of a grid: ``outcome(levels, seed, rng)`` gives a cell's numbers.
+
+    Its keys: status, test_accuracy, train_accuracy, epoch_time_s and optionally ``val``
+    (per-epoch validation accuracies) and ``times`` (per-epoch seconds).
+    """
+    rng = np.random.default_rng(0)
+    rows, hist = [], []
+    names = list(factors)
+    for combo in itertools.product(*factors.values()):
+        levels = dict(zip(names, combo, strict=True))
+        for seed in seeds:
+            o = {"status": "finished", "train_accuracy": math.nan, "epoch_time_s": 1.0}
+            o.update(outcome(levels, seed, rng))
+            rows.append({**levels, "seed": seed, **{k: o[k] for k in C_RESULT}, "run_id": "r"})
+            val = o.get("val", [o["test_accuracy"]] * epochs)
+            times = o.get("times", [o["epoch_time_s"]] * len(val))
+            for e, (v, t) in enumerate(zip(val, times, strict=True), start=1):
+                hist.append(
+                    {**levels, "seed": seed, "epoch": e, "loss": 0.1, "accuracy": 0.99,
+                     "val_loss": 0.1, "val_accuracy": v, "epoch_time_s": t}
+                )  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(hist)
+
+
+C_RESULT = ("status", "test_accuracy", "train_accuracy", "epoch_time_s")
+
+
+def bn_effect(effect: float, noise: float) -> Outcome:
+    """Test accuracy 0.97 + effect with BN, paired noise ``noise`` per cell."""
+
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        base = 0.97 + 0.002 * np.sin(seed)  # the seed's shared part
+        return {"test_accuracy": base + (effect if lv["bn"] else 0.0) + noise * rng.normal()}
+
+    return out
+
+
+ACC_GRID = {"bn": [False, True], "batch_size": [16, 32, 64, 128]}
+
+
+@pytest.mark.parametrize(
+    ("effect", "noise", "expected"),
+    [
+        (0.003, 0.001, "supported"),
+        (-0.003, 0.001, "contradicted"),
+        (0.0, 0.0002, "no meaningful difference"),
+        (0.0, 0.01, "undecided"),
+    ],
+)
+def test_accuracy_verdicts(effect: float, noise: float, expected: str) -> None:
+    results, _ = frames(ACC_GRID, SEEDS, bn_effect(effect, noise))
+    t = C.paired_outcome(results, alpha=0.05 / 7, margin=0.002, n_resamples=999)
+    assert t.n == 10  # seeds are the unit, not seed x batch size
+    assert t.effect == pytest.approx(effect, abs=max(4 * noise, 1e-4))
+    assert C.verdict_of(t, +1) == expected
+
+
+def test_paired_outcome_is_a_paired_t_on_seed_means() -> None:
+    results, _ = frames(ACC_GRID, SEEDS, bn_effect(0.002, 0.002))
+    t = C.paired_outcome(results, alpha=0.01, n_resamples=999)
+    bn = results.loc[results["bn"]].groupby("seed")["test_accuracy"].mean()
+    no = results.loc[~results["bn"]].groupby("seed")["test_accuracy"].mean()
+    d = (bn - no).to_numpy()
+    half = sps.t.ppf(1 - 0.005, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    assert (t.ci_low, t.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert t.p == pytest.approx(sps.ttest_1samp(d, 0).pvalue)
+    assert len(t.detail) == 4 and set(t.detail["n"]) == {10}
+
+
+def test_failed_and_diverged_cells_leave_the_accuracy_pairs() -> None:
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        if seed == 0 and lv["bn"] and lv["batch_size"] == 16:
+            return {"status": "failed", "test_accuracy": math.nan}
+        if seed == 1 and not lv["bn"]:
+            return {"status": "diverged", "test_accuracy": math.nan}
+        return bn_effect(0.003, 0.001)(lv, seed, rng)
+
+    results, _ = frames(ACC_GRID, SEEDS, out)
+    t = C.paired_outcome(results, n_resamples=999)
+    assert t.n == 8  # seed 0 lacks one stratum, seed 1 lacks its no-BN arm
+
+
+def lr_outcome(bn_diverges: bool, no_bn_diverges: bool) -> Outcome:
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        top = lv["learning_rate"] == 0.1
+        if top and (bn_diverges if lv["bn"] else no_bn_diverges):
+            return {"status": "diverged", "test_accuracy": math.nan}
+        return {"test_accuracy": 0.96 + 0.001 * rng.normal()}
+
+    return out
+
+
+LR_GRID = {"bn": [False, True], "learning_rate": [0.001, 0.01, 0.1]}
+
+
+def test_bn_diverging_less_supports_the_learning_rate_claim() -> None:
+    results, _ = frames(LR_GRID, list(range(20)), lr_outcome(False, True))
+    t = C.diverged_share(results, alpha=0.05 / 7)
+    assert t.n == 60  # diverged cells are outcomes: every (lr, seed) pair counts
+    assert t.effect == pytest.approx(-20 / 60)
+    assert t.p == pytest.approx(2 * 0.5**20)
+    assert t.ci_low < t.effect < t.ci_high < 0
+    assert C.verdict_of(t, -1) == "supported"
+
+
+@pytest.mark.parametrize(
+    ("bn_div", "no_div", "expected"),
+    [(True, True, "no meaningful difference"), (True, False, "contradicted")],
+)
+def test_bn_not_diverging_less_does_not_support_it(bn_div: bool, no_div: bool, expected: str):
+    results, _ = frames(LR_GRID, list(range(20)), lr_outcome(bn_div, no_div))
+    t = C.diverged_share(results, alpha=0.05 / 7)
+    assert t.n == 60
+    assert C.verdict_of(t, -1) == expected
+
+
+def test_a_few_discordant_pairs_are_undecided_and_collapse_counts_as_diverged() -> None:
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        if lv["learning_rate"] == 0.1 and not lv["bn"] and seed < 3:
+            return {"test_accuracy": 0.1135}  # finite loss, but predicts one class
+        return {"test_accuracy": 0.96}
+
+    results, _ = frames(LR_GRID, SEEDS, out)
+    t = C.diverged_share(results, alpha=0.05 / 7)
+    assert t.secondary["control_only"] == 3 and t.secondary["treatment_only"] == 0
+    assert t.p == pytest.approx(0.25)  # exact McNemar: 2 * 0.5**3
+    assert C.verdict_of(t, -1) == "undecided"
+
+
+def test_newcombe_interval_is_not_degenerate_without_discordant_pairs() -> None:
+    lo, hi = C.newcombe_paired(0, 0, 0, 30, 0.05)
+    assert lo < 0 < hi and hi - lo > 0.1
+    # Wider at a stricter level, narrower with more pairs.
+    assert C.newcombe_paired(0, 0, 0, 30, 0.01)[1] > hi
+    assert C.newcombe_paired(0, 0, 0, 300, 0.05)[1] < hi
+
+
+def test_newcombe_is_square_and_add_of_wilson_intervals() -> None:
+    # Uncorrelated margins (a*d == b*c, so phi = 0): Newcombe's method 10 reduces to adding
+    # the two Wilson intervals' distances in quadrature; scipy gives the Wilson intervals.
+    a, b, c, d = 6, 2, 3, 1
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    w1 = sps.binomtest(a + b, n).proportion_ci(0.95, method="wilson")
+    w2 = sps.binomtest(a + c, n).proportion_ci(0.95, method="wilson")
+    assert C.wilson(a + b, n, 0.05) == pytest.approx((w1.low, w1.high))
+    lo = p1 - p2 - math.hypot(p1 - w1.low, w2.high - p2)
+    hi = p1 - p2 + math.hypot(w1.high - p1, p2 - w2.low)
+    assert C.newcombe_paired(a, b, c, d, 0.05) == pytest.approx((lo, hi))
+    # Positively correlated arms (the usual paired case) give a narrower interval.
+    wide = C.newcombe_paired(a, b, c, d, 0.05)
+    narrow = C.newcombe_paired(a + 10, b, c, d + 10, 0.05)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def init_outcome(bn_flat: bool) -> Outcome:
+    """One arm loses accuracy away from init scale 1 and diverges at 4 on odd seeds."""
+
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        s = lv["init_scale"]
+        sensitive = lv["bn"] != bn_flat
+        if sensitive and s == 4 and seed % 2:
+            return {"status": "diverged", "test_accuracy": math.nan}
+        drop = (0.02 if sensitive else 0.001) * abs(math.log2(s))
+        return {"test_accuracy": 0.97 - drop + 0.0005 * rng.normal()}
+
+    return out
+
+
+INIT_GRID = {"bn": [False, True], "init_scale": [0.25, 1.0, 4.0]}
+
+
+def test_spread_across_init_scales() -> None:
+    results, _ = frames(INIT_GRID, SEEDS, init_outcome(bn_flat=True))
+    t = C.spread_across(results, "init_scale", alpha=0.05 / 7, n_resamples=999)
+    # No-BN's diverged cells at scale 4 count (chance accuracy) instead of dropping 5 seeds.
+    assert t.n == 10
+    assert C.verdict_of(t, -1) == "supported"
+    results, _ = frames(INIT_GRID, SEEDS, init_outcome(bn_flat=False))
+    t = C.spread_across(results, "init_scale", alpha=0.05 / 7, n_resamples=999)
+    assert t.n == 10
+    assert C.verdict_of(t, -1) == "contradicted"
+
+
+def curve_outcome(bn_epoch: int, no_bn_epoch: int | None) -> Outcome:
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        at = bn_epoch if lv["bn"] else no_bn_epoch
+        jitter = seed % 2 if at is not None else 0
+        val = [0.98 if at is not None and e >= at + jitter else 0.95 for e in range(1, 6)]
+        return {"test_accuracy": val[-1], "train_accuracy": 0.99, "val": val}
+
+    return out
+
+
+def test_epochs_to_threshold() -> None:
+    results, histories = frames(ACC_GRID, SEEDS, curve_outcome(2, 4))
+    t = C.epochs_to_threshold(histories, results, threshold=0.97, epochs=5, alpha=0.05 / 7)
+    assert t.effect == pytest.approx(-2.0)
+    assert C.verdict_of(t, -1) == "supported"
+    # Never reaching counts as epochs + 1 = 6, not as a dropped pair.
+    results, histories = frames(ACC_GRID, SEEDS, curve_outcome(2, None))
+    t = C.epochs_to_threshold(histories, results, threshold=0.97, epochs=5, alpha=0.05 / 7)
+    assert t.n == 10
+    assert t.effect == pytest.approx(2.5 - 6.0)
+
+
+def test_train_test_gap() -> None:
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        test = 0.975 + 0.001 * rng.normal()
+        gap = (0.005 if lv["bn"] else 0.015) + 0.001 * rng.normal()
+        return {"test_accuracy": test, "train_accuracy": test + gap}
+
+    results, _ = frames(ACC_GRID, SEEDS, out)
+    t = C.train_test_gap(results, alpha=0.05 / 7, n_resamples=999)
+    assert t.effect == pytest.approx(-0.01, abs=0.001)
+    assert C.verdict_of(t, -1) == "supported"
+
+
+def test_time_ratio_skips_the_compile_epoch() -> None:
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        per = (1.2 if lv["bn"] else 1.0) * (1 + 0.01 * rng.normal())
+        first = 3.0 if lv["bn"] else 9.0  # compile: would make BN look cheaper
+        return {"test_accuracy": 0.97, "times": [first] + [per] * 4, "val": [0.97] * 5}
+
+    results, histories = frames({"bn": [False, True], "batch_size": [32]}, SEEDS, out)
+    t = C.time_ratio(results, histories, alpha=0.05 / 7, n_resamples=999)
+    assert t.effect == pytest.approx(1.2, rel=0.02)
+    assert t.null == 1.0 and t.ci_low > 1.0
+    assert C.verdict_of(t, +1) == "supported"
+    equal = results.assign(epoch_time_s=1.0)
+    t = C.time_ratio(equal, alpha=0.05 / 7, n_resamples=999)
+    assert t.effect == 1.0 and C.verdict_of(t, +1) == "no meaningful difference"
+
+
+def small_batch_outcome(bn_breaks: bool) -> Outcome:
+    def out(lv: dict, seed: int, rng: np.random.Generator) -> dict:
+        bs = lv["batch_size"]
+        acc = 0.97 + (0.003 if lv["bn"] else 0.0) + 0.001 * rng.normal()
+        if bn_breaks and lv["bn"] and bs == 2:
+            if seed < 3:
+                return {"status": "diverged", "test_accuracy": math.nan, "val": [0.9, 0.1]}
+            acc = 0.90 + 0.01 * rng.normal()
+        return {"test_accuracy": acc}
+
+    return out
+
+
+SB_GRID = {"bn": [False, True], "batch_size": [2, 4, 8, 16]}
+
+
+def test_small_batch_interaction_counts_diverged_cells() -> None:
+    results, histories = frames(SB_GRID, SEEDS, small_batch_outcome(True))
+    t = C.interaction_contrast(
+        results, "batch_size", alpha=0.05 / 7, histories=histories, n_resamples=999
+    )
+    assert t.n == 10  # the 3 diverged seeds are outcomes (chance accuracy), not dropped
+    assert C.verdict_of(t, -1) == "supported"
+    row = t.detail.set_index("batch_size").loc[2]
+    assert row["diverged_treatment"] == 3 and row["diverged_control"] == 0
+    assert row["treatment"] < 0.9  # chance accuracy pulled the BN mean down
+    assert row["val_sd_treatment"] > row["val_sd_control"]
+    results, histories = frames(SB_GRID, SEEDS, small_batch_outcome(False))
+    t = C.interaction_contrast(results, "batch_size", alpha=0.05 / 7, n_resamples=999)
+    assert C.verdict_of(t, -1) != "supported"
+
+
+def test_claims_table_and_report(tmp_path: Path) -> None:
+    acc_r, acc_h = frames(ACC_GRID, SEEDS, curve_outcome(2, 4))
+    acc_r["test_accuracy"] += np.where(acc_r["bn"], 0.003, 0.0)
+    lr_r, lr_h = frames(LR_GRID, list(range(20)), lr_outcome(False, True))
+    studies = {
+        "accuracy": C.StudyData(acc_r, acc_h, epochs=5),
+        "learning_rate": C.StudyData(lr_r, lr_h),
+    }
+    tests = C.check_claims(studies, alpha=0.05, n_resamples=999)
+    assert set(tests) == {"accuracy", "convergence", "regularisation", "learning_rate"}
+    table = C.claims_table(tests, alpha=0.05)
+    assert list(table["claim"]) == [c.key for c in C.CLAIMS]
+    verdicts = dict(zip(table["claim"], table["verdict"], strict=True))
+    assert verdicts["learning_rate"] == "supported"
+    assert verdicts["convergence"] == "supported"
+    assert verdicts["compute"] == verdicts["init_scale"] == "not run"
+    # The 4 tested claims are the family: intervals at 1 - 0.05/4; Holm over their p only.
+    assert np.isfinite(table["p_holm"]).sum() == 4
+    assert (
+        table.loc[table["claim"] == "learning_rate", "p_holm"].item()
+        <= 4 * tests["learning_rate"].p + 1e-12
+    )
+    out = C.write_report(tests, tmp_path / "claims", alpha=0.05, studies={"accuracy": {"x": "1"}})
+    text = out.markdown_path.read_text()
+    assert text.startswith("# Claims of the notebook, checked")
+    assert "98.75% CI (simultaneous)" in text
+    body = [ln for ln in out.description.splitlines()[2:] if ln.startswith("| ")]
+    assert len(body) == len(C.CLAIMS)  # one row per claim
+    html = out.html_path.read_text()
+    assert "data:image/png;base64," in html and "claims.png" not in html.split("<body>")[1][:0]
+    assert (tmp_path / "claims" / "claims.csv").is_file()
+
+
+def test_cell_outcomes_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="lacks columns"):
+        C.cell_outcomes(pd.DataFrame({"bn": [True]}))
+    results, _ = frames(ACC_GRID, [0], bn_effect(0, 0))
+    with pytest.raises(ValueError, match="diverged must be"):
+        C.cell_outcomes(results, diverged="keep")
+    with pytest.raises(ValueError, match="more than once"):
+        C.pair_cells(C.cell_outcomes(pd.concat([results, results])))
+
+
+def test_bool_levels_read_back_from_csv(tmp_path: Path) -> None:
+    results, _ = frames(ACC_GRID, SEEDS, bn_effect(0.003, 0.001))
+    path = tmp_path / "results.csv"
+    results.assign(bn=results["bn"].map({True: "True", False: "False"})).to_csv(path)
+    t = C.paired_outcome(pd.read_csv(path, dtype={"bn": str}), n_resamples=999)
+    assert t.n == 10 and t.effect > 0
+
+
+def test_sign_interval_is_exact_and_needs_enough_seeds() -> None:
+    d = np.arange(1.0, 11.0)  # ten positive differences
+    lo, hi, p = C.sign_interval(d, 0.05 / 7)
+    assert (lo, hi) == (1.0, 10.0)  # k = 1: 2 * 0.5**10 <= alpha < 2 * P(Bin <= 1)
+    assert p == pytest.approx(2 * 0.5**10)
+    lo, hi, _ = C.sign_interval(d, 0.05)  # 2 * P(Bin(10) <= 1) = 0.021 <= 0.05
+    assert (lo, hi) == (2.0, 9.0)
+    assert C.sign_interval(d[:3], 0.05)[:2] == (-math.inf, math.inf)  # 2 * 0.5**3 > 0.05
