@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench bench-peers ui screenshots lock clean
+.PHONY: setup run claims test lint bench bench-peers ui screenshots lock clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml
 
 run: setup
 	$(BIN)/bnpipe run $(ARGS)
+
+# Every study under studies/ (reusing finished cells), then reports/claims/claims.md + .html.
+claims: setup
+	$(BIN)/bnpipe claims $(ARGS)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train every cell, even those an earlier run finished with the same cell key",
     )
+    claims = sub.add_parser(
+        "claims",
+        help="run every study under studies/ and write one report testing the notebook's claims",
+    )
+    _add_claims_args(claims)
     reproduce = sub.add_parser(
         "reproduce",
         help="re-train one cell from its MLflow run and compare metrics and weights exactly",
@@ -74,6 +79,63 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_mod.add_arguments(serve)
     return parser
+
+
+def _add_claims_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--studies", default="studies", help="folder of study params files")
+    p.add_argument(
+        "--study", dest="only", action="append", default=[], help="run only this study (repeat)"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="override a setting in every study, e.g. --set train.epochs=2",
+    )  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="smoke scale: 2 epochs, 2000 examples")
+    p.add_argument("--fresh", action="store_true", help="train every cell again")
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    """Every study through the flow `bnpipe run` uses, then the claims report."""
+    from flows.claims import QUICK, study_paths
+
+    try:
+        paths = study_paths(args.studies, args.only)
+    except ConfigError as exc:
+        return bad_input(str(exc))
+    sets = [*(QUICK if args.quick else ()), *args.overrides]
+    cfgs = {}
+    for name, path in paths.items():  # every study checked before any trains
+        cfg = checked_config(argparse.Namespace(params=str(path), overrides=sets))
+        if cfg is None:
+            return EXIT_BAD_INPUT
+        cfgs[name] = cfg
+    from flows.server import ServerError, TemporaryServer
+
+    with TemporaryServer() as server:
+        from bnpipe.tracking import ArtifactWriteError
+        from flows.claims import run_claims
+        from flows.pipeline import quiet_reported_errors
+
+        try:
+            server.wait()
+        except ServerError as exc:
+            return bad_input(str(exc))
+        quiet_reported_errors()
+        _hide_interrupt_reports()
+        try:
+            out = run_claims(cfgs, fresh=args.fresh, on_study=_print_study)
+        except ArtifactWriteError as exc:
+            bad_input(str(exc))
+            return EXIT_FAILED_CELLS
+    print(out.report.description)
+    print(f"report: {out.report.markdown_path} (and {out.report.html_path.name})")
+    print(f"claims run: {out.run_id}; open it in the MLflow UI: {out.run_url}")
+    return EXIT_OK
+
+
+def _print_study(name: str, out: dict) -> None:
+    print(f"\nstudy {name}:")
+    print(format_run_summary(out))
 
 
 def resolve_config(params: str | None, overrides: list[str]) -> Config:
@@ -436,7 +498,7 @@ def interrupted(exc: KeyboardInterrupt) -> int:
 def main(argv: list[str] | None = None) -> int:
     _quiet_defaults()
     args = _parser().parse_args(argv)
-    if args.command in ("run", "reproduce"):
+    if args.command in ("run", "reproduce", "claims"):
         from bnpipe import xla_cache
 
         # Before TensorFlow's first compile in this process. Not for bench: it times compiles.
@@ -467,6 +529,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "claims":
+        return cmd_claims(args)
     if args.command == "reproduce":
         return cmd_reproduce(args)
     if args.command == "serve":
