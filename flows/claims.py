@@ -13,17 +13,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bnpipe.claims import CLAIMS, ClaimsReport, StudyData, check_claims, write_report
 from bnpipe.config import Config, ConfigError
-from bnpipe.tracking import ROLE_TAG, TAG_PREFIX, Tracker, redact_uri, resolve_uri
-from flows.pipeline import ablation
 
+if TYPE_CHECKING:
+    from bnpipe.claims import ClaimsReport
+
+# Prefect, MLflow and the statistics are imported when the studies run, not here: a bad study
+# name or file answers in milliseconds (as bad params do for `bnpipe run`).
 STUDIES_DIR = Path("studies")
-# The order they run in: the accuracy study first (it is `make run`'s grid, usually reused),
-# the cheap ones next, the slow small-batch study last.
-STUDIES = tuple(dict.fromkeys(c.study for c in CLAIMS))
+# The studies of bnpipe.claims.CLAIMS, in the order they run: the accuracy study first (it is
+# `make run`'s grid, usually reused), the cheap ones next, the slow small-batch study last.
 RUN_ORDER = ("accuracy", "learning_rate", "init_scale", "compute", "small_batch")
 # --quick: every study on a smoke scale (for checking the wiring, never for conclusions).
 QUICK = (
@@ -43,7 +44,7 @@ def study_paths(folder: str | Path = STUDIES_DIR, only: Sequence[str] = ()) -> d
         ConfigError: an unknown study name or a missing file (one line, naming it).
     """
     folder = Path(folder)
-    unknown = [n for n in only if n not in STUDIES]
+    unknown = [n for n in only if n not in RUN_ORDER]
     if unknown:
         raise ConfigError(f"--study {unknown[0]}: unknown study; known: {', '.join(RUN_ORDER)}")
     names = [n for n in RUN_ORDER if not only or n in only]
@@ -77,6 +78,10 @@ def run_claims(
         fresh: train every cell again (as ``bnpipe run --fresh``).
         on_study: called with each study's flow result as it finishes (the CLI prints it).
     """
+    from bnpipe.claims import StudyData, check_claims, write_report
+    from bnpipe.tracking import ROLE_TAG, TAG_PREFIX, Tracker, redact_uri, resolve_uri
+    from flows.pipeline import ablation
+
     t0 = time.perf_counter()
     outs: dict[str, dict[str, Any]] = {}
     for name, cfg in configs.items():

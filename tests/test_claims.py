@@ -346,3 +346,63 @@ def test_sign_interval_is_exact_and_needs_enough_seeds() -> None:
     lo, hi, _ = C.sign_interval(d, 0.05)  # 2 * P(Bin(10) <= 1) = 0.021 <= 0.05
     assert (lo, hi) == (2.0, 9.0)
     assert C.sign_interval(d[:3], 0.05)[:2] == (-math.inf, math.inf)  # 2 * 0.5**3 > 0.05
+
+
+# ------------------------------------------------------------------------------- the studies
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
+def test_every_claim_has_a_study_that_loads() -> None:
+    from bnpipe.config import load_config
+
+    for claim in C.CLAIMS:
+        cfg = load_config(STUDIES / f"{claim.study}.yaml")
+        assert cfg.grid.compare == "bn" and cfg.grid.compare_levels == (False, True)
+    # The accuracy study is the default experiment: its cells are `make run`'s (same keys).
+    accuracy = load_config(STUDIES / "accuracy.yaml")
+    assert accuracy.model_dump() == load_config(STUDIES.parent / "params.yaml").model_dump()
+
+
+@pytest.mark.parametrize(
+    ("study", "factor", "must_have"),
+    [
+        ("small_batch", "batch_size", 2),
+        ("learning_rate", "learning_rate", 0.1),
+        ("init_scale", "init_scale", 4.0),
+    ],
+)
+def test_studies_vary_what_their_claim_is_about(study: str, factor: str, must_have: float):
+    from bnpipe.config import load_config
+
+    cfg = load_config(STUDIES / f"{study}.yaml")
+    assert must_have in cfg.grid.levels[factor]
+    assert cfg.stats.design == "fixed" and len(cfg.grid.seeds) >= 10
+
+
+def test_compute_study_times_the_users_fit() -> None:
+    from bnpipe.config import load_config
+
+    cfg = load_config(STUDIES / "compute.yaml")
+    assert cfg.train.engine == "keras" and cfg.train.steps_per_execution == 1
+    assert cfg.train.epochs >= 2  # the first epoch (compile) is not timed
+
+
+def test_claims_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    from bnpipe.cli import main
+
+    assert main(["claims", "--study", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--study nope: unknown study" in err[0]
+    (tmp_path / "accuracy.yaml").write_text("grid: {factors: {bn: [false, true, 3]}}\n")
+    assert main(["claims", "--studies", str(tmp_path), "--study", "accuracy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "accuracy.yaml" in err[0] and "grid.factors.bn" in err[0]
+    assert main(["claims", "--studies", str(tmp_path), "--study", "compute"]) == 2
+    assert "compute.yaml does not exist" in capsys.readouterr().err
+
+
+def test_claims_run_every_study_once() -> None:
+    from flows.claims import RUN_ORDER
+
+    assert sorted(RUN_ORDER) == sorted({c.study for c in C.CLAIMS})
