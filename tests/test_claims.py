@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from bnpipe import claims as C
+from tests.conftest import requires_mnist
 
 SEEDS = list(range(10))
 Outcome = Callable[[dict, int, np.random.Generator], dict]
@@ -406,3 +407,41 @@ def test_claims_run_every_study_once() -> None:
     from flows.claims import RUN_ORDER
 
     assert sorted(RUN_ORDER) == sorted({c.study for c in C.CLAIMS})
+
+
+@pytest.mark.slow
+@requires_mnist
+def test_claims_cli_small(tmp_path: Path) -> None:
+    """The whole `bnpipe claims --quick` on real MNIST: every study trains, one report."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    bnpipe = Path(sys.executable).with_name("bnpipe")
+    # --quick is 2 epochs on 2000 examples; seeds 0-1 on top: 68 small models in 5 studies.
+    cmd = [str(bnpipe), "claims", "--studies", str(STUDIES), "--quick", "--set",
+           "grid.seeds=[0,1]", "--set", "train.shard_size=2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    md = (tmp_path / "reports" / "claims" / "claims.md").read_text()
+    table = [ln for ln in md.split("## How")[0].splitlines() if ln.startswith("| ")][1:]
+    assert len(table) == len(C.CLAIMS)  # one row per claim, each from a study that ran
+    assert "not run" not in md.split("## How")[0]
+    html = (tmp_path / "reports" / "claims" / "claims.html").read_text()
+    assert "data:image/png;base64," in html
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    try:
+        runs = mlflow.search_runs(experiment_names=["bnpipe-bn-ablation"])
+        claims_run = runs[runs["tags.bnpipe.role"] == "claims"]
+        assert len(claims_run) == 1
+        run_id = claims_run["run_id"].iloc[0]
+        files = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "report")}
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert {"report/claims.md", "report/claims.html", "report/claims.png"} <= files
+    assert len(runs[runs["tags.bnpipe.role"] == "parent"]) == len(C.CLAIMS) - 2  # 5 studies
+    assert run_id in proc.stdout
