@@ -446,11 +446,27 @@ def diverged_share(
         band=(-margin, margin),
         unit="share",
         method=f"exact McNemar ({b} BN-only vs {cc} no-BN-only diverged pairs); Newcombe interval",
-        detail=stratum_detail(pairs).rename(
-            columns={"control": "diverged_control", "treatment": "diverged_treatment"}
+        detail=_with_accuracy(
+            stratum_detail(pairs).rename(
+                columns={
+                    "control": "diverged_control",
+                    "treatment": "diverged_treatment",
+                    "diff": "diverged_diff",
+                }
+            ),
+            pair_cells(cells, compare, levels),
         ),
         secondary={"both": a, "treatment_only": b, "control_only": cc, "neither": d},
     )
+
+
+def _with_accuracy(detail: pd.DataFrame, acc_pairs: pd.DataFrame) -> pd.DataFrame:
+    """``detail`` with each stratum's mean test accuracy per arm (diverged cells at chance)."""
+    acc = stratum_detail(acc_pairs).rename(
+        columns={"control": "acc_control", "treatment": "acc_treatment", "diff": "acc_diff"}
+    )
+    keys = [c for c in detail.columns if c in acc.columns and c != "n"]
+    return detail.merge(acc.drop(columns=["n"]), on=keys, how="left")
 
 
 def spread_across(

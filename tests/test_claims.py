@@ -445,3 +445,11 @@ def test_claims_cli_small(tmp_path: Path) -> None:
     assert {"report/claims.md", "report/claims.html", "report/claims.png"} <= files
     assert len(runs[runs["tags.bnpipe.role"] == "parent"]) == len(C.CLAIMS) - 2  # 5 studies
     assert run_id in proc.stdout
+
+
+def test_diverged_share_detail_has_accuracy_at_chance() -> None:
+    results, _ = frames(LR_GRID, SEEDS, lr_outcome(False, True))
+    detail = C.diverged_share(results).detail.set_index("learning_rate")
+    assert detail.loc[0.1, "diverged_control"] == 1.0 and detail.loc[0.1, "diverged_treatment"] == 0
+    assert detail.loc[0.1, "acc_control"] == pytest.approx(0.1)  # chance, not dropped
+    assert detail.loc[0.001, "acc_diff"] == pytest.approx(0.0, abs=0.002)
