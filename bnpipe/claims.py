@@ -929,6 +929,40 @@ def plot_claims(table: pd.DataFrame, tests: Mapping[str, ClaimTest], path: Path)
     return path
 
 
+# Per claim, the detail columns drawn against the stratum factor (control, treatment, label).
+DETAIL_FIGURES = {
+    "learning_rate": ("learning_rate", "diverged_control", "diverged_treatment", "share diverged"),
+    "small_batch": ("batch_size", "control", "treatment", "test accuracy (diverged = chance)"),
+    "init_scale": ("init_scale", "mean_control", "mean_treatment", "test accuracy"),
+}
+
+
+def plot_detail(claim: str, test: ClaimTest, path: Path) -> Path | None:
+    """The claim's per-level numbers, no BN vs BN, against the study's factor (log x axis)."""
+    spec = DETAIL_FIGURES.get(claim)
+    if spec is None or test.detail.empty or spec[0] not in test.detail:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x, control, treatment, label = spec
+    d = test.detail.sort_values(x)
+    fig = Figure(figsize=(6.0, 3.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(d[x], d[control], "o-", color="#1f77b4", label="no BN")
+    ax.plot(d[x], d[treatment], "s-", color="#d62728", label="BN")
+    ax.set_xscale("log")
+    ax.set_xticks(d[x].tolist(), [f"{v:g}" for v in d[x]])
+    ax.set_xlabel(x)
+    ax.set_ylabel(label)
+    ax.set_title(f"{claim}: mean over seeds per level", fontsize=9, loc="left")
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def _detail_table(detail: pd.DataFrame) -> str:
     if detail is None or detail.empty:
         return "(no detail)"
@@ -946,6 +980,7 @@ def render_markdown(
     alpha: float,
     studies: Mapping[str, Mapping[str, str]],
     figure: str | None = None,
+    details: Mapping[str, str] | None = None,
 ) -> str:
     """The claims report as Markdown: the table, how errors are controlled, each claim's detail.
 
@@ -1011,6 +1046,8 @@ def render_markdown(
                 "",
             ]
         out += [_detail_table(t.detail), ""]
+        if details and r.claim in details:
+            out += [f"![{r.claim}]({details[r.claim]})", ""]
     if studies:
         out += ["## Studies", ""]
         keys = sorted({k for info in studies.values() for k in info})
@@ -1051,8 +1088,19 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     table = claims_table(tests, alpha)
     figures = [plot_claims(table, tests, folder / "claims.png")] if tests else []
+    details = {}
+    for key, t in tests.items():
+        made = plot_detail(key, t, folder / f"claim_{key}.png")
+        if made is not None:
+            figures.append(made)
+            details[key] = made.name
     text = render_markdown(
-        table, tests, alpha=alpha, studies=studies or {}, figure="claims.png" if tests else None
+        table,
+        tests,
+        alpha=alpha,
+        studies=studies or {},
+        figure="claims.png" if tests else None,
+        details=details,
     )
     md = folder / "claims.md"
     md.write_text(text, encoding="utf-8")

@@ -317,8 +317,10 @@ def test_claims_table_and_report(tmp_path: Path) -> None:
     body = [ln for ln in out.description.splitlines()[2:] if ln.startswith("| ")]
     assert len(body) == len(C.CLAIMS)  # one row per claim
     html = out.html_path.read_text()
-    assert "data:image/png;base64," in html and "claims.png" not in html.split("<body>")[1][:0]
+    assert "data:image/png;base64," in html and 'src="claims.png"' not in html
     assert (tmp_path / "claims" / "claims.csv").is_file()
+    assert {f.name for f in out.figures} == {"claims.png", "claim_learning_rate.png"}
+    assert "![learning_rate](claim_learning_rate.png)" in text
 
 
 def test_cell_outcomes_rejects_bad_input() -> None:
