@@ -130,7 +130,9 @@ def cmd_claims(args: argparse.Namespace) -> int:
     print(out.report.description)
     print(f"report: {out.report.markdown_path} (and {out.report.html_path.name})")
     print(f"claims run: {out.run_id}; open it in the MLflow UI: {out.run_url}")
-    return EXIT_OK
+    if out.failed:
+        print(f"FAILED: {out.failed} cells failed with an error (listed above, per study)")
+    return EXIT_FAILED_CELLS if out.failed else EXIT_OK
 
 
 def _print_study(name: str, out: dict) -> None:

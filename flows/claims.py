@@ -63,6 +63,7 @@ class ClaimsOutcome:
     run_id: str
     run_url: str
     studies: dict[str, dict[str, Any]]
+    failed: int = 0  # cells that failed with an error, over all studies (diverged ones are not)
 
 
 def run_claims(
@@ -141,4 +142,5 @@ def run_claims(
     )
     info_out = {n: {**info[n], "url": o.get("parent_url", "")} for n, o in outs.items()}
     print(f"claims: tracking {redact_uri(tracker.uri)}", flush=True)
-    return ClaimsOutcome(report, run_id, tracker.run_url(run_id), info_out)
+    failed = sum(r["status"] == "failed" for o in outs.values() for r in o["results"])
+    return ClaimsOutcome(report, run_id, tracker.run_url(run_id), info_out, failed)

@@ -455,3 +455,44 @@ def test_diverged_share_detail_has_accuracy_at_chance() -> None:
     assert detail.loc[0.1, "diverged_control"] == 1.0 and detail.loc[0.1, "diverged_treatment"] == 0
     assert detail.loc[0.1, "acc_control"] == pytest.approx(0.1)  # chance, not dropped
     assert detail.loc[0.001, "acc_diff"] == pytest.approx(0.0, abs=0.002)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_run_claims_through_the_flow_on_tiny_data(monkeypatch, tiny_mnist, store, tmp_path):
+    """Two studies through the real flow, Prefect API and MLflow store; the report from MLflow."""
+    import mlflow
+
+    import flows.pipeline as pipeline
+    from bnpipe.config import load_config
+    from flows.claims import run_claims
+
+    monkeypatch.setattr(pipeline, "load_mnist", lambda _dir: tiny_mnist)
+    common = [f"tracking.uri={store}", f"tracking.reports_dir={tmp_path / 'reports'}",
+              "train.epochs=2", "grid.seeds=[0,1]", "train.shard_size=2",
+              "stats.n_resamples=199", "data.limit_train=300"]  # fmt: skip
+    configs = {
+        # An absurd rate so that something diverges: those cells are outcomes, not dropped.
+        "learning_rate": load_config(
+            STUDIES / "learning_rate.yaml", [*common, "grid.factors.learning_rate=[0.001,50.0]"]
+        ),
+        "compute": load_config(STUDIES / "compute.yaml", common),
+    }
+    seen = []
+    out = run_claims(configs, on_study=lambda name, o: seen.append((name, len(o["results"]))))
+    assert seen == [("learning_rate", 8), ("compute", 4)]
+    table = out.report.table.set_index("claim")
+    assert table.loc["learning_rate", "n"] == 4  # every (rate, seed) pair, diverged or not
+    assert table.loc["compute", "n"] == 2
+    assert (table.drop(index=["learning_rate", "compute"])["verdict"] == "not run").all()
+    assert out.report.markdown_path == tmp_path / "reports" / "claims" / "claims.md"
+    mlflow.set_tracking_uri(store)
+    try:
+        run = mlflow.get_run(out.run_id)
+        files = {a.path for a in mlflow.MlflowClient().list_artifacts(out.run_id, "report")}
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert run.data.tags["bnpipe.role"] == "claims"
+    assert run.data.tags["bnpipe.verdict.compute"] == table.loc["compute", "verdict"]
+    assert run.data.params["study.learning_rate"] == out.studies["learning_rate"]["parent run"]
+    assert "claims.md" in {Path(f).name for f in files}
+    assert "| claim (notebook) |" in run.data.tags["mlflow.note.content"]
