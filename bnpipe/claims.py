@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from bnpipe.factors import FACTORS, factor
-from bnpipe.stats import FINISHED, compare_paired, holm
+from bnpipe.stats import FINISHED, compare_paired, holm, paired_frame
 
 DIVERGED = "diverged"
 # A finished network below this multiple of chance accuracy predicts nearly one class: it did
@@ -171,10 +171,11 @@ def cell_outcomes(
 def pair_cells(
     cells: pd.DataFrame, compare: str = "bn", levels: Sequence[Any] = (False, True)
 ) -> pd.DataFrame:
-    """Join control and treatment cells of the same stratum and seed.
+    """Join control and treatment cells of the same stratum and seed (``stats.paired_frame``).
 
     Args:
-        cells: ``cell_outcomes`` output (any per-cell ``value`` column).
+        cells: ``cell_outcomes`` output (any per-cell ``value`` column): every row is an
+            outcome, so each is handed to ``paired_frame`` as a finished cell.
         compare: the compared factor; ``levels`` = (control, treatment).
 
     Returns:
@@ -184,20 +185,9 @@ def pair_cells(
     Raises:
         ValueError: a cell appears twice (the pairing would be ambiguous).
     """
-    strata = [c for c in factor_columns(cells) if c != compare]
-    keys = [*strata, "seed"]
-    dup = cells.duplicated([compare, *keys], keep=False)
-    if dup.any():
-        raise ValueError(f"cells recorded more than once: {cells.loc[dup].to_dict('records')}")
-    control, treatment = levels
-    c = cells.loc[cells[compare] == control, [*keys, "value"]]
-    t = cells.loc[cells[compare] == treatment, [*keys, "value"]]
-    merged = c.merge(t, on=keys, suffixes=("_c", "_t"))
-    out = merged[keys].copy()
-    out["control"] = merged["value_c"].astype(float)
-    out["treatment"] = merged["value_t"].astype(float)
-    out["diff"] = out["treatment"] - out["control"]
-    return out.sort_values(keys).reset_index(drop=True)
+    as_finished = cells.assign(status=FINISHED, test_accuracy=cells["value"])
+    pairs = paired_frame(as_finished, compare, tuple(levels), outcome="value")
+    return pairs.drop(columns=["stratum"])
 
 
 def seed_means(pairs: pd.DataFrame) -> pd.DataFrame:
