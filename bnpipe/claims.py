@@ -246,10 +246,15 @@ def _paired_test(
         treatment, control, alpha=alpha, equivalence_margin=margin, n_resamples=n_resamples
     )
     lo, hi, p = cmp.ci_low, cmp.ci_high, cmp.t_pvalue
-    if cmp.n >= 2 and cmp.sd_diff == 0:
+    if cmp.n >= 2 and cmp.sd_diff == 0 and cmp.mean_diff != 0:
         lo = hi = cmp.mean_diff
-        p = cmp.permutation_pvalue if cmp.mean_diff != 0 else 1.0
+        p = cmp.permutation_pvalue
         method += "; all differences equal: exact sign-flip p"
+    elif cmp.n >= 2 and cmp.sd_diff == 0:
+        # Every pair tied (a discrete outcome): no spread to size an interval by, so no verdict.
+        lo = hi = math.nan
+        p = 1.0
+        method += "; every pair tied: no interval"
     return ClaimTest(
         n=cmp.n,
         n_label=n_label,
@@ -338,10 +343,14 @@ def paired_outcome(
         margin=margin,
         n_resamples=n_resamples,
         unit=unit,
-        n_label=f"{len(per_seed)} seeds x {_n_strata(pairs)} strata",
+        n_label=_seeds_label(len(per_seed), _n_strata(pairs)),
         method="paired t on per-seed means over strata",
         detail=stratum_detail(pairs),
     )
+
+
+def _seeds_label(seeds: int, strata: int) -> str:
+    return f"{seeds} seeds" + (f" x {strata} strata" if strata > 1 else "")
 
 
 def train_test_gap(results: pd.DataFrame, **kw: Any) -> ClaimTest:
@@ -576,9 +585,13 @@ def epochs_to_threshold(
     stab = paired_outcome(
         frame, "stability", compare=compare, levels=levels, alpha=alpha, n_resamples=n_resamples
     )
+    if not (per["to_threshold"] <= epochs).any():
+        # Nothing reached it: every cell is censored at epochs + 1, which says nothing.
+        test = replace(test, ci_low=math.nan, ci_high=math.nan, p=math.nan)
     return replace(
         test,
-        method=f"paired t on per-seed mean epochs to val accuracy >= {threshold:g}",
+        method=f"paired t on per-seed mean epochs to val accuracy >= {threshold:g}"
+        + ("" if (per["to_threshold"] <= epochs).any() else "; no cell reached it"),
         secondary={
             "val-accuracy SD (last epochs) BN - no BN": stab.effect,
             "its interval": (stab.ci_low, stab.ci_high),
@@ -848,6 +861,8 @@ def check_claims(
 
 def format_effect(x: float, unit: str) -> str:
     """An effect in its claim's units: pp of accuracy, epochs, a ratio, or pp of cells."""
+    if np.isinf(x):
+        return "+inf" if x > 0 else "-inf"
     if not np.isfinite(x):
         return "n/a"
     if unit in ("accuracy", "share"):
