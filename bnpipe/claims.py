@@ -31,9 +31,10 @@ from bnpipe.factors import FACTORS, factor
 from bnpipe.stats import FINISHED, compare_paired, holm, paired_frame
 
 DIVERGED = "diverged"
-# A finished network below this multiple of chance accuracy predicts nearly one class: it did
-# not train, which is what "diverge" means to a user even when its loss stayed finite.
-COLLAPSE_MULTIPLE = 2.0
+# A finished network below this test accuracy did not learn the task (the recipe reaches ~0.97,
+# chance is 0.1): what "diverge" means to a user even when the loss stayed finite. Measured on
+# full MNIST: Adam at lr 0.1 without BN ends at 0.19-0.20 with a finite loss (BN: 0.94-0.96).
+FAILED_ACCURACY = 0.5
 # Epoch-to-epoch instability: SD of validation accuracy over the last epochs (as stats.dynamics).
 STABILITY_EPOCHS = 3
 VERDICTS = ("supported", "contradicted", "no meaningful difference", "undecided", "not run")
@@ -136,10 +137,10 @@ def cell_outcomes(
         diverged: ``"drop"``: only finished cells that trained count (as in the ablation's
             statistics); ``"chance"``: diverged cells count, with their measured accuracy or,
             when there is none (non-finite loss), chance accuracy ``1 / num_classes``.
-        num_classes: for chance accuracy and the collapse threshold.
+        num_classes: for chance accuracy.
 
     A cell is diverged when its loss went non-finite (status ``diverged``) or it finished below
-    ``COLLAPSE_MULTIPLE`` x chance test accuracy. Failed cells (errors) are never outcomes.
+    ``FAILED_ACCURACY`` test accuracy. Failed cells (errors) are never outcomes.
     """
     if diverged not in ("drop", "chance"):
         raise ValueError(f"diverged must be 'drop' or 'chance', not {diverged!r}")
@@ -152,7 +153,7 @@ def cell_outcomes(
     out["seed"] = out["seed"].astype(int)
     acc = pd.to_numeric(out["test_accuracy"], errors="coerce").astype(float)
     chance = 1.0 / num_classes
-    collapsed = (out["status"] == FINISHED) & (acc < COLLAPSE_MULTIPLE * chance)
+    collapsed = (out["status"] == FINISHED) & (acc < FAILED_ACCURACY)
     out["diverged"] = ((out["status"] == DIVERGED) | collapsed).astype(int)
     if outcome not in out.columns:
         raise ValueError(f"results frame has no outcome column {outcome!r}")
@@ -1020,7 +1021,8 @@ def render_markdown(
         "the no-meaningful-difference verdicts.",
         "",
         "Diverged cells (a non-finite loss, or a finished network below "
-        f"{COLLAPSE_MULTIPLE:g} x chance test accuracy) are outcomes, not dropped pairs, where "
+        f"{FAILED_ACCURACY:g} test accuracy, which did not learn the task) are outcomes, not "
+        "dropped pairs, where "
         "divergence is the point: the learning-rate study (diverged = 1) and the small-batch "
         "and init-scale studies (their accuracy as measured, chance when there is none). In "
         "the accuracy study they leave the statistics, as in `bnpipe run`.",
