@@ -924,11 +924,15 @@ def plot_claims(table: pd.DataFrame, tests: Mapping[str, ClaimTest], path: Path)
         ax.axvline(t.null * scale, color="0.4", lw=1)
         if np.isfinite(t.ci_low) and np.isfinite(t.ci_high):
             ax.plot([t.ci_low * scale, t.ci_high * scale], [0, 0], color="#d62728", lw=3)
+        else:
+            ax.text(0.99, 0.5, "no finite interval (too few seeds)", transform=ax.transAxes,
+                    ha="right", va="center", fontsize=8, color="0.3")  # fmt: skip
         ax.plot([t.effect * scale], [0], "o", color="#d62728")
-        unit = {"accuracy": "pp accuracy", "share": "pp of cells", "ratio": "x"}.get(t.unit)
+        unit = {"accuracy": "BN - no BN, pp accuracy", "share": "BN - no BN, pp of cells",
+                "ratio": "BN / no BN"}.get(t.unit, f"BN - no BN, {t.unit}")  # fmt: skip
         ax.set_title(f"{r.claim}: {r.verdict}", fontsize=9, loc="left")
         ax.set_yticks([])
-        ax.set_xlabel(f"BN vs no BN ({unit or t.unit})", fontsize=8)
+        ax.set_xlabel(unit, fontsize=8)
         ax.tick_params(labelsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
