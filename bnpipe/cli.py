@@ -217,8 +217,18 @@ def _width(rows: list[dict], key: str, head: str) -> int:
 def format_summary(summary: list[dict]) -> str:
     """The per-comparison table printed at the end of a run (control and treatment arms)."""
     w = _width(summary, "stratum", "comparison")
+    # Arms named by their levels (bn=off, bn=on), as in the run names.
+    arms = ("acc ctrl", "acc treat")
+    if summary and summary[0].get("compare"):
+        from bnpipe.factors import level_text
+
+        r0 = summary[0]
+        arms = tuple(
+            f"acc {level_text(r0['compare'], r0[k])}" for k in ("control_level", "treatment_level")
+        )
+    aw = max(9, *map(len, arms))
     head = (
-        f"{'comparison':<{w}}  {'n':>3}  {'acc ctrl':>9}  {'acc treat':>9}  {'diff':>10}  "
+        f"{'comparison':<{w}}  {'n':>3}  {arms[0]:>{aw}}  {arms[1]:>{aw}}  {'diff':>10}  "
         f"{'95% CI':>19}  {'p (t)':>7}  {'p Holm':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -229,8 +239,8 @@ def format_summary(summary: list[dict]) -> str:
     for r in summary:
         ci = f"[{f(r['ci_low'], '+.4f')}, {f(r['ci_high'], '+.4f')}]"
         lines.append(
-            f"{r['stratum']:<{w}}  {r['n_pairs']:>3}  {f(r['acc_no_bn'], '.4f'):>9}  "
-            f"{f(r['acc_bn'], '.4f'):>9}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
+            f"{r['stratum']:<{w}}  {r['n_pairs']:>3}  {f(r['acc_no_bn'], '.4f'):>{aw}}  "
+            f"{f(r['acc_bn'], '.4f'):>{aw}}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
             f"{f(r['t_pvalue'], '.4f'):>7}  {f(r['p_holm'], '.4f'):>7}"
         )
     return "\n".join(lines)
