@@ -118,6 +118,8 @@ STALE_AFTER_S = 300.0
 # several retries with backoff); the real run keeps MLflow's patient defaults.
 PREFLIGHT_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 _LOCKED = ("database is locked", "database table is locked")
+# SQLite's unix file layer opens no path (a database's journal's included) of 512 bytes or more.
+_SQLITE_MAX_PATH = 512
 # What a broken, missing or unreachable store raises; anything else is a bug in bnpipe and keeps its
 # traceback.
 _STORE_ERRORS = (
@@ -619,6 +621,28 @@ class Tracker:
             ) from None
         if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
             raise TrackingError(f"tracking store {db}: not writable")
+        self._check_sqlite_opens(db)
+
+    def _check_sqlite_opens(self, db: Path) -> None:
+        """SQLite itself opens the file: MLflow retries one it cannot open for ~100 s.
+
+        A link to a missing folder, or a path longer than SQLite takes, passes every folder
+        check above. Opening creates an empty file where none was, as MLflow would next.
+        """
+        try:
+            with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
+                con.execute("PRAGMA schema_version")  # reads the header: a non-database fails
+        except sqlite3.Error as exc:
+            text = str(exc)
+            if any(s in text for s in _LOCKED):
+                return  # another bnpipe run is writing: the store opens, MLflow will wait
+            if db.is_symlink() and not db.exists():
+                text = f"the file is a link to {os.readlink(db)}, which cannot be created"
+            elif len(os.fsencode(db.absolute())) + len("-journal") >= _SQLITE_MAX_PATH:
+                text += f"; the path is too long for SQLite (at most {_SQLITE_MAX_PATH} bytes)"
+            raise TrackingError(
+                f"tracking store {self.uri}: SQLite cannot open it: {text}"
+            ) from None
 
     def _use_wal(self) -> None:
         """Write-ahead logging: readers (another process polling) never block the writer."""

@@ -12,6 +12,9 @@ import mlflow
 import pandas as pd
 import pytest
 
+# Imported at collection, before any test captures output: importing it later, inside a test
+# that captures stderr (capsys), leaves TensorFlow's log handler on a stream pytest then closes.
+import flows.pipeline  # noqa: F401
 from bnpipe import evaluate
 from bnpipe.cli import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, main
 from bnpipe.train import engines
@@ -131,9 +134,18 @@ def no_training(monkeypatch, tiny_mnist):
     monkeypatch.setattr(engines, "train_group", must_not_train)
 
 
-def assert_store_rejected(capsys, uri: str, fragment: str, within_s: float = 20.0) -> None:
+def assert_store_rejected(
+    capsys, uri: str, fragment: str, within_s: float = 20.0, *, monkeypatch=None
+) -> None:
+    """``bnpipe run`` on store ``uri`` (in MLFLOW_TRACKING_URI when given ``monkeypatch``, else
+    in tracking.uri) stops in one line holding ``fragment``, exit 2, within ``within_s``."""
+    if monkeypatch is not None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        where = []
+    else:
+        where = ["--set", f"tracking.uri={uri}"]
     started = time.monotonic()
-    code = main(["run", "--set", f"tracking.uri={uri}", *[f"--set={s}" for s in STATS]])
+    code = main(["run", *where, *[f"--set={s}" for s in STATS]])
     elapsed = time.monotonic() - started
     err = capsys.readouterr().err.strip()
     assert code == EXIT_BAD_INPUT, err
@@ -147,6 +159,27 @@ def test_store_under_a_file_is_rejected(capsys, no_training, tmp_path, monkeypat
     (tmp_path / "afile").write_text("not a folder")
     uri = f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}"
     assert_store_rejected(capsys, uri, "is a file, not a folder")
+
+
+def test_store_that_sqlite_cannot_open_is_rejected_in_seconds(
+    capsys, no_training, tmp_path, monkeypatch
+):
+    # Both pass every folder check (as root any folder can be made), and MLflow retries a
+    # database SQLite cannot open for ~100 s, printing a warning per attempt.
+    dangling = tmp_path / "mlflow.db"
+    dangling.symlink_to(tmp_path / "gone" / "mlflow.db")
+    assert_store_rejected(
+        capsys,
+        f"sqlite:///{dangling}",
+        f"SQLite cannot open it: the file is a link to {tmp_path / 'gone' / 'mlflow.db'}",
+        monkeypatch=monkeypatch,
+    )
+    assert not (tmp_path / "gone").exists()
+    deep = tmp_path.joinpath(*["d" * 100] * 5) / "mlflow.db"  # over SQLite's 512 bytes
+    assert_store_rejected(
+        capsys, f"sqlite:///{deep}", "too long for SQLite", monkeypatch=monkeypatch
+    )
+    assert not deep.exists()
 
 
 def test_store_that_is_not_a_database_is_rejected(capsys, no_training, tmp_path, monkeypatch):
