@@ -297,8 +297,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = checked_config(args, clock)
     if cfg is None:
         return EXIT_BAD_INPUT
-    from flows.server import ServerError, TemporaryServer
+    from flows.server import ServerError, TemporaryServer, check_api
 
+    refused = check_api()  # a configured Prefect server; before TensorFlow prints its banner
+    if refused is not None:
+        return bad_input(refused)
     with TemporaryServer() as server:  # boots while TensorFlow is imported; always stopped
         with clock.phase("tf_import"):
             import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway

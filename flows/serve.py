@@ -86,6 +86,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             "PREFECT_API_URL is not set: start a Prefect server (prefect server start --host "
             "127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api (docs/servers.md)"
         )
+    if why is None:
+        from flows.server import check_api
+
+        why = check_api()  # a wrong auth string would otherwise fail only at registering
     if why is not None:
         print(f"bnpipe: error: {why}", file=sys.stderr)
         return EXIT_BAD_INPUT

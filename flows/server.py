@@ -12,7 +12,10 @@ second one. Owning it fixes three ways the server used to outlive or die before 
 - the wait for it is ours (wall-clock, generous), so a slow start on a loaded machine is waited
   for instead of being abandoned while Prefect starts another server on the same port.
 
-Nothing changes when a server is configured (PREFECT_API_URL) or temporary servers are off.
+Nothing is started when a server is configured (PREFECT_API_URL) or temporary servers are off.
+A configured server is asked first (``check_api``), so a wrong PREFECT_API_AUTH_STRING or a
+server that does not answer stops ``bnpipe run`` with one line before any training, not with a
+traceback when the flow run is created.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any
 import httpx
 
 STARTUP_TIMEOUT_S = 120.0  # a first start runs database migrations; 2 loaded cores are slow
+# One request to a configured server, without Prefect's retries (several, with backoff).
+API_CHECK_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -167,6 +172,45 @@ class TemporaryServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def check_api(timeout_s: float = API_CHECK_TIMEOUT_S) -> str | None:
+    """Why the configured Prefect API (PREFECT_API_URL) cannot be used, or None if it can.
+
+    One authenticated read with Prefect's own client (its headers, TLS settings), no retries:
+    the health endpoint would not do, a server with an auth string answers it without one.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from bnpipe.tracking import redact_uri
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return None
+    where = f"Prefect API {redact_uri(url)}"
+    try:
+        with (
+            temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}),
+            get_client(sync_client=True, httpx_settings={"timeout": timeout_s}) as client,
+        ):
+            client.read_flows(limit=1)
+    except httpx.HTTPStatusError as exc:
+        code = exc.response.status_code
+        if code in (401, 403):
+            return (
+                f"{where}: wrong credentials (HTTP {code}); check PREFECT_API_AUTH_STRING "
+                "(the server's PREFECT_SERVER_API_AUTH_STRING) or PREFECT_API_KEY"
+            )
+        return f"{where}: HTTP {code} (is PREFECT_API_URL a Prefect server's /api address?)"
+    except httpx.TimeoutException:
+        return f"{where}: no answer within {timeout_s:.0f} s"
+    except httpx.HTTPError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "refused" in reason.lower():
+            reason = "connection refused (is `prefect server start` running, on this port?)"
+        return f"{where}: {reason}"
+    return None
 
 
 def _drain_prefect_workers() -> None:

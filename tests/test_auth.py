@@ -19,7 +19,7 @@ import pytest
 
 from bnpipe.config import load_config
 from tests.conftest import requires_mnist
-from tests.test_servers import BIN, client_env, free_port, running, runs_of, write_params
+from tests.test_servers import BIN, client_env, free_port, running, runs_of, tail, write_params
 
 ADMIN = "admin"
 
@@ -95,6 +95,12 @@ def prefect_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         yield api, auth, tmp
 
 
+def read_deployment(api: str, auth: str, name: str) -> dict | None:
+    """A deployment as the Prefect API returns it, or None while there is none."""
+    got = httpx.get(f"{api}/deployments/name/{name}", auth=tuple(auth.split(":", 1)), timeout=30)
+    return got.json() if got.status_code == 200 else None
+
+
 def bnpipe_run(
     tmp: Path, uri: str, timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -122,10 +128,104 @@ def test_wrong_mlflow_password_fails_in_one_line_before_training(mlflow_auth, tm
     lines = got.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bnpipe: error: "), got.stderr
     # The store is named (a 401, or no answer from a server busy hashing passwords).
-    assert lines[0].startswith(f"bnpipe: error: tracking store {url}"), lines[0]
+    # The 401 itself, though the server takes longer than the 5 s bound to check a password.
+    assert lines[0] == (
+        f"bnpipe: error: tracking store {url}: wrong credentials (HTTP 401): check "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    ), lines[0]
     assert "training" not in got.stdout and not (tmp_path / "reports").exists()
     assert password not in got.stdout + got.stderr
-    assert took < 60, f"took {took:.0f}s"
+    assert took < 90, f"took {took:.0f}s"
+
+
+def no_runs_in(uri: str) -> bool:
+    """Whether the store holds no run at all (a refused run must not have started one)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return not ids or not client.search_runs(ids)
+
+
+@pytest.mark.server
+@requires_mnist
+def test_wrong_prefect_auth_string_fails_in_one_line_before_training(
+    prefect_auth, tmp_path
+) -> None:
+    api, auth, _ = prefect_auth
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    for given, what in ((auth + "x", "a wrong one"), ("", "none")):
+        started = time.monotonic()
+        got = bnpipe_run(
+            tmp_path, store, timeout=120, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=given
+        )
+        took = time.monotonic() - started
+        assert got.returncode == 2, f"{what}: {got.stdout[-2000:]}{got.stderr[-3000:]}"
+        # One line: refused before TensorFlow is imported (its banner would be on stderr too).
+        assert got.stderr.strip().splitlines() == [
+            f"bnpipe: error: Prefect API {api}: wrong credentials (HTTP 401); check "
+            "PREFECT_API_AUTH_STRING (the server's PREFECT_SERVER_API_AUTH_STRING) or "
+            "PREFECT_API_KEY"
+        ], got.stderr
+        assert "training" not in got.stdout and not (tmp_path / "reports").exists()
+        assert no_runs_in(store)
+        assert auth.partition(":")[2] not in got.stdout + got.stderr
+        assert took < 60, f"{what}: took {took:.0f}s"
+
+
+# A deployment run of ``bn-ablation-from-file`` as a work pool's worker starts it: the flow
+# function, in a process whose Prefect settings name the server.
+FROM_FILE = """
+import sys
+from flows.pipeline import ablation_from_file
+ablation_from_file(sys.argv[1])
+"""
+
+
+@pytest.mark.server
+@requires_mnist
+def test_no_password_reaches_prefect_from_serve_or_a_params_file(
+    mlflow_auth, prefect_auth, tmp_path
+) -> None:
+    url, password, _ = mlflow_auth
+    api, auth, prefect_dir = prefect_auth
+    env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=auth)
+    # ablation_from_file reads a params file with a password in its URI (to a closed port: the
+    # flow fails at the store, after Prefect has stored its subflow's parameters).
+    file_secret = "pf-" + secrets.token_hex(8)
+    params = write_params(
+        tmp_path,
+        tracking={
+            "uri": f"http://{ADMIN}:{file_secret}@127.0.0.1:{free_port()}",
+            "reports_dir": str(tmp_path / "reports"),
+        },
+    )
+    ran = subprocess.run(
+        [str(BIN / "python"), "-c", FROM_FILE, str(params)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "connection refused" in ran.stdout + ran.stderr, ran.stderr[-3000:]
+    assert file_secret not in ran.stdout + ran.stderr
+    # bnpipe serve with the MLflow password in a --set override: the deployment's parameters.
+    (tmp_path / "serve").mkdir()
+    secret_uri = url.replace("http://", f"http://{ADMIN}:{password}@")
+    serve = [str(BIN / "bnpipe"), "serve", "--cron", "0 3 * * *", "--name", "secret-test"]
+    serve += ["--params", str(write_params(tmp_path / "serve"))]
+    serve += ["--set", f"tracking.uri={secret_uri}"]
+    log = tmp_path / "serve.log"
+    with running(serve, env=env, log=log, cwd=tmp_path):
+        deadline = time.monotonic() + 180
+        while (deployment := read_deployment(api, auth, "bn-ablation/secret-test")) is None:
+            assert time.monotonic() < deadline, tail(log)
+            time.sleep(1)
+    assert deployment["parameters"]["params"]["tracking"]["uri"] == url
+    (tmp_path / "params.yaml").unlink()  # the from-file run's params hold the secret by design
+    for secret in (file_secret, password):
+        assert files_holding(secret, prefect_dir, tmp_path) == [], secret
 
 
 @pytest.mark.server
