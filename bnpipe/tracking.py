@@ -116,7 +116,16 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
 # The preflight check may not wait minutes on a server that does not answer (MLflow's default is
 # several retries with backoff); the real run keeps MLflow's patient defaults.
-PREFLIGHT_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+PREFLIGHT_TIMEOUT_S = 5
+PREFLIGHT_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PREFLIGHT_TIMEOUT_S),
+}
+# MLflow's basic-auth server checks a password slowly by design (seconds per request on a busy
+# machine; only logins that succeeded are cached). A server that has just answered without
+# credentials is alive: the check with them may take this long before it counts as no answer.
+AUTH_CHECK_TIMEOUT_S = 60
+_CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 _LOCKED = ("database is locked", "database table is locked")
 # SQLite's unix file layer opens no path (a database's journal's included) of 512 bytes or more.
 _SQLITE_MAX_PATH = 512
@@ -201,14 +210,34 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _store_problem(exc: BaseException) -> str:
+def _has_credentials() -> bool:
+    return any(os.environ.get(k) for k in _CREDENTIAL_ENV)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return "timed out" in str(exc).lower()
+
+
+def _store_problem(exc: BaseException, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> str:
     """The useful part of an error from opening a store (HTTP errors bury it in a long line)."""
     text = str(exc)
+    code = getattr(exc, "error_code", None)
+    if code == "UNAUTHENTICATED" or "error code 401" in text:
+        if not _has_credentials():
+            return (
+                "needs credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD"
+            )
+        return (
+            "wrong credentials (HTTP 401): check MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD"
+        )
+    if code == "PERMISSION_DENIED" or "error code 403" in text:
+        return "permission denied (HTTP 403): this user may not write to the experiment"
     if "Connection refused" in text:
         return "connection refused (is the MLflow server running, and on this port?)"
-    if "timed out" in text.lower():
-        timeout = PREFLIGHT_HTTP_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"]
-        return f"no answer within {timeout} s (is this an MLflow server?)"
+    if _timed_out(exc):
+        return f"no answer within {timeout_s:.0f} s (is this an MLflow server?)"
     if "Name or service not known" in text or "nodename nor servname" in text:
         return "unknown host"
     return _first_line(exc)
@@ -499,9 +528,9 @@ _DROP_LOCKED = _DropLockedRetries()
 
 
 @contextlib.contextmanager
-def _bounded_http() -> Iterator[None]:
+def _bounded_http(timeout_s: float = PREFLIGHT_TIMEOUT_S) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in PREFLIGHT_HTTP_ENV}
-    os.environ.update(PREFLIGHT_HTTP_ENV)
+    os.environ.update({**PREFLIGHT_HTTP_ENV, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)})
     try:
         yield
     finally:
@@ -572,20 +601,51 @@ class Tracker:
         """
         if _is_local_sqlite(self.uri):
             self._check_sqlite_folder()
+        timeout = PREFLIGHT_TIMEOUT_S
         try:
-            with _bounded_http():
-                exp_id = self.experiment_id
-                # A write the store must accept now, or training would be wasted.
-                self.client.set_experiment_tag(exp_id, TAG_PREFIX + "last_check", time.time())
-                self._describe_experiment(exp_id)
+            try:
+                exp_id = self._open_and_write(timeout)
+            except _STORE_ERRORS as exc:
+                if not (_timed_out(exc) and self._asks_for_a_login()):
+                    raise
+                timeout = AUTH_CHECK_TIMEOUT_S  # alive, and checking our password: let it
+                exp_id = self._open_and_write(timeout)
         except TrackingError:
             raise
         except _STORE_ERRORS as exc:
-            raise TrackingError(f"tracking store {self.uri}: {_store_problem(exc)}") from None
+            problem = _store_problem(exc, timeout)
+            raise TrackingError(f"tracking store {self.uri}: {problem}") from None
         if _is_local_sqlite(self.uri):
             self._use_wal()
         self._check_artifact_root(exp_id)
         return exp_id
+
+    def _open_and_write(self, timeout_s: float) -> str:
+        """The experiment's id, after a write the store must accept now (or training would be
+        wasted); HTTP requests bounded by ``timeout_s``, without retries."""
+        with _bounded_http(timeout_s):
+            exp_id = self.experiment_id
+            self.client.set_experiment_tag(exp_id, TAG_PREFIX + "last_check", time.time())
+            self._describe_experiment(exp_id)
+        return exp_id
+
+    def _asks_for_a_login(self) -> bool:
+        """Whether an HTTP store we have credentials for answers a request without them with
+        401 at once: a live server with authentication (whose password check is slow)."""
+        if not self.uri.startswith(("http://", "https://")) or not _has_credentials():
+            return False
+        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+        verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or not insecure
+        try:
+            answer = requests.get(
+                f"{self.uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1},
+                timeout=PREFLIGHT_TIMEOUT_S,
+                verify=verify,
+            )
+        except requests.RequestException:
+            return False
+        return answer.status_code == 401
 
     def _describe_experiment(self, exp_id: str) -> None:
         """Open in the UI's Model training view, with a description (a user's own edit stays)."""
