@@ -940,6 +940,8 @@ def ablation_from_file(
         params_file: The params file, relative to the run's working folder.
         overrides: Changes in ``bnpipe run --set`` form, e.g. ``grid.seeds=[0,1,2]``.
     """
-    cfg = load_config(params_file, list(overrides or []))
+    # Credentials in the file's URI go to this process's environment, not into the subflow's
+    # parameters (which the Prefect server stores).
+    cfg = without_credentials(load_config(params_file, list(overrides or [])))
     # The subflow (and so its MLflow parent run) takes this run's name: one name in both UIs.
     return ablation.with_options(flow_run_name=current_flow_run.get_name())(cfg)
