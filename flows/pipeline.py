@@ -583,6 +583,7 @@ def _run_grid(
         _reuse(state, {c: found[k] for c, k in keys.items() if k in found}, tracker, progress)
     pending = [c for c in keys if c not in state.reused]
     waiting: dict[str, Cell] = {}  # another run's live claim -> the cell it trains
+    told = False  # the contention is one line; each cell's "reused" line says the rest
     while pending or waiting:
         won_groups: list[dict[Cell, str]] = []
         again: list[Cell] = []  # offered a finished run that turned out unusable
@@ -617,11 +618,13 @@ def _run_grid(
                 state.outcomes.update(_train_and_log(won, tracker, data, cfg, progress, trained))
         pending = again
         if waiting:
-            print(
-                f"waiting for {len(waiting)} cell(s) that another bnpipe run is training "
-                "(their results will be reused)",
-                flush=True,
-            )
+            if not told:
+                print(
+                    f"waiting for {len(waiting)} cell(s) that another bnpipe run is training "
+                    "(their results will be reused)",
+                    flush=True,
+                )
+                told = True
             settled = tracker.wait_for(waiting)
             done = {}
             for other in sorted(settled, key=waiting.__getitem__):

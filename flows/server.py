@@ -10,7 +10,10 @@ second one. Owning it fixes three ways the server used to outlive or die before 
 - it gets SIGTERM from the kernel when bnpipe dies, however it dies (kill -9 included:
   PR_SET_PDEATHSIG), and ``stop()`` ends it on every normal or interrupted exit;
 - the wait for it is ours (wall-clock, generous), so a slow start on a loaded machine is waited
-  for instead of being abandoned while Prefect starts another server on the same port.
+  for instead of being abandoned while Prefect starts another server on the same port;
+- one start at a time per PREFECT_HOME (a file lock there, held until the server answers): two
+  ``bnpipe run`` started together would otherwise migrate one new Prefect database at once, and
+  one server dies in the migration with a traceback.
 
 Nothing is started when a server is configured (PREFECT_API_URL) or temporary servers are off.
 A configured server is asked first (``check_api``), so a wrong PREFECT_API_AUTH_STRING or a
@@ -28,9 +31,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import httpx
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent first starts stay unprotected there
+    fcntl = None
 
 STARTUP_TIMEOUT_S = 120.0  # a first start runs database migrations; 2 loaded cores are slow
 # One request to a configured server, without Prefect's retries (several, with backoff).
@@ -64,6 +73,7 @@ class TemporaryServer:
         self._instance: Any = None
         self._ready = threading.Event()
         self._error: str | None = None
+        self._start_lock: IO[str] | None = None
 
     def __enter__(self) -> TemporaryServer:
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
@@ -80,6 +90,7 @@ class TemporaryServer:
         if server.running:  # someone (a test harness) already runs one: theirs to stop
             self._ready.set()
             return self
+        self._start_lock = _start_lock(self.timeout_s)
         server.port = server.find_available_port()
         self.process = self._spawn(server)
         self._instance = server
@@ -141,7 +152,13 @@ class TemporaryServer:
                 time.sleep(0.2)
             else:
                 self._error = f"did not answer within {self.timeout_s:.0f} s"
+        self._release_start_lock()  # migrated and answering (or given up): the next may start
         self._ready.set()
+
+    def _release_start_lock(self) -> None:
+        lock, self._start_lock = self._start_lock, None
+        if lock is not None:
+            lock.close()  # closing the file releases its lock
 
     def wait(self) -> None:
         """Block until the server answers; ServerError (one line) if it never does."""
@@ -154,6 +171,7 @@ class TemporaryServer:
 
     def stop(self) -> None:
         """Flush Prefect's queued logs and events to the server, then end it (idempotent)."""
+        self._release_start_lock()
         proc, self.process = self.process, None
         if proc is None:
             return
@@ -172,6 +190,35 @@ class TemporaryServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _start_lock(timeout_s: float) -> IO[str] | None:
+    """The exclusive lock on starting a temporary server in this PREFECT_HOME, or None.
+
+    Waits while another process's server starts (at most ``timeout_s``; then it starts anyway:
+    a stuck peer must not stop this run). None where there are no advisory locks (Windows) or
+    the folder cannot hold the lock file.
+    """
+    if fcntl is None:
+        return None
+    from prefect.settings import PREFECT_HOME
+
+    try:
+        home = Path(PREFECT_HOME.value()).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        handle = (home / ".bnpipe-server-start.lock").open("a")
+    except OSError:
+        return None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                return None
+            time.sleep(0.2)
 
 
 def check_api(timeout_s: float = API_CHECK_TIMEOUT_S) -> str | None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import socket
 import subprocess
+import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mlflow
@@ -19,7 +24,7 @@ from bnpipe import evaluate
 from bnpipe.cli import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, main
 from bnpipe.train import engines
 from bnpipe.train.common import Cell
-from tests.conftest import bs_cell
+from tests.conftest import bs_cell, requires_mnist
 from tests.test_resume import (  # noqa: F401 (bnpipe_process is a fixture)
     STATS,
     _set_args,
@@ -237,6 +242,49 @@ def test_server_that_never_answers_is_rejected_fast(capsys, no_training, monkeyp
         assert_store_rejected(capsys, f"http://127.0.0.1:{port}", "no answer within 5 s", 20)
 
 
+class _SlowLogin(BaseHTTPRequestHandler):
+    """What MLflow's basic-auth app does with a bad login on a busy machine: a request without
+    credentials is refused at once, a password is checked for LOGIN_CHECK_S and then refused."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+        if self.headers.get("Authorization"):
+            time.sleep(LOGIN_CHECK_S)
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+        self.end_headers()
+        self.wfile.write(b"You are not authenticated.")
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+LOGIN_CHECK_S = 7  # over the 5 s the store check waits for a server that may be dead
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, *_args: object) -> None:
+        pass  # a client that gave up on a slow answer: its broken pipe is expected
+
+
+def test_login_refused_slowly_is_named_as_the_401(capsys, no_training, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    server = _QuietServer(("127.0.0.1", 0), _SlowLogin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert_store_rejected(capsys, url, "needs credentials (HTTP 401)", 15)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ann")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-her-password")
+        started = time.monotonic()
+        assert_store_rejected(capsys, url, "wrong credentials (HTTP 401)", 30)
+        assert time.monotonic() - started > LOGIN_CHECK_S  # it waited for the answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def mount_artifacts(store):
     """Mount a tmpfs on the store's artifact folder (root and mount rights needed, else skip)."""
@@ -307,3 +355,54 @@ def test_interrupted_run_leaves_nothing_running(monkeypatch, tiny_mnist, store):
     interrupted = cells[cells["status"] == "FAILED"]
     assert len(interrupted) == 3
     assert set(interrupted["tags.bnpipe.failure_reason"]) == {"interrupted"}
+
+
+# -- two real runs at once on one store ---------------------------------------------------------
+SMOKE = [
+    "grid.seeds=[0,1]",
+    "train.epochs=1",
+    "data.limit_train=1000",
+    "data.limit_test=300",
+    "grid.batch_sizes=[64,128]",  # 4 groups: the runs meet more than once
+    "stats.n_resamples=199",
+]
+
+
+@pytest.mark.slow
+@requires_mnist
+def test_two_real_runs_at_once_train_each_cell_once_and_print_no_traceback(tmp_path):
+    """Two ``bnpipe run`` commands started together on one new store, as two users (or a cron
+    job and a user) start them: each its own temporary Prefect server on one new PREFECT_HOME."""
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    sets = [f"tracking.uri={store}", f"tracking.reports_dir={tmp_path / 'reports'}", *SMOKE]
+    argv = [str(Path(sys.executable).with_name("bnpipe")), "run"]
+    argv += [a for s in sets for a in ("--set", s)]
+    drop = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_PROFILE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    logs = [tmp_path / f"run{i}.log" for i in range(2)]
+    procs = []
+    for log in logs:
+        with log.open("w") as out:
+            procs.append(
+                subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+            )
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n---\n".join(t[-3000:] for t in texts)
+    trained = 0
+    for text in texts:
+        assert "Traceback" not in text and "database is locked" not in text, text[-4000:]
+        # The contention is one line at most, however the other run's cells come in.
+        assert text.count("another bnpipe run is training") <= 1, text[-4000:]
+        trained += int(re.search(r"\(8 cells: (\d) trained, \d reused", text).group(1))
+    assert trained == 8  # between them, every cell once
+    runs = search(store, "bnpipe-bn-ablation")
+    cells = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(cells) == 8 and cells["tags.bnpipe.cell_key"].nunique() == 8
+    assert set(runs["status"]) == {"FINISHED"}
