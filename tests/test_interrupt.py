@@ -238,20 +238,29 @@ with TemporaryServer(timeout_s=float(sys.argv[1])) as server:
 """
 
 
-def _probe(prefect_home: Path, timeout_s: float) -> dict:
-    import json
-
+def _start_probe(prefect_home: Path, timeout_s: float) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_PROFILE")}
     env |= {"PYTHONPATH": str(ROOT), "PREFECT_HOME": str(prefect_home)}
-    out = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", SERVER_PROBE, str(timeout_s)],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _probe_result(proc: subprocess.Popen) -> tuple[dict, str]:
+    """What a probe printed (its JSON line) and its stderr."""
+    import json
+
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def _probe(prefect_home: Path, timeout_s: float) -> dict:
+    return _probe_result(_start_probe(prefect_home, timeout_s))[0]
 
 
 @pytest.mark.server
@@ -274,3 +283,12 @@ def test_a_server_too_slow_to_start_is_stopped_with_one_line(prefect_home) -> No
     assert not psutil.pid_exists(got["pid"]) or (
         psutil.Process(got["pid"]).status() == psutil.STATUS_ZOMBIE
     )
+
+
+@pytest.mark.server
+def test_two_servers_started_at_once_on_a_new_prefect_home_both_come_up(tmp_path) -> None:
+    # Two bnpipe runs started together: without the start lock both servers migrated the new
+    # database at once and one died with a traceback (3 of 4 tries here).
+    probes = [_start_probe(tmp_path / "new-prefect-home", 120) for _ in range(2)]
+    for got, err in map(_probe_result, probes):
+        assert "error" not in got and "Traceback" not in err, got.get("error", err[-3000:])
