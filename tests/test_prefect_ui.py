@@ -12,7 +12,6 @@ import base64
 import io
 import os
 import re
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -20,6 +19,7 @@ import pytest
 
 from bnpipe.progress import Progress
 from bnpipe.tracking import run_url
+from tests.browser import browser_missing, chromium
 from tests.conftest import bs_cell, requires_mnist
 
 
@@ -137,26 +137,6 @@ def test_flow_run_is_named_linked_and_reports_progress(monkeypatch, tiny_mnist, 
 
 
 # -- the UI in a real browser ---------------------------------------------------------------------
-def _chrome():
-    """Headless Chromium, or a skip saying what is missing."""
-    # TODO: swap for tests/browser.py (the shared driver helper) once it lands on main.
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None or not (shutil.which("chromium") or shutil.which("chromium-browser")):
-        pytest.skip("browser test: needs chromium and chromedriver (apt install chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1100",
-    ):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver_path), options=options)
-
-
 def _images_loaded(driver) -> list[int] | None:
     """Natural widths of the page's images once all have finished loading (0: broken)."""
     widths = driver.execute_script(
@@ -169,6 +149,7 @@ def _images_loaded(driver) -> list[int] | None:
 @pytest.mark.browser
 @pytest.mark.server
 @requires_mnist
+@pytest.mark.skipif(browser_missing() is not None, reason=f"browser test: {browser_missing()}")
 def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -184,7 +165,6 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Pat
         write_params,
     )
 
-    driver = _chrome()
     port = free_port()
     ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
     # The UI asks this address for its data; without it, it would call port 4200.
@@ -208,53 +188,51 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Pat
         click("Artifacts")
         click(key)
 
-    try:
-        with (
-            running(start, env=env, log=server_log, ready_url=f"{api}/health"),
-            logs_on_failure(server=server_log),
-        ):
-            params = write_params(tmp_path)
-            run_cli(
-                [str(BIN / "bnpipe"), "run", "--params", str(params)],
-                env=env,
-                cwd=tmp_path,
-                timeout=600,
-            )
-            uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-            client = mlflow.MlflowClient(uri)
-            (parent,) = client.search_runs(
-                [client.get_experiment_by_name(EXPERIMENT).experiment_id],
-                filter_string="tags.`bnpipe.role` = 'parent'",
-            )
-            name = parent.info.run_name
-            wait = WebDriverWait(driver, 60)
+    with (
+        chromium(1400, 1100) as driver,
+        running(start, env=env, log=server_log, ready_url=f"{api}/health"),
+        logs_on_failure(server=server_log),
+    ):
+        params = write_params(tmp_path)
+        run_cli(
+            [str(BIN / "bnpipe"), "run", "--params", str(params)],
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
+        uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+        client = mlflow.MlflowClient(uri)
+        (parent,) = client.search_runs(
+            [client.get_experiment_by_name(EXPERIMENT).experiment_id],
+            filter_string="tags.`bnpipe.role` = 'parent'",
+        )
+        name = parent.info.run_name
+        wait = WebDriverWait(driver, 60)
 
-            # The MLflow parent's tag opens the flow run, which has the same name.
-            url = parent.data.tags["bnpipe.prefect.flow_run_url"]
-            assert url.startswith(f"{ui}/runs/flow-run/")
-            driver.get(url)
-            wait.until(lambda d: "4/4" in text())  # the progress lines in the Logs tab
-            assert driver.title.startswith(f"Flow Run: {name} ")
-            assert "bn=on bs=128 seed=1: finished" in text()
-            driver.save_screenshot(str(shots / "prefect-flow-run-logs.png"))
-            click("Artifacts")
-            wait.until(lambda d: f"4 of 4 cells done ({name})" in text())
-            driver.save_screenshot(str(shots / "prefect-flow-run-artifacts.png"))
+        # The MLflow parent's tag opens the flow run, which has the same name.
+        url = parent.data.tags["bnpipe.prefect.flow_run_url"]
+        assert url.startswith(f"{ui}/runs/flow-run/")
+        driver.get(url)
+        wait.until(lambda d: "4/4" in text())  # the progress lines in the Logs tab
+        assert driver.title.startswith(f"Flow Run: {name} ")
+        assert "bn=on bs=128 seed=1: finished" in text()
+        driver.save_screenshot(str(shots / "prefect-flow-run-logs.png"))
+        click("Artifacts")
+        wait.until(lambda d: f"4 of 4 cells done ({name})" in text())
+        driver.save_screenshot(str(shots / "prefect-flow-run-artifacts.png"))
 
-            open_artifact("bn-ablation-progress")
-            wait.until(lambda d: "Progress: 100%" in text())
-            driver.save_screenshot(str(shots / "prefect-progress.png"))
+        open_artifact("bn-ablation-progress")
+        wait.until(lambda d: "Progress: 100%" in text())
+        driver.save_screenshot(str(shots / "prefect-progress.png"))
 
-            open_artifact("bn-ablation-mlflow-run")
-            link = wait.until(lambda d: d.find_element(By.LINK_TEXT, f"MLflow parent run {name}"))
-            want = run_url(uri, parent.info.experiment_id, parent.info.run_id)
-            assert link.get_attribute("href") == want
+        open_artifact("bn-ablation-mlflow-run")
+        link = wait.until(lambda d: d.find_element(By.LINK_TEXT, f"MLflow parent run {name}"))
+        want = run_url(uri, parent.info.experiment_id, parent.info.run_id)
+        assert link.get_attribute("href") == want
 
-            open_artifact("bn-ablation-report")
-            widths = wait.until(_images_loaded)
-            assert len(widths) >= 4 and min(widths) > 0, widths
-            driver.set_window_size(1400, 2600)
-            driver.save_screenshot(str(shots / "prefect-report.png"))
-    finally:
-        driver.quit()
+        open_artifact("bn-ablation-report")
+        widths = wait.until(_images_loaded)
+        assert len(widths) >= 4 and min(widths) > 0, widths
+        driver.set_window_size(1400, 2600)
+        driver.save_screenshot(str(shots / "prefect-report.png"))
     print("screenshots:", shots)  # shown with -rP
