@@ -109,8 +109,11 @@ def cmd_claims(args: argparse.Namespace) -> int:
         if cfg is None:
             return EXIT_BAD_INPUT
         cfgs[name] = cfg
-    from flows.server import ServerError, TemporaryServer
+    from flows.server import ServerError, TemporaryServer, check_api
 
+    refused = check_api()  # a configured Prefect server that refuses us: before any study trains
+    if refused is not None:
+        return bad_input(refused)
     with TemporaryServer() as server:
         from bnpipe.tracking import ArtifactWriteError
         from flows.claims import run_claims
