@@ -38,6 +38,8 @@ FAILED_ACCURACY = 0.5
 # Epoch-to-epoch instability: SD of validation accuracy over the last epochs (as stats.dynamics).
 STABILITY_EPOCHS = 3
 VERDICTS = ("supported", "contradicted", "no meaningful difference", "undecided", "not run")
+# Beside a directional verdict whose interval lies inside the band of no meaningful difference.
+NEGLIGIBLE = ", but inside the margin of no meaningful difference"
 TIME_MARGIN = 0.05  # seconds per epoch within +-5% of each other: no meaningful cost
 EPOCH_MARGIN = 0.5  # half an epoch to the threshold: below the resolution of a 10-epoch run
 SHARE_MARGIN = 0.10  # diverged share within +-10 percentage points of cells
@@ -759,6 +761,7 @@ CLAIM_COLUMNS = [
     "p",
     "p_holm",
     "verdict",
+    "within_band",
     "method",
 ]
 
@@ -787,6 +790,11 @@ def claims_table(tests: Mapping[str, ClaimTest | None], alpha: float = 0.05) -> 
                 "unit": t.unit if t else "",
                 "p": t.p if t else math.nan,
                 "verdict": verdict_of(t, claim.direction),
+                # A nonzero effect whose whole interval is inside the margin is real but too
+                # small to matter: the report says so beside "supported" / "contradicted".
+                "within_band": bool(
+                    t is not None and t.band[0] <= t.ci_low and t.ci_high <= t.band[1]
+                ),
                 "method": t.method if t else "",
             }
         )
@@ -897,7 +905,8 @@ def claims_markdown_table(table: pd.DataFrame, alpha: float) -> str:
             format_effect(r.effect, r.unit),
             f"[{format_effect(r.ci_low, r.unit)}, {format_effect(r.ci_high, r.unit)}]",
             _fmt_p(r.p_holm),
-            f"**{r.verdict}**",
+            f"**{r.verdict}**"
+            + (NEGLIGIBLE if r.within_band and r.verdict in VERDICTS[:2] else ""),
             f"`studies/{r.study}.yaml`",
         ]
         for r in table.itertuples(index=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -526,3 +527,18 @@ def test_a_finished_network_that_did_not_learn_counts_as_diverged() -> None:
     assert cells["diverged"].tolist() == [1, 0, 0, 0]
     assert cells["value"].tolist() == [0.2047, 0.9408, 0.9762, 0.9765]  # measured, kept
     assert len(C.cell_outcomes(results)) == 3  # the accuracy study drops it
+
+
+def test_a_real_but_negligible_effect_is_flagged() -> None:
+    # The accuracy claim on full MNIST: BN +0.08 pp, interval [+0.02, +0.13] pp, margin 0.2 pp.
+    small = C.ClaimTest(
+        n=50, n_label="50", effect=0.0008, ci_low=0.0002, ci_high=0.0013, p=1e-4,
+        null=0.0, band=(-0.002, 0.002), unit="pp", method="paired t",
+    )  # fmt: skip
+    wide = dataclasses.replace(small, ci_high=0.0031)
+    for t, flagged in ((small, True), (wide, False)):
+        table = C.claims_table({"accuracy": t}, alpha=0.05)
+        row = table.set_index("claim").loc["accuracy"]
+        assert row["verdict"] == "supported"
+        assert bool(row["within_band"]) is flagged
+        assert (C.NEGLIGIBLE in C.claims_markdown_table(table, 0.05)) is flagged
