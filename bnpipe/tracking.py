@@ -3,7 +3,9 @@
 Resume and concurrency rest on three facts kept in run tags:
 
 - ``bnpipe.cell_key`` on every child run: the hash of everything that decides the cell's numbers.
-  A FINISHED child with the key is a result any later run may reuse instead of training.
+  A FINISHED child with the key is a result any later run may reuse instead of training: its
+  ``bnpipe.status`` says which outcome, ``finished`` (trained, evaluated) or ``diverged``
+  (non-finite loss; with fixed seeds it diverges again identically, so it is not retrained).
 - A child run is created RUNNING *before* its cell trains: that run is the cell's claim. Two
   processes that claim the same key both see both claims on reading back; the earliest claim
   (start time, then run id) trains, the other withdraws its claim (deletes that run) and waits.
@@ -68,6 +70,8 @@ UNUSABLE_TAG = TAG_PREFIX + "unusable_reason"
 ABANDONED = "abandoned"
 INTERRUPTED = "interrupted"
 WITHDRAWN = "withdrawn"
+# The cell outcomes a FINISHED child run may record (its STATUS_TAG); both are reused.
+OUTCOMES = ("finished", "diverged")
 # What the MLflow UI reads: the experiment's kind decides whether it opens on the runs table
 # (Model training) or on GenAI traces; the note is the description shown on top of a run/experiment.
 KIND_TAG = "mlflow.experimentKind"
@@ -443,19 +447,27 @@ class CellRun:
         return self.tags.get(PARENT_TAG, "")
 
     @property
+    def outcome(self) -> str:
+        """The cell's status as recorded: "finished", "diverged", "failed", "running", ..."""
+        return self.tags.get(STATUS_TAG, "")
+
+    @property
     def reusable(self) -> bool:
-        """A finished cell with a test accuracy: its result stands for any run with its key."""
+        """A cell outcome that stands for any run with its key: finished with a test accuracy,
+        or diverged (never evaluated). Runs older than diverged-as-outcome recorded diverged
+        cells FAILED: those are not reusable and train once more."""
         return (
             self.status == "FINISHED"
             and self.lifecycle == "active"
-            and self.tags.get(STATUS_TAG) == "finished"
-            and metric_name("test_accuracy") in self.metrics
+            and self.outcome in OUTCOMES
+            and (self.outcome == "diverged" or metric_name("test_accuracy") in self.metrics)
             and UNUSABLE_TAG not in self.tags
         )
 
     @property
     def test_accuracy(self) -> float:
-        return self.metrics[metric_name("test_accuracy")]
+        """The recorded test accuracy; NaN for a diverged cell (never evaluated)."""
+        return self.metrics.get(metric_name("test_accuracy"), float("nan"))
 
     @property
     def test_loss(self) -> float:
@@ -948,7 +960,8 @@ class Tracker:
     ) -> str:
         """Fill a claimed child run: tags, per-epoch metrics, final metrics, artifacts; close it.
 
-        ``status`` is "FINISHED" or "FAILED" (diverged or errored; the tags say why). A fixed
+        ``status`` is "FINISHED" (finished or diverged: a reusable outcome; the tags say which)
+        or "FAILED" (an error: the next run trains the cell again). A fixed
         ``timestamp_ms`` makes a retried call write the same metric rows again, not new ones.
         History columns and final metrics come under their legacy names (history.csv keeps
         them) and are logged under ``metric_name``'s. A Keras ``model`` becomes the run's

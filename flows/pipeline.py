@@ -81,6 +81,7 @@ from bnpipe.tracking import (
     ERROR_TAG,
     FAILURE_TAG,
     HEARTBEAT_TAG,
+    OUTCOMES,
     ROLE_TAG,
     STATUS_TAG,
     TAG_PREFIX,
@@ -242,7 +243,9 @@ def log_cell(
             final_metrics=final,
             confusion=evaluation.confusion if evaluation is not None else None,
             weights=result.weights if (result is not None and cfg.tracking.log_weights) else None,
-            status="FINISHED" if status == "finished" else "FAILED",
+            # A diverged cell is an outcome (with fixed seeds it diverges again the same way):
+            # FINISHED, so later runs reuse it; only errors stay FAILED and train again.
+            status="FINISHED" if status in OUTCOMES else "FAILED",
             timestamp_ms=timestamp_ms,
             model=keras_model(cfg, result) if log_model else None,
             input_example=example,
@@ -260,21 +263,23 @@ def log_cell(
 
 
 def load_reused(state: GridRun) -> dict[Cell, CellOutcome]:
-    """Results rows and histories of cells finished by earlier runs.
+    """Results rows and histories of cells finished (or diverged) in earlier runs.
 
     The test metrics are the recorded ones and the history is the run's history.csv (read when
-    the run was taken over): nothing is trained or evaluated again.
+    the run was taken over): nothing is trained or evaluated again. A diverged cell comes back
+    diverged, with its recorded reason, so the statistics treat it as the run that trained it.
     """
     out = {}
     for cell, run in state.reused.items():
         history = state.histories[cell]
         row = result_row(
             cell,
-            status="finished",
+            status=run.outcome,
             run_id=run.run_id,
             test_accuracy=run.test_accuracy,
             test_loss=run.test_loss,
             history=history,
+            error=run.tags.get(ERROR_TAG) if run.outcome != "finished" else None,
             reused=True,
         )
         out[cell] = CellOutcome(row, _keyed(history, cell))
@@ -539,7 +544,8 @@ class GridRun:
 def _reuse(
     state: GridRun, runs: dict[Cell, CellRun], tracker: Tracker, progress: Progress
 ) -> list[Cell]:
-    """Take over the finished runs whose history can be read; return the cells of the others.
+    """Take over the finished (or diverged) runs whose history can be read; return the cells
+    of the others.
 
     A finished run whose history.csv is gone or broken is no result: it is tagged so no later run
     picks it again, and its cell is trained again.
@@ -559,7 +565,8 @@ def _reuse(
             again.append(cell)
             continue
         state.reused[cell], state.histories[cell] = run, history
-        progress.cell(cell, f"reused (run {run.run_id[:8]})", run.test_accuracy)
+        what = "reused" if run.outcome == "finished" else f"reused, {run.outcome}"
+        progress.cell(cell, f"{what} (run {run.run_id[:8]})", run.test_accuracy)
     return again
 
 
@@ -653,8 +660,9 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
         params: The experiment, as in params.yaml (a mapping of the same shape works too).
         fresh: Train every cell, even those finished by earlier runs.
 
-    Cells whose key has a FINISHED run in the experiment are reused, not trained, unless
-    ``fresh``. Runs left RUNNING by a killed bnpipe process are marked FAILED first.
+    Cells whose key has a FINISHED run in the experiment (finished or diverged) are reused, not
+    trained, unless ``fresh``. Runs left RUNNING by a killed bnpipe process are marked FAILED
+    first.
 
     Returns the parent run id, the results table (records), the per-comparison summary, and
     which cells were trained and reused.
@@ -849,7 +857,7 @@ def _light_results(state: GridRun, cfg: Config) -> pd.DataFrame:
         {
             **dict(c.levels),
             "seed": c.seed,
-            "status": "finished",
+            "status": run.outcome,
             "test_accuracy": run.test_accuracy,
         }
         for c, run in state.reused.items()

@@ -474,15 +474,22 @@ def test_run_claims_through_the_flow_on_tiny_data(monkeypatch, tiny_mnist, store
               "train.epochs=2", "grid.seeds=[0,1]", "train.shard_size=2",
               "stats.n_resamples=199", "data.limit_train=300"]  # fmt: skip
     configs = {
-        # An absurd rate so that something diverges: those cells are outcomes, not dropped.
+        # An absurd rate so that the loss goes non-finite: those cells are outcomes, not dropped.
         "learning_rate": load_config(
-            STUDIES / "learning_rate.yaml", [*common, "grid.factors.learning_rate=[0.001,50.0]"]
+            STUDIES / "learning_rate.yaml", [*common, "grid.factors.learning_rate=[0.001,1e30]"]
         ),
         "compute": load_config(STUDIES / "compute.yaml", common),
     }
-    seen = []
-    out = run_claims(configs, on_study=lambda name, o: seen.append((name, len(o["results"]))))
+    seen, outs = [], {}
+
+    def on_study(name, o):
+        seen.append((name, len(o["results"])))
+        outs[name] = o
+
+    out = run_claims(configs, on_study=on_study)
     assert seen == [("learning_rate", 8), ("compute", 4)]
+    diverged = [r for r in outs["learning_rate"]["results"] if r["status"] == "diverged"]
+    assert len(diverged) == 4  # both arms at 1e30, both seeds
     table = out.report.table.set_index("claim")
     assert table.loc["learning_rate", "n"] == 4  # every (rate, seed) pair, diverged or not
     assert table.loc["compute", "n"] == 2
@@ -499,6 +506,13 @@ def test_run_claims_through_the_flow_on_tiny_data(monkeypatch, tiny_mnist, store
     assert run.data.params["study.learning_rate"] == out.studies["learning_rate"]["parent run"]
     assert "claims.md" in {Path(f).name for f in files}
     assert "| claim (notebook) |" in run.data.tags["mlflow.note.content"]
+
+    # Again: every cell is reused, the diverged ones as diverged, and the claims come out the same.
+    outs.clear()
+    again = run_claims(configs, on_study=on_study)
+    assert [o["trained"] for o in outs.values()] == [0, 0]
+    assert sum(r["status"] == "diverged" for r in outs["learning_rate"]["results"]) == 4
+    pd.testing.assert_frame_equal(again.report.table, out.report.table)
 
 
 def test_no_cell_reaching_the_threshold_decides_nothing() -> None:

@@ -27,6 +27,7 @@ from bnpipe.train.common import Cell
 from tests.conftest import bs_cell, requires_mnist
 from tests.test_resume import (  # noqa: F401 (bnpipe_process is a fixture)
     STATS,
+    TrainCounter,
     _set_args,
     bnpipe_process,
     run_flow,
@@ -71,12 +72,23 @@ def test_diverging_cell_fails_alone_and_only_its_pair_is_dropped(
 
     runs = search(store, cfg.tracking.experiment)
     child = runs[runs["tags.mlflow.runName"] == bad.name].iloc[0]
-    assert child["status"] == "FAILED"
-    assert child["tags.bnpipe.failure_reason"] == "diverged"
+    assert child["status"] == "FINISHED"  # an outcome, not an error
+    assert child["tags.bnpipe.status"] == child["tags.bnpipe.failure_reason"] == "diverged"
     client = mlflow.MlflowClient(store)
     history = pd.read_csv(client.download_artifacts(child["run_id"], "history.csv", str(tmp_path)))
     assert 1 <= len(history) < 3  # stopped early, its history so far kept
-    assert runs[runs["status"] == "FAILED"]["run_id"].tolist() == [child["run_id"]]
+    assert (runs["status"] == "FAILED").sum() == 0
+
+    # The rerun (the cell would diverge again) trains nothing and drops the same pair.
+    counter = TrainCounter(monkeypatch)
+    again, _ = run_flow(monkeypatch, tiny_mnist, store, [*GRID, "train.epochs=3"])
+    assert counter.take() == set() and again["reused"] == 12
+    assert {_cell(r): r["status"] for r in again["results"]}[bad] == "diverged"
+    summary = pd.DataFrame(again["summary"]).set_index("batch_size")
+    assert summary.loc[32, "n_pairs"] == 3 and summary.loc[64, "n_pairs"] == 2
+    assert "1 pair dropped at batch size 64: seed 1 diverged (BN on)" in Path(
+        again["report"]
+    ).read_text()
 
 
 def test_evaluate_that_fails_once_is_retried(monkeypatch, tiny_mnist, store):

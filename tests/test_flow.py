@@ -130,28 +130,54 @@ def test_report_command_rebuilds_from_mlflow(monkeypatch, tiny_mnist, store, tmp
     assert "bnpipe: error: run 0000" in capsys.readouterr().err
 
 
-def test_diverging_cell_is_recorded_failed_and_dropped(monkeypatch, tiny_mnist, store):
-    out, cfg = run_flow(
-        monkeypatch,
-        tiny_mnist,
-        store,
-        [
-            "train.engine=keras",
-            "train.epochs=3",
-            "train.learning_rate=1e30",
-            "grid.seeds=[0]",
-            "grid.batch_sizes=[64]",
-            "grid.bn=[false]",
-            "stats.n_resamples=199",
-        ],
-    )
+@pytest.mark.parametrize("engine", ["keras", "fused"])
+def test_diverged_cell_is_an_outcome_trained_once_and_reused(
+    monkeypatch, tiny_mnist, store, tmp_path, engine
+):
+    from tests.test_resume import TrainCounter
+
+    grid = [
+        f"train.engine={engine}",
+        "train.epochs=3",
+        "train.learning_rate=1e30",  # a non-finite loss in the first epoch, in both engines
+        "grid.seeds=[0]",
+        "grid.batch_sizes=[64]",
+        "grid.bn=[false]",
+        "stats.n_resamples=199",
+    ]
+    counter = TrainCounter(monkeypatch)
+    out, cfg = run_flow(monkeypatch, tiny_mnist, store, grid)
+    assert len(counter.take()) == 1
     results = pd.DataFrame(out["results"])
     assert results["status"].tolist() == ["diverged"]
+    assert results["error"].tolist() == ["non-finite training loss"]
     assert out["summary"][0]["n_pairs"] == 0
     runs = _search(store, cfg.tracking.experiment)
-    child = runs[runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]]
-    assert child["status"].iloc[0] == "FAILED"
-    assert child["tags.bnpipe.failure_reason"].iloc[0] == "diverged"
+    child = runs[runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]].iloc[0]
+    # FINISHED (an outcome, reused), its status and failure tags saying diverged for the UI.
+    assert child["status"] == "FINISHED"
+    assert child["tags.bnpipe.status"] == "diverged"
+    assert child["tags.bnpipe.failure_reason"] == "diverged"
+    client = mlflow.MlflowClient(store)
+    history = pd.read_csv(client.download_artifacts(child["run_id"], "history.csv", str(tmp_path)))
+    assert len(history) == 1  # stopped at the epoch it diverged
+    assert "weights.npz" in {a.path for a in client.list_artifacts(child["run_id"])}
+
+    # The rerun trains nothing: the diverged cell comes back diverged and still leaves the stats.
+    again, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    assert counter.take() == set()
+    assert (again["trained"], again["reused"]) == (0, 1)
+    reused = pd.DataFrame(again["results"])
+    assert reused["status"].tolist() == ["diverged"] and reused["reused"].tolist() == [True]
+    assert reused["run_id"].tolist() == [child["run_id"]]
+    assert reused["error"].tolist() == ["non-finite training loss"]
+    assert again["summary"][0]["n_pairs"] == 0
+
+    # A store from before diverged cells were outcomes (the run FAILED): it trains once more.
+    client.set_terminated(child["run_id"], "FAILED")
+    third, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    assert len(counter.take()) == 1 and third["trained"] == 1
+    assert pd.DataFrame(third["results"])["status"].tolist() == ["diverged"]
 
 
 def test_flow_runs_a_bn_x_learning_rate_grid_and_reuses_it(monkeypatch, tiny_mnist, store):

@@ -357,6 +357,23 @@ def test_reproduce_matches_exactly_and_reports_what_differs(
     assert "is not a grid cell" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("engine", ["keras", "fused"])
+def test_reproduce_of_a_diverged_cell_diverges_again_the_same_way(
+    monkeypatch, tiny_mnist, store, capsys, engine
+):
+    from bnpipe.cli import main
+
+    grid = [f"train.engine={engine}", "train.epochs=3", "train.learning_rate=1e30",
+            "grid.batch_sizes=[64]", "grid.bn=[true]", "grid.seeds=[0]"]  # fmt: skip
+    out, _ = run_flow(monkeypatch, tiny_mnist, store, grid)
+    (cell,) = out["results"]
+    assert cell["status"] == "diverged"
+    assert main(["reproduce", cell["run_id"], "--set", f"tracking.uri={store}"]) == 0
+    text = capsys.readouterr().out
+    # Same status, same (single) epoch, same weights as far as it got.
+    assert "MATCH: every metric and every weight is identical" in text
+
+
 def artifact_file(store: str, run_id: str, name: str) -> Path:
     uri = mlflow.MlflowClient(store).get_run(run_id).info.artifact_uri
     return Path(unquote(urlparse(uri).path)) / name
