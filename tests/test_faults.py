@@ -86,9 +86,10 @@ def test_diverging_cell_fails_alone_and_only_its_pair_is_dropped(
     assert {_cell(r): r["status"] for r in again["results"]}[bad] == "diverged"
     summary = pd.DataFrame(again["summary"]).set_index("batch_size")
     assert summary.loc[32, "n_pairs"] == 3 and summary.loc[64, "n_pairs"] == 2
-    assert "1 pair dropped at batch size 64: seed 1 diverged (BN on)" in Path(
-        again["report"]
-    ).read_text()
+    assert (
+        "1 pair dropped at batch size 64: seed 1 diverged (BN on)"
+        in Path(again["report"]).read_text()
+    )
 
 
 def test_evaluate_that_fails_once_is_retried(monkeypatch, tiny_mnist, store):
