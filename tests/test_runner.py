@@ -1,0 +1,95 @@
+"""bnpipe.runner without any orchestrator: the scheduler driven by a plain-Python trainer against
+a real SQLite MLflow store (no Prefect API, no flow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pandas as pd
+
+from bnpipe.config import load_config
+from bnpipe.design import plan_of
+from bnpipe.grid import evaluate_cell, train_cells
+from bnpipe.progress import PhaseClock, Progress
+from bnpipe.runner import (
+    CellOutcome,
+    GridRun,
+    collect,
+    group_of,
+    log_outcome,
+    now_ms,
+    run_plan,
+)
+from bnpipe.tracking import ROLE_TAG, Tracker
+from bnpipe.train.common import Cell
+
+
+def test_runner_imports_no_orchestrator() -> None:
+    code = "import sys, bnpipe.runner; print('prefect' in sys.modules, 'dask' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def _run(tiny_mnist, store, cfg, trained: list[Cell]) -> tuple[GridRun, pd.DataFrame]:
+    tracker = Tracker(store, cfg.tracking.experiment)
+    tracker.check()
+    tracker.use_data(tiny_mnist)
+    clock = PhaseClock()
+    progress = Progress(0, cfg.train.epochs, clock=clock, live=False)
+
+    def train_claimed(groups: list[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
+        for won in groups:
+            out = {}
+            for r in train_cells(cfg, group_of(won), tiny_mnist):
+                trained.append(r.cell)
+                ev = evaluate_cell(cfg, r, tiny_mnist) if r.status == "finished" else None
+                out[r.cell] = log_outcome(
+                    tracker, won[r.cell], r.cell, cfg, r, ev, None, now_ms(), clock
+                )
+                del won[r.cell]  # closed: no longer an open claim
+            yield out
+
+    parent = tracker.start_run("runner-test", params={}, tags={ROLE_TAG: "parent"})
+    state = GridRun()
+    keys = run_plan(
+        plan_of(cfg),
+        state,
+        parent,
+        tracker,
+        tiny_mnist.digest,
+        cfg,
+        progress,
+        train_claimed,
+        fresh=False,
+        common_tags={},
+    )
+    assert not state.open_claims
+    results, _ = collect(state, keys, cfg)
+    return state, results
+
+
+def test_run_plan_trains_then_reuses_finished_and_diverged_cells(tiny_mnist, store) -> None:
+    cfg = load_config(
+        None,
+        [
+            f"tracking.uri={store}",
+            "train.engine=fused",
+            "train.epochs=1",
+            "grid.factors={bn: [false, true], learning_rate: [0.001, 1e30]}",
+            "grid.seeds=[0]",
+        ],
+    )
+    trained: list[Cell] = []
+    state, results = _run(tiny_mnist, store, cfg, trained)
+    assert len(trained) == 4 and not state.reused
+    status = dict(zip(results["learning_rate"], results["status"], strict=False))
+    assert status == {0.001: "finished", 1e30: "diverged"}
+
+    trained.clear()
+    state, again = _run(tiny_mnist, store, cfg, trained)
+    assert trained == [] and len(state.reused) == 4
+    assert again["status"].tolist() == results["status"].tolist()
+    assert again["run_id"].tolist() == results["run_id"].tolist()
+    pd.testing.assert_series_equal(again["test_accuracy"], results["test_accuracy"])
