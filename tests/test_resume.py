@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# Imported at collection, before any test captures output: importing it later, inside a test
+# that captures stderr (capsys), leaves TensorFlow's log handler on a stream pytest then closes.
+import flows.pipeline
 from bnpipe.config import Config, load_config
 from bnpipe.data import MnistData
 from bnpipe.tracking import CELL_KEY_TAG, PARENT_TAG
@@ -49,7 +52,6 @@ def use_data(monkeypatch: pytest.MonkeyPatch, data: MnistData) -> None:
     """Generated data stands in for MNIST (the real loader insists on the canonical checksums)."""
     import bnpipe.data
     import bnpipe.reproduce
-    import flows.pipeline
 
     for module in (bnpipe.data, bnpipe.reproduce, flows.pipeline):
         monkeypatch.setattr(module, "load_mnist", lambda *_a, **_k: data)
