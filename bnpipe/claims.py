@@ -973,6 +973,7 @@ def plot_detail(claim: str, test: ClaimTest, path: Path) -> Path | None:
     ax.plot(d[x], d[treatment], "s-", color="#d62728", label="BN")
     ax.set_xscale("log")
     ax.set_xticks(d[x].tolist(), [f"{v:g}" for v in d[x]])
+    ax.set_xticks([], minor=True)  # log-axis minor labels (3x10^0 ...) would overlap the levels
     ax.set_xlabel(x)
     ax.set_ylabel(label)
     ax.set_title(f"{claim}: mean over seeds per level", fontsize=9, loc="left")
