@@ -47,7 +47,7 @@ def test_bnpipe_run_on_real_mnist(tmp_path):
     out = proc.stdout
     assert "[ 16/16]" in out  # progress reached the last cell
     assert "BN on minus BN off test accuracy per batch size" in out
-    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(0\.\d{4})\s+(0\.\d{4})\s+", out, re.MULTILINE)
+    rows = re.findall(r"^batch_size=(\d+)\s+(\d+)\s+(0\.\d{4})\s+(0\.\d{4})\s+", out, re.MULTILINE)
     # one summary row per batch size, 2 pairs each, accuracies of one epoch (~0.93-0.97)
     assert [(int(r[0]), int(r[1])) for r in rows] == [(16, 2), (32, 2), (64, 2), (128, 2)]
     assert all(0.9 < float(a) < 1.0 for r in rows for a in r[2:])
