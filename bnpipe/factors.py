@@ -160,7 +160,8 @@ def stratum_key(stratum: Stratum) -> str:
     ``,``: ``batch_size_32``, ``batch_size_32.learning_rate_0.1``, ``all``."""
     if not stratum:
         return "all"
-    return ".".join(f"{n}_{factor(n).format(v)}" for n, v in stratum)
+    # MLflow also rejects "+": a level formatted 1e+30 is named 1e30.
+    return ".".join(f"{n}_{factor(n).format(v)}" for n, v in stratum).replace("+", "")
 
 
 def parse_level(name: str, text: str) -> Any:

@@ -154,6 +154,7 @@ def test_default_design_keeps_its_id():
 
 
 def test_parent_metrics_are_named_by_stratum_key():
+    from bnpipe.factors import stratum_key
     from flows.pipeline import summary_metrics
 
     results = _results({0.001: [0.01, 0.02, 0.015], 0.1: [0.0, 0.001, -0.001]})
@@ -165,3 +166,4 @@ def test_parent_metrics_are_named_by_stratum_key():
         "p_holm_learning_rate_0.1",
     } <= set(names)
     assert not any("=" in n for n in names)
+    assert stratum_key((("learning_rate", 1e30),)) == "learning_rate_1e30"  # MLflow rejects "+"
