@@ -283,6 +283,9 @@ class _QuietServer(ThreadingHTTPServer):
 
 def test_login_refused_slowly_is_named_as_the_401(capsys, no_training, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # An earlier in-process run may have moved a URI's user:password into the environment.
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
     server = _QuietServer(("127.0.0.1", 0), _SlowLogin)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
