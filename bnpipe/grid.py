@@ -44,20 +44,39 @@ def result_columns(cfg: Config) -> list[str]:
     return [*cfg.grid.levels, *RESULT_TAIL]
 
 
+# Factors whose levels may differ inside one training group of the fused engine: it trains
+# members with and without BN in one program (a shard of both is masked), so a BN comparison's
+# two arms cost one compile per combination of the other levels, not two. (The keras engine
+# fits one model at a time; its groups stay one combination of all levels.)
+GROUP_SPANS = ("bn",)
+
+
 @dataclass(frozen=True)
 class Group:
-    """Cells that train together: one combination of the grid's levels with its seeds."""
+    """Cells that train together: one combination of the grid's levels other than BN, with
+    their BN levels and seeds."""
 
-    levels: tuple[Level, ...]
-    seeds: tuple[int, ...]
+    cells: tuple[Cell, ...]
+
+    @classmethod
+    def of(cls, levels: tuple[Level, ...], seeds: Iterable[int]) -> Group:
+        """The group of one combination of levels with ``seeds``."""
+        return cls(tuple(Cell(levels, s) for s in seeds))
 
     @property
-    def cells(self) -> list[Cell]:
-        return [Cell(self.levels, s) for s in self.seeds]
+    def levels(self) -> tuple[Level, ...]:
+        """The levels every cell of the group shares."""
+        first = self.cells[0].levels
+        return tuple(lv for lv in first if all(lv in c.levels for c in self.cells))
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(c.seed for c in self.cells)
 
     @property
     def name(self) -> str:
-        """``bn=on bs=32``: the run names of its cells without the seed."""
+        """``bs=32`` (both BN arms) or ``bn=on bs=32``: its cells' run names without what
+        varies (the seed, BN when both arms train together)."""
         return levels_text(self.levels)
 
 
@@ -81,13 +100,14 @@ def grid_cells(cfg: Config, seeds: Mapping[Stratum, Sequence[int]]) -> list[Cell
     ]
 
 
-def training_groups(cells: Iterable[Cell]) -> list[Group]:
-    """``cells`` split into training groups (one per combination of levels), in the order
-    given (first appearance)."""
-    by: dict[tuple[Level, ...], list[int]] = {}
+def training_groups(cells: Iterable[Cell], spans: Sequence[str] = GROUP_SPANS) -> list[Group]:
+    """``cells`` split into training groups (one per combination of the levels of factors other
+    than ``spans``), in the order given (first appearance)."""
+    by: dict[tuple[Level, ...], list[Cell]] = {}
     for c in cells:
-        by.setdefault(c.levels, []).append(c.seed)
-    return [Group(levels, tuple(seeds)) for levels, seeds in by.items()]
+        key = tuple(lv for lv in c.levels if lv[0] not in spans)
+        by.setdefault(key, []).append(c)
+    return [Group(tuple(group)) for group in by.values()]
 
 
 # Every config field is one of these (tests/test_cell_key.py fails on a field in none of them).
@@ -199,6 +219,11 @@ def cell_key_for(cfg: Config, cell: Cell, data_digest: str) -> str:
             "env": numeric_env(),
         }
     )
+
+
+def group_spans(cfg: Config) -> tuple[str, ...]:
+    """The factors whose levels may differ inside one of ``cfg``'s training groups."""
+    return GROUP_SPANS if cfg.train.engine == "fused" else ()
 
 
 def train_spec(cfg: Config, group: Group) -> TrainSpec:

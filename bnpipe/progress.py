@@ -162,7 +162,9 @@ class PhaseClock:
     """Wall seconds spent in each phase of a run; the time no phase claims is orchestration.
 
     Phases are timed where the work happens (inside tasks, around tracker calls), so Prefect's
-    own cost of creating and finishing task runs lands in what is left over.
+    own cost of creating and finishing task runs lands in what is left over. A phase that runs
+    on several threads at once (groups training side by side) counts its wall time once; phases
+    that overlap each other (one group logged while the next trains) count in both.
     """
 
     # tf_import: loading TensorFlow, which training needs whatever orchestrates it.
@@ -173,15 +175,22 @@ class PhaseClock:
         self.start = time.perf_counter()
         self.seconds: dict[str, float] = dict.fromkeys((*self.WORK, "tracking"), 0.0)
         self._lock = threading.Lock()
+        self._open: dict[str, tuple[int, float]] = {}  # phase -> (threads in it, since)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        with self._lock:  # tasks may run on several threads
+            count, since = self._open.get(name, (0, time.perf_counter()))
+            self._open[name] = (count + 1, since)
         try:
             yield
         finally:
-            with self._lock:  # tasks may run on several threads
-                self.seconds[name] += time.perf_counter() - t0
+            with self._lock:
+                count, since = self._open.pop(name)
+                if count > 1:
+                    self._open[name] = (count - 1, since)
+                else:
+                    self.seconds[name] += time.perf_counter() - since
 
     def breakdown(self, inner: dict[str, float] | None = None) -> dict[str, float]:
         """Seconds per phase, ``orchestration`` (the rest), ``total`` and ``overhead_share``.

@@ -101,19 +101,21 @@ def environment_facts() -> dict[str, str]:
 
 
 def numeric_env() -> dict[str, str | None]:
-    """The environment variables that change a cell's numbers, without the compile-cache flags
-    (bnpipe.xla_cache sets those once something trains: a cell key taken before that must equal
-    one taken after)."""
+    """The environment variables that change a cell's numbers, without the compile-cache and
+    speed flags (bnpipe.xla_cache sets those once something trains: a cell key taken before that
+    must equal one taken after)."""
     return {var: strip_cache_flags(os.environ.get(var, "")) or None for var in NUMERIC_ENV_VARS}
 
 
-def strip_cache_flags(flags: str) -> str:
-    """``flags`` without TF's persistent-cache options, which change speed, never results.
+# Flags that change speed, never results: TF's persistent cache (each process of a run caches in
+# its own folder, so leaving it in would make every run's recorded environment differ) and the
+# XLA code generation settings of bnpipe.xla_cache.SPEED_XLA_FLAGS.
+SPEED_ONLY_FLAG_PREFIXES = ("--tf_xla_persistent_cache", "--xla_cpu_use_thunk_runtime")
 
-    Each process of a run caches in its own folder (bnpipe.xla_cache), so leaving the flag in
-    would make every run's recorded environment differ from every other's.
-    """
-    return " ".join(t for t in flags.split() if not t.startswith("--tf_xla_persistent_cache"))
+
+def strip_cache_flags(flags: str) -> str:
+    """``flags`` without the options that change speed, never results."""
+    return " ".join(t for t in flags.split() if not t.startswith(SPEED_ONLY_FLAG_PREFIXES))
 
 
 def git_commit() -> str | None:

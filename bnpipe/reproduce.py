@@ -201,7 +201,7 @@ def reproduce_run(tracker: Tracker, run_id: str, data_dir: str | None) -> Reprod
     s = recorded_settings(run)
     cfg = s.config()
     data = load_cell_data(s, data_dir)
-    result = train_cells(cfg, Group(s.cell.levels, (s.cell.seed,)), data)[0]
+    result = train_cells(cfg, Group.of(s.cell.levels, (s.cell.seed,)), data)[0]
     rep = Reproduction(run_id, s.cell, s.engine, s.epochs, n_metrics=0)
     recorded_status = run.tags.get(STATUS_TAG, "")
     if recorded_status != result.status:

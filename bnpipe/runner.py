@@ -36,6 +36,7 @@ from bnpipe.grid import (
     cell_params,
     default_level,
     grid_cells,
+    group_spans,
     history_frame,
     keras_model,
     result_columns,
@@ -72,9 +73,11 @@ class CellOutcome:
 
 
 # Trains and logs claimed groups of cells (each a cell -> its claimed run id), yielding each
-# group's outcomes as it is logged. A group's cells leave its mapping as their runs are closed,
-# so what remains there if it raises are the runs still open.
-TrainClaimed = Callable[[list[dict[Cell, str]]], Iterator[dict[Cell, CellOutcome]]]
+# group's outcomes as it is logged. The groups come as an iterable: with the serial runner each
+# group is claimed only when the trainer asks for it (it may ask for the next one while this one
+# trains). A group's cells leave its mapping as their runs are closed, so what remains there if
+# it raises are the runs still open.
+TrainClaimed = Callable[[Iterable[dict[Cell, str]]], Iterator[dict[Cell, CellOutcome]]]
 
 
 def _keyed(history: pd.DataFrame, cell: Cell) -> pd.DataFrame:
@@ -188,16 +191,18 @@ def load_reused(state: GridRun) -> dict[Cell, CellOutcome]:
     return out
 
 
-def _grouped(cells: list[Cell], order: Iterable[Cell]) -> list[list[Cell]]:
-    """``cells`` split into training groups, in the grid order of ``order``."""
+def _grouped(cells: list[Cell], order: Iterable[Cell], cfg: Config) -> list[list[Cell]]:
+    """``cells`` split into ``cfg``'s training groups, in the grid order of ``order``."""
     todo = set(cells)
-    return [g.cells for g in training_groups(c for c in order if c in todo)]
+    return [
+        list(g.cells) for g in training_groups((c for c in order if c in todo), group_spans(cfg))
+    ]
 
 
 def group_of(claimed: MutableMapping[Cell, str]) -> Group:
-    """The training group of a claimed group's cells (one combination of levels, its seeds)."""
-    cells = sorted(claimed)
-    return Group(cells[0].levels, tuple(c.seed for c in cells))
+    """The training group of a claimed group's cells (one combination of levels but BN, its BN
+    levels and seeds)."""
+    return Group(tuple(sorted(claimed)))
 
 
 def reuse(
@@ -251,8 +256,8 @@ def run_grid(
         parent_id: the parent run the claims go under.
         tracker: the store.
         data_digest: the data's digest (a cell param).
-        cfg: the experiment; ``orchestration.task_runner`` "serial" trains each group as soon
-            as it is claimed, any other claims every group first and trains them at once.
+        cfg: the experiment; ``orchestration.task_runner`` "serial" claims each group when the
+            trainer asks for it, any other claims every group first and trains them at once.
         progress: per-cell progress and the phase clock.
         train: trains and logs claimed groups (see :data:`TrainClaimed`).
         fresh: train every cell, even those finished by earlier runs.
@@ -267,38 +272,40 @@ def run_grid(
     waiting: dict[str, Cell] = {}  # another run's live claim -> the cell it trains
     told = False  # the contention is one line; each cell's "reused" line says the rest
     while pending or waiting:
-        won_groups: list[dict[Cell, str]] = []
         again: list[Cell] = []  # offered a finished run that turned out unusable
-        for cells in _grouped(pending, keys):
-            specs = [
-                CellSpec(
-                    keys[c],
-                    c.name,
-                    cell_params(cfg, c, data_digest),
-                    {**common_tags, ROLE_TAG: "cell", ENGINE_TAG: cfg.train.engine},
-                )
-                for c in cells
-            ]
-            with progress.clock.phase("tracking"):
-                claims = tracker.claim_cells(parent_id, specs, owner, exclusive=not fresh)
-            by_key = {keys[c]: c for c in cells}
-            finished = {by_key[k]: run for k, run in claims.finished.items()}
-            again += reuse(state, finished, tracker, progress)
-            for key, other in claims.taken.items():
-                waiting[other] = by_key[key]
-            won = {by_key[k]: run_id for k, run_id in claims.won.items()}
-            if won and cfg.orchestration.task_runner == "serial":
-                state.open_claims = won
-                for outcomes in train([won]):
-                    state.outcomes.update(outcomes)
-            elif won:
-                won_groups.append(won)
-        if won_groups:
-            # The runs of every group stay open until their group is logged; a ChainMap sees
-            # each group's cells leave as they are closed.
-            state.open_claims = ChainMap(*won_groups)
-            for outcomes in train(won_groups):
-                state.outcomes.update(outcomes)
+
+        def claimed(cells_of: list[list[Cell]], again: list[Cell] = again) -> Iterator[dict]:
+            """Claim each group when the trainer asks for it; yield the cells won."""
+            for cells in cells_of:
+                specs = [
+                    CellSpec(
+                        keys[c],
+                        c.name,
+                        cell_params(cfg, c, data_digest),
+                        {**common_tags, ROLE_TAG: "cell", ENGINE_TAG: cfg.train.engine},
+                    )
+                    for c in cells
+                ]
+                with progress.clock.phase("tracking"):
+                    claims = tracker.claim_cells(parent_id, specs, owner, exclusive=not fresh)
+                by_key = {keys[c]: c for c in cells}
+                finished = {by_key[k]: run for k, run in claims.finished.items()}
+                again += reuse(state, finished, tracker, progress)
+                for key, other in claims.taken.items():
+                    waiting[other] = by_key[key]
+                won = {by_key[k]: run_id for k, run_id in claims.won.items()}
+                if won:
+                    # Every claimed group's runs stay open until it is logged; the ChainMap
+                    # sees each group's cells leave as they are closed.
+                    state.open_claims.maps.append(won)
+                    yield won
+
+        state.open_claims = ChainMap()
+        groups = claimed(_grouped(pending, keys, cfg))
+        # Serial: claimed as the trainer takes them; any other runner claims every group first
+        # and trains them at once.
+        for outcomes in train(groups if cfg.orchestration.task_runner == "serial" else [*groups]):
+            state.outcomes.update(outcomes)
         pending = again
         if waiting:
             if not told:

@@ -12,9 +12,11 @@ import logging
 import re
 import secrets
 import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, MutableMapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
+from prefect.futures import PrefectFuture
 from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import PrefectLogAdapter
 from prefect.runtime import flow_run as current_flow_run
@@ -108,11 +111,28 @@ def load_data(data: DataConfig, clock: PhaseClock) -> MnistData:
 
 # No retries on training: an error there is deterministic far more often than transient, and a
 # retry would repeat the most expensive step; the cells are recorded as failed instead.
+class Stopped(Exception):
+    """A group still training when its flow stopped (an error elsewhere, Ctrl-C)."""
+
+
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
-def train(group: Group, data: MnistData, cfg: Config, progress: Progress) -> list[TrainResult]:
-    """Train one group in the flow process, printing per-epoch progress."""
+def train(
+    group: Group,
+    data: MnistData,
+    cfg: Config,
+    progress: Progress,
+    stop: threading.Event | None = None,
+) -> list[TrainResult]:
+    """Train one group in the flow process, printing per-epoch progress; ``stop`` set ends it
+    after the current epoch."""
+
+    def on_epoch(cell: Cell, epoch: int, row: dict[str, float]) -> None:
+        if stop is not None and stop.is_set():
+            raise Stopped(f"{group.name}: the flow stopped")
+        progress.epoch(cell, epoch, row)
+
     with progress.clock.phase("training"):
-        return train_cells(cfg, group, data, progress.epoch)
+        return train_cells(cfg, group, data, on_epoch)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
@@ -378,19 +398,76 @@ def _train_and_log(
 def _trainer(tracker: Tracker, data: MnistData, cfg: Config, progress: Progress) -> TrainClaimed:
     """What the runner trains claimed groups with: each group as a task in this process
     (serial), or all of a round's groups at once on the Dask workers."""
-    if cfg.orchestration.task_runner == "serial":
+    if cfg.orchestration.task_runner == "serial" and cfg.train.engine == "fused":
 
-        def train_claimed(groups: list[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
+        def train_claimed(groups: Iterable[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
+            for won, trained in _train_ahead(groups, data, cfg, progress):
+                yield _train_and_log(won, tracker, data, cfg, progress, trained)
+
+    elif cfg.orchestration.task_runner == "serial":
+        # Keras fits one at a time: they share Keras' global seed state.
+        def train_claimed(groups: Iterable[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
             for won in groups:
                 yield _train_and_log(won, tracker, data, cfg, progress)
 
     else:
 
-        def train_claimed(groups: list[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
-            for won, trained in _train_on_cluster(groups, data, cfg, progress.clock):
+        def train_claimed(groups: Iterable[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
+            for won, trained in _train_on_cluster(list(groups), data, cfg, progress.clock):
                 yield _train_and_log(won, tracker, data, cfg, progress, trained)
 
     return train_claimed
+
+
+def groups_at_once(cfg: Config, members: int) -> int:
+    """How many fused groups of ``members`` cells train at once in the flow process.
+
+    One shard program keeps about 1.7 cores busy while it steps and one while XLA compiles it,
+    so a group of one shard leaves a 2-core machine half idle: then two groups train side by
+    side (one compiles while the other steps). Groups of as many shards as cores train one at a
+    time. Results do not depend on it: XLA on the CPU is deterministic (tests/test_flow.py).
+    """
+    from bnpipe.train.fused import default_parallel_shards
+
+    shards = -(-members // cfg.train.shard_size)
+    cores = default_parallel_shards(1 << 16)
+    return max(1, cores // max(shards, 1))
+
+
+def _train_ahead(
+    groups: Iterable[dict[Cell, str]], data: MnistData, cfg: Config, progress: Progress
+) -> Iterator[tuple[dict[Cell, str], State]]:
+    """Serial fused training with the next group already training while this one is evaluated
+    and logged (and, for small groups, :func:`groups_at_once` groups training side by side).
+
+    Each group is claimed only when it is submitted. Leaving early (an error, Ctrl-C) stops the
+    groups still training at their next epoch, so nothing outlives the flow.
+    """
+    todo = iter(groups)
+    stop = threading.Event()
+    running: deque[tuple[dict[Cell, str], PrefectFuture]] = deque()
+
+    def submit(limit: int) -> None:
+        while len(running) < limit:
+            won = next(todo, None)
+            if won is None:
+                return
+            running.append((won, train.submit(group_of(won), data, cfg, progress, stop)))
+
+    try:
+        submit(1)
+        while running:
+            won, future = running[0]
+            at_once = groups_at_once(cfg, len(won))
+            submit(at_once)  # at_once groups train (this one among them) ...
+            state = final_state(future)
+            running.popleft()
+            submit(at_once)  # ... and at_once more while this one is evaluated and logged
+            yield won, state
+    finally:
+        stop.set()
+        for _, future in running:
+            future.wait()
 
 
 class Interrupted(KeyboardInterrupt):

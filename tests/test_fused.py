@@ -256,3 +256,82 @@ def test_members_with_other_rates_and_scales_train_as_alone(data: MnistData) -> 
             [i], bn=True, batch_size=BATCH, epochs=2, learning_rate=lrs[i], init_scale=scales[i]
         )
         _assert_identical(result, train_fused(single, data)[0])
+
+
+def _mixed_spec(seeds: list[int], bn_position: str = "after_relu", **kwargs) -> TrainSpec:
+    """One group of both arms: ``seeds`` without BN, then with (cells named as TrainSpec.of's)."""
+    off = TrainSpec.of(seeds, bn=False, batch_size=BATCH, bn_position=bn_position, **kwargs)
+    on = TrainSpec.of(seeds, bn=True, batch_size=BATCH, bn_position=bn_position, **kwargs)
+    return TrainSpec(
+        cells=off.cells + on.cells,
+        seeds=off.seeds + on.seeds,
+        learning_rates=off.learning_rates + on.learning_rates,
+        init_scales=off.init_scales + on.init_scales,
+        batch_size=BATCH,
+        epochs=on.epochs,
+        architecture=on.architecture,
+        bns=(False,) * len(seeds) + (True,) * len(seeds),
+    )
+
+
+@pytest.mark.parametrize("bn_position", ["after_relu", "before_relu"])
+def test_members_with_and_without_bn_in_one_program_train_as_apart(
+    data: MnistData, bn_position: str
+) -> None:
+    """A shard of both arms is one masked program; each member trains bit for bit as in the
+    plain program of its arm, so a cell's numbers do not depend on what shares its group."""
+    seeds = [0, 1]  # 2 + 2 members: one mixed shard of 5 (padded)
+    spec = _mixed_spec(seeds, bn_position, epochs=2, learning_rate=LR)
+    mixed = train_fused(spec, data)
+    assert fused.shard_layout(spec, spec.bns[:5]).mixed
+    apart = [
+        r
+        for bn in (False, True)
+        for r in _fused(data, bn, seeds, epochs=2, bn_position=bn_position)
+    ]
+    for a, b in zip(mixed, apart, strict=True):
+        _assert_identical(a, b)
+    # The members without BN come back with their own model's weights (no BN slots).
+    assert [len(r.weights) for r in mixed] == [6, 6, 14, 14]
+
+
+def test_a_mixed_group_is_cut_into_plain_shards_where_it_can(data: MnistData) -> None:
+    """Ten members of each arm fill plain shards (no member pays for BN it does not use); a
+    group of two seeds per arm needs one mixed shard instead of two half-empty plain ones."""
+    big = _mixed_spec(list(range(5)))
+    shards = [fused.shard_layout(big, big.bns[i : i + 5]) for i in (0, 5)]
+    assert [s.mixed for s in shards] == [False, False] and [s.bn for s in shards] == [False, True]
+    small = _mixed_spec([0, 1])
+    assert fused.shard_layout(small, small.bns).mixed
+
+
+@pytest.mark.slow
+def test_the_speed_flags_change_no_bit(tmp_path) -> None:
+    """XLA's thunk runtime (its default) and the whole-program emitter bnpipe picks give the same
+    bits; XLA reads its flags once per process, hence two processes."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, numpy as np\n"
+        "from bnpipe.train.common import TrainSpec\n"
+        "from bnpipe.train.fused import train_fused\n"
+        "from tests.conftest import make_tiny_mnist\n"
+        "data = make_tiny_mnist(n_train=300, n_test=100, seed=3)\n"
+        "spec = TrainSpec.of([0, 1], bn=True, batch_size=48, epochs=2)\n"
+        "h = hashlib.sha256()\n"
+        "for r in train_fused(spec, data):\n"
+        "    for w in r.weights: h.update(w.tobytes())\n"
+        "import os; print(os.environ['XLA_FLAGS'], h.hexdigest())\n"
+    )
+    out = {}
+    for value in ("true", "false"):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_cpu_use_thunk_runtime={value}"}
+        proc = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        flags, digest = proc.stdout.split()[-2:]
+        assert flags == f"--xla_cpu_use_thunk_runtime={value}"  # the user's value wins
+        out[value] = digest
+    assert out["true"] == out["false"]

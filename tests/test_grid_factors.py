@@ -46,18 +46,15 @@ def test_cells_strata_and_groups_of_a_bn_x_learning_rate_grid():
         "bn=on lr=0.1 seed=0",
         "bn=on lr=0.1 seed=1",
     ]
+    # Both BN arms of a learning rate train as one group (one program for the fused engine).
     groups = training_groups(cells)
-    assert [g.name for g in groups] == [
-        "bn=off lr=0.001",
-        "bn=on lr=0.001",
-        "bn=off lr=0.1",
-        "bn=on lr=0.1",
-    ]
-    assert groups[3].cells == cells[6:]
+    assert [g.name for g in groups] == ["lr=0.001", "lr=0.1"]
+    assert groups[1].cells == tuple(cells[4:])
     # The batch size is no factor here: every cell trains at train.batch_size.
-    spec = train_spec(cfg, groups[3])
-    assert spec.batch_size == 32 and spec.learning_rates == (0.1, 0.1)
-    assert spec.architecture.bn and spec.init_scales == (1.0, 1.0) and spec.seeds == (0, 1)
+    spec = train_spec(cfg, groups[1])
+    assert spec.batch_size == 32 and spec.learning_rates == (0.1,) * 4
+    assert spec.bns == (False, False, True, True) and spec.seeds == (0, 1, 0, 1)
+    assert spec.architecture.bn and spec.init_scales == (1.0,) * 4
     assert result_columns(cfg)[:3] == ["bn", "learning_rate", "seed"]
     assert list(result_row(cells[0], status="finished"))[:3] == ["bn", "learning_rate", "seed"]
 

@@ -80,8 +80,9 @@ class Architecture:
 class TrainSpec:
     """Everything an engine needs to train a group of cells: one model (member) per cell.
 
-    Members share the architecture, batch size and epochs (one compiled program); each has its
-    own seed, learning rate and init scale. ``cells`` label the results.
+    Members share the architecture except BN, batch size and epochs; each has its own seed,
+    learning rate, init scale and BN on/off (``bns``; empty: every member as
+    ``architecture.bn``). ``cells`` label the results.
     """
 
     cells: tuple[Cell, ...]
@@ -97,11 +98,19 @@ class TrainSpec:
     steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION
     shard_size: int = DEFAULT_SHARD_SIZE
     parallel_shards: int | None = None
+    bns: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.cells)
-        if not (len(self.seeds) == len(self.learning_rates) == len(self.init_scales) == n):
-            raise ValueError("TrainSpec: one seed, learning rate and init scale per cell")
+        if not self.bns:
+            object.__setattr__(self, "bns", (self.architecture.bn,) * n)
+        lengths = {len(self.seeds), len(self.learning_rates), len(self.init_scales), len(self.bns)}
+        if lengths != {n}:
+            raise ValueError("TrainSpec: one seed, learning rate, init scale and BN flag per cell")
+
+    def member_architecture(self, i: int) -> Architecture:
+        """Member i's architecture (the shared one with its own BN on/off)."""
+        return replace(self.architecture, bn=self.bns[i])
 
     @classmethod
     def of(
@@ -145,14 +154,15 @@ class TrainSpec:
         """A spec from grid cells and each cell's resolved levels (every registry factor).
 
         Raises:
-            ValueError: cells that disagree on the architecture or the batch size (they cannot
-                share one compiled program).
+            ValueError: cells that disagree on the architecture (BN aside) or the batch size
+                (they cannot share one compiled program).
         """
         if not cells:
             raise ValueError("TrainSpec.for_cells: no cells")
         hidden_units = settings.pop("hidden_units")
         num_classes = settings.pop("num_classes")
-        archs = {Architecture.of(lv, hidden_units, num_classes) for lv in levels}
+        bns = tuple(bool(lv["bn"]) for lv in levels)
+        archs = {replace(Architecture.of(lv, hidden_units, num_classes), bn=False) for lv in levels}
         batches = {int(lv["batch_size"]) for lv in levels}
         if len(archs) != 1 or len(batches) != 1:
             raise ValueError("cells of one group must share the architecture and batch size")
@@ -162,7 +172,8 @@ class TrainSpec:
             learning_rates=tuple(float(lv["learning_rate"]) for lv in levels),
             init_scales=tuple(float(lv["init_scale"]) for lv in levels),
             batch_size=batches.pop(),
-            architecture=archs.pop(),
+            architecture=replace(archs.pop(), bn=any(bns)),
+            bns=bns,
             **settings,
         )
 
@@ -174,6 +185,7 @@ class TrainSpec:
             seeds=tuple(self.seeds[i] for i in indices),
             learning_rates=tuple(self.learning_rates[i] for i in indices),
             init_scales=tuple(self.init_scales[i] for i in indices),
+            bns=tuple(self.bns[i] for i in indices),
         )
 
 

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from bnpipe.models import build_model
 from bnpipe.train.common import Cell, TrainData, TrainResult, TrainSpec, epoch_permutation
-from bnpipe.xla_cache import stable_names
+from bnpipe.xla_cache import stable_names, tune_xla
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
 Tensors = tuple[tf.Tensor, ...]
@@ -57,10 +57,12 @@ METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 class Layout:
     """Where each variable sits in the flat ``model.get_weights()`` list of one member."""
 
-    bn: bool
+    bn: bool  # BN variables present (every member has them in a mixed shard)
     n_layers: int  # hidden layers + output layer
     # Where BN sits (same variables either way): after each hidden ReLU, or before it.
     bn_position: str = "after_relu"
+    # Members with and without BN in one program: a per-member mask picks each one's path.
+    mixed: bool = False
 
     @property
     def per_hidden(self) -> int:
@@ -82,7 +84,12 @@ class Layout:
 
 
 def forward(
-    layout: Layout, weights: Sequence[tf.Tensor], x: tf.Tensor, *, training: bool
+    layout: Layout,
+    weights: Sequence[tf.Tensor],
+    x: tf.Tensor,
+    *,
+    training: bool,
+    bn_mask: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, dict[int, tf.Tensor]]:
     """Logits [K, B, classes] of every member, and (training only) updated BN moving stats.
 
@@ -91,6 +98,7 @@ def forward(
         weights: stacked weights (leading axis K) in ``get_weights`` order.
         x: [K, B, features] (each member its own batch) or [B, features] (shared batch).
         training: batch moments (and moving-average updates) instead of moving averages.
+        bn_mask: [K] bool, which members use BN (a mixed layout only).
 
     Returns:
         (logits, {weight index: new moving mean/variance}); the dict is empty unless training.
@@ -104,6 +112,13 @@ def forward(
         if not before:
             h = tf.nn.relu(h)
         if layout.bn:
+            z = h
+            if layout.mixed:
+                # A member without BN keeps z through a select (exact, so it trains bit for bit
+                # as in a program without BN); its BN branch sees zeros, so that branch and its
+                # gradient stay finite whatever z holds.
+                keep = bn_mask[:, None, None]
+                h = tf.where(keep, z, tf.zeros_like(z))
             gamma, beta = weights[base + 2], weights[base + 3]
             moving_mean, moving_var = weights[base + 4], weights[base + 5]
             if training:
@@ -118,6 +133,8 @@ def forward(
             h = tf.nn.batch_normalization(
                 h, mean, var, beta[:, None, :], gamma[:, None, :], BN_EPSILON
             )
+            if layout.mixed:
+                h = tf.where(keep, h, z)
         if before:
             h = tf.nn.relu(h)
     base = (layout.n_layers - 1) * layout.per_hidden
@@ -160,6 +177,7 @@ def train_step(
     y: tf.Tensor,
     lr: tf.Tensor,
     step: tf.Tensor,
+    bn_mask: tf.Tensor | None = None,
 ) -> tuple[tuple[Tensors, Tensors, Tensors], tf.Tensor, tf.Tensor]:
     """One optimizer step of every member on its own batch.
 
@@ -170,6 +188,8 @@ def train_step(
         y: [K, B] int labels.
         lr: learning rate.
         step: 1-based iteration number (float32), shared by all members.
+        bn_mask: [K] bool, which members use BN (a mixed layout only). A member without BN gets
+            zero gradients for its unused BN variables, so Adam leaves them as they are.
 
     Returns:
         (new state, batch loss [K], number correct [K]).
@@ -183,7 +203,7 @@ def train_step(
         watched = list(weights)
         for i, p in zip(trainable, params, strict=True):
             watched[i] = p
-        logits, updates = forward(layout, watched, x, training=True)
+        logits, updates = forward(layout, watched, x, training=True, bn_mask=bn_mask)
         loss, correct = _loss_and_correct(logits, y)
         # Members share no parameters, so the gradient of the sum is each member's own gradient.
         total = tf.reduce_sum(loss)
@@ -206,11 +226,13 @@ def _run_epoch(
     perms: tf.Tensor,
     lr: tf.Tensor,
     iterations: tf.Tensor,
+    bn_mask: tf.Tensor | None = None,
 ) -> tuple[tuple[Tensors, Tensors, Tensors], tf.Tensor, tf.Tensor, tf.Tensor]:
     """One epoch of every member: full steps in a while loop, then the partial batch.
 
-    ``perms`` [K, n] holds each member's epoch order; returns (state, iterations, epoch loss [K],
-    epoch accuracy [K]) with loss and accuracy as Keras' metric trackers report them.
+    ``perms`` [K, n] holds each member's epoch order (``bn_mask`` [K]: who uses BN, a mixed
+    layout only); returns (state, iterations, epoch loss [K], epoch accuracy [K]) with loss and
+    accuracy as Keras' metric trackers report them.
     """
     k, n = perms.shape[0], perms.shape[1]
     # A batch above the training set is one batch of all examples, as in Keras fit.
@@ -222,7 +244,8 @@ def _run_epoch(
         st, it, loss_sum, correct_sum = carry
         idx = tf.slice(perms, [0, start], [k, size])
         step = tf.cast(it + 1, tf.float32)
-        st, loss, correct = train_step(layout, st, tf.gather(x, idx), tf.gather(y, idx), lr, step)
+        batch_x, batch_y = tf.gather(x, idx), tf.gather(y, idx)
+        st, loss, correct = train_step(layout, st, batch_x, batch_y, lr, step, bn_mask)
         # Keras' loss tracker: total += batch mean loss * batch size.
         return st, it + 1, loss_sum + loss * float(size), correct_sum + correct
 
@@ -243,10 +266,10 @@ def _run_epoch(
 
 
 def _evaluate(
-    layout: Layout, weights: Tensors, x: tf.Tensor, y: tf.Tensor
+    layout: Layout, weights: Tensors, x: tf.Tensor, y: tf.Tensor, bn_mask: tf.Tensor | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Inference-mode loss [K] and accuracy [K] of every member on one shared (x, y)."""
-    logits, _ = forward(layout, weights, x, training=False)
+    logits, _ = forward(layout, weights, x, training=False, bn_mask=bn_mask)
     k = weights[0].shape[0]
     loss, correct = _loss_and_correct(logits, tf.broadcast_to(y, [k, y.shape[0]]))
     return loss, correct / float(y.shape[0])
@@ -277,22 +300,45 @@ def stack_initial_weights(
     *,
     bn_position: str = "after_relu",
     init_scales: Sequence[float] | None = None,
+    bns: Sequence[bool] | None = None,
 ) -> list[np.ndarray]:
     """Initial weights of each seed's Keras model (with its init scale), stacked on a leading
-    model axis."""
+    model axis.
+
+    ``bn``: the stack has BN variables; ``bns``: which members are models with BN (default:
+    all as ``bn``). A member without BN in a stack with BN variables gets BN's initial values
+    (gamma 1, beta 0, moving mean 0, moving variance 1) that it never uses.
+    """
     scales = list(init_scales) if init_scales is not None else [1.0] * len(seeds)
+    with_bn = list(bns) if bns is not None else [bn] * len(seeds)
     per_seed = [
-        build_model(
-            bn=bn,
-            seed=seed,
-            hidden_units=hidden_units,
-            num_classes=num_classes,
-            bn_position=bn_position,
-            init_scale=scale,
-        ).get_weights()
-        for seed, scale in zip(seeds, scales, strict=True)
+        _with_bn_slots(
+            build_model(
+                bn=member_bn,
+                seed=seed,
+                hidden_units=hidden_units,
+                num_classes=num_classes,
+                bn_position=bn_position,
+                init_scale=scale,
+            ).get_weights(),
+            bn and not member_bn,
+        )
+        for seed, scale, member_bn in zip(seeds, scales, with_bn, strict=True)
     ]
     return [np.stack(ws).astype(np.float32) for ws in zip(*per_seed, strict=True)]
+
+
+def _with_bn_slots(weights: list[np.ndarray], add: bool) -> list[np.ndarray]:
+    """A no-BN model's weights with BN's initial variables after each hidden Dense (if ``add``)."""
+    if not add:
+        return weights
+    out: list[np.ndarray] = []
+    hidden = len(weights) // 2 - 1
+    for layer in range(hidden):
+        kernel, bias = weights[2 * layer], weights[2 * layer + 1]
+        ones, zeros = np.ones_like(bias), np.zeros_like(bias)
+        out += [kernel, bias, ones, zeros, zeros, ones]
+    return out + weights[-2:]
 
 
 def shard_seeds(seeds: Sequence[int], shard_size: int) -> list[list[int]]:
@@ -317,17 +363,18 @@ def train_fused(
 ) -> list[TrainResult]:
     """Train one model per member of ``spec`` as stacked models.
 
-    Members that share a learning rate are cut into shards of ``spec.shard_size``; each shard
-    is one stacked model of exactly ``shard_size`` members (a short shard is padded with copies
-    of its first member, whose results are dropped). Members with different learning rates
-    never share a shard (the rate is one scalar of the shard's program); init scales only decide
-    initial weights, so they mix freely. XLA compiles a program for its shapes, and the member
-    count is one of them: on this CPU a member's last bits differed between K = 1, 2 and 10 at
-    batch 128. With every shard the same width, a member's weights depend on its own settings
-    only, never on which other members share the group, so a resumed group or ``bnpipe
-    reproduce`` trains a cell bit for bit as the full grid did. Shards run ``parallel_shards``
-    at a time on threads, in step epoch by epoch: XLA keeps about 1.7 of 2 cores busy with one
-    small-matmul program, two keep both busy.
+    Members that share a learning rate are cut into shards of ``spec.shard_size``; each shard is
+    one stacked model of exactly ``shard_size`` members (a short shard is padded with copies of
+    its first member, whose results are dropped). Members with different learning rates never
+    share a shard (the rate is one scalar of the shard's program); init scales only decide
+    initial weights, so they mix freely, and so do members with and without BN (a shard of both
+    kinds is one masked program, see :func:`shard_layout`). XLA compiles a program for its
+    shapes, and the member count is one of them: on this CPU a member's last bits differed
+    between K = 1, 2 and 10 at batch 128. With every shard the same width, a member's weights
+    depend on its own settings only, never on which other members share the group, so a resumed
+    group or ``bnpipe reproduce`` trains a cell bit for bit as the full grid did. Shards run
+    ``parallel_shards`` at a time on threads, in step epoch by epoch: XLA keeps about 1.7 of 2
+    cores busy with one small-matmul program, two keep both busy.
 
     Args:
         spec: the members (cells, seeds, learning rates, init scales), the shared architecture,
@@ -349,8 +396,10 @@ def train_fused(
     if len(x_train) < 1 or len(x_val) < 1:
         raise ValueError("train_fused needs at least one training and one validation example")
     by_rate: dict[float, list[int]] = {}
-    for i, rate in enumerate(spec.learning_rates):
-        by_rate.setdefault(rate, []).append(i)
+    # Members without BN first: a group of both kinds is cut into as many plain shards as it
+    # can fill (a mixed program costs the members without BN the BN arithmetic they discard).
+    for i in sorted(range(len(spec.cells)), key=lambda i: spec.bns[i]):
+        by_rate.setdefault(spec.learning_rates[i], []).append(i)
     shards = [
         chunk for members in by_rate.values() for chunk in shard_seeds(members, spec.shard_size)
     ]
@@ -361,23 +410,17 @@ def train_fused(
         raise ValueError(f"parallel_shards must be >= 1, got {parallel_shards}")
     # XLA on CPU is deterministic; this also pins any op that falls back to TF kernels.
     tf.config.experimental.enable_op_determinism()
+    tune_xla()
     tensors = (
         tf.constant(np.asarray(x_train, np.float32)),
         tf.constant(np.asarray(y_train, np.int32)),
         tf.constant(np.asarray(x_val, np.float32)),
         tf.constant(np.asarray(y_val, np.int32)),
     )
-    arch = spec.architecture
-    # Without BN its position is moot: one program for both spellings.
-    position = arch.bn_position if arch.bn else "after_relu"
-    layout = Layout(bn=arch.bn, n_layers=len(arch.hidden_units) + 1, bn_position=position)
     results: dict[int, TrainResult] = {}
     with ThreadPoolExecutor(max_workers=parallel_shards, thread_name_prefix="fused") as pool:
         for wave_start in range(0, len(shards), parallel_shards):
-            wave = [
-                _Shard(layout, spec, shard)
-                for shard in shards[wave_start : wave_start + parallel_shards]
-            ]
+            wave = [_Shard(spec, s) for s in shards[wave_start : wave_start + parallel_shards]]
             trained = _train_wave(wave, pool, tensors, spec.epochs, on_epoch)
             members = [i for shard in wave for i in shard.indices]
             results.update(zip(members, trained, strict=True))
@@ -412,13 +455,18 @@ class _Shard:
     """One stacked model of ``shard_size`` members: some of a spec's members (one learning
     rate), padded with copies of the first."""
 
-    def __init__(self, layout: Layout, spec: TrainSpec, indices: list[int]) -> None:
+    def __init__(self, spec: TrainSpec, indices: list[int]) -> None:
         self.indices = indices  # the spec's members trained here
         padded = indices + [indices[0]] * (spec.shard_size - len(indices))
         self.seeds = [spec.seeds[i] for i in indices]
         self.members = [spec.seeds[i] for i in padded]
         self.cells = [spec.cells[i] for i in indices]
+        bns = [spec.bns[i] for i in padded]
+        layout = shard_layout(spec, bns)
+        self.layout, self.bns = layout, bns[: len(indices)]
         self.run_epoch_fn, self.evaluate_fn = _compiled(layout, spec.batch_size)
+        # The mask is an input of mixed programs only: pure ones keep their signature.
+        self.extra = (tf.constant(bns),) if layout.mixed else ()
         arch = spec.architecture
         # Keras builds the initial weights; it runs here, on the calling thread.
         stacked = stack_initial_weights(
@@ -428,6 +476,7 @@ class _Shard:
             arch.num_classes,
             bn_position=arch.bn_position,
             init_scales=[spec.init_scales[i] for i in padded],
+            bns=bns,
         )
         if len(stacked) != layout.n_weights:
             raise ValueError(
@@ -452,9 +501,15 @@ class _Shard:
         n = int(x_train.shape[0])
         perms = np.stack([epoch_permutation(s, epoch, n) for s in self.members])
         self.state, self.iterations, loss, acc = self.run_epoch_fn(
-            self.state, x_train, y_train, tf.constant(perms, tf.int32), self.lr, self.iterations
+            self.state,
+            x_train,
+            y_train,
+            tf.constant(perms, tf.int32),
+            self.lr,
+            self.iterations,
+            *self.extra,
         )
-        val_loss, val_acc = self.evaluate_fn(self.state[0], x_val, y_val)
+        val_loss, val_acc = self.evaluate_fn(self.state[0], x_val, y_val, *self.extra)
         rows = np.stack([t.numpy() for t in (loss, acc, val_loss, val_acc)], axis=1)
         return rows[: len(self.seeds)]
 
@@ -472,7 +527,7 @@ class _Shard:
                 on_epoch(cell, len(self.histories[i]), row)
             # Same rule as the keras engine: a non-finite loss never recovers under Adam.
             if not math.isfinite(row["loss"]):
-                self.final[i] = _member(self.state[0], i)
+                self.final[i] = self.member_weights(i)
                 self.end_time[i] = elapsed
 
     def results(self, total_time: float) -> list[TrainResult]:
@@ -482,7 +537,7 @@ class _Shard:
             out.append(
                 TrainResult(
                     cell=cell,
-                    weights=self.final[i] if diverged else _member(self.state[0], i),
+                    weights=self.final[i] if diverged else self.member_weights(i),
                     history=self.histories[i],
                     status="diverged" if diverged else "finished",
                     error="non-finite training loss" if diverged else None,
@@ -492,7 +547,27 @@ class _Shard:
             )
         return out
 
+    def member_weights(self, i: int) -> list[np.ndarray]:
+        """Member i's weights in its model's ``get_weights()`` order (ready for ``set_weights``);
+        a member without BN in a mixed shard leaves out the BN slots it never used."""
+        weights = [np.array(w[i].numpy()) for w in self.state[0]]
+        if not self.layout.bn or self.bns[i]:
+            return weights
+        per = self.layout.per_hidden
+        layers = range(self.layout.n_layers - 1)
+        hidden = [w for layer in layers for w in weights[layer * per : layer * per + 2]]
+        return hidden + weights[-2:]
 
-def _member(weights: Sequence[tf.Tensor], i: int) -> list[np.ndarray]:
-    """Member i's weights in ``model.get_weights()`` order (ready for ``set_weights``)."""
-    return [np.array(w[i].numpy()) for w in weights]
+
+def shard_layout(spec: TrainSpec, bns: Sequence[bool]) -> Layout:
+    """The program layout of a shard whose (padded) members use BN as ``bns`` says.
+
+    A shard whose members all agree gets the plain program, with or without BN; one that mixes
+    them gets the masked program, in which each member trains bit for bit as in its plain one
+    (tests/test_fused.py): a group's cells need one program instead of two.
+    """
+    arch = spec.architecture
+    bn, mixed = any(bns), len(set(bns)) > 1
+    # Without BN its position is moot: one program for both spellings.
+    position = arch.bn_position if bn else "after_relu"
+    return Layout(bn=bn, n_layers=len(arch.hidden_units) + 1, bn_position=position, mixed=mixed)

@@ -57,7 +57,7 @@ def _train_one(
     x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_test, data.y_test
     set_determinism(seed)
     model = build_model(
-        seed=seed, init_scale=spec.init_scales[i], **spec.architecture.model_kwargs()
+        seed=seed, init_scale=spec.init_scales[i], **spec.member_architecture(i).model_kwargs()
     )
     compile_model(model, spec.learning_rates[i], spec.steps_per_execution)
     history: list[dict[str, float]] = []
