@@ -275,21 +275,41 @@ def _evaluate(
     return loss, correct / float(y.shape[0])
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(layout: Layout, batch_size: int) -> tuple[Callable, Callable]:
-    """XLA-compiled epoch and evaluation functions for one layout and batch size.
-
-    Cached so every chunk and call with the same shapes reuses one trace and compile. Wrapping
-    partials (not closures) gives each (layout, batch size) its own retracing statistics, so
-    tf.function does not warn about "frequent retracing" when a grid moves between groups.
-    """
-    run_epoch = tf.function(functools.partial(_run_epoch, layout, batch_size), jit_compile=True)
-    evaluate = tf.function(functools.partial(_evaluate, layout), jit_compile=True)
-    # Stable function names let the persistent XLA cache find these programs in any process.
-    return (
-        stable_names(run_epoch, "epoch", layout, batch_size),
-        stable_names(evaluate, "evaluate", layout),
+def _epoch_and_validate(
+    layout: Layout,
+    batch_size: int,
+    state: tuple[Tensors, Tensors, Tensors],
+    x: tf.Tensor,
+    y: tf.Tensor,
+    perms: tf.Tensor,
+    lr: tf.Tensor,
+    iterations: tf.Tensor,
+    x_val: tf.Tensor,
+    y_val: tf.Tensor,
+    bn_mask: tf.Tensor | None = None,
+) -> tuple:
+    """One epoch (:func:`_run_epoch`) then validation (:func:`_evaluate`), as one program:
+    (state, iterations, loss [K], accuracy [K], val_loss [K], val_accuracy [K])."""
+    state, iterations, loss, acc = _run_epoch(
+        layout, batch_size, state, x, y, perms, lr, iterations, bn_mask
     )
+    val_loss, val_acc = _evaluate(layout, state[0], x_val, y_val, bn_mask)
+    return state, iterations, loss, acc, val_loss, val_acc
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(layout: Layout, batch_size: int) -> Callable:
+    """The XLA-compiled epoch-and-validation function for one layout and batch size.
+
+    One program, not an epoch program and an evaluation program: each program costs a trace and
+    a compile before its first step. Cached so every chunk and call with the same shapes reuses
+    one trace and compile. Wrapping partials (not closures) gives each (layout, batch size) its
+    own retracing statistics, so tf.function does not warn about "frequent retracing" when a
+    grid moves between groups.
+    """
+    fn = functools.partial(_epoch_and_validate, layout, batch_size)
+    # Stable function names let the persistent XLA cache find the program in any process.
+    return stable_names(tf.function(fn, jit_compile=True), "epoch", layout, batch_size)
 
 
 def stack_initial_weights(
@@ -464,7 +484,7 @@ class _Shard:
         bns = [spec.bns[i] for i in padded]
         layout = shard_layout(spec, bns)
         self.layout, self.bns = layout, bns[: len(indices)]
-        self.run_epoch_fn, self.evaluate_fn = _compiled(layout, spec.batch_size)
+        self.run_epoch_fn = _compiled(layout, spec.batch_size)
         # The mask is an input of mixed programs only: pure ones keep their signature.
         self.extra = (tf.constant(bns),) if layout.mixed else ()
         arch = spec.architecture
@@ -500,16 +520,18 @@ class _Shard:
         x_train, y_train, x_val, y_val = data
         n = int(x_train.shape[0])
         perms = np.stack([epoch_permutation(s, epoch, n) for s in self.members])
-        self.state, self.iterations, loss, acc = self.run_epoch_fn(
+        self.state, self.iterations, *metrics = self.run_epoch_fn(
             self.state,
             x_train,
             y_train,
             tf.constant(perms, tf.int32),
             self.lr,
             self.iterations,
+            x_val,
+            y_val,
             *self.extra,
         )
-        val_loss, val_acc = self.evaluate_fn(self.state[0], x_val, y_val, *self.extra)
+        loss, acc, val_loss, val_acc = metrics
         rows = np.stack([t.numpy() for t in (loss, acc, val_loss, val_acc)], axis=1)
         return rows[: len(self.seeds)]
 
