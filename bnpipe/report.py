@@ -1122,7 +1122,10 @@ def render_markdown(
         "## Training dynamics",
         "",
         f"Means over finished cells; epochs to threshold = first epoch with val accuracy ≥ "
-        f"{100 * threshold:g}% (averaged over the cells that reached it).",
+        f"{100 * threshold:g}% (averaged over the cells that reached it). s / epoch is the wall "
+        "time per model: with the fused engine a group's shards are timed together, so its "
+        "cells (both BN arms) share one figure; `studies/compute.yaml` times BN's cost with one "
+        "`model.fit` per cell.",
         "",
         dynamics_table(dyn_summary, cmp, threshold),
         "",
