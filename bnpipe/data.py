@@ -101,10 +101,32 @@ def _load_npz(path: Path) -> tuple[tuple[np.ndarray, ...], str]:
 
 def _from_dir(d: Path) -> tuple[tuple[np.ndarray, ...], str] | None:
     if all((d / name).is_file() for name in IDX_MD5):
-        return _load_idx_dir(d)
+        files = [d / name for name in IDX_MD5]
+        return _cached(_load_idx_dir, d, _stamp(files))
     if (d / NPZ_NAME).is_file():
-        return _load_npz(d / NPZ_NAME)
+        return _cached(_load_npz, d / NPZ_NAME, _stamp([d / NPZ_NAME]))
     return None
+
+
+# The last files read and verified, by path, size and modification time: `bnpipe run` checks the
+# data before any run is created and its flow loads it again (about 1 s each here); any change
+# to a file is a new stamp and a fresh read. The arrays are read-only, so no caller can change
+# what the next one gets.
+_last: dict[tuple, tuple[tuple[np.ndarray, ...], str]] = {}
+
+
+def _stamp(files: list[Path]) -> tuple:
+    return tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+def _cached(load, path: Path, stamp: tuple) -> tuple[tuple[np.ndarray, ...], str]:
+    if stamp not in _last:
+        arrays, digest = load(path)
+        for a in arrays:
+            a.flags.writeable = False
+        _last.clear()
+        _last[stamp] = (arrays, digest)
+    return _last[stamp]
 
 
 def _keras_cache() -> Path:
