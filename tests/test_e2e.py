@@ -1,4 +1,6 @@
-"""The issue's acceptance run, as a user types it: `bnpipe run` on real MNIST, 2 seeds, 1 epoch.
+"""The issue's acceptance run, as a user types it: `bnpipe run` on real MNIST, 2 seeds, 1 epoch;
+then the same command again (trains nothing, prints the same numbers) and `bnpipe reproduce` of
+one cell (retrains it, identical to the last bit).
 
 Slow (trains 16 real models) and needs BNPIPE_DATA_DIR; CI sets it.
 """
@@ -18,39 +20,33 @@ from bnpipe.tracking import PARENT_TAG
 from tests.conftest import requires_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_ROW = re.compile(r"^batch_size=(\d+)\s+(\d+)\s+(0\.\d{4})\s+(0\.\d{4})\s+.*$", re.MULTILINE)
 
 
 @pytest.mark.slow
 @requires_mnist
-def test_bnpipe_run_on_real_mnist(tmp_path):
+def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    bnpipe = Path(sys.executable).with_name("bnpipe")
-    proc = subprocess.run(
-        [
-            str(bnpipe),
-            "run",
-            "--params",
-            str(ROOT / "params.yaml"),
-            "--set",
-            "grid.seeds=[0,1]",
-            "--set",
-            "train.epochs=1",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    bnpipe = str(Path(sys.executable).with_name("bnpipe"))
+    argv = [bnpipe, "run", "--params", str(ROOT / "params.yaml")]
+    argv += ["--set", "grid.seeds=[0,1]", "--set", "train.epochs=1"]
+
+    def run(cmd: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
+
+    proc = run(argv)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "[ 16/16]" in out  # progress reached the last cell
+    assert "(16 cells: 16 trained, 0 reused" in out
     assert "BN on minus BN off test accuracy per batch size" in out
-    rows = re.findall(r"^batch_size=(\d+)\s+(\d+)\s+(0\.\d{4})\s+(0\.\d{4})\s+", out, re.MULTILINE)
+    rows = SUMMARY_ROW.findall(out)
     # one summary row per batch size, 2 pairs each, accuracies of one epoch (~0.93-0.97)
     assert [(int(r[0]), int(r[1])) for r in rows] == [(16, 2), (32, 2), (64, 2), (128, 2)]
-    assert all(0.9 < float(a) < 1.0 for r in rows for a in r[2:])
+    assert all(0.9 < float(a) < 1.0 for r in rows for a in r[2:4])
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
     try:
@@ -65,3 +61,17 @@ def test_bnpipe_run_on_real_mnist(tmp_path):
     acc = children["metrics.test/accuracy"].astype(float)
     assert acc.between(0.9, 1.0).all()  # one epoch of the reference MLP on MNIST: ~0.93-0.96
     assert (children["tags.bnpipe.data_digest"] == parents["tags.bnpipe.data_digest"].iloc[0]).all()
+
+    # The same command again: every cell reused, the same summary to the last printed digit.
+    again = run(argv)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(16 cells: 0 trained, 16 reused" in again.stdout
+    assert [m.group(0) for m in SUMMARY_ROW.finditer(again.stdout)] == [
+        m.group(0) for m in SUMMARY_ROW.finditer(out)
+    ]
+
+    # One cell trained again from its recorded settings (alone, not in its fused group).
+    cell = children.loc[children["tags.mlflow.runName"] == "bn=on bs=128 seed=1", "run_id"]
+    rep = run([bnpipe, "reproduce", cell.iloc[0]])
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    assert "MATCH: every metric and every weight is identical" in rep.stdout
