@@ -181,7 +181,12 @@ def runs_of(uri: str, experiment: str = EXPERIMENT) -> tuple[pd.DataFrame, pd.Da
 # -- MLflow tracking server ----------------------------------------------------------------------
 @pytest.mark.server
 @requires_mnist
-def test_grid_logs_through_a_real_mlflow_server(tmp_path: Path) -> None:
+def test_grid_logs_through_a_real_mlflow_server(
+    prefect_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    # The team setup of docs/servers.md: both servers. The module's Prefect server (the serve and
+    # deploy tests use it too) spares this run a temporary one's start.
+    api, _ = prefect_server
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     artifacts = tmp_path / "server-artifacts"
@@ -202,7 +207,7 @@ def test_grid_logs_through_a_real_mlflow_server(tmp_path: Path) -> None:
     (tmp_path / "server").mkdir()
     work = tmp_path / "work"
     work.mkdir()
-    env = client_env(tmp_path)
+    env = client_env(tmp_path, PREFECT_API_URL=api)
     with running(
         server_cmd, env=env, log=tmp_path / "mlflow-server.log", ready_url=f"{url}/health"
     ):
