@@ -394,7 +394,8 @@ SMOKE = [
 @requires_mnist
 def test_two_real_runs_at_once_train_each_cell_once_and_print_no_traceback(tmp_path):
     """Two ``bnpipe run`` commands started together on one new store, as two users (or a cron
-    job and a user) start them: each its own temporary Prefect server on one new PREFECT_HOME."""
+    job and a user) start them: each its own temporary Prefect server on one new PREFECT_HOME.
+    They share the grid: each cell is trained once, by one of them, and both report it."""
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     sets = [f"tracking.uri={store}", f"tracking.reports_dir={tmp_path / 'reports'}", *SMOKE]
     argv = [str(Path(sys.executable).with_name("bnpipe")), "run"]
@@ -428,3 +429,18 @@ def test_two_real_runs_at_once_train_each_cell_once_and_print_no_traceback(tmp_p
     cells = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert len(cells) == 8 and cells["tags.bnpipe.cell_key"].nunique() == 8
     assert set(runs["status"]) == {"FINISHED"}
+    # The two runs shared the grid: what each trained is disjoint, together every cell, and
+    # both parents' results name the same cell runs with the same numbers.
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    assert len(parents) == 2
+    client = mlflow.MlflowClient(store)
+    tables = [
+        pd.read_csv(client.download_artifacts(pid, "results.csv", str(tmp_path))).sort_values(
+            ["batch_size", "bn", "seed"]
+        )
+        for pid in parents["run_id"]
+    ]
+    mine = [set(t.loc[~t["reused"], "run_id"]) for t in tables]
+    assert not (mine[0] & mine[1]) and mine[0] | mine[1] == set(cells["run_id"])
+    assert tables[0]["run_id"].tolist() == tables[1]["run_id"].tolist()
+    assert tables[0]["test_accuracy"].tolist() == tables[1]["test_accuracy"].tolist()

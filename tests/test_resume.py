@@ -1,8 +1,8 @@
 """Resume, reproduce, concurrency: no finished cell is trained twice and no result is lost.
 
-In-process flows count trainings by wrapping ``bnpipe.train.engines.train_group``; the kill and
-concurrency tests run real ``bnpipe run`` processes (on generated data, against the session's
-Prefect API) and read the truth back from the MLflow store.
+In-process flows count trainings by wrapping ``bnpipe.train.engines.train_group``; the kill test
+runs a real ``bnpipe run`` process (on generated data, against the session's Prefect API) and
+reads the truth back from the MLflow store. Two real processes on one store: tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -289,40 +288,9 @@ def test_killed_run_is_resumed_training_exactly_the_missing_cells(
     pd.testing.assert_frame_equal(pd.DataFrame(resumed["summary"]), pd.DataFrame(whole["summary"]))
 
 
-def test_two_processes_on_one_store_share_the_grid(store, tmp_path, bnpipe_process):
-    # 4 groups of 2 cells: the two runs meet more than once.
-    grid = [
-        "train.engine=keras",
-        "train.epochs=3",
-        "grid.batch_sizes=[32,64]",
-        "grid.seeds=[0,1]",
-    ]
-    cfg = flow_config(store, grid)
-    args = _set_args(store, grid)
-    procs = [bnpipe_process(args, f"p{i}") for i in range(2)]
-    for i, proc in enumerate(procs):
-        assert proc.wait(timeout=300) == 0, (tmp_path / f"p{i}.err").read_text()[-3000:]
-    for i in range(2):
-        err = (tmp_path / f"p{i}.err").read_text() + (tmp_path / f"p{i}.out").read_text()
-        assert "database is locked" not in err and "Traceback" not in err, err[-3000:]
-
-    runs = search(store, cfg.tracking.experiment)
-    assert set(runs["status"]) == {"FINISHED"}
-    parents = runs[runs[f"tags.{PARENT_TAG}"].isna()]
-    cells = runs[runs[f"tags.{PARENT_TAG}"].notna()]
-    assert len(parents) == 2
-    # No duplicates: exactly one child run (trained once) per cell key.
-    assert len(cells) == 8 and cells[f"tags.{CELL_KEY_TAG}"].nunique() == 8
-    client = mlflow.MlflowClient(store)
-    tables = {}
-    for parent_id in parents["run_id"]:
-        path = client.download_artifacts(parent_id, "results.csv", str(tmp_path))
-        tables[parent_id] = pd.read_csv(path).sort_values(["batch_size", "bn", "seed"])
-    trained = [set(t.loc[~t["reused"], "run_id"]) for t in tables.values()]
-    assert not (trained[0] & trained[1]) and trained[0] | trained[1] == set(cells["run_id"])
-    a, b = tables.values()
-    assert a["run_id"].tolist() == b["run_id"].tolist()
-    np.testing.assert_array_equal(a["test_accuracy"], b["test_accuracy"])
+# Two real processes on one store sharing the grid: tests/test_faults.py
+# (test_two_real_runs_at_once_train_each_cell_once_and_print_no_traceback), on real MNIST, each
+# with its own temporary Prefect server.
 
 
 # -- reproduce ------------------------------------------------------------------------------------
