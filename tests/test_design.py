@@ -22,11 +22,12 @@ from bnpipe.design import (
 from tests.conftest import bs_cell
 from tests.test_resume import TrainCounter, accuracies, run_flow
 
-# Tiny data, 1 epoch, keras engine (no XLA compile per group): looks of 2 seed pairs up to 6 per
-# batch size. With 2 pairs (df = 1) the first look can never decide, so every comparison
+# Tiny data, 1 epoch, fused engine (on tiny data its compile per group costs less than the keras
+# engine's model.fit per cell): looks of 2 seed pairs up to 6 per batch size. With 2 pairs
+# (df = 1) the first look can never decide, so every comparison
 # takes at least two looks; the wide margin lets some end "equivalent" on tiny data.
 SEQ = [
-    "train.engine=keras",
+    "train.engine=fused",
     "train.epochs=1",
     "grid.batch_sizes=[32,64]",
     "stats.look_every=2",
@@ -171,7 +172,7 @@ def test_fixed_design_keeps_its_seed_list(monkeypatch, tiny_mnist, store, prefec
         monkeypatch,
         tiny_mnist,
         store,
-        ["train.engine=keras", "train.epochs=1", "grid.batch_sizes=[32]", "grid.seeds=[3,5]"],
+        ["train.engine=fused", "train.epochs=1", "grid.batch_sizes=[32]", "grid.seeds=[3,5]"],
     )
     assert counter.take() == {bs_cell(b, 32, s) for b in (False, True) for s in (3, 5)}
     assert out["decisions"] == []
