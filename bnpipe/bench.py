@@ -221,6 +221,12 @@ def run_bench(
         "peak_rss_mib", ...}; each row holds the three timings, speed-ups over the reference and
         the fused engine's ratio to the FLOP floor.
     """
+    from bnpipe.xla_cache import tune_xla
+
+    # XLA reads its flags at a process's first compile, and the probe compiles first: the fused
+    # engine must run with the settings it has in `bnpipe run`. (The JAX peer's XLA reads the
+    # same XLA_FLAGS when it starts, so both run under the same code generation settings.)
+    tune_xla()
     probes = [_probe(probe_seconds, log)]
 
     cells = [(bn, bs) for bn in bn_values for bs in batch_sizes]
