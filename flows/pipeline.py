@@ -109,12 +109,12 @@ def load_data(data: DataConfig, clock: PhaseClock) -> MnistData:
         return load_mnist(data.dir).subset(data.limit_train, data.limit_test)
 
 
-# No retries on training: an error there is deterministic far more often than transient, and a
-# retry would repeat the most expensive step; the cells are recorded as failed instead.
 class Stopped(Exception):
     """A group still training when its flow stopped (an error elsewhere, Ctrl-C)."""
 
 
+# No retries on training: an error there is deterministic far more often than transient, and a
+# retry would repeat the most expensive step; the cells are recorded as failed instead.
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
 def train(
     group: Group,
@@ -425,7 +425,9 @@ def groups_at_once(cfg: Config, members: int) -> int:
     One shard program keeps about 1.7 cores busy while it steps and one while XLA compiles it,
     so a group of one shard leaves a 2-core machine half idle: then two groups train side by
     side (one compiles while the other steps). Groups of as many shards as cores train one at a
-    time. Results do not depend on it: XLA on the CPU is deterministic (tests/test_flow.py).
+    time. Results do not depend on it: XLA on the CPU is deterministic, shards on threads change
+    no bit (tests/test_fused.py), and tests/test_e2e.py reproduces a real-MNIST cell alone to the
+    last bit after its grid trained groups side by side.
     """
     from bnpipe.train.fused import default_parallel_shards
 
