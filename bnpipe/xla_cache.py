@@ -70,8 +70,9 @@ def machine_key() -> str:
     """Hash of what the stored HLO does not pin down: CPU, numeric versions and env flags."""
     facts = {**environment_facts(), **package_versions(NUMERIC_PACKAGES)}
     facts["cpu_flags"] = _cpu_flags()
-    # numeric_env leaves out the speed flags (they change no bit), but they change the code.
-    facts["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    # numeric_env leaves out the speed flags (they change no bit), but they change the code; the
+    # key is the same before and after tune_xla sets them.
+    facts["xla_flags"] = tuned_flags()
     with contextlib.suppress(AttributeError):  # not Linux
         facts["affinity"] = str(len(os.sched_getaffinity(0)))
     blob = json.dumps(facts, sort_keys=True)
@@ -93,10 +94,16 @@ def tune_xla() -> None:
     XLA reads XLA_FLAGS at its first compile in a process, so this runs before it (the fused
     engine calls it first thing); later calls change nothing.
     """
+    flags = tuned_flags()
+    if flags != os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = flags
+
+
+def tuned_flags() -> str:
+    """XLA_FLAGS as :func:`tune_xla` leaves them: the user's, plus the speed flags not set."""
     flags = os.environ.get("XLA_FLAGS", "")
     missing = [f"{k}={v}" for k, v in SPEED_XLA_FLAGS.items() if _flag_value(flags, k) is None]
-    if missing:
-        os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+    return " ".join([flags, *missing]).strip()
 
 
 def enable() -> Path | None:
