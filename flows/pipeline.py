@@ -429,11 +429,10 @@ def groups_at_once(cfg: Config, members: int) -> int:
     no bit (tests/test_fused.py), and tests/test_e2e.py reproduces a real-MNIST cell alone to the
     last bit after its grid trained groups side by side.
     """
-    from bnpipe.train.fused import default_parallel_shards
+    from bnpipe.train.fused import usable_cores
 
     shards = -(-members // cfg.train.shard_size)
-    cores = default_parallel_shards(1 << 16)
-    return max(1, cores // max(shards, 1))
+    return max(1, usable_cores() // max(shards, 1))
 
 
 def _train_ahead(

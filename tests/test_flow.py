@@ -210,16 +210,11 @@ def test_flow_runs_a_bn_x_learning_rate_grid_and_reuses_it(monkeypatch, tiny_mni
 
 def test_small_fused_groups_train_side_by_side_and_large_ones_alone():
     """A group of one shard shares the cores with the next; one that fills them trains alone."""
+    from bnpipe.train.fused import usable_cores
     from flows.pipeline import groups_at_once
 
     cfg = load_config(None, ["train.engine=fused", "train.shard_size=5"])
-    cores = fused_cores()
+    cores = usable_cores()
     assert groups_at_once(cfg, 4) == max(1, cores)  # 2 seeds x 2 arms: one shard
     assert groups_at_once(cfg, 20) == max(1, cores // 4)  # 10 seeds x 2 arms: four shards
     assert groups_at_once(cfg, 1) >= groups_at_once(cfg, 10) >= 1
-
-
-def fused_cores() -> int:
-    from bnpipe.train.fused import default_parallel_shards
-
-    return default_parallel_shards(1 << 16)

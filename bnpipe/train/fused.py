@@ -372,13 +372,17 @@ def shard_seeds(seeds: Sequence[int], shard_size: int) -> list[list[int]]:
     return [seeds[i : i + shard_size] for i in range(0, len(seeds), shard_size)]
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_parallel_shards(n_shards: int) -> int:
     """One shard program per CPU core this process may use, and no more than there are shards."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, n_shards))
+    return max(1, min(usable_cores(), n_shards))
 
 
 def train_fused(
