@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bnpipe import trainer
 from bnpipe.config import Config, ConfigError, load_config
 from bnpipe.factors import Cell, contrast_phrase, factor_columns, strata_phrase
 from bnpipe.progress import PhaseClock, format_breakdown
@@ -279,11 +281,21 @@ def _contrast(summary: list[dict]) -> str:
 
 def checked_config(args: argparse.Namespace, clock: PhaseClock | None = None) -> Config | None:
     """Config from --params/--set with data and store verified; None after a bad-input error."""
+    cfg = parsed_config(args)
+    return cfg if cfg is not None and checked(cfg, clock) else None
+
+
+def parsed_config(args: argparse.Namespace) -> Config | None:
+    """Config from --params/--set, not yet checked; None after a bad-input error."""
     try:
-        cfg = resolve_config(args.params, args.overrides)
+        return resolve_config(args.params, args.overrides)
     except ConfigError as exc:  # before MLflow is imported: bad params answer in milliseconds
         bad_input(str(exc))
         return None
+
+
+def checked(cfg: Config, clock: PhaseClock | None = None) -> bool:
+    """:func:`preflight`, with a bad-input error printed when it fails."""
     from bnpipe.data import DataError
     from bnpipe.tracking import TrackingError
 
@@ -291,23 +303,41 @@ def checked_config(args: argparse.Namespace, clock: PhaseClock | None = None) ->
         preflight(cfg, clock)
     except (ConfigError, DataError, TrackingError) as exc:
         bad_input(str(exc))
-        return None
-    return cfg
+        return False
+    return True
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, *, trainer_process: bool = False) -> int:
+    """``bnpipe run``; ``trainer_process``: train in a process beside the flow's when the run
+    trains serially with the fused engine (:mod:`bnpipe.trainer`), as the command does."""
     clock = PhaseClock()
-    cfg = checked_config(args, clock)
+    cfg = parsed_config(args)
     if cfg is None:
         return EXIT_BAD_INPUT
+    with contextlib.ExitStack() as stack:
+        process = None
+        if trainer_process and trainer.wanted(cfg.orchestration.task_runner, cfg.train.engine):
+            # Imports TensorFlow from here on, while this process checks and starts the flow.
+            process = stack.enter_context(trainer.started())
+        if not checked(cfg, clock):
+            return EXIT_BAD_INPUT
+        if process is not None:
+            process.serve(cfg.data)
+        return _run_checked(cfg, args, clock, in_process=process is None)
+
+
+def _run_checked(
+    cfg: Config, args: argparse.Namespace, clock: PhaseClock, *, in_process: bool
+) -> int:
     from flows.server import ServerError, TemporaryServer, check_api
 
     refused = check_api()  # a configured Prefect server; before TensorFlow prints its banner
     if refused is not None:
         return bad_input(refused)
     with TemporaryServer() as server:  # boots while TensorFlow is imported; always stopped
-        with clock.phase("tf_import"):
-            import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
+        if in_process:
+            with clock.phase("tf_import"):
+                import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
         from bnpipe.tracking import ArtifactWriteError
         from flows.pipeline import ablation, quiet_reported_errors
 
@@ -513,7 +543,13 @@ def interrupted(exc: KeyboardInterrupt) -> int:
     return 128 + signum
 
 
-def main(argv: list[str] | None = None) -> int:
+def console() -> int:
+    """The ``bnpipe`` command: :func:`main` owning its process tree, so a run trains in a
+    process beside the flow's (a library call of :func:`main` trains in its own process)."""
+    return main(trainer_process=True)
+
+
+def main(argv: list[str] | None = None, *, trainer_process: bool = False) -> int:
     _quiet_defaults()
     args = _parser().parse_args(argv)
     if args.command in ("run", "reproduce", "claims"):
@@ -526,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _dispatch(args)
+        return _dispatch(args, trainer_process=trainer_process)
     except KeyboardInterrupt as exc:
         code = interrupted(exc)
         if _signals or getattr(exc, "signum", None) == signal.SIGTERM:
@@ -542,9 +578,9 @@ def main(argv: list[str] | None = None) -> int:
         _signals.clear()
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, *, trainer_process: bool = False) -> int:
     if args.command == "run":
-        return cmd_run(args)
+        return cmd_run(args, trainer_process=trainer_process)
     if args.command == "report":
         return cmd_report(args)
     if args.command == "claims":
@@ -561,4 +597,4 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnpipe.models import build_model
 from bnpipe.train.common import Architecture, Cell
 
 # Keras clips probabilities by this epsilon in sparse categorical cross-entropy; using the same
@@ -56,6 +55,9 @@ def evaluate_weights(
     architecture: Architecture,
 ) -> Evaluation:
     """Rebuild the cell's Keras model from ``weights`` and evaluate it (BN in inference mode)."""
+    # Here, not at the top: the flow's process imports Evaluation without loading TensorFlow.
+    from bnpipe.models import build_model
+
     model = build_model(seed=cell.seed, **architecture.model_kwargs())
     model.set_weights(weights)
     # A direct call, not model.predict: predict traces a new tf.function for every rebuilt model,

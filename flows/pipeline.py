@@ -40,6 +40,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 from prefect.utilities.urls import url_for
 
+from bnpipe import trainer
 from bnpipe.config import Config, DataConfig, load_config
 from bnpipe.data import MnistData, load_mnist
 from bnpipe.design import plan_of
@@ -89,6 +90,7 @@ from bnpipe.tracking import (
 )
 from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
+from bnpipe.trainer import Stopped
 from flows.runners import final_state, training_runner, worker_data
 
 # The headline statistics with the equivalence test's p just before the verdict it decides.
@@ -109,10 +111,6 @@ def load_data(data: DataConfig, clock: PhaseClock) -> MnistData:
         return load_mnist(data.dir).subset(data.limit_train, data.limit_test)
 
 
-class Stopped(Exception):
-    """A group still training when its flow stopped (an error elsewhere, Ctrl-C)."""
-
-
 # No retries on training: an error there is deterministic far more often than transient, and a
 # retry would repeat the most expensive step; the cells are recorded as failed instead.
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
@@ -123,16 +121,22 @@ def train(
     progress: Progress,
     stop: threading.Event | None = None,
 ) -> list[TrainResult]:
-    """Train one group in the flow process, printing per-epoch progress; ``stop`` set ends it
-    after the current epoch."""
+    """Train one group, printing per-epoch progress; ``stop`` set ends it after the current
+    epoch. In the command's training process when it has one, else in this one."""
 
     def on_epoch(cell: Cell, epoch: int, row: dict[str, float]) -> None:
         if stop is not None and stop.is_set():
             raise Stopped(f"{group.name}: the flow stopped")
         progress.epoch(cell, epoch, row)
 
+    process = trainer.active()
+    if process is None:
+        with progress.clock.phase("training"):
+            return train_cells(cfg, group, data, on_epoch)
+    with progress.clock.phase("tf_import"):  # what of it the flow's own start did not hide
+        process.wait_ready()
     with progress.clock.phase("training"):
-        return train_cells(cfg, group, data, on_epoch)
+        return process.train(cfg, group, data.digest, on_epoch)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train {group.name}")
@@ -151,9 +155,12 @@ def train_on_worker(group: Group, cfg: Config, digest: str) -> list[TrainResult]
     task_run_name="evaluate {result.cell.name}",
 )
 def evaluate(result: TrainResult, data: MnistData, cfg: Config, clock: PhaseClock) -> Evaluation:
-    """Test metrics of one trained cell."""
+    """Test metrics of one trained cell (where it trained: see :func:`train`)."""
+    process = trainer.active()
     with clock.phase("evaluation"):
-        return evaluate_cell(cfg, result, data)
+        if process is None:
+            return evaluate_cell(cfg, result, data)
+        return process.evaluate(cfg, result, data.digest)
 
 
 def _retry_unless_store_full(_task: Any, _run: Any, state: State) -> bool:
@@ -429,7 +436,7 @@ def groups_at_once(cfg: Config, members: int) -> int:
     no bit (tests/test_fused.py), and tests/test_e2e.py reproduces a real-MNIST cell alone to the
     last bit after its grid trained groups side by side.
     """
-    from bnpipe.train.fused import usable_cores
+    from bnpipe.train.common import usable_cores
 
     shards = -(-members // cfg.train.shard_size)
     return max(1, usable_cores() // max(shards, 1))

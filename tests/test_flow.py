@@ -210,7 +210,7 @@ def test_flow_runs_a_bn_x_learning_rate_grid_and_reuses_it(monkeypatch, tiny_mni
 
 def test_small_fused_groups_train_side_by_side_and_large_ones_alone():
     """A group of one shard shares the cores with the next; one that fills them trains alone."""
-    from bnpipe.train.fused import usable_cores
+    from bnpipe.train.common import usable_cores
     from flows.pipeline import groups_at_once
 
     cfg = load_config(None, ["train.engine=fused", "train.shard_size=5"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -214,3 +215,12 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     (paired comparison), and the fused engine reproduces the keras engine's order exactly.
     """
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may use (here, not in the fused engine: the flow's process asks
+    without importing TensorFlow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,14 @@ import numpy as np
 import tensorflow as tf
 
 from bnpipe.models import build_model
-from bnpipe.train.common import Cell, TrainData, TrainResult, TrainSpec, epoch_permutation
+from bnpipe.train.common import (
+    Cell,
+    TrainData,
+    TrainResult,
+    TrainSpec,
+    epoch_permutation,
+    usable_cores,
+)
 from bnpipe.xla_cache import stable_names, tune_xla
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
@@ -370,14 +376,6 @@ def shard_seeds(seeds: Sequence[int], shard_size: int) -> list[list[int]]:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     seeds = list(seeds)
     return [seeds[i : i + shard_size] for i in range(0, len(seeds), shard_size)]
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def default_parallel_shards(n_shards: int) -> int:

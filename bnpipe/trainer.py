@@ -1,0 +1,290 @@
+"""A training process beside the flow's process, for ``bnpipe run`` on one machine.
+
+Why a process and not the flow's own threads: importing TensorFlow (12-20 s here) and tracing
+its programs are Python work under the GIL, and so are importing Prefect and MLflow and logging
+cells. In one process they take turns; here TensorFlow is imported while the flow process
+imports Prefect and MLflow and claims its cells, and a group is traced and compiled while the
+flow logs the group before it.
+
+The command starts one (:func:`started`) as soon as it parses its arguments and hands it the
+run's data settings once they are checked (:meth:`TrainerProcess.serve`); from then on
+:func:`active` returns it and the flow's training and evaluation tasks call it instead of
+training in their own process. A library call of the flow (tests, notebooks) trains in its
+own process, as before. The results are the same either way: the process runs
+:func:`bnpipe.grid.train_cells` and :func:`bnpipe.grid.evaluate_cell` on the same data, and
+tests/test_e2e.py reproduces a cell trained here, in a process of its own, to the last bit.
+
+The process leaves when the command does: on a message, or (the command killed) when its end of
+the pipe closes. It is born ignoring Ctrl-C, which a terminal sends to the whole process group:
+what stops when is the flow's decision (groups still training stop at their next epoch).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# How long the command waits for the process to leave after telling it to (a group finishes
+# its epoch first) before it is terminated.
+EXIT_TIMEOUT_S = 60.0
+
+_active: TrainerProcess | None = None
+
+
+class Stopped(Exception):
+    """A group still training when its flow stopped (an error elsewhere, Ctrl-C)."""
+
+
+class TrainerDied(RuntimeError):
+    """The training process is gone (killed, out of memory): its groups fail."""
+
+
+class RemoteTraceback(Exception):
+    """Where the training process raised: the cause of the exception re-raised here."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def active() -> TrainerProcess | None:
+    """The training process the flow's tasks call, or None: they train in their own process."""
+    return _active
+
+
+def wanted(task_runner: str, engine: str) -> bool:
+    """Whether a run trains in a process beside the flow: serially with the fused engine (the
+    keras engine's fits share Keras' global state in one process anyway; Dask has workers)."""
+    return task_runner == "serial" and engine == "fused"
+
+
+@contextlib.contextmanager
+def started() -> Iterator[TrainerProcess]:
+    """A training process, importing TensorFlow from now on; closed on the way out."""
+    global _active
+    process = TrainerProcess()
+    try:
+        yield process
+    finally:
+        _active = None
+        process.close()
+
+
+class TrainerProcess:
+    """The command's end of the training process: calls by name, answers by call id."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads
+        self._conn, child = ctx.Pipe()
+        # Born ignoring SIGINT: Python keeps a SIGINT disposition it inherits as ignored.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._process = ctx.Process(
+                target=_serve, args=(child,), name="bnpipe-trainer", daemon=True
+            )
+            self._process.start()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        child.close()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()  # sends and the table of pending calls
+        self._pending: dict[int, queue.SimpleQueue] = {}
+        self._ready = threading.Event()
+        self._gone: str | None = None
+        self._reader = threading.Thread(
+            target=self._read, name="bnpipe-trainer-reader", daemon=True
+        )
+        self._reader.start()
+
+    def serve(self, data: Any) -> None:
+        """Read ``data`` (a :class:`bnpipe.config.DataConfig`) there, and take the flow's calls."""
+        global _active
+        self._send(("data", None, data))
+        _active = self
+
+    def wait_ready(self) -> None:
+        """Block until TensorFlow is imported there; :class:`TrainerDied` if the process is gone."""
+        self._ready.wait()
+        if self._gone is not None:
+            raise TrainerDied(self._gone)
+
+    def train(self, cfg: Any, group: Any, digest: str, on_epoch: Callable | None) -> list:
+        """:func:`bnpipe.grid.train_cells` there; ``on_epoch`` runs here, in the caller's thread,
+        and an exception from it stops the group there at its next epoch and is raised here."""
+        return self._call("train", (cfg, group, digest), on_epoch)
+
+    def evaluate(self, cfg: Any, result: Any, digest: str) -> Any:
+        """:func:`bnpipe.grid.evaluate_cell` there."""
+        return self._call("evaluate", (cfg, result, digest), None)
+
+    def close(self) -> None:
+        """Let the process leave (its groups stop at their next epoch), terminating it when it
+        is still importing or does not leave in :data:`EXIT_TIMEOUT_S`."""
+        if self._process.is_alive():
+            if self._ready.is_set():
+                with contextlib.suppress(OSError):
+                    self._send(("exit", None))
+                self._process.join(EXIT_TIMEOUT_S)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(5)
+        self._reader.join(5)
+        self._conn.close()
+
+    def _send(self, message: tuple) -> None:
+        with self._lock:
+            self._conn.send(message)
+
+    def _call(self, name: str, args: tuple, on_epoch: Callable | None) -> Any:
+        self.wait_ready()
+        call_id, answers = next(self._ids), queue.SimpleQueue()
+        with self._lock:
+            if self._gone is not None:
+                raise TrainerDied(self._gone)
+            self._pending[call_id] = answers
+            self._conn.send(("call", call_id, name, args))
+        stopped: BaseException | None = None
+        try:
+            while True:
+                kind, *body = answers.get()
+                if kind == "epoch":
+                    if stopped is None and on_epoch is not None:
+                        try:
+                            on_epoch(*body)
+                        except BaseException as exc:  # stop it there, raise it here when it ends
+                            stopped = exc
+                            self._send(("stop", call_id))
+                    continue
+                if stopped is not None:
+                    raise stopped
+                if kind == "done":
+                    return body[0]
+                if kind == "error":
+                    exc, where = body
+                    raise exc from RemoteTraceback(where)
+                raise TrainerDied(self._gone)
+        finally:
+            with self._lock:
+                self._pending.pop(call_id, None)
+
+    def _read(self) -> None:
+        """Route each answer to its call; when the process is gone, fail every pending call."""
+        while True:
+            try:
+                kind, call_id, *body = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "ready":
+                self._ready.set()
+                continue
+            with self._lock:
+                answers = self._pending.get(call_id)
+            if answers is not None:
+                answers.put((kind, *body))
+        self._process.join(5)
+        with self._lock:
+            self._gone = f"the training process exited (code {self._process.exitcode})"
+            for answers in self._pending.values():
+                answers.put(("gone",))
+        self._ready.set()
+
+
+# -- the training process ----------------------------------------------------------------------
+
+
+def _serve(conn: Any) -> None:
+    """The process's main thread: import TensorFlow, then run each call on a thread of its own
+    until told to leave or the command's end of the pipe closes."""
+    import tensorflow  # noqa: F401 -- what this process is for; before anything asks
+
+    from bnpipe import grid
+    from bnpipe.data import load_mnist
+
+    send_lock = threading.Lock()
+    stops: dict[int, threading.Event] = {}
+    threads: list[threading.Thread] = []
+    data: dict[str, Any] = {}
+
+    def send(message: tuple) -> None:
+        with send_lock, contextlib.suppress(OSError):  # the command gone: the loop below ends
+            conn.send(message)
+
+    def checked(digest: str) -> Any:
+        found = data.get("mnist")
+        if isinstance(found, BaseException):
+            raise found
+        if found is None or found.digest != digest:
+            raise RuntimeError("the training process read other data than the flow")
+        return found
+
+    def run(call_id: int, name: str, args: tuple, stop: threading.Event) -> None:
+        try:
+            if name == "train":
+                cfg, group, digest = args
+
+                def on_epoch(cell: Any, epoch: int, row: dict[str, float]) -> None:
+                    if stop.is_set():
+                        raise Stopped(f"{group.name}: the flow stopped")
+                    send(("epoch", call_id, cell, epoch, row))
+
+                out = grid.train_cells(cfg, group, checked(digest), on_epoch)
+            else:
+                cfg, result, digest = args
+                out = grid.evaluate_cell(cfg, result, checked(digest))
+            send(("done", call_id, out))
+        except BaseException as exc:
+            send(("error", call_id, _portable(exc), traceback.format_exc()))
+
+    send(("ready", None))
+    while True:
+        try:
+            kind, call_id, *body = conn.recv()
+        except (EOFError, OSError):  # the command is gone
+            break
+        if kind == "exit":
+            break
+        if kind == "data":
+            try:
+                settings = body[0]
+                data["mnist"] = load_mnist(settings.dir).subset(
+                    settings.limit_train, settings.limit_test
+                )
+            except Exception as exc:  # reported to every call that needs the data
+                data["mnist"] = exc
+        elif kind == "stop" and call_id in stops:
+            stops[call_id].set()
+        elif kind == "call":
+            stops[call_id] = threading.Event()
+            thread = threading.Thread(target=run, args=(call_id, *body, stops[call_id]))
+            thread.start()
+            threads.append(thread)
+    # Groups still training stop at their next epoch. Then the exit handlers (they publish this
+    # process's new XLA cache entries, bnpipe.xla_cache), and no interpreter teardown: with
+    # TensorFlow loaded it takes seconds, and the command waits for this process to leave.
+    for stop in stops.values():
+        stop.set()
+    for thread in threads:
+        thread.join()
+    atexit._run_exitfuncs()
+    os._exit(0)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a RuntimeError with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,101 @@
+"""The training process beside the flow's (bnpipe.trainer): same results as training here,
+stops and errors that reach the caller, and a process that dies failing its calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnpipe import trainer
+from bnpipe.config import load_config
+from bnpipe.data import load_mnist
+from bnpipe.grid import evaluate_cell, grid_cells, strata, train_cells, training_groups
+from tests.conftest import REAL_DATA, requires_mnist
+
+pytestmark = requires_mnist
+SETTINGS = [
+    "train.engine=fused",
+    "train.epochs=2",
+    "grid.batch_sizes=[64]",
+    "grid.seeds=[0,1]",
+    "data.limit_train=1200",
+    "data.limit_test=300",
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config(None, [*SETTINGS, f"data.dir={REAL_DATA}"])
+    data = load_mnist(cfg.data.dir).subset(cfg.data.limit_train, cfg.data.limit_test)
+    cells = grid_cells(cfg, dict.fromkeys(strata(cfg), cfg.grid.seeds))
+    (group,) = training_groups(cells, ("bn",))  # BN on and off: one masked program
+    with trainer.started() as process:
+        process.serve(cfg.data)
+        yield cfg, data, group, process
+
+
+def test_a_group_trains_there_bit_for_bit_as_here(setup):
+    cfg, data, group, process = setup
+    epochs: list[tuple] = []
+    there = process.train(cfg, group, data.digest, lambda *a: epochs.append(a))
+    here = train_cells(cfg, group, data)
+    assert [r.cell for r in there] == [r.cell for r in here] == sorted(group.cells)
+    for a, b in zip(there, here, strict=True):
+        assert a.status == b.status == "finished"
+        timeless = [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in a.history]
+        assert timeless == [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in b.history]
+        assert all(np.array_equal(x, y) for x, y in zip(a.weights, b.weights, strict=True))
+        there_eval, here_eval = process.evaluate(cfg, a, data.digest), evaluate_cell(cfg, b, data)
+        assert there_eval.metrics() == here_eval.metrics()
+        assert np.array_equal(there_eval.confusion, here_eval.confusion)
+    # Every member's every epoch reached the caller's callback, with its metrics.
+    assert sorted((cell, epoch) for cell, epoch, _ in epochs) == sorted(
+        (cell, epoch) for cell in group.cells for epoch in range(1, cfg.train.epochs + 1)
+    )
+    assert {row["val_accuracy"] for *_, row in epochs} == {
+        h["val_accuracy"] for r in here for h in r.history
+    }
+
+
+def test_an_exception_of_the_callback_stops_the_group_and_is_raised_here(setup):
+    base, data, group, process = setup
+    cfg = base.model_copy(update={"train": base.train.model_copy(update={"epochs": 50})})
+    seen: list[int] = []
+
+    class Enough(Exception):
+        pass
+
+    def on_epoch(cell, epoch, row):
+        seen.append(epoch)
+        raise Enough("stop here")
+
+    with pytest.raises(Enough, match="stop here"):
+        process.train(cfg, group, data.digest, on_epoch)
+    assert max(seen) < 5  # stopped at its next epoch, not after 50
+    # ... and the process takes the next call.
+    (result, *_) = process.train(base, group, data.digest, None)
+    assert process.evaluate(base, result, data.digest).test_accuracy > 0.5
+
+
+def test_an_error_there_is_raised_here_with_where_it_happened(setup):
+    cfg, data, group, process = setup
+    with pytest.raises(RuntimeError, match="other data than the flow") as info:
+        process.train(cfg, group, "not-the-digest", None)
+    assert isinstance(info.value.__cause__, trainer.RemoteTraceback)
+    assert "in checked" in str(info.value.__cause__)
+
+
+def test_a_killed_process_fails_its_calls_and_the_next_ones():
+    with trainer.started() as process:
+        process._process.kill()
+        with pytest.raises(trainer.TrainerDied, match=r"exited \(code -9\)"):
+            process.wait_ready()
+        with pytest.raises(trainer.TrainerDied):
+            process.evaluate(None, None, "")
+    assert trainer.active() is None
+
+
+def test_only_serial_fused_runs_train_beside_the_flow():
+    assert trainer.wanted("serial", "fused")
+    assert not trainer.wanted("serial", "keras")  # Keras' global seed state, one process
+    assert not trainer.wanted("dask", "fused")  # the workers train
