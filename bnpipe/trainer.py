@@ -207,10 +207,10 @@ class TrainerProcess:
 def _serve(conn: Any) -> None:
     """The process's main thread: import TensorFlow, then run each call on a thread of its own
     until told to leave or the command's end of the pipe closes."""
-    import tensorflow  # noqa: F401 -- what this process is for; before anything asks
-
+    # What this process is for, before anything asks: TensorFlow, Keras and the engines.
     from bnpipe import grid
     from bnpipe.data import load_mnist
+    from bnpipe.train import fused  # noqa: F401 -- imports TensorFlow and Keras
 
     send_lock = threading.Lock()
     stops: dict[int, threading.Event] = {}
