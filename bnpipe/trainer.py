@@ -29,6 +29,7 @@ import os
 import pickle
 import queue
 import signal
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -111,7 +112,8 @@ class TrainerProcess:
     def serve(self, data: Any) -> None:
         """Read ``data`` (a :class:`bnpipe.config.DataConfig`) there, and take the flow's calls."""
         global _active
-        self._send(("data", None, data))
+        with contextlib.suppress(OSError):  # already gone: its calls raise TrainerDied
+            self._send(("data", None, data))
         _active = self
 
     def wait_ready(self) -> None:
@@ -207,10 +209,17 @@ class TrainerProcess:
 def _serve(conn: Any) -> None:
     """The process's main thread: import TensorFlow, then run each call on a thread of its own
     until told to leave or the command's end of the pipe closes."""
-    # What this process is for, before anything asks: TensorFlow, Keras and the engines.
-    from bnpipe import grid
-    from bnpipe.data import load_mnist
-    from bnpipe.train import fused  # noqa: F401 -- imports TensorFlow and Keras
+    # TensorFlow's banner waits in a file until the command's checks pass (the data message):
+    # a run refused for bad input says one line, not that line and TensorFlow's.
+    held = _hold_stderr()
+    try:
+        # What this process is for, before anything asks: TensorFlow, Keras and the engines.
+        from bnpipe import grid
+        from bnpipe.data import load_mnist
+        from bnpipe.train import fused  # noqa: F401 -- imports TensorFlow and Keras
+    except BaseException:
+        _release_stderr(held)  # why it failed is worth reading
+        raise
 
     send_lock = threading.Lock()
     stops: dict[int, threading.Event] = {}
@@ -256,6 +265,7 @@ def _serve(conn: Any) -> None:
         if kind == "exit":
             break
         if kind == "data":
+            _release_stderr(held)
             try:
                 settings = body[0]
                 data["mnist"] = load_mnist(settings.dir).subset(
@@ -279,6 +289,28 @@ def _serve(conn: Any) -> None:
         thread.join()
     atexit._run_exitfuncs()
     os._exit(0)
+
+
+def _hold_stderr() -> tuple[int, Any]:
+    """Point file descriptor 2 at a temporary file; (the real stderr, the file)."""
+    real = os.dup(2)
+    held = tempfile.TemporaryFile()  # noqa: SIM115 -- open until released, not one block
+    os.dup2(held.fileno(), 2)
+    return real, held
+
+
+def _release_stderr(hold: tuple[int, Any]) -> None:
+    """Write what was held to the real stderr and point descriptor 2 back at it (once)."""
+    real, held = hold
+    if held.closed:
+        return
+    os.dup2(real, 2)
+    held.seek(0)
+    data = memoryview(held.read())
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(2, data) :]
+    held.close()
 
 
 def _portable(exc: BaseException) -> BaseException:

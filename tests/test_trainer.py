@@ -85,6 +85,17 @@ def test_an_error_there_is_raised_here_with_where_it_happened(setup):
     assert "in checked" in str(info.value.__cause__)
 
 
+def test_what_the_process_prints_waits_until_the_command_accepts_the_run(capfd, monkeypatch):
+    """A run refused for bad input says one line: TensorFlow's banner (printed while the command
+    still checks its input) is shown only once the run goes ahead."""
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # TensorFlow logs its banner at INFO
+    with trainer.started() as process:
+        process.wait_ready()  # TensorFlow is imported there
+        assert capfd.readouterr().err == ""
+        process.serve(load_config(None, [f"data.dir={REAL_DATA}"]).data)
+    assert "tensorflow" in capfd.readouterr().err.lower()
+
+
 def test_a_killed_process_fails_its_calls_and_the_next_ones():
     with trainer.started() as process:
         process._process.kill()
