@@ -321,13 +321,11 @@ def cmd_run(args: argparse.Namespace, *, trainer_process: bool = False) -> int:
             process = stack.enter_context(trainer.started())
         if not checked(cfg, clock):
             return EXIT_BAD_INPUT
-        if process is not None:
-            process.serve(cfg.data)
-        return _run_checked(cfg, args, clock, in_process=process is None)
+        return _run_checked(cfg, args, clock, process)
 
 
 def _run_checked(
-    cfg: Config, args: argparse.Namespace, clock: PhaseClock, *, in_process: bool
+    cfg: Config, args: argparse.Namespace, clock: PhaseClock, process: trainer.TrainerProcess | None
 ) -> int:
     from flows.server import ServerError, TemporaryServer, check_api
 
@@ -335,7 +333,7 @@ def _run_checked(
     if refused is not None:
         return bad_input(refused)
     with TemporaryServer() as server:  # boots while TensorFlow is imported; always stopped
-        if in_process:
+        if process is None:
             with clock.phase("tf_import"):
                 import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
         from bnpipe.tracking import ArtifactWriteError
@@ -345,6 +343,8 @@ def _run_checked(
             server.wait()
         except ServerError as exc:
             return bad_input(str(exc))
+        if process is not None:  # the last refusal is behind: the run goes ahead there too
+            process.serve(cfg.data)
         quiet_reported_errors()
         _hide_interrupt_reports()
         try:
