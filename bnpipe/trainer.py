@@ -215,7 +215,7 @@ def _serve(conn: Any) -> None:
     try:
         # What this process is for, before anything asks: TensorFlow, Keras and the engines.
         from bnpipe import grid
-        from bnpipe.data import load_mnist
+        from bnpipe.data import read_data, worker_data
         from bnpipe.train import fused  # noqa: F401 -- imports TensorFlow and Keras
     except BaseException:
         _release_stderr(held)  # why it failed is worth reading
@@ -224,19 +224,10 @@ def _serve(conn: Any) -> None:
     send_lock = threading.Lock()
     stops: dict[int, threading.Event] = {}
     threads: list[threading.Thread] = []
-    data: dict[str, Any] = {}
 
     def send(message: tuple) -> None:
         with send_lock, contextlib.suppress(OSError):  # the command gone: the loop below ends
             conn.send(message)
-
-    def checked(digest: str) -> Any:
-        found = data.get("mnist")
-        if isinstance(found, BaseException):
-            raise found
-        if found is None or found.digest != digest:
-            raise RuntimeError("the training process read other data than the flow")
-        return found
 
     def run(call_id: int, name: str, args: tuple, stop: threading.Event) -> None:
         try:
@@ -248,10 +239,10 @@ def _serve(conn: Any) -> None:
                         raise Stopped(f"{group.name}: the flow stopped")
                     send(("epoch", call_id, cell, epoch, row))
 
-                out = grid.train_cells(cfg, group, checked(digest), on_epoch)
+                out = grid.train_cells(cfg, group, worker_data(cfg.data, digest), on_epoch)
             else:
                 cfg, result, digest = args
-                out = grid.evaluate_cell(cfg, result, checked(digest))
+                out = grid.evaluate_cell(cfg, result, worker_data(cfg.data, digest))
             send(("done", call_id, out))
         except BaseException as exc:
             send(("error", call_id, _portable(exc), traceback.format_exc()))
@@ -266,13 +257,10 @@ def _serve(conn: Any) -> None:
             break
         if kind == "data":
             _release_stderr(held)
-            try:
-                settings = body[0]
-                data["mnist"] = load_mnist(settings.dir).subset(
-                    settings.limit_train, settings.limit_test
-                )
-            except Exception as exc:  # reported to every call that needs the data
-                data["mnist"] = exc
+            # Read now, before the first call asks; an error comes again to every call that
+            # needs the data (worker_data reads it too, and checks the flow's digest).
+            with contextlib.suppress(Exception):
+                read_data(body[0])
         elif kind == "stop" and call_id in stops:
             stops[call_id].set()
         elif kind == "call":

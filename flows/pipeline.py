@@ -42,7 +42,7 @@ from prefect.utilities.urls import url_for
 
 from bnpipe import trainer
 from bnpipe.config import Config, DataConfig, load_config
-from bnpipe.data import MnistData, load_mnist
+from bnpipe.data import MnistData, load_mnist, worker_data
 from bnpipe.design import plan_of
 from bnpipe.evaluate import Evaluation
 from bnpipe.grid import (
@@ -91,7 +91,7 @@ from bnpipe.tracking import (
 from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
 from bnpipe.trainer import Stopped
-from flows.runners import final_state, training_runner, worker_data
+from flows.runners import final_state, training_runner
 
 # The headline statistics with the equivalence test's p just before the verdict it decides.
 VERDICT_COLUMNS = [*HEADLINE_COLUMNS[:-1], "tost_pvalue", "verdict"]

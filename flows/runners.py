@@ -7,7 +7,6 @@ run in the UI with edited params all train where their params say.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -16,8 +15,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner
 
-from bnpipe.config import Config, DataConfig
-from bnpipe.data import DataError, MnistData, load_mnist
+from bnpipe.config import Config
 
 
 def make_task_runner(cfg: Config) -> TaskRunner | None:
@@ -90,26 +88,3 @@ def final_state(future: PrefectFuture[Any]) -> State:
     except Exception as exc:  # KilledWorker, CommClosedError, ...: no task state came back
         return Failed(message=f"{type(exc).__name__}: {exc}")
     return future.state
-
-
-@functools.lru_cache(maxsize=1)
-def _load(data: DataConfig) -> MnistData:
-    return load_mnist(data.dir).subset(data.limit_train, data.limit_test)
-
-
-def worker_data(data: DataConfig, digest: str) -> MnistData:
-    """The data, read by the worker itself (once per worker process) and checked against the
-    flow's copy.
-
-    Workers read from ``data.dir`` (or their own $BNPIPE_DATA_DIR) instead of receiving 188 MB
-    per task from the flow: on a remote cluster that is the only sane choice, and locally it
-    costs one read per worker process. The digest check makes a worker with different files
-    fail its group loudly instead of training on other data.
-    """
-    found = _load(data)
-    if found.digest != digest:
-        raise DataError(
-            f"worker data from {found.source} has digest {found.digest[:12]}, the flow's has "
-            f"{digest[:12]}: give the workers the same MNIST files (data.dir or BNPIPE_DATA_DIR)"
-        )
-    return found

@@ -589,8 +589,7 @@ def test_task_runner_follows_orchestration_config() -> None:
 
 @requires_mnist
 def test_worker_refuses_data_that_differs_from_the_flows() -> None:
-    from bnpipe.data import DataError, load_mnist
-    from flows.runners import worker_data
+    from bnpipe.data import DataError, load_mnist, worker_data
 
     data = load_config(None, ["data.limit_train=100", "data.limit_test=50"]).data
     digest = load_mnist().subset(100, 50).digest

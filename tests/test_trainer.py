@@ -8,7 +8,7 @@ import pytest
 
 from bnpipe import trainer
 from bnpipe.config import load_config
-from bnpipe.data import load_mnist
+from bnpipe.data import DataError, load_mnist
 from bnpipe.grid import evaluate_cell, grid_cells, strata, train_cells, training_groups
 from tests.conftest import REAL_DATA, requires_mnist
 
@@ -79,10 +79,10 @@ def test_an_exception_of_the_callback_stops_the_group_and_is_raised_here(setup):
 
 def test_an_error_there_is_raised_here_with_where_it_happened(setup):
     cfg, data, group, process = setup
-    with pytest.raises(RuntimeError, match="other data than the flow") as info:
+    with pytest.raises(DataError, match="has digest .*, the flow's has not-the-dig") as info:
         process.train(cfg, group, "not-the-digest", None)
     assert isinstance(info.value.__cause__, trainer.RemoteTraceback)
-    assert "in checked" in str(info.value.__cause__)
+    assert "in worker_data" in str(info.value.__cause__)
 
 
 def test_what_the_process_prints_waits_until_the_command_accepts_the_run(capfd, monkeypatch):
