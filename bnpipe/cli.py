@@ -314,11 +314,9 @@ def cmd_run(args: argparse.Namespace, *, trainer_process: bool = False) -> int:
     cfg = parsed_config(args)
     if cfg is None:
         return EXIT_BAD_INPUT
-    with contextlib.ExitStack() as stack:
-        process = None
-        if trainer_process and trainer.wanted(cfg.orchestration.task_runner, cfg.train.engine):
-            # Imports TensorFlow from here on, while this process checks and starts the flow.
-            process = stack.enter_context(trainer.started())
+    wanted = trainer_process and trainer.wanted(cfg.orchestration.task_runner, cfg.train.engine)
+    # The process imports TensorFlow from here on, while this one checks and starts the flow.
+    with trainer.started() if wanted else contextlib.nullcontext() as process:
         if not checked(cfg, clock):
             return EXIT_BAD_INPUT
         return _run_checked(cfg, args, clock, process)

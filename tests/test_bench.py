@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from bnpipe.bench import _wall, flops_per_model_epoch, format_report, run_bench
+from bnpipe.bench import _timed, flops_per_model_epoch, format_report, run_bench
 from bnpipe.cli import main
 from tests.conftest import requires_mnist
 
@@ -88,10 +88,19 @@ def test_fused_only_bench_from_the_command_line(tmp_path, capsys):
 
 def test_smoke_timer_names_the_log_of_a_failed_command(tmp_path):
     log = tmp_path / "x.log"
-    assert _wall([sys.executable, "-c", "print('hi')"], {}, tmp_path, log) > 0
+    wall, cpu = _timed([sys.executable, "-c", "print('hi')"], {}, tmp_path, log)
+    assert wall > 0 and cpu > 0
     assert log.read_text() == "hi\n"
     with pytest.raises(RuntimeError, match="x.log"):
-        _wall([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path, log)
+        _timed([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path, log)
+
+
+def test_smoke_timer_counts_the_cpu_of_processes_the_command_waited_for(tmp_path):
+    # A command that sleeps while its child burns ~1 s of CPU: the bound must see the child.
+    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 1: pass')"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"
+    wall, cpu = _timed([sys.executable, "-c", parent], {}, tmp_path, tmp_path / "x.log")
+    assert 1.0 <= cpu <= wall + 0.5
 
 
 @pytest.mark.parametrize("bn", [False, True])
