@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from bnpipe.bench import _timed, flops_per_model_epoch, format_report, run_bench
+from bnpipe.bench import (
+    _process_cpu_s,
+    _timed,
+    flops_per_model_epoch,
+    format_report,
+    prefect_server,
+    run_bench,
+)
 from bnpipe.cli import main
 from tests.conftest import requires_mnist
 
@@ -101,6 +109,28 @@ def test_smoke_timer_counts_the_cpu_of_processes_the_command_waited_for(tmp_path
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"
     wall, cpu = _timed([sys.executable, "-c", parent], {}, tmp_path, tmp_path / "x.log")
     assert 1.0 <= cpu <= wall + 0.5
+
+
+def test_process_cpu_counts_a_live_process():
+    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 1: pass')"
+    with subprocess.Popen([sys.executable, "-c", burn + "; input()"], stdin=subprocess.PIPE) as p:
+        first = _process_cpu_s(p.pid)
+        while (later := _process_cpu_s(p.pid)) < 1.0:  # the burn ends at 1 s of CPU, then waits
+            pass
+        p.communicate(b"\n")
+    assert 0 <= first < later
+
+
+@pytest.mark.server
+def test_served_prefect_server_answers_and_is_stopped(tmp_path):
+    import httpx
+
+    with prefect_server(tmp_path) as (api, pid):
+        assert httpx.get(f"{api}/health", timeout=10).json() is True
+        assert _process_cpu_s(pid) > 0
+    # Stopped and reaped: no process is left behind the bench.
+    with pytest.raises(FileNotFoundError):
+        _process_cpu_s(pid)
 
 
 @pytest.mark.parametrize("bn", [False, True])
