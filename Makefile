@@ -7,8 +7,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 # Two pytest workers, whole files each (a module's servers start once): on one worker the suite
 # keeps 1.2 of 2 cores busy, the rest is waiting on servers and subprocesses (22 -> 16 min here).
-# Files go out in collection order, slowest first (tests/conftest.py), not by number of tests.
-PYTEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: setup run claims test lint bench bench-peers ui screenshots lock clean
 

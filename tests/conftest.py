@@ -12,30 +12,6 @@ import pytest
 from bnpipe.data import MnistData
 from bnpipe.factors import Cell
 
-# The slowest files first (seconds per file, real MNIST, two workers, 2026-12-02): xdist hands
-# whole files to its workers in collection order (Makefile: --no-loadscope-reorder; by default it
-# sorts files by their number of tests, which ran one-test test_e2e.py and eight-test
-# test_servers.py, 150 s and 470 s, last, with one worker idle). Longest first keeps both busy.
-SLOW_FILES = (
-    "test_servers.py",  # 470
-    "test_interrupt.py",  # 250
-    "test_faults.py",  # 220
-    "test_claims.py",  # 200
-    "test_auth.py",  # 200
-    "test_resume.py",  # 185
-    "test_fused.py",  # 180
-    "test_e2e.py",  # 150
-    "test_flow.py",  # 150
-    "test_xla_cache.py",  # 95
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the slowest files first; a stable sort keeps every file's own order."""
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
-
-
 REAL_DATA = os.environ.get("BNPIPE_DATA_DIR")
 requires_mnist = pytest.mark.skipif(
     not REAL_DATA, reason="set BNPIPE_DATA_DIR to the MNIST folder (CI does)"
