@@ -232,9 +232,11 @@ def format_summary(summary: list[dict]) -> str:
             f"acc {level_text(r0['compare'], r0[k])}" for k in ("control_level", "treatment_level")
         )
     aw = max(9, *map(len, arms))
+    # A fixed design's verdict is its decision; after a sequential one the table is descriptive.
+    verdicts = bool(summary) and "verdict" in summary[0]
     head = (
         f"{'comparison':<{w}}  {'n':>3}  {arms[0]:>{aw}}  {arms[1]:>{aw}}  {'diff':>10}  "
-        f"{'95% CI':>19}  {'p (t)':>7}  {'p Holm':>7}"
+        f"{'95% CI':>19}  {'p (t)':>7}  {'p Holm':>7}" + ("  decision" if verdicts else "")
     )
     lines = [head, "-" * len(head)]
 
@@ -244,9 +246,10 @@ def format_summary(summary: list[dict]) -> str:
     for r in summary:
         ci = f"[{f(r['ci_low'], '+.4f')}, {f(r['ci_high'], '+.4f')}]"
         lines.append(
-            f"{r['stratum']:<{w}}  {r['n_pairs']:>3}  {f(r['acc_no_bn'], '.4f'):>{aw}}  "
-            f"{f(r['acc_bn'], '.4f'):>{aw}}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
+            f"{r['stratum']:<{w}}  {r['n_pairs']:>3}  {f(r['acc_control'], '.4f'):>{aw}}  "
+            f"{f(r['acc_treatment'], '.4f'):>{aw}}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
             f"{f(r['t_pvalue'], '.4f'):>7}  {f(r['p_holm'], '.4f'):>7}"
+            + (f"  {r['verdict']}" if verdicts else "")
         )
     return "\n".join(lines)
 
@@ -365,7 +368,7 @@ def format_run_summary(out: dict) -> str:
         f"{len(results)} cells: {out['trained']} trained, {out['reused']} reused; "
         f"{out['wall_time_s']:.0f}s"
     )
-    if out.get("decisions"):
+    if out.get("design") == "sequential" and out.get("decisions"):
         alpha = out["decisions"][0]["alpha"]
         lines = [
             f"Decided: {_contrast(out['summary'])}, sequential design ({counts}; "
@@ -492,7 +495,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     }
     out = build_run_report(results, histories, cfg, run_name, run_info)
     tracker.log_report(args.run_id, [out.report_path, *out.figures])
-    print(format_summary(out.summary.to_dict("records")))
+    analysis = out.analysis
+    if analysis.sequential:
+        print(f"Decided: {_contrast(analysis.summary.to_dict('records'))}, sequential design:")
+        print(format_decisions(analysis.decisions.to_dict("records")))
+        print("\nFixed-sample tests on the same pairs (descriptive):")
+    print(format_summary(analysis.summary.to_dict("records")))
     print(f"report: {out.report_path}")
     return EXIT_OK
 

@@ -28,15 +28,14 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
-from scipy import stats as sps
 
 from bnpipe import stats
+from bnpipe.analysis import Analysis, Comparison, analyze, analyze_frames
 from bnpipe.config import Config
-from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
+from bnpipe.design import DesignOutcome
 from bnpipe.factors import (
     factor,
     factor_columns,
-    level_phrase,
     level_text,
     strata_phrase,
     stratum_label,
@@ -56,105 +55,25 @@ FIGURE_FILES = {
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """What a report compares: ``compare``'s two levels (control first) within each stratum of
-    the ``strata`` factors, whose levels (sorted) span the grid."""
-
-    compare: str
-    control: Any
-    treatment: Any
-    strata: tuple[str, ...]
-    levels: Mapping[str, tuple[Any, ...]]
-
-    @property
-    def arms(self) -> tuple[Any, Any]:
-        return (self.control, self.treatment)
-
-    def arm_label(self, level: Any) -> str:
-        """``bn=on``: one arm as tables and legends show it."""
-        if level is None:  # a grid with one level of the compared factor has no treatment
-            return f"{factor(self.compare).label}=(not in grid)"
-        return level_text(self.compare, level)
-
-    @property
-    def diff_label(self) -> str:
-        """``bn=on − bn=off``: the sign convention of every difference, in figures and tables."""
-        return f"{self.arm_label(self.treatment)} − {self.arm_label(self.control)}"
-
-    def arm_phrase(self, level: Any) -> str:
-        """``BN on``: one arm in a sentence."""
-        if level is None:
-            return f"a second {factor(self.compare).words} level (not in the grid)"
-        return level_phrase(self.compare, level)
-
-    @property
-    def words(self) -> str:
-        """The compared factor in a sentence: ``BN``."""
-        return factor(self.compare).words
-
-    @property
-    def contrast(self) -> str:
-        """``BN on minus BN off``: the sign convention in a sentence."""
-        return f"{self.arm_phrase(self.treatment)} minus {self.arm_phrase(self.control)}"
-
-    def strata_cells(self) -> list[tuple[tuple[str, Any], ...]]:
-        """Every stratum of the grid, in sorted level order."""
-        combos = itertools.product(*(self.levels[n] for n in self.strata))
-        return [tuple(zip(self.strata, c, strict=True)) for c in combos]
-
-
-def comparison_of(
-    results: pd.DataFrame, compare: str | None = None, levels: Sequence[Any] | None = None
-) -> Comparison:
-    """The comparison a results frame holds.
-
-    Args:
-        results: One row per cell with one column per grid factor.
-        compare: The compared factor (default ``stats.DEFAULT_COMPARE``).
-        levels: Its (control, treatment) levels; default: its two sorted levels in the frame
-            (a frame with one level gets no treatment: every stratum has 0 pairs).
-
-    Raises:
-        ValueError: If ``compare`` is not a column or ``levels`` are not two (or more than
-            two are found).
-    """
-    compare = compare or stats.DEFAULT_COMPARE
-    results = stats.normalize_results(results)  # levels read back from CSV come as strings
-    factors = factor_columns(results.columns)
-    if compare not in factors:
-        raise ValueError(f"results frame has no column for the compared factor {compare!r}")
-    found = stats.levels_of(results, compare)
-    arms = tuple(levels) if levels is not None else tuple(found)
-    if levels is None and len(arms) == 1:
-        arms = (arms[0], None)
-    if len(arms) != 2:
-        raise ValueError(f"{compare}: a paired comparison needs 2 levels, found {list(arms)}")
-    strata = tuple(f for f in factors if f != compare)
-    return Comparison(
-        compare,
-        arms[0],
-        arms[1],
-        strata,
-        {f: tuple(stats.levels_of(results, f)) for f in strata},
-    )
-
-
-@dataclass(frozen=True)
 class ReportOutput:
-    """What ``build_report`` wrote and computed."""
+    """What ``write_report`` wrote, and the analysis it rendered."""
 
     report_path: Path
     figures: list[Path]
-    summary: pd.DataFrame
-    anova: pd.DataFrame
-    factor_effects: pd.DataFrame
-    dynamics: pd.DataFrame
-    design: DesignOutcome | None = None
-    verdict_markdown: str = ""  # the verdict table alone (the parent run's description)
+    analysis: Analysis
+    answer_markdown: str = ""  # the decided table alone (the parent run's description)
     html_path: Path | None = None  # report.html: the report with its figures embedded
 
+    @property
+    def summary(self) -> pd.DataFrame:
+        return self.analysis.summary
 
-# -------------------------------------------------------------------------------- the numbers
+    @property
+    def design(self) -> DesignOutcome | None:
+        return self.analysis.design
+
+
+# -------------------------------------------------------------------------------- filters
 
 
 def _stratum_mask(frame: pd.DataFrame, stratum: Sequence[tuple[str, Any]]) -> pd.Series:
@@ -162,41 +81,6 @@ def _stratum_mask(frame: pd.DataFrame, stratum: Sequence[tuple[str, Any]]) -> pd
     for name, level in stratum:
         mask &= frame[name] == level
     return mask
-
-
-def paired_by_stratum(results: pd.DataFrame, cmp: Comparison) -> pd.DataFrame:
-    """``stats.paired_frame`` of this comparison: ``stratum``, its factor columns, ``seed``,
-    ``control``, ``treatment``, ``diff`` (treatment − control); empty without a treatment."""
-    return stats.paired_frame(results, cmp.compare, cmp.arms if cmp.treatment is not None else None)
-
-
-def summarize(
-    results: pd.DataFrame,
-    cmp: Comparison,
-    *,
-    alpha: float,
-    equivalence_margin: float,
-    n_resamples: int,
-) -> pd.DataFrame:
-    """``stats.summarize_by_stratum`` of this comparison (one row per stratum: ``stratum``, its
-    factor columns, the paired statistics, ``p_holm`` across strata, ``verdict``), plus each
-    arm's mean over its finished cells as ``acc_control`` / ``acc_treatment``."""
-    out = stats.summarize_by_stratum(
-        results,
-        cmp.compare,
-        cmp.arms if cmp.treatment is not None else None,
-        alpha=alpha,
-        equivalence_margin=equivalence_margin,
-        n_resamples=n_resamples,
-    )
-    done = stats.finished_cells(results)
-    for column, level in (("acc_control", cmp.control), ("acc_treatment", cmp.treatment)):
-        means = [
-            done.loc[_stratum_mask(done, st) & (done[cmp.compare] == level), "test_accuracy"].mean()
-            for st in (_row_stratum(r, cmp) for _, r in out.iterrows())
-        ]
-        out[column] = np.asarray(means, dtype=float)
-    return out
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -214,19 +98,6 @@ def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
-
-
-def mean_ci(values: np.ndarray | pd.Series, alpha: float = 0.05) -> tuple[float, float, int]:
-    """Mean and t-based CI half-width of the finite values; half-width NaN when n < 2."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    n = x.size
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n < 2:
-        return float(x.mean()), math.nan, 1
-    half = sps.t.ppf(1 - alpha / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-    return float(x.mean()), float(half), n
 
 
 def _level(alpha: float) -> str:
@@ -310,18 +181,10 @@ def _log_axis(name: str, levels: Sequence[Any]) -> bool:
 # -------------------------------------------------------------------------------- figures
 
 
-def plot_learning_curves(
-    histories: pd.DataFrame, results: pd.DataFrame, cmp: Comparison, path: Path, *, alpha=0.05
-) -> Path:
-    """Validation accuracy per epoch: mean over seeds with a t-based band, one panel per stratum.
-
-    Only finished cells are drawn, matching the cells the statistics use.
-    """
-    keys = [*cmp.strata, cmp.compare, "seed"]
-    done = stats.finished_cells(results)[keys]
-    h = stats.normalize_histories(histories) if len(histories) else pd.DataFrame(columns=keys)
-    h = h.merge(done, on=keys) if len(h) else h
-    if h.empty:
+def plot_learning_curves(curves: pd.DataFrame, cmp: Comparison, path: Path, *, alpha=0.05) -> Path:
+    """Validation accuracy per epoch: mean over seeds with a t-based band, one panel per stratum
+    (``curves``: ``stats.epoch_curves`` of the finished cells, as the statistics use)."""
+    if curves.empty:
         fig, axes = _new_figure()
         axes[0, 0].set_axis_off()
         _no_data(axes[0, 0], "no per-epoch history recorded")
@@ -330,15 +193,16 @@ def plot_learning_curves(
     fig, axes = _new_figure(nrows, ncols, sharex=True, sharey=True)
     for i, j, stratum in panels:
         ax = axes[i, j]
-        sub = h.loc[_stratum_mask(h, stratum)]
+        sub = curves.loc[_stratum_mask(curves, stratum)]
         counts: list[str] = []
         for color, lv in zip(ARM_COLORS, cmp.arms, strict=True):
-            cell = sub.loc[sub[cmp.compare] == lv]
+            cell = sub.loc[sub[cmp.compare] == lv].sort_values("epoch")
             if cell.empty:
                 counts.append("0")
                 continue
-            agg = [(e, *mean_ci(g["val_accuracy"], alpha)) for e, g in cell.groupby("epoch")]
-            epochs, means, halves, ns = (np.array(v) for v in zip(*agg, strict=True))
+            epochs, means, halves, ns = (
+                cell[c].to_numpy(dtype=float) for c in ("epoch", "mean", "half", "n")
+            )
             if len(epochs) > 1:
                 ax.plot(epochs, means, color=color, marker="o", ms=3, lw=1.5)
                 ax.fill_between(epochs, means - halves, means + halves, color=color, alpha=0.2)
@@ -372,7 +236,7 @@ def plot_learning_curves(
         ax.tick_params(labelsize=7)
     _hide_unused(axes, {(i, j) for i, j, _ in panels})
     _clamp_accuracy(axes[0, 0])  # the panels share their y axis
-    epochs_seen = h["epoch"].astype(int)
+    epochs_seen = curves["epoch"].astype(int)
     axes[0, 0].set_xlim(epochs_seen.min() - 0.5, epochs_seen.max() + 0.5)
     handles = [
         axes[0, 0].plot([], [], color=c, marker="o", ms=3, label=cmp.arm_label(lv))[0]
@@ -425,11 +289,12 @@ def accuracy_figure_name(cmp: Comparison) -> str:
 
 
 def plot_accuracy_vs_factor(
-    results: pd.DataFrame, cmp: Comparison, path: Path, *, alpha: float = 0.05
+    results: pd.DataFrame, arms: pd.DataFrame, cmp: Comparison, path: Path, *, alpha: float = 0.05
 ) -> Path:
-    """Test accuracy against the first non-compared factor, the two arms side by side (mean
-    with t-based CI, dots for seeds); one panel per level combination of the other factors.
-    Positive numeric factors (batch size, learning rate, init scale) are on a log x axis."""
+    """Test accuracy against the first non-compared factor, the two arms side by side (the
+    arm's mean with its t-based CI from ``arms``, dots for seeds); one panel per level
+    combination of the other factors. Positive numeric factors (batch size, learning rate, init
+    scale) are on a log x axis."""
     done = stats.finished_cells(results)
     xname = cmp.strata[0] if cmp.strata else None
     xlevels = list(cmp.levels[xname]) if xname else [None]
@@ -440,6 +305,7 @@ def plot_accuracy_vs_factor(
     for i, j, stratum in panels:
         ax = axes[i, j]
         sub = done.loc[_stratum_mask(done, stratum)]
+        means = arms.loc[_stratum_mask(arms, stratum)]
         gap = _gap(x, log)
         for color, lv, offset in zip(ARM_COLORS, cmp.arms, (-0.15, 0.15), strict=True):
             arm = sub.loc[sub[cmp.compare] == lv]
@@ -448,7 +314,10 @@ def plot_accuracy_vs_factor(
                 arm.loc[arm[xname] == v, "test_accuracy"] if xname else arm["test_accuracy"]
                 for v in xlevels
             ]
-            ci = [mean_ci(v, alpha) for v in vals]
+            mine = means.loc[means[cmp.compare] == lv]
+            mine = mine.set_index(xname).reindex(xlevels) if xname else mine
+            ci = list(zip(mine["mean"].to_numpy(float), mine["half"].to_numpy(float), strict=True))
+            ci = ci or [(math.nan, math.nan)] * len(xlevels)
             for xk, v in zip(xs, vals, strict=True):
                 spread = _shift(np.full(v.size, xk), log, rng.uniform(-0.06, 0.06, v.size), gap)
                 ax.scatter(spread, v, s=8, color=color, alpha=0.35, lw=0)
@@ -483,26 +352,27 @@ def difference_figure_name(cmp: Comparison) -> str:
     return f"{cmp.compare}_difference.png"
 
 
-def plot_difference(
-    summary: pd.DataFrame, cmp: Comparison, path: Path, *, equivalence_margin: float
-) -> Path:
-    """Treatment − control test accuracy per stratum with its CI, the zero line and the ±margin
-    band: x = the first non-compared factor, one panel per combination of the others."""
+def plot_difference(analysis: Analysis, path: Path) -> Path:
+    """Treatment − control test accuracy per comparison with the interval it was decided on
+    (the repeated CI of a sequential design, else the CI), the zero line and the ±margin band,
+    each labelled with its decision: x = the first non-compared factor, one panel per
+    combination of the others."""
+    cmp, decisions = analysis.comparison, analysis.decisions
+    low_col, high_col, interval = analysis.interval
     xname = cmp.strata[0] if cmp.strata else None
     xlevels = list(cmp.levels[xname]) if xname else [None]
     x, log = _x_positions(xname, xlevels)
     nrows, ncols, panels = facets(cmp.strata[1:], cmp.levels)
     fig, axes = _new_figure(nrows, ncols, sharey=True)
     pp = 100.0
-    margin = pp * equivalence_margin
-    alpha = float(summary["alpha"].iloc[0]) if len(summary) else 0.05
+    margin = pp * analysis.margin
     for i, j, stratum in panels:
         ax = axes[i, j]
-        sub = summary.loc[_stratum_mask(summary, stratum)]
+        sub = decisions.loc[_stratum_mask(decisions, stratum)]
         if xname:
             sub = sub.set_index(xname).reindex(xlevels)
         mean, low, high = (
-            pp * sub[c].to_numpy(dtype=float) for c in ("mean_diff", "ci_low", "ci_high")
+            pp * sub[c].to_numpy(dtype=float) for c in ("mean_diff", low_col, high_col)
         )
         ax.axhspan(-margin, margin, color="0.85", label=f"equivalence band ±{margin:.2f} pp")
         ax.axhline(0.0, color="0.3", lw=1)
@@ -514,14 +384,14 @@ def plot_difference(
             color="k",
             capsize=4,
             ms=5,
-            label=f"mean paired difference ± {_level(alpha)} CI",
+            label=f"mean paired difference ± {interval}",
         )
         _level_axis(ax, xname, xlevels, x, log)
         labels = []
         for v, r in zip(xlevels, sub.itertuples(index=False), strict=True):
             head = factor(xname).format(v) if xname else ""
             n = int(r.n_pairs) if np.isfinite(r.n_pairs) else 0
-            labels.append(f"{head}\nn={n}\np_Holm{_p_label(r.p_holm)}" if n else f"{head}\nn=0")
+            labels.append(f"{head}\nn={n}\n{r.decision}" if n else f"{head}\nn=0")
         ax.set_xticklabels(labels, fontsize=7)
         ax.set_title(_panel_title(stratum), fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
@@ -531,13 +401,14 @@ def plot_difference(
     fig.supylabel(f"{cmp.diff_label} test accuracy (pp)", fontsize=9)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
-    fig.suptitle(f"Effect of {cmp.words} {strata_phrase(cmp.strata)} (paired by seed)", fontsize=10)
+    design = "sequential design" if analysis.sequential else "paired by seed"
+    fig.suptitle(f"Effect of {cmp.words} {strata_phrase(cmp.strata)} ({design})", fontsize=10)
     return _save(fig, path)
 
 
-def plot_paired_seeds(results: pd.DataFrame, cmp: Comparison, path: Path) -> Path:
-    """Per-seed control vs treatment test accuracy joined by a line, one panel per stratum."""
-    pairs = paired_by_stratum(results, cmp)
+def plot_paired_seeds(pairs: pd.DataFrame, cmp: Comparison, path: Path) -> Path:
+    """Per-seed control vs treatment test accuracy joined by a line, one panel per stratum
+    (``pairs``: ``stats.paired_frame``)."""
     nrows, ncols, panels = facets(cmp.strata, cmp.levels)
     fig, axes = _new_figure(nrows, ncols, sharey=True)
     colors = {True: "#2ca02c", False: "#9467bd"}
@@ -679,12 +550,6 @@ def _fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _p_label(p: float) -> str:
-    """p for inline labels: '<0.001', '=0.042' or ' n/a'."""
-    text = _fmt_p(p)
-    return text if text.startswith("<") else (" n/a" if text == "n/a" else f"={text}")
-
-
 def _fmt(x: float, spec: str = ".4f") -> str:
     return format(x, spec) if np.isfinite(x) else "n/a"
 
@@ -732,7 +597,9 @@ def _stratum_cells(row: Any, cmp: Comparison) -> list[str]:
 
 
 def verdict_table(summary: pd.DataFrame, cmp: Comparison) -> str:
-    """The per-stratum verdict table (differences in percentage points)."""
+    """The per-stratum fixed-sample table (differences in percentage points); its ``verdict``
+    column only where the summary has one (a fixed design, where it is the decision)."""
+    verdicts = "verdict" in summary.columns
     level = _level(float(summary["alpha"].iloc[0])) if len(summary) else "95%"
     headers = [
         *_stratum_headers(cmp),
@@ -744,7 +611,7 @@ def verdict_table(summary: pd.DataFrame, cmp: Comparison) -> str:
         "p Holm",
         "TOST p",
         "d_z",
-        "verdict",
+        *(["verdict"] if verdicts else []),
     ]
     rows = [
         [
@@ -757,7 +624,7 @@ def verdict_table(summary: pd.DataFrame, cmp: Comparison) -> str:
             _fmt_p(r["p_holm"]),
             _fmt_p(r["tost_pvalue"]),
             _fmt(r["cohens_dz"], ".2f"),
-            r["verdict"],
+            *([r["verdict"]] if verdicts else []),
         ]
         for _, r in summary.iterrows()
     ]
@@ -779,8 +646,13 @@ def verdict_sentence(row: Mapping[str, Any] | pd.Series, cmp: Comparison) -> str
     if np.isfinite(row["ci_low"]):
         level = 100 * (1 - float(row["alpha"]))
         head += f" ({level:g}% CI {_pp(row['ci_low'])} to {_pp(row['ci_high'])} pp)"
-    v = row["verdict"]
-    if v in stats.VERDICTS[:2]:
+    v = row.get("verdict")
+    if v is None:  # after a sequential design: descriptive, the decision is elsewhere
+        tail = (
+            f"; paired t p {_p_text(row['t_pvalue'])} (Holm-adjusted {_p_text(row['p_holm'])}), "
+            f"TOST p {_p_text(row['tost_pvalue'])} against ±{100 * margin:.2f} pp."
+        )
+    elif v in stats.VERDICTS[:2]:
         tail = f": a {v} (Holm-adjusted p {_p_text(row['p_holm'])})."
     elif v == stats.VERDICTS[2]:
         tail = (
@@ -798,16 +670,19 @@ def verdict_sentence(row: Mapping[str, Any] | pd.Series, cmp: Comparison) -> str
     return head + tail
 
 
-def decision_table(decisions: pd.DataFrame, cmp: Comparison) -> str:
-    """The sequential design's decided verdicts (differences in percentage points)."""
+def decision_table(analysis: Analysis) -> str:
+    """The run's decisions (differences in percentage points): a sequential design's with its
+    repeated CI and looks, a fixed design's verdicts with their CI."""
+    cmp, decisions = analysis.comparison, analysis.decisions
+    low, high, interval = analysis.interval
     by_factor = all(n in decisions.columns for n in cmp.strata) and cmp.strata
     rows = [
         [
             *(_stratum_cells(r, cmp) if by_factor else [r["comparison"]]),
             "open: next look due" if r["decision"] == "continue" else f"**{r['decision']}**",
             int(r["n_pairs"]),
-            int(r["looks"]),
-            f"{_pp(r['mean_diff'])} [{_pp(r['rci_low'])}, {_pp(r['rci_high'])}]",
+            *([int(r["looks"])] if analysis.sequential else []),
+            f"{_pp(r['mean_diff'])} [{_pp(r[low])}, {_pp(r[high])}]",
             f"{r['alpha']:.4g}",
         ]
         for _, r in decisions.iterrows()
@@ -816,11 +691,18 @@ def decision_table(decisions: pd.DataFrame, cmp: Comparison) -> str:
         *(_stratum_headers(cmp) if by_factor else ["comparison"]),
         "decision",
         "pairs used",
-        "looks",
-        f"{cmp.diff_label} pp [RCI]",
-        "alpha",
+        *(["looks"] if analysis.sequential else []),
+        f"{cmp.diff_label} pp [{interval}]",
+        "alpha" if analysis.sequential else "alpha (Holm)",
     ]
     return md_table(headers, rows)
+
+
+def answer_markdown(analysis: Analysis) -> str:
+    """The decided table with one line saying what it is: the parent run's description."""
+    cmp = analysis.comparison
+    how = "sequential design" if analysis.sequential else "fixed design, Holm across strata"
+    return f"Decided ({how}): {cmp.diff_label} test accuracy\n\n" + decision_table(analysis)
 
 
 def characteristics_table(oc: pd.DataFrame) -> str:
@@ -849,8 +731,9 @@ def characteristics_table(oc: pd.DataFrame) -> str:
     return md_table(headers, rows)
 
 
-def design_section(design: DesignOutcome, cmp: Comparison) -> list[str]:
+def design_section(analysis: Analysis) -> list[str]:
     """Markdown lines: the decided verdicts, how to read them, and the design's quantities."""
+    design, cmp = analysis.design, analysis.comparison
     plan = design.plan
     margin = _pp(plan.margin).lstrip("+")
     lines = [
@@ -863,7 +746,7 @@ def design_section(design: DesignOutcome, cmp: Comparison) -> list[str]:
         f"coverage at every look, so the family-wise error rate is at most {plan.alpha:g} "
         "across comparisons, looks and scheduled runs.",
         "",
-        decision_table(design.decisions, cmp),
+        decision_table(analysis),
         "",
     ]
     undecided = design.decisions.loc[design.decisions["decision"] == "undecided"]
@@ -1001,15 +884,10 @@ def anova_sentences(anova: pd.DataFrame, cmp: Comparison, alpha: float) -> list[
     return out
 
 
-def methods_note(
-    results: pd.DataFrame,
-    summary: pd.DataFrame,
-    cmp: Comparison,
-    *,
-    alpha: float,
-    n_resamples: int,
-) -> str:
+def methods_note(analysis: Analysis) -> str:
     """Which tests ran, with how many pairs, and which pairs were dropped and why."""
+    summary, cmp = analysis.summary, analysis.comparison
+    alpha, n_resamples = analysis.alpha, analysis.n_resamples
     k = int((summary["n_pairs"] > 0).sum())
     treat, ctrl = cmp.arm_phrase(cmp.treatment), cmp.arm_phrase(cmp.control)
     margin = 100 * float(summary["equivalence_margin"].iloc[0]) if len(summary) else 0.0
@@ -1026,8 +904,12 @@ def methods_note(
         f"equivalence by TOST (two one-sided paired t-tests) against ±{margin:.2f} pp.",
         "- Effect sizes: Cohen's d_z = mean/SD of differences; Hedges' g_z with the exact "
         "gamma-function small-sample correction.",
-        "- Verdict: significant if Holm p < alpha (sign gives improvement/harm), else equivalent "
-        "if TOST p < alpha, else inconclusive.",
+        (
+            "- Decision: the sequential design's (above); these fixed-sample tests are descriptive."
+            if analysis.sequential
+            else "- Verdict: significant if Holm p < alpha (sign gives improvement/harm), else "
+            "equivalent if TOST p < alpha, else inconclusive."
+        ),
         f"- Across the grid: {stats.ANOVA_METHOD}. Each other factor within each arm: one-way "
         "RM-ANOVA on the seeds' means over the remaining factors, Friedman's test, and for a "
         "numeric factor the mean per-seed slope per doubling of its level (t CI).",
@@ -1041,9 +923,7 @@ def methods_note(
             f"(Wilcoxon: {r['wilcoxon_method']}; permutation: {r['permutation_method']})"
         )
     lines += ["", "Dropped pairs:", ""]
-    dropped = stats.dropped_pairs(
-        results, cmp.compare, cmp.arms if cmp.treatment is not None else None
-    )
+    dropped = analysis.dropped
     if dropped.empty:
         lines.append("- none: every seed finished in both arms in every stratum.")
     phrases = {stratum_label(s): stratum_phrase(s) for s in cmp.strata_cells()}
@@ -1057,27 +937,16 @@ def methods_note(
 
 
 def render_markdown(
-    *,
-    title: str,
-    run_info: Mapping[str, Any],
-    cmp: Comparison,
-    summary: pd.DataFrame,
-    anova: pd.DataFrame,
-    effects: pd.DataFrame,
-    dyn_summary: pd.DataFrame,
-    figures: Sequence[Path],
-    methods: str,
-    alpha: float,
-    threshold: float,
-    design: DesignOutcome | None = None,
+    analysis: Analysis, *, title: str, run_info: Mapping[str, Any], figures: Sequence[Path]
 ) -> str:
-    """Assemble report.md from computed tables (figure links relative to the report)."""
+    """Assemble report.md from an analysis (figure links relative to the report)."""
+    cmp, summary, alpha = analysis.comparison, analysis.summary, analysis.alpha
     parts = [f"# {title}", "", "## Run", ""]
     parts += [f"- **{k}**: {v}" for k, v in run_info.items()] or ["- (no run info)"]
     parts += [""]
-    sequential = design is not None and design.plan.sequential
+    sequential = analysis.sequential
     if sequential:
-        parts += design_section(design, cmp)
+        parts += design_section(analysis)
     parts += [
         "## Fixed-sample tests on the same pairs (descriptive)"
         if sequential
@@ -1103,38 +972,86 @@ def render_markdown(
         "",
         "_Secondary analyses on the seeds complete in every cell; not error-controlled._",
         "",
-        *[f"- {s}" for s in anova_sentences(anova, cmp, alpha)],
+        *[f"- {s}" for s in anova_sentences(analysis.anova, cmp, alpha)],
         "",
-        anova_table(anova),
+        anova_table(analysis.anova),
         "",
         f"_{stats.ANOVA_METHOD}._",
         "",
     ]
-    if len(effects):
+    if len(analysis.effects):
         parts += [
             f"Effect of each other factor within each {cmp.words} arm (trend: change in test "
             "accuracy per doubling of the level, mean of the per-seed slopes):",
             "",
-            factor_effects_table(effects, cmp),
+            factor_effects_table(analysis.effects, cmp),
             "",
         ]
     parts += [
         "## Training dynamics",
         "",
         f"Means over finished cells; epochs to threshold = first epoch with val accuracy ≥ "
-        f"{100 * threshold:g}% (averaged over the cells that reached it). s / epoch is the wall "
-        "time per model: with the fused engine a group's shards are timed together, so its "
-        "cells (both BN arms) share one figure; `studies/compute.yaml` times BN's cost with one "
-        "`model.fit` per cell.",
+        f"{100 * analysis.threshold:g}% (averaged over the cells that reached it). s / epoch is "
+        "the wall time per model: with the fused engine a group's shards are timed together, so "
+        "its cells (both BN arms) share one figure; `studies/compute.yaml` times BN's cost with "
+        "one `model.fit` per cell.",
         "",
-        dynamics_table(dyn_summary, cmp, threshold),
+        dynamics_table(analysis.dynamics_summary, cmp, analysis.threshold),
         "",
         "## Figures",
         "",
     ]
     parts += [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in figures]
-    parts += ["## Methods", "", methods, ""]
+    parts += ["## Methods", "", methods_note(analysis), ""]
     return "\n".join(parts)
+
+
+def write_report(
+    analysis: Analysis, out_dir: Path, *, title: str, run_info: Mapping[str, Any] | None = None
+) -> ReportOutput:
+    """Draw the figures of ``analysis`` and write ``out_dir/report.md`` and ``report.html``.
+
+    Args:
+        analysis: The run's analysis (``bnpipe.analysis.analyze``).
+        out_dir: Directory for report.md and the PNG figures (created if needed).
+        title: Report title.
+        run_info: Key facts shown at the top (run id, config digest, versions, ...).
+
+    Returns:
+        A ``ReportOutput`` with the written paths and the analysis.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmp, alpha = analysis.comparison, analysis.alpha
+    figures = [
+        plot_learning_curves(
+            analysis.curves, cmp, out_dir / FIGURE_FILES["learning_curves"], alpha=alpha
+        ),
+        plot_accuracy_vs_factor(
+            analysis.results, analysis.arms, cmp, out_dir / accuracy_figure_name(cmp), alpha=alpha
+        ),
+        plot_difference(analysis, out_dir / difference_figure_name(cmp)),
+        plot_paired_seeds(analysis.pairs, cmp, out_dir / FIGURE_FILES["paired_seeds"]),
+    ]
+    design = analysis.design
+    if design is not None and len(design.looks):
+        monitoring = out_dir / FIGURE_FILES["sequential_monitoring"]
+        figures.insert(
+            0,
+            plot_sequential_monitoring(
+                design.looks, monitoring, margin=analysis.margin, diff_label=cmp.diff_label
+            ),
+        )
+    text = render_markdown(analysis, title=title, run_info=dict(run_info or {}), figures=figures)
+    report_path = out_dir / "report.md"
+    report_path.write_text(text, encoding="utf-8")
+    return ReportOutput(
+        report_path,
+        figures,
+        analysis,
+        answer_markdown=answer_markdown(analysis),
+        html_path=write_html_report(report_path),
+    )
 
 
 def build_report(
@@ -1143,101 +1060,25 @@ def build_report(
     out_dir: Path,
     *,
     title: str,
-    compare: str | None = None,
-    levels: Sequence[Any] | None = None,
-    alpha: float = 0.05,
-    equivalence_margin: float = 0.002,
-    threshold: float = 0.97,
-    n_resamples: int = 9999,
     run_info: Mapping[str, Any] | None = None,
-    plan: Plan | None = None,
+    **settings: Any,
 ) -> ReportOutput:
-    """Compute the statistics, draw the figures and write ``out_dir/report.md``.
-
-    Args:
-        results: Results frame (one row per grid cell, one column per grid factor).
-        histories: Per-epoch histories (one row per cell per epoch).
-        out_dir: Directory for report.md and the PNG figures (created if needed).
-        title: Report title.
-        compare: The compared factor (default ``stats.DEFAULT_COMPARE``).
-        levels: Its (control, treatment) levels (default: its two sorted levels).
-        alpha: Significance level (also sets the CI level).
-        equivalence_margin: TOST margin on test accuracy (fraction, e.g. 0.002 = 0.2 pp).
-        threshold: Validation accuracy threshold for epochs-to-threshold.
-        n_resamples: Bootstrap/permutation budget.
-        run_info: Key facts shown at the top (run id, config digest, versions, ...).
-        plan: The run's design; a sequential one adds its decisions, monitoring figure and
-            design quantities, and labels the fixed-sample tests descriptive.
-
-    Returns:
-        A ``ReportOutput`` with the written paths and the computed tables.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = stats.normalize_results(results)
-    histories = stats.normalize_histories(histories)
-    cmp = comparison_of(results, compare, levels)
-    summary = summarize(
-        results, cmp, alpha=alpha, equivalence_margin=equivalence_margin, n_resamples=n_resamples
+    """``analyze_frames(results, histories, **settings)`` written as a report into
+    ``out_dir`` (a notebook's or a test's shortcut; runs use ``write_run_report``)."""
+    return write_report(
+        analyze_frames(results, histories, **settings), out_dir, title=title, run_info=run_info
     )
-    anova = stats.interaction_anova(results)
-    effects = stats.factor_effects(results, cmp.compare, alpha=alpha)
-    dyn = stats.dynamics(histories, results, threshold)
-    dyn_summary = stats.dynamics_summary(histories, results, threshold, compare=cmp.compare)
-    figures = [
-        plot_learning_curves(
-            histories, results, cmp, out_dir / FIGURE_FILES["learning_curves"], alpha=alpha
-        ),
-        plot_accuracy_vs_factor(results, cmp, out_dir / accuracy_figure_name(cmp), alpha=alpha),
-        plot_difference(
-            summary,
-            cmp,
-            out_dir / difference_figure_name(cmp),
-            equivalence_margin=equivalence_margin,
-        ),
-        plot_paired_seeds(results, cmp, out_dir / FIGURE_FILES["paired_seeds"]),
-    ]
-    design = design_outcome(results, plan) if plan is not None else None
-    if design is not None and plan.sequential and len(design.looks):
-        monitoring = out_dir / FIGURE_FILES["sequential_monitoring"]
-        figures.insert(
-            0,
-            plot_sequential_monitoring(
-                design.looks, monitoring, margin=plan.margin, diff_label=cmp.diff_label
-            ),
-        )
-    text = render_markdown(
-        title=title,
-        run_info=dict(run_info or {}),
-        cmp=cmp,
-        summary=summary,
-        anova=anova,
-        effects=effects,
-        dyn_summary=dyn_summary,
-        figures=figures,
-        methods=methods_note(results, summary, cmp, alpha=alpha, n_resamples=n_resamples),
-        alpha=alpha,
-        threshold=threshold,
-        design=design,
-    )
-    report_path = out_dir / "report.md"
-    report_path.write_text(text, encoding="utf-8")
-    return ReportOutput(
-        report_path,
-        figures,
-        summary,
-        anova,
-        effects,
-        dyn,
-        design,
-        # A sequential run's answer is its decided table; the fixed-sample table is descriptive.
-        verdict_markdown=(
-            f"Decided (sequential design): {cmp.diff_label} test accuracy\n\n"
-            + decision_table(design.decisions, cmp)
-            if design is not None and design.plan.sequential and len(design.decisions)
-            else verdict_table(summary, cmp)
-        ),
-        html_path=write_html_report(report_path),
+
+
+def write_run_report(
+    analysis: Analysis, cfg: Config, run_name: str, run_info: Mapping[str, Any]
+) -> ReportOutput:
+    """``write_report`` into ``<reports_dir>/<run name>/``, titled after the compared factor."""
+    return write_report(
+        analysis,
+        Path(cfg.tracking.reports_dir) / run_name,
+        title=f"{factor(cfg.grid.compare).words} ablation: {run_name}",
+        run_info=run_info,
     )
 
 
@@ -1248,23 +1089,8 @@ def build_run_report(
     run_name: str,
     run_info: Mapping[str, Any],
 ) -> ReportOutput:
-    """``build_report`` with the settings of ``cfg``, into ``<reports_dir>/<run name>/``."""
-    levels = tuple(cfg.grid.compare_levels)
-    return build_report(
-        results,
-        histories,
-        Path(cfg.tracking.reports_dir) / run_name,
-        title=f"{factor(cfg.grid.compare).words} ablation: {run_name}",
-        compare=cfg.grid.compare,
-        # The config's order says which level is the control; a one-level grid has no pair.
-        levels=levels if len(levels) == 2 else None,
-        alpha=cfg.stats.alpha,
-        equivalence_margin=cfg.stats.equivalence_margin,
-        threshold=cfg.stats.val_threshold,
-        n_resamples=cfg.stats.n_resamples,
-        run_info=run_info,
-        plan=plan_of(cfg),
-    )
+    """The analysis of ``results`` under ``cfg``, written as the run's report."""
+    return write_run_report(analyze(results, histories, cfg), cfg, run_name, run_info)
 
 
 # -------------------------------------------------------------------------------- HTML

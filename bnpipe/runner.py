@@ -24,10 +24,8 @@ from bnpipe.factors import (
     FACTORS,
     Stratum,
     contrast_phrase,
-    factor_columns,
     level_phrase,
     strata_phrase,
-    stratum_key,
     stratum_label,
 )
 from bnpipe.grid import (
@@ -526,30 +524,3 @@ def cfg_info(cfg: Config, data: MnistData) -> dict[str, Any]:
         "data": f"{len(data.x_train)} train / {len(data.x_test)} test ({data.source}), "
         f"digest {data.digest[:12]}",
     }
-
-
-def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
-    """Key numbers per comparison as parent-run metrics (``diff_batch_size_32``), so the UI can
-    chart them over runs."""
-    out: dict[str, float] = {}
-    names = {
-        "mean_diff": "diff",
-        "ci_low": "ci_low",
-        "ci_high": "ci_high",
-        "t_pvalue": "p",
-        "p_holm": "p_holm",
-        "acc_bn": "acc_bn",
-        "acc_no_bn": "acc_no_bn",
-        "n_pairs": "n_pairs",
-    }
-    for _, row in summary.iterrows():
-        factors = [c for c in factor_columns(summary.columns) if c != row.get("compare")]
-        key = stratum_key(tuple((n, _py(row[n])) for n in factors))
-        for col, short in names.items():
-            if col in row:
-                out[f"{short}_{key}"] = float(row[col])
-    return out
-
-
-def _py(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v

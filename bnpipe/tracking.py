@@ -279,9 +279,13 @@ def parent_params(
 ) -> dict[str, Any]:
     """The parent's params: the whole config plus what its cells share, spelled as they are
     (``varying``: the grid's factors, whose levels differ from cell to cell)."""
+    varying = tuple(varying)
     differ = {PARAM_NAMES.get(k, k) for k in (*varying, *CELL_PARAMS)}
     shared = {k: v for k, v in logged_params(cell_params).items() if k not in differ}
-    return {**flat_config, **shared}
+    # A grid factor's default field (``model.bn False``) is a level no cell used: the parent
+    # records the factor's levels (``grid.factors.bn``) instead.
+    unused = {FACTORS[n].default_field for n in varying if n in FACTORS}
+    return {**{k: v for k, v in flat_config.items() if k not in unused}, **shared}
 
 
 def _recorded_cell_params(params: Mapping[str, str]) -> dict[str, str]:

@@ -79,6 +79,7 @@ def run_claims(
         fresh: train every cell again (as ``bnpipe run --fresh``).
         on_study: called with each study's flow result as it finishes (the CLI prints it).
     """
+    from bnpipe.analysis import analyze
     from bnpipe.claims import StudyData, check_claims, write_report
     from bnpipe.tracking import ROLE_TAG, TAG_PREFIX, Tracker, redact_uri, resolve_uri
     from flows.pipeline import ablation
@@ -96,9 +97,11 @@ def run_claims(
         cfg = configs[name]
         tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
         results, histories, _, _ = tracker.parent_tables(out["parent_run_id"])
+        # The study's analysis as its run computed it: the claims read its typed frames.
+        analysis = analyze(results, histories, cfg)
         studies[name] = StudyData(
-            results,
-            histories,
+            analysis.results,
+            analysis.histories,
             epochs=cfg.train.epochs,
             val_threshold=cfg.stats.val_threshold,
             num_classes=cfg.model.num_classes,

@@ -41,6 +41,7 @@ from prefect.states import State
 from prefect.utilities.urls import url_for
 
 from bnpipe import trainer
+from bnpipe.analysis import analyze as run_analysis
 from bnpipe.config import Config, DataConfig, load_config
 from bnpipe.data import MnistData, load_mnist, worker_data
 from bnpipe.design import plan_of
@@ -55,7 +56,7 @@ from bnpipe.grid import (
 )
 from bnpipe.progress import PhaseClock, Progress
 from bnpipe.provenance import code_digest, environment_facts, git_commit, package_versions
-from bnpipe.report import ReportOutput, build_run_report
+from bnpipe.report import ReportOutput, decision_table, write_run_report
 from bnpipe.runner import (
     CellOutcome,
     GridRun,
@@ -70,9 +71,7 @@ from bnpipe.runner import (
     plan_size,
     reused_table,
     run_plan,
-    summary_metrics,
 )
-from bnpipe.stats import HEADLINE_COLUMNS
 from bnpipe.tracking import (
     ABANDONED,
     FAILURE_TAG,
@@ -92,9 +91,6 @@ from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
 from bnpipe.trainer import Stopped
 from flows.runners import final_state, training_runner
-
-# The headline statistics with the equivalence test's p just before the verdict it decides.
-VERDICT_COLUMNS = [*HEADLINE_COLUMNS[:-1], "tost_pvalue", "verdict"]
 
 FLOW_RUN_ID_TAG = TAG_PREFIX + "prefect.flow_run_id"
 FLOW_RUN_URL_TAG = TAG_PREFIX + "prefect.flow_run_url"
@@ -230,17 +226,18 @@ def analyze(
     run_info: dict,
     clock: PhaseClock,
 ) -> ReportOutput:
-    """Statistics, figures and report.md under reports/<run name>/; published to Prefect too."""
+    """The run's analysis, computed once, rendered as report.md / report.html with figures under
+    reports/<run name>/ and published to Prefect: the report, and the decided table."""
     with clock.phase("analysis"):
-        out = build_run_report(results, histories, cfg, run_name, run_info)
+        out = write_run_report(run_analysis(results, histories, cfg), cfg, run_name, run_info)
     key = "bn-ablation-report"
     markdown = embed_images(out.report_path.read_text(), out.report_path.parent)
     create_markdown_artifact(markdown, key=key, description=run_name)
-    table = out.summary[VERDICT_COLUMNS].round(6)
+    decisions = out.analysis.decisions.round(6)
     create_table_artifact(
-        table.astype(object).where(table.notna(), None).to_dict("records"),
+        decisions.astype(object).where(decisions.notna(), None).to_dict("records"),
         key=key + "-table",
-        description=f"{contrast_text(cfg)} ({run_name})",
+        description=f"Decided: {contrast_text(cfg)} ({run_name})",
     )
     return out
 
@@ -573,13 +570,13 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                     f"{len(state.reused)} of {len(keys)} cells from earlier runs (reused.csv)"
                 )
             report = analyze(results, history_table, cfg, run_name, run_info, clock)
-            summary = report.summary
-            design = report.design
+            analysis = report.analysis
+            record = analysis.record()
             log.info(
-                "%s (report %s):\n%s",
+                "Decided: %s (report %s):\n%s",
                 contrast_text(cfg),
                 report.report_path,
-                summary[VERDICT_COLUMNS].round(4).to_string(index=False),
+                decision_table(analysis),
             )
             failed = results.loc[results["status"] == "failed"]
             times = clock.breakdown()
@@ -590,8 +587,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                 tracker.finish_parent(
                     parent_id,
                     metrics={
-                        **summary_metrics(summary),
-                        **design.record["metrics"],
+                        **record["metrics"],
                         **timing_metrics,
                         "overhead_share": times["overhead_share"],
                         "wall_time_s": times["total"],
@@ -599,13 +595,10 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                     tables={
                         "results": results,
                         "histories": history_table,
-                        "summary": summary,
+                        "summary": analysis.summary,
                         "reused": reused_table(state.reused, keys, cfg.grid.levels),
-                        **(
-                            {"decisions": design.decisions, "looks": design.looks}
-                            if plan.sequential
-                            else {}
-                        ),
+                        "decisions": analysis.decisions,
+                        **({"looks": analysis.design.looks} if analysis.design else {}),
                     },
                     files=[report.report_path, report.html_path, *report.figures],
                     tags={
@@ -615,10 +608,10 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                         TAG_PREFIX + "cells_failed": len(failed),
                         TAG_PREFIX + "cells_diverged": int((results["status"] == "diverged").sum()),
                         TAG_PREFIX + "runs_marked_abandoned": len(abandoned),
-                        **{TAG_PREFIX + k: v for k, v in design.record["tags"].items()},
+                        **{TAG_PREFIX + k: v for k, v in record["tags"].items()},
                     },
                     status="FAILED" if len(failed) else "FINISHED",
-                    description=report.verdict_markdown,
+                    description=report.answer_markdown,
                 )
     except BaseException as exc:
         # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
@@ -636,8 +629,9 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
         "run_name": run_name,
         "tracking_uri": redact_uri(tracker.uri),
         "results": results.to_dict("records"),
-        "summary": summary.to_dict("records"),
-        "decisions": design.decisions.to_dict("records"),
+        "design": analysis.plan.kind,
+        "summary": analysis.summary.to_dict("records"),
+        "decisions": analysis.decisions.to_dict("records"),
         "report": str(report.report_path),
         "wall_time_s": final_times["total"],
         "timing": final_times,

@@ -72,8 +72,8 @@ def test_printed_link_opens_the_parent_in_model_training_mode(ui_run, driver):
     open_page(driver, url + link.removeprefix(LOCAL_UI), "Description")
     body = driver.find_element("tag name", "body").text
     assert out["run_name"] in body
-    # The description is the verdict table, rendered (a header cell and one row per batch size).
-    assert "verdict" in body and "diff pp" in body and "TOST p" in body
+    # The description is the decided table, rendered (a header cell and one row per batch size).
+    assert "decision" in body and "pp [" in body and "pairs used" in body
     assert "workflowType=genai" not in driver.current_url
     assert "/overview/usage" not in driver.current_url  # the GenAI landing page
     # The runs table, from the parent's breadcrumb, lists the parent and its cells.

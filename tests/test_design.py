@@ -175,4 +175,6 @@ def test_fixed_design_keeps_its_seed_list(monkeypatch, tiny_mnist, store, prefec
         ["train.engine=fused", "train.epochs=1", "grid.batch_sizes=[32]", "grid.seeds=[3,5]"],
     )
     assert counter.take() == {bs_cell(b, 32, s) for b in (False, True) for s in (3, 5)}
-    assert out["decisions"] == []
+    # A fixed design's answer is its fixed test's verdict, in the same decisions table.
+    assert out["design"] == "fixed"
+    assert [d["decision"] for d in out["decisions"]] == [r["verdict"] for r in out["summary"]]

@@ -70,6 +70,10 @@ def test_params_hold_every_factor_level_and_log_like_today():
     parent = parent_params(cfg.flat(), params, cfg.grid.levels)
     assert "bn" not in parent and "train.learning_rate" not in {k for k in parent if k == "lr"}
     assert parent["batch_size"] == 64  # shared by every cell of this grid
+    # The grid's factors are recorded by their levels, never by a default no cell used.
+    assert "model.bn" not in parent and "train.learning_rate" not in parent
+    assert parent["grid.factors.bn"] == [False, True]
+    assert parent["grid.factors.learning_rate"] == [0.001, 0.1]
     # A run's cell reads back from its name and params, for any factor.
     strings = {k: str(v) for k, v in logged.items()}
     assert recorded_cell(cell.name, strings) == cell
@@ -151,12 +155,13 @@ def test_default_design_keeps_its_id():
 
 
 def test_parent_metrics_are_named_by_stratum_key():
+    from bnpipe.analysis import analyze_frames
     from bnpipe.factors import stratum_key
-    from flows.pipeline import summary_metrics
 
     results = _results({0.001: [0.01, 0.02, 0.015], 0.1: [0.0, 0.001, -0.001]})
-    summary = stats.summarize_by_stratum(results, "bn", n_resamples=99)
-    names = summary_metrics(summary)
+    record = analyze_frames(results, pd.DataFrame(), compare="bn", n_resamples=99).record()
+    names = record["metrics"]
+    assert record["tags"]["decision.learning_rate_0.1"] in stats.VERDICTS
     assert {
         "diff_learning_rate_0.001",
         "diff_learning_rate_0.1",

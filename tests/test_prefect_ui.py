@@ -131,9 +131,8 @@ def test_flow_run_is_named_linked_and_reports_progress(monkeypatch, tiny_mnist, 
     assert by_key["bn-ablation-report"].data.count("](data:image/png;base64,") >= 4
     messages = [log.message for log in logs]
     assert sum(": finished, test_accuracy" in m for m in messages) == 4
-    assert any(m.startswith("BN on minus BN off test accuracy per batch size") for m in messages), (
-        messages
-    )
+    decided = [m for m in messages if m.startswith("Decided: BN on minus BN off test accuracy")]
+    assert decided and "| batch size | decision |" in decided[-1], messages
 
 
 # -- the UI in a real browser ---------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_build_report_writes_files_and_verdicts(tmp_path: Path) -> None:
     assert "## Methods" in text and "none: every seed finished" in text
     assert "interaction F(1, 2)" in text
     assert list(out.summary["verdict"]) == ["significant improvement", "equivalent within margin"]
-    assert list(out.dynamics.columns) == stats.DYNAMICS_COLUMNS
+    assert list(out.analysis.dynamics.columns) == stats.DYNAMICS_COLUMNS
 
 
 def test_report_reflects_numbers_not_templates(tmp_path: Path) -> None:
@@ -134,10 +134,10 @@ def test_md_table_shape() -> None:
 
 
 def test_mean_ci_matches_t_interval() -> None:
-    mean, half, n = report.mean_ci([1.0, 2.0, 3.0, np.nan])
+    mean, half, n = stats.mean_ci([1.0, 2.0, 3.0, np.nan])
     assert (mean, n) == (2.0, 3)
     assert half == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-6)
-    assert np.isnan(report.mean_ci([1.0])[1])
+    assert np.isnan(stats.mean_ci([1.0])[1])
 
 
 def test_report_from_csv_round_trip(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_report_from_csv_round_trip(tmp_path: Path) -> None:
     out = _build(tmp_path, r, h)
     expected = _build(tmp_path / "direct", results, histories)
     pd.testing.assert_frame_equal(out.summary, expected.summary)
-    assert out.dynamics["n_epochs"].tolist() == [3] * len(results)
+    assert out.analysis.dynamics["n_epochs"].tolist() == [3] * len(results)
 
 
 # ------------------------------------------------------------------ any grid factors
@@ -227,14 +227,15 @@ def test_report_over_three_factors_facets_rows_by_columns(tmp_path: Path) -> Non
     results.loc[sel, "status"] = "diverged"
     out = _build(tmp_path, results, histories)
     text = out.report_path.read_text(encoding="utf-8")
-    assert len(out.summary) == 6 and len(out.anova) == 7
+    assert len(out.summary) == 6 and len(out.analysis.anova) == 7
     assert "| BN × batch size × init scale |" in text
     assert "1 pair dropped at batch size 32, init scale 0.5: seed 2 diverged (BN on)" in text
     assert "| 32 | 0.5 | 2 |" in text  # the verdict row of that stratum: 2 pairs left
-    effects = out.factor_effects.set_index(["factor", "compare_level"])
+    effects = out.analysis.effects.set_index(["factor", "compare_level"])
     assert effects.loc[("init_scale", True), "trend_slope"] > 0  # the gain at the largest level
     # A 2-factor stratum gives a rows x columns grid: 2 batch sizes x 3 init scales.
-    from bnpipe.report import comparison_of, facets
+    from bnpipe.analysis import comparison_of
+    from bnpipe.report import facets
 
     cmp = comparison_of(results)
     nrows, ncols, panels = facets(cmp.strata, cmp.levels)
@@ -294,6 +295,6 @@ def test_sequential_report_over_a_generic_grid(tmp_path: Path) -> None:
     text = out.report_path.read_text(encoding="utf-8")
     assert "## Decision per learning rate (sequential design)" in text
     assert "| learning rate | decision | pairs used |" in text
-    assert out.verdict_markdown.startswith("Decided (sequential design): bn=on − bn=off")
+    assert out.answer_markdown.startswith("Decided (sequential design): bn=on − bn=off")
     row = next(line for line in text.splitlines() if line.startswith("| 0.1 | **"))
     assert "**benefit**" in row  # +0.5 pp at the largest learning rate, tiny noise, last look

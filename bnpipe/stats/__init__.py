@@ -26,6 +26,7 @@ from bnpipe.stats.anova import (
     rm_anova_twoway,
     trend_x,
 )
+from bnpipe.stats.describe import ARM_COLUMNS, CURVE_COLUMNS, arm_means, epoch_curves, mean_ci
 from bnpipe.stats.dynamics import (
     DYNAMICS_COLUMNS,
     DYNAMICS_MEASURES,
@@ -79,6 +80,8 @@ from bnpipe.stats.sequential import (
 
 __all__ = [
     "ANOVA_COLUMNS",
+    "ARM_COLUMNS",
+    "CURVE_COLUMNS",
     "ANOVA_METHOD",
     "BATCH_EFFECT_COLUMNS",
     "DEFAULT_COMPARE",
@@ -103,6 +106,7 @@ __all__ = [
     "VERDICTS",
     "_t_power",
     "alpha_spent",
+    "arm_means",
     "average_sample_number",
     "batch_size_effect",
     "compare_paired",
@@ -110,6 +114,7 @@ __all__ = [
     "dynamics",
     "dynamics_summary",
     "effect_contrasts",
+    "epoch_curves",
     "factor_effects",
     "finished_cells",
     "gg_epsilon",
@@ -118,6 +123,7 @@ __all__ = [
     "interaction_anova",
     "levels_of",
     "looks_frame",
+    "mean_ci",
     "normalize_histories",
     "normalize_results",
     "paired_frame",
