@@ -165,10 +165,6 @@ class Analysis:
             return "rci_low", "rci_high", "repeated CI"
         return "ci_low", "ci_high", f"{100 * (1 - self.alpha):g}% CI"
 
-    def decision_of(self) -> dict[str, str]:
-        """``{comparison label: decision}``: what every surface must say."""
-        return dict(zip(self.decisions["comparison"], self.decisions["decision"], strict=True))
-
     def record(self) -> dict[str, dict[str, Any]]:
         """The parent run's tags and metrics: per comparison the decision (tag
         ``decision.<stratum>``), its interval, and the fixed-sample numbers (metrics)."""
