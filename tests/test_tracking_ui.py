@@ -90,9 +90,10 @@ def test_runs_show_datasets_description_and_comparable_names(logged):
     parent = client.get_run(out["parent_run_id"])
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.tags[KIND_TAG] == "custom_model_development" and exp.tags[NOTE_TAG]
-    # The description is the verdict table, one row per batch size.
+    # The description is the decided table (a fixed design's verdicts), one row per batch size.
     note = parent.data.tags[NOTE_TAG]
-    assert note.startswith("| batch size |") and "| 64 |" in note
+    assert note.startswith("Decided (fixed design")
+    assert "| batch size | decision |" in note and "| 64 | **" in note
     children = _children(client, parent.info.run_id)
     for run in [parent, *children]:
         inputs = {i.dataset.name: i.dataset for i in run.inputs.dataset_inputs}
