@@ -1,10 +1,11 @@
 """Statistics for the BN ablation: pure functions over arrays and DataFrames.
 
 ``paired`` (paired tests, CIs, effect sizes, Holm, TOST, power, verdicts, paired frames and
-summaries), ``anova`` (repeated-measures ANOVA across the grid), ``dynamics`` (training
-dynamics) and ``sequential`` (group-sequential design: boundaries, repeated CIs, decisions).
-Every public name is re-exported here, so ``from bnpipe.stats import ...`` does not depend on
-the module layout.
+summaries), ``exact`` (exact and small-sample intervals: sign test, Wilson, Newcombe, McNemar),
+``anova`` (repeated-measures ANOVA across the grid), ``dynamics`` (training dynamics),
+``sequential`` (group-sequential design: boundaries, repeated CIs, decisions) and ``text`` (how
+the reports print p-values). Every public name is re-exported here, so
+``from bnpipe.stats import ...`` does not depend on the module layout.
 """
 
 from bnpipe.stats.anova import (
@@ -34,6 +35,17 @@ from bnpipe.stats.dynamics import (
     SUMMARY_MEASURES,
     dynamics,
     dynamics_summary,
+)
+from bnpipe.stats.exact import (
+    Estimate,
+    mcnemar_exact,
+    median_estimate,
+    newcombe_paired,
+    paired_counts,
+    paired_proportion_estimate,
+    paired_t_estimate,
+    sign_interval,
+    wilson,
 )
 from bnpipe.stats.paired import (
     FINISHED,
@@ -76,6 +88,7 @@ from bnpipe.stats.sequential import (
     sequential_summary,
     t_critical,
 )
+from bnpipe.stats.text import fmt_p
 
 __all__ = [
     "ANOVA_COLUMNS",
@@ -85,6 +98,7 @@ __all__ = [
     "DYNAMICS_COLUMNS",
     "DYNAMICS_MEASURES",
     "DYNAMICS_SUMMARY_COLUMNS",
+    "Estimate",
     "FACTOR_EFFECT_COLUMNS",
     "FINISHED",
     "HEADLINE_COLUMNS",
@@ -112,15 +126,22 @@ __all__ = [
     "effect_contrasts",
     "factor_effects",
     "finished_cells",
+    "fmt_p",
     "gg_epsilon",
     "hedges_correction",
     "holm",
     "interaction_anova",
     "levels_of",
     "looks_frame",
+    "mcnemar_exact",
+    "median_estimate",
+    "newcombe_paired",
     "normalize_histories",
     "normalize_results",
+    "paired_counts",
     "paired_frame",
+    "paired_proportion_estimate",
+    "paired_t_estimate",
     "rm_anova",
     "rm_anova_array",
     "rm_anova_oneway",
@@ -130,6 +151,7 @@ __all__ = [
     "sequential_decide",
     "sequential_plan",
     "sequential_summary",
+    "sign_interval",
     "stratum_factors",
     "summarize_by_batch_size",
     "summarize_by_stratum",
@@ -139,4 +161,5 @@ __all__ = [
     "trend_x",
     "verdict",
     "verdict_sentence",
+    "wilson",
 ]
