@@ -244,8 +244,8 @@ def format_summary(summary: list[dict]) -> str:
     for r in summary:
         ci = f"[{f(r['ci_low'], '+.4f')}, {f(r['ci_high'], '+.4f')}]"
         lines.append(
-            f"{r['stratum']:<{w}}  {r['n_pairs']:>3}  {f(r['acc_no_bn'], '.4f'):>{aw}}  "
-            f"{f(r['acc_bn'], '.4f'):>{aw}}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
+            f"{r['stratum']:<{w}}  {r['n_pairs']:>3}  {f(r['acc_control'], '.4f'):>{aw}}  "
+            f"{f(r['acc_treatment'], '.4f'):>{aw}}  {f(r['mean_diff'], '+.4f'):>10}  {ci:>19}  "
             f"{f(r['t_pvalue'], '.4f'):>7}  {f(r['p_holm'], '.4f'):>7}"
         )
     return "\n".join(lines)

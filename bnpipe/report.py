@@ -31,7 +31,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFor
 from scipy import stats as sps
 
 from bnpipe import stats
-from bnpipe.config import Config
+from bnpipe.config import DEFAULT_COMPARE, Config
 from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
 from bnpipe.factors import (
     factor,
@@ -111,7 +111,7 @@ def comparison_of(
 
     Args:
         results: One row per cell with one column per grid factor.
-        compare: The compared factor (default ``stats.DEFAULT_COMPARE``).
+        compare: The compared factor (default ``config.DEFAULT_COMPARE``).
         levels: Its (control, treatment) levels; default: its two sorted levels in the frame
             (a frame with one level gets no treatment: every stratum has 0 pairs).
 
@@ -119,7 +119,7 @@ def comparison_of(
         ValueError: If ``compare`` is not a column or ``levels`` are not two (or more than
             two are found).
     """
-    compare = compare or stats.DEFAULT_COMPARE
+    compare = compare or DEFAULT_COMPARE
     results = stats.normalize_results(results)  # levels read back from CSV come as strings
     factors = factor_columns(results.columns)
     if compare not in factors:
@@ -1154,7 +1154,7 @@ def build_report(
         histories: Per-epoch histories (one row per cell per epoch).
         out_dir: Directory for report.md and the PNG figures (created if needed).
         title: Report title.
-        compare: The compared factor (default ``stats.DEFAULT_COMPARE``).
+        compare: The compared factor (default ``config.DEFAULT_COMPARE``).
         levels: Its (control, treatment) levels (default: its two sorted levels).
         alpha: Significance level (also sets the CI level).
         equivalence_margin: TOST margin on test accuracy (fraction, e.g. 0.002 = 0.2 pp).

@@ -538,8 +538,8 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
         "ci_high": "ci_high",
         "t_pvalue": "p",
         "p_holm": "p_holm",
-        "acc_bn": "acc_bn",
-        "acc_no_bn": "acc_no_bn",
+        "acc_treatment": "acc_treatment",
+        "acc_control": "acc_control",
         "n_pairs": "n_pairs",
     }
     for _, row in summary.iterrows():

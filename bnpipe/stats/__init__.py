@@ -1,4 +1,4 @@
-"""Statistics for the BN ablation: pure functions over arrays and DataFrames.
+"""Statistics of an ablation (control vs treatment): pure functions over arrays and DataFrames.
 
 ``paired`` (paired tests, CIs, effect sizes, Holm, TOST, power, verdicts, paired frames and
 summaries), ``exact`` (exact and small-sample intervals: sign test, Wilson, Newcombe, McNemar),
@@ -11,10 +11,7 @@ the reports print p-values). Every public name is re-exported here, so
 from bnpipe.stats.anova import (
     ANOVA_COLUMNS,
     ANOVA_METHOD,
-    BATCH_EFFECT_COLUMNS,
-    DEFAULT_COMPARE,
     FACTOR_EFFECT_COLUMNS,
-    batch_size_effect,
     effect_contrasts,
     factor_effects,
     finished_cells,
@@ -28,13 +25,13 @@ from bnpipe.stats.anova import (
     trend_x,
 )
 from bnpipe.stats.dynamics import (
-    DYNAMICS_COLUMNS,
     DYNAMICS_MEASURES,
-    DYNAMICS_SUMMARY_COLUMNS,
     STABILITY_EPOCHS,
     SUMMARY_MEASURES,
     dynamics,
+    dynamics_columns,
     dynamics_summary,
+    dynamics_summary_columns,
 )
 from bnpipe.stats.exact import (
     Estimate,
@@ -66,12 +63,10 @@ from bnpipe.stats.paired import (
     paired_frame,
     seeds_needed,
     stratum_factors,
-    summarize_by_batch_size,
     summarize_by_stratum,
     summary_columns,
     tost_pvalue,
     verdict,
-    verdict_sentence,
 )
 from bnpipe.stats.sequential import (
     LOOK_COLUMNS,
@@ -93,11 +88,7 @@ from bnpipe.stats.text import fmt_p
 __all__ = [
     "ANOVA_COLUMNS",
     "ANOVA_METHOD",
-    "BATCH_EFFECT_COLUMNS",
-    "DEFAULT_COMPARE",
-    "DYNAMICS_COLUMNS",
     "DYNAMICS_MEASURES",
-    "DYNAMICS_SUMMARY_COLUMNS",
     "Estimate",
     "FACTOR_EFFECT_COLUMNS",
     "FINISHED",
@@ -118,11 +109,12 @@ __all__ = [
     "_t_power",
     "alpha_spent",
     "average_sample_number",
-    "batch_size_effect",
     "compare_paired",
     "dropped_pairs",
     "dynamics",
+    "dynamics_columns",
     "dynamics_summary",
+    "dynamics_summary_columns",
     "effect_contrasts",
     "factor_effects",
     "finished_cells",
@@ -153,13 +145,11 @@ __all__ = [
     "sequential_summary",
     "sign_interval",
     "stratum_factors",
-    "summarize_by_batch_size",
     "summarize_by_stratum",
     "summary_columns",
     "t_critical",
     "tost_pvalue",
     "trend_x",
     "verdict",
-    "verdict_sentence",
     "wilson",
 ]
