@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from bnpipe import stats
-from bnpipe.config import Config
+from bnpipe.config import DEFAULT_COMPARE, Config
 from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
 from bnpipe.factors import (
     factor,
@@ -29,8 +29,6 @@ from bnpipe.factors import (
     level_text,
     stratum_key,
 )
-
-DEFAULT_COMPARE = "bn"  # the reference experiment's compared factor, when a frame says nothing
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ def comparison_of(
 
     Args:
         results: One row per cell with one column per grid factor.
-        compare: The compared factor (default ``DEFAULT_COMPARE``).
+        compare: The compared factor (default ``config.DEFAULT_COMPARE``).
         levels: Its (control, treatment) levels; default: its two sorted levels in the frame
             (a frame with one level gets no treatment: every stratum has 0 pairs).
 
@@ -233,7 +231,7 @@ def analyze_frames(
     Args:
         results: One row per cell with one column per grid factor.
         histories: Per-epoch histories (one row per cell per epoch).
-        compare: The compared factor (default ``DEFAULT_COMPARE``).
+        compare: The compared factor (default ``config.DEFAULT_COMPARE``).
         levels: Its (control, treatment) levels (default: its two sorted levels).
         alpha: Family-wise significance level (also sets the CI level).
         equivalence_margin: Equivalence margin on test accuracy (fraction: 0.002 = 0.2 pp).
@@ -252,8 +250,6 @@ def analyze_frames(
         equivalence_margin=equivalence_margin,
         n_resamples=n_resamples,
     )
-    # TODO(merge stats-home): stats names the arms control/treatment itself.
-    summary = summary.rename(columns={"acc_bn": "acc_treatment", "acc_no_bn": "acc_control"})
     design = design_outcome(results, plan) if plan is not None and plan.sequential else None
     if design is not None:
         decisions = design.decisions

@@ -25,18 +25,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
-from bnpipe.factors import FACTORS, factor
-from bnpipe.stats import FINISHED, compare_paired, holm, paired_frame
+from bnpipe.factors import factor, factor_columns
+from bnpipe.stats import (
+    FINISHED,
+    STABILITY_EPOCHS,
+    Estimate,
+    fmt_p,
+    holm,
+    median_estimate,
+    paired_counts,
+    paired_frame,
+    paired_proportion_estimate,
+    paired_t_estimate,
+)
 
 DIVERGED = "diverged"
 # A finished network below this test accuracy did not learn the task (the recipe reaches ~0.97,
 # chance is 0.1): what "diverge" means to a user even when the loss stayed finite. Measured on
 # full MNIST: Adam at lr 0.1 without BN ends at 0.19-0.20 with a finite loss (BN: 0.94-0.96).
 FAILED_ACCURACY = 0.5
-# Epoch-to-epoch instability: SD of validation accuracy over the last epochs (as stats.dynamics).
-STABILITY_EPOCHS = 3
 VERDICTS = ("supported", "contradicted", "no meaningful difference", "undecided", "not run")
 # Beside a directional verdict whose interval lies inside the band of no meaningful difference.
 NEGLIGIBLE = ", but inside the margin of no meaningful difference"
@@ -111,11 +119,6 @@ class ClaimTest:
 # ---------------------------------------------------------------------------------- cells
 
 
-def factor_columns(frame: pd.DataFrame) -> list[str]:
-    """The grid factors ``frame`` has a column for, in registry order."""
-    return [name for name in FACTORS if name in frame.columns]
-
-
 def _as_level(name: str, s: pd.Series) -> pd.Series:
     if factor(name).kind is bool:
         if s.dtype == bool:
@@ -150,7 +153,7 @@ def cell_outcomes(
     if missing:
         raise ValueError(f"results frame lacks columns {missing}")
     out = results.copy()
-    for name in factor_columns(out):
+    for name in factor_columns(out.columns):
         out[name] = _as_level(name, out[name])
     out["seed"] = out["seed"].astype(int)
     acc = pd.to_numeric(out["test_accuracy"], errors="coerce").astype(float)
@@ -168,7 +171,7 @@ def cell_outcomes(
         keep = (out["status"] == FINISHED) & (out["diverged"] == 0)
     out["value"] = value
     out = out.loc[keep & np.isfinite(out["value"])]
-    return out[[*factor_columns(out), "seed", "diverged", "value"]].reset_index(drop=True)
+    return out[[*factor_columns(out.columns), "seed", "diverged", "value"]].reset_index(drop=True)
 
 
 def pair_cells(
@@ -227,6 +230,33 @@ def stratum_detail(pairs: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------- tests
 
 
+def _claim_test(
+    est: Estimate,
+    *,
+    margin: float,
+    unit: str,
+    n_label: str,
+    method: str,
+    detail: pd.DataFrame,
+    secondary: dict[str, Any] | None = None,
+) -> ClaimTest:
+    """A ``stats`` estimate as a ClaimTest (null 0, band +-margin); its note ends the method."""
+    return ClaimTest(
+        n=est.n,
+        n_label=n_label,
+        effect=est.effect,
+        ci_low=est.ci_low,
+        ci_high=est.ci_high,
+        p=est.p,
+        null=0.0,
+        band=(-margin, margin),
+        unit=unit,
+        method=method + (f"; {est.note}" if est.note else ""),
+        detail=detail,
+        secondary=secondary or {},
+    )
+
+
 def _paired_test(
     treatment: np.ndarray,
     control: np.ndarray,
@@ -234,88 +264,22 @@ def _paired_test(
     alpha: float,
     margin: float,
     n_resamples: int,
-    unit: str,
-    n_label: str,
-    method: str,
-    detail: pd.DataFrame,
-    secondary: dict[str, Any] | None = None,
+    **claim: Any,
 ) -> ClaimTest:
-    """``compare_paired``'s t interval at ``alpha`` as a ClaimTest (null 0, band +-margin).
-
-    Identical differences (SD 0) have no t interval: the interval is the point and the p the
-    exact sign-flip permutation p, so ten seeds all pointing one way still decide.
-    """
-    cmp = compare_paired(
-        treatment, control, alpha=alpha, equivalence_margin=margin, n_resamples=n_resamples
-    )
-    lo, hi, p = cmp.ci_low, cmp.ci_high, cmp.t_pvalue
-    if cmp.n >= 2 and cmp.sd_diff == 0 and cmp.mean_diff != 0:
-        lo = hi = cmp.mean_diff
-        p = cmp.permutation_pvalue
-        method += "; all differences equal: exact sign-flip p"
-    elif cmp.n >= 2 and cmp.sd_diff == 0:
-        # Every pair tied (a discrete outcome): no spread to size an interval by, so no verdict.
-        lo = hi = math.nan
-        p = 1.0
-        method += "; every pair tied: no interval"
-    return ClaimTest(
-        n=cmp.n,
-        n_label=n_label,
-        effect=cmp.mean_diff,
-        ci_low=lo,
-        ci_high=hi,
-        p=p,
-        null=0.0,
-        band=(-margin, margin),
-        unit=unit,
-        method=method,
-        detail=detail,
-        secondary=secondary or {},
-    )
+    """``stats.paired_t_estimate`` at ``alpha`` as a ClaimTest (``claim``: ``_claim_test``'s)."""
+    est = paired_t_estimate(treatment, control, alpha=alpha, margin=margin, n_resamples=n_resamples)
+    return _claim_test(est, margin=margin, **claim)
 
 
-def sign_interval(diffs: np.ndarray, alpha: float) -> tuple[float, float, float]:
-    """Median of paired differences with its exact distribution-free interval and sign-test p.
-
-    The interval is [d_(k), d_(n+1-k)] of the sorted differences with the largest k whose
-    coverage 1 - 2 P(Bin(n, 1/2) <= k - 1) is at least 1 - alpha; (-inf, inf) when n is too
-    small for any. The p is the two-sided sign test on the non-zero differences.
-    """
-    d = np.sort(np.asarray(diffs, dtype=float))
-    n = d.size
-    k = 0
-    while k + 1 <= n // 2 and 2 * sps.binom.cdf(k, n, 0.5) <= alpha:
-        k += 1
-    lo, hi = (d[k - 1], d[n - k]) if k else (-math.inf, math.inf)
-    nonzero = d[np.round(d, 12) != 0]
-    p = float(sps.binomtest(int((nonzero > 0).sum()), nonzero.size).pvalue) if nonzero.size else 1.0
-    return float(lo), float(hi), p
-
-
-def _sign_test(
-    diffs: np.ndarray,
-    *,
-    alpha: float,
-    margin: float,
-    unit: str,
-    n_label: str,
-    method: str,
-    detail: pd.DataFrame,
-) -> ClaimTest:
-    """The median's exact interval as a ClaimTest (null 0, band +-margin).
+def _sign_test(diffs: np.ndarray, *, alpha: float, method: str, **claim: Any) -> ClaimTest:
+    """``stats.median_estimate`` at ``alpha`` as a ClaimTest (``claim``: ``_claim_test``'s).
 
     Used where diverged cells are outcomes: a few chance-level cells make the differences a
     mixture of small and huge values, where the t interval's normal theory fails (ten seeds
     all pointing one way can come out undecided) and the median's interval needs no model.
     """
-    d = np.asarray(diffs, dtype=float)
-    d = d[np.isfinite(d)]
-    lo, hi, p = sign_interval(d, alpha) if d.size else (math.nan, math.nan, math.nan)
-    return ClaimTest(
-        n=int(d.size), n_label=n_label, effect=float(np.median(d)) if d.size else math.nan,
-        ci_low=lo, ci_high=hi, p=p, null=0.0, band=(-margin, margin), unit=unit,
-        method=method + " (median; exact sign-test interval)", detail=detail,
-    )  # fmt: skip
+    est = median_estimate(diffs, alpha)
+    return _claim_test(est, method=method + " (median; exact sign-test interval)", **claim)
 
 
 def paired_outcome(
@@ -370,44 +334,6 @@ def _n_strata(pairs: pd.DataFrame) -> int:
     return len(pairs[strata].drop_duplicates()) if strata and len(pairs) else 1
 
 
-def wilson(k: int, n: int, alpha: float) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (``(0, 1)`` when n is 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    z = sps.norm.ppf(1 - alpha / 2)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def newcombe_paired(a: int, b: int, c: int, d: int, alpha: float) -> tuple[float, float]:
-    """Newcombe's (1998, method 10) hybrid score interval for a paired difference p1 - p2.
-
-    ``a``: both 1, ``b``: first 1 only, ``c``: second 1 only, ``d``: both 0. Unlike a Wald
-    interval it stays honest with no discordant pair (0 of 20 is not "exactly 0").
-    """
-    n = a + b + c + d
-    if n == 0:
-        return -1.0, 1.0
-    p1, p2 = (a + b) / n, (a + c) / n
-    l1, u1 = wilson(a + b, n, alpha)
-    l2, u2 = wilson(a + c, n, alpha)
-    denom = (a + b) * (c + d) * (a + c) * (b + d)
-    phi = (a * d - b * c) / math.sqrt(denom) if denom > 0 else 0.0
-    theta = p1 - p2
-    delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
-    eps = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
-    return max(-1.0, theta - delta), min(1.0, theta + eps)
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p: the binomial test of b discordant pairs of b + c at 1/2."""
-    if b + c == 0:
-        return 1.0
-    return float(sps.binomtest(b, b + c, 0.5).pvalue)
-
-
 def diverged_share(
     results: pd.DataFrame,
     *,
@@ -419,35 +345,23 @@ def diverged_share(
 ) -> ClaimTest:
     """Share of diverged cells, BN - no BN, over all (stratum, seed) pairs of cells.
 
-    Each pair is a paired 0/1 outcome (diverged or not). The test is the exact McNemar test (a
-    binomial test on the discordant pairs): exact for the few discordant pairs a study of 10-20
-    seeds has, with no resampling noise, where a bootstrap of 0/1 differences degenerates (all
-    pairs concordant gives a zero-width interval). The interval is Newcombe's hybrid score
-    interval for a paired difference of proportions. Pairs at different strata of one seed are
-    taken as independent: a learning rate changes the whole training trajectory. Diverged cells
-    are outcomes here, not dropped pairs; ``n`` counts them.
+    Each pair is a paired 0/1 outcome (diverged or not), tested by
+    ``stats.paired_proportion_estimate`` (exact McNemar p, Newcombe interval). Pairs at
+    different strata of one seed are taken as independent: a learning rate changes the whole
+    training trajectory. Diverged cells are outcomes here, not dropped pairs; ``n`` counts them.
     """
     cells = cell_outcomes(results, "test_accuracy", diverged="chance", num_classes=num_classes)
     pairs = pair_cells(cells.assign(value=cells["diverged"].astype(float)), compare, levels)
-    t, c = pairs["treatment"].astype(int), pairs["control"].astype(int)
-    a = int(((t == 1) & (c == 1)).sum())
-    b = int(((t == 1) & (c == 0)).sum())  # only the treatment (BN) diverged
-    cc = int(((t == 0) & (c == 1)).sum())  # only the control (no BN) diverged
-    d = int(((t == 0) & (c == 0)).sum())
-    n = a + b + cc + d
-    lo, hi = newcombe_paired(a, b, cc, d, alpha)
-    return ClaimTest(
-        n=n,
-        n_label=f"{n} cell pairs ({pairs['seed'].nunique() if n else 0} seeds x "
+    # b: only the treatment (BN) diverged; c: only the control (no BN).
+    a, b, c, d = paired_counts(pairs["treatment"].astype(int), pairs["control"].astype(int))
+    est = paired_proportion_estimate(a, b, c, d, alpha)
+    return _claim_test(
+        est,
+        margin=margin,
+        n_label=f"{est.n} cell pairs ({pairs['seed'].nunique() if est.n else 0} seeds x "
         f"{_n_strata(pairs)} strata)",
-        effect=(b - cc) / n if n else math.nan,
-        ci_low=lo if n else math.nan,
-        ci_high=hi if n else math.nan,
-        p=mcnemar_exact(b, cc) if n else math.nan,
-        null=0.0,
-        band=(-margin, margin),
         unit="share",
-        method=f"exact McNemar ({b} BN-only vs {cc} no-BN-only diverged pairs); Newcombe interval",
+        method=f"exact McNemar ({b} BN-only vs {c} no-BN-only diverged pairs); Newcombe interval",
         detail=_with_accuracy(
             stratum_detail(pairs).rename(
                 columns={
@@ -458,7 +372,7 @@ def diverged_share(
             ),
             pair_cells(cells, compare, levels),
         ),
-        secondary={"both": a, "treatment_only": b, "control_only": cc, "neither": d},
+        secondary={"both": a, "treatment_only": b, "control_only": c, "neither": d},
     )
 
 
@@ -491,7 +405,7 @@ def spread_across(
     a scale at which training breaks is the strongest sensitivity there is.
     """
     cells = cell_outcomes(results, outcome, diverged=diverged, num_classes=num_classes)
-    others = [c for c in factor_columns(cells) if c not in (compare, across)]
+    others = [c for c in factor_columns(cells.columns) if c not in (compare, across)]
     n_levels = cells[across].nunique() if across in cells else 0
     if across not in cells:
         raise ValueError(f"results frame has no column for factor {across!r}")
@@ -516,7 +430,7 @@ def spread_across(
 
 def _history_cells(histories: pd.DataFrame) -> pd.DataFrame:
     h = histories.copy()
-    for name in factor_columns(h):
+    for name in factor_columns(h.columns):
         h[name] = _as_level(name, h[name])
     h["seed"] = h["seed"].astype(int)
     h["epoch"] = h["epoch"].astype(int)
@@ -527,9 +441,9 @@ def _per_cell(
     histories: pd.DataFrame, results: pd.DataFrame, column: str, values: pd.DataFrame
 ) -> pd.DataFrame:
     """``results`` with ``column`` taken from a per-cell frame keyed like the histories."""
-    keys = [*factor_columns(results), "seed"]
+    keys = [*factor_columns(results.columns), "seed"]
     typed = results.copy()
-    for name in factor_columns(typed):
+    for name in factor_columns(typed.columns):
         typed[name] = _as_level(name, typed[name])
     typed["seed"] = typed["seed"].astype(int)
     typed = typed.drop(columns=[column], errors="ignore")
@@ -556,7 +470,7 @@ def epochs_to_threshold(
     ``STABILITY_EPOCHS`` epochs ("stabilises"), BN - no BN, same pairing.
     """
     h = _history_cells(histories)
-    keys = [*factor_columns(h), "seed"]
+    keys = [*factor_columns(h.columns), "seed"]
     rows = []
     for key, cell in h.groupby(keys, sort=False):
         cell = cell.sort_values("epoch")
@@ -625,7 +539,7 @@ def time_ratio(
         h = _history_cells(histories)
         if skip_first and h["epoch"].max() > 1:
             h = h.loc[h["epoch"] > 1]
-        keys = [*factor_columns(h), "seed"]
+        keys = [*factor_columns(h.columns), "seed"]
         per = h.groupby(keys)["epoch_time_s"].mean().reset_index()
         frame = _per_cell(h, results, "epoch_time_s", per)
     t = pd.to_numeric(frame["epoch_time_s"], errors="coerce")
@@ -710,7 +624,7 @@ def _stability(
 ) -> pd.DataFrame:
     """Mean epoch-to-epoch SD of val accuracy over the last epochs, per level of ``across``."""
     h = _history_cells(histories).sort_values("epoch")
-    keys = [*factor_columns(h), "seed"]
+    keys = [*factor_columns(h.columns), "seed"]
     sd = h.groupby(keys)["val_accuracy"].agg(
         lambda v: (
             float(np.std(v.to_numpy(float)[-STABILITY_EPOCHS:], ddof=1))
@@ -881,12 +795,6 @@ def format_effect(x: float, unit: str) -> str:
     return f"{x:+.2f} {unit}"
 
 
-def _fmt_p(p: float) -> str:
-    if not np.isfinite(p):
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
@@ -904,7 +812,7 @@ def claims_markdown_table(table: pd.DataFrame, alpha: float) -> str:
             r.n_label or r.n,
             format_effect(r.effect, r.unit),
             f"[{format_effect(r.ci_low, r.unit)}, {format_effect(r.ci_high, r.unit)}]",
-            _fmt_p(r.p_holm),
+            fmt_p(r.p_holm),
             f"**{r.verdict}**"
             + (NEGLIGIBLE if r.within_band and r.verdict in VERDICTS[:2] else ""),
             f"`studies/{r.study}.yaml`",
@@ -1056,7 +964,7 @@ def render_markdown(
             f"{format_effect(t.effect, t.unit)}, simultaneous interval "
             f"[{format_effect(t.ci_low, t.unit)}, {format_effect(t.ci_high, t.unit)}], "
             f"band of no meaningful difference [{format_effect(t.band[0], t.unit)}, "
-            f"{format_effect(t.band[1], t.unit)}], p {_fmt_p(t.p)} (Holm {_fmt_p(r.p_holm)}).",
+            f"{format_effect(t.band[1], t.unit)}], p {fmt_p(t.p)} (Holm {fmt_p(r.p_holm)}).",
             "",
         ]
         if t.secondary:

@@ -42,6 +42,8 @@ MAX_BATCH_SIZE = int(FACTORS["batch_size"].le or 0)
 GRID_ALIASES = {"bn": "bn", "batch_sizes": "batch_size"}
 # The grid when params name none: the reference ablation, BN off/on x four batch sizes.
 DEFAULT_FACTORS: dict[str, tuple[Any, ...]] = {"bn": (False, True), "batch_size": (16, 32, 64, 128)}
+# The factor a grid compares when params (or a caller) name none: the reference ablation's.
+DEFAULT_COMPARE = "bn"
 
 
 class ConfigError(ValueError):
@@ -184,7 +186,7 @@ class GridConfig(_Section):
     factors: FactorLevels = FactorLevels(**DEFAULT_FACTORS)
     # The factor whose two levels are paired per seed (first level: the control); every other
     # listed factor's levels make the strata, one comparison each.
-    compare: str = "bn"
+    compare: str = DEFAULT_COMPARE
     # Aliases (GRID_ALIASES): input only; after validation they read back the grid's levels.
     bn: tuple[bool, ...] | None = Field(default=None, exclude=True)
     batch_sizes: tuple[int, ...] | None = Field(default=None, exclude=True)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bnpipe.config import Config
+from bnpipe.config import DEFAULT_COMPARE, Config
 from bnpipe.factors import Stratum, stratum_key, stratum_label
 from bnpipe.grid import strata
 from bnpipe.stats import SequentialResult, average_sample_number, paired_frame, sequential_decide
@@ -47,7 +47,7 @@ class Plan:
     margin: float
     planning_sd: float
     looks_per_run: int | None = None
-    compare: str = "bn"
+    compare: str = DEFAULT_COMPARE
     levels: tuple[Any, ...] = (False, True)  # the compared factor's (control, treatment)
 
     @property

@@ -41,6 +41,7 @@ from bnpipe.factors import (
     stratum_label,
     stratum_phrase,
 )
+from bnpipe.stats import fmt_p
 
 FIGSIZE = (7.0, 4.0)
 MONITOR_COLUMNS = 4  # comparisons per row of the sequential monitoring figure
@@ -544,12 +545,6 @@ def plot_sequential_monitoring(
 # -------------------------------------------------------------------------------- markdown
 
 
-def _fmt_p(p: float) -> str:
-    if not np.isfinite(p):
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def _fmt(x: float, spec: str = ".4f") -> str:
     return format(x, spec) if np.isfinite(x) else "n/a"
 
@@ -620,9 +615,9 @@ def verdict_table(summary: pd.DataFrame, cmp: Comparison) -> str:
             _pct(r["acc_control"]),
             _pct(r["acc_treatment"]),
             f"{_pp(r['mean_diff'])} [{_pp(r['ci_low'])}, {_pp(r['ci_high'])}]",
-            _fmt_p(r["t_pvalue"]),
-            _fmt_p(r["p_holm"]),
-            _fmt_p(r["tost_pvalue"]),
+            fmt_p(r["t_pvalue"]),
+            fmt_p(r["p_holm"]),
+            fmt_p(r["tost_pvalue"]),
             _fmt(r["cohens_dz"], ".2f"),
             *([r["verdict"]] if verdicts else []),
         ]
@@ -774,9 +769,9 @@ def anova_table(anova: pd.DataFrame) -> str:
             f"F({int(r.df)}, {int(r.df_error)}) = {_fmt(r.F, '.2f')}"
             if np.isfinite(r.F)
             else "n/a",
-            _fmt_p(r.p),
+            fmt_p(r.p),
             _fmt(r.gg_epsilon, ".3f"),
-            _fmt_p(r.p_gg),
+            fmt_p(r.p_gg),
             _fmt(r.partial_eta_sq, ".3f"),
         ]
         for r in anova.itertuples(index=False)
@@ -799,12 +794,12 @@ def factor_effects_table(effects: pd.DataFrame, cmp: Comparison) -> str:
                 cmp.arm_label(r.compare_level),
                 int(r.n_seeds),
                 f"F({_fmt(r.df, '.0f')}, {_fmt(r.df_error, '.0f')}) = {_fmt(r.F, '.2f')}",
-                _fmt_p(r.p),
-                _fmt_p(r.p_gg),
+                fmt_p(r.p),
+                fmt_p(r.p_gg),
                 f"χ² = {r.friedman_stat:.2f}" if np.isfinite(r.friedman_stat) else "n/a",
-                _fmt_p(r.friedman_p),
+                fmt_p(r.friedman_p),
                 trend,
-                _fmt_p(r.trend_p),
+                fmt_p(r.trend_p),
             ]
         )
     headers = [

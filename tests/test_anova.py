@@ -234,14 +234,6 @@ def test_factor_effects_string_factor_has_no_trend_and_grid_with_one_factor() ->
     assert S.factor_effects(make_grid({"bn": [False, True]}), "bn").empty
 
 
-def test_batch_size_effect_alias_keeps_its_columns() -> None:
-    r = make_grid({"bn": [False, True], "batch_size": [16, 32, 64]}, seeds=5)
-    out = S.batch_size_effect(r)
-    assert list(out.columns) == S.BATCH_EFFECT_COLUMNS and out["bn"].tolist() == [False, True]
-    gen = S.factor_effects(r, "bn")
-    np.testing.assert_allclose(out["F"], gen["F"])
-
-
 def test_no_complete_seed_gives_nan_rows() -> None:
     r = make_grid(THREE, seeds=2)
     r.loc[r.bn & (r.batch_size == 16), "status"] = "failed"

@@ -152,32 +152,6 @@ def test_a_few_discordant_pairs_are_undecided_and_collapse_counts_as_diverged() 
     assert C.verdict_of(t, -1) == "undecided"
 
 
-def test_newcombe_interval_is_not_degenerate_without_discordant_pairs() -> None:
-    lo, hi = C.newcombe_paired(0, 0, 0, 30, 0.05)
-    assert lo < 0 < hi and hi - lo > 0.1
-    # Wider at a stricter level, narrower with more pairs.
-    assert C.newcombe_paired(0, 0, 0, 30, 0.01)[1] > hi
-    assert C.newcombe_paired(0, 0, 0, 300, 0.05)[1] < hi
-
-
-def test_newcombe_is_square_and_add_of_wilson_intervals() -> None:
-    # Uncorrelated margins (a*d == b*c, so phi = 0): Newcombe's method 10 reduces to adding
-    # the two Wilson intervals' distances in quadrature; scipy gives the Wilson intervals.
-    a, b, c, d = 6, 2, 3, 1
-    n = a + b + c + d
-    p1, p2 = (a + b) / n, (a + c) / n
-    w1 = sps.binomtest(a + b, n).proportion_ci(0.95, method="wilson")
-    w2 = sps.binomtest(a + c, n).proportion_ci(0.95, method="wilson")
-    assert C.wilson(a + b, n, 0.05) == pytest.approx((w1.low, w1.high))
-    lo = p1 - p2 - math.hypot(p1 - w1.low, w2.high - p2)
-    hi = p1 - p2 + math.hypot(w1.high - p1, p2 - w2.low)
-    assert C.newcombe_paired(a, b, c, d, 0.05) == pytest.approx((lo, hi))
-    # Positively correlated arms (the usual paired case) give a narrower interval.
-    wide = C.newcombe_paired(a, b, c, d, 0.05)
-    narrow = C.newcombe_paired(a + 10, b, c, d + 10, 0.05)
-    assert narrow[1] - narrow[0] < wide[1] - wide[0]
-
-
 def init_outcome(bn_flat: bool) -> Outcome:
     """One arm loses accuracy away from init scale 1 and diverges at 4 on odd seeds."""
 
@@ -342,16 +316,6 @@ def test_bool_levels_read_back_from_csv(tmp_path: Path) -> None:
     results.assign(bn=results["bn"].map({True: "True", False: "False"})).to_csv(path)
     t = C.paired_outcome(pd.read_csv(path, dtype={"bn": str}), n_resamples=999)
     assert t.n == 10 and t.effect > 0
-
-
-def test_sign_interval_is_exact_and_needs_enough_seeds() -> None:
-    d = np.arange(1.0, 11.0)  # ten positive differences
-    lo, hi, p = C.sign_interval(d, 0.05 / 7)
-    assert (lo, hi) == (1.0, 10.0)  # k = 1: 2 * 0.5**10 <= alpha < 2 * P(Bin <= 1)
-    assert p == pytest.approx(2 * 0.5**10)
-    lo, hi, _ = C.sign_interval(d, 0.05)  # 2 * P(Bin(10) <= 1) = 0.021 <= 0.05
-    assert (lo, hi) == (2.0, 9.0)
-    assert C.sign_interval(d[:3], 0.05)[:2] == (-math.inf, math.inf)  # 2 * 0.5**3 > 0.05
 
 
 # ------------------------------------------------------------------------------- the studies

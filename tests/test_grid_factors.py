@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bnpipe import stats
+from bnpipe.analysis import comparison_of
 from bnpipe.config import load_config
 from bnpipe.design import decide_all, design_outcome, plan_of
 from bnpipe.factors import Cell
@@ -20,6 +21,7 @@ from bnpipe.grid import (
     train_spec,
     training_groups,
 )
+from bnpipe.report import verdict_sentence
 from bnpipe.tracking import logged_params, parent_params, recorded_cell
 
 BN_LR = ["grid.factors={bn: [false, true], learning_rate: [0.001, 0.1]}", "grid.seeds=[0,1]"]
@@ -127,7 +129,7 @@ def test_paired_statistics_and_design_per_stratum():
     assert list(summary.columns) == stats.summary_columns(["learning_rate"])
     assert summary["learning_rate"].tolist() == [0.001, 0.1]
     assert summary.loc[0, "verdict"] == "significant improvement"
-    sentence = stats.verdict_sentence(summary.iloc[0])
+    sentence = verdict_sentence(summary.iloc[0], comparison_of(results, "bn", (False, True)))
     assert sentence.startswith(
         "At learning rate 0.001 (n = 10 seed pairs), BN on instead of BN off"
     )

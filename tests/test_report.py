@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bnpipe import report, stats
+from bnpipe.analysis import analyze_frames
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # BN minus no-BN per seed: clearly positive at 16, tiny at 32 (inside a 0.2 pp margin).
@@ -99,7 +100,7 @@ def test_build_report_writes_files_and_verdicts(tmp_path: Path) -> None:
     assert "## Methods" in text and "none: every seed finished" in text
     assert "interaction F(1, 2)" in text
     assert list(out.summary["verdict"]) == ["significant improvement", "equivalent within margin"]
-    assert list(out.analysis.dynamics.columns) == stats.DYNAMICS_COLUMNS
+    assert list(out.analysis.dynamics.columns) == stats.dynamics_columns(["bn", "batch_size"])
 
 
 def test_report_reflects_numbers_not_templates(tmp_path: Path) -> None:
@@ -126,6 +127,22 @@ def test_report_explains_dropped_pairs_and_missing_comparisons(tmp_path: Path) -
     row = next(line for line in text.splitlines() if line.startswith("| 32 |"))
     assert "| 0 |" in row and "inconclusive" in row
     assert all(p.stat().st_size > 0 for p in out.figures)
+
+
+def test_verdict_sentence_is_built_from_the_row() -> None:
+    results, _ = make_frames()
+    results.loc[(results["batch_size"] == 32) & results["bn"], "status"] = "failed"
+    analysis = analyze_frames(results, pd.DataFrame(), compare="bn", n_resamples=99)
+    cmp, summary = analysis.comparison, analysis.summary
+    row = summary.iloc[0]
+    s16 = report.verdict_sentence(row, cmp)
+    assert "significant improvement" in s16 and f"{100 * row['mean_diff']:+.2f} pp" in s16
+    assert "seed pairs would" not in s16 and "power" not in s16  # no post-hoc power
+    assert "cannot be compared" in report.verdict_sentence(summary.iloc[1], cmp)
+    fake = row.copy()
+    fake["verdict"], fake["tost_pvalue"] = "inconclusive", 0.2
+    assert "inconclusive" in report.verdict_sentence(fake, cmp)
+    assert "TOST p = 0.200" in report.verdict_sentence(fake, cmp)
 
 
 def test_md_table_shape() -> None:

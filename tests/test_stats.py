@@ -354,31 +354,31 @@ def test_paired_frame_uses_only_finished_finite_cells() -> None:
     _set(r, True, 32, 4, status="diverged", test_accuracy=np.nan)
     _set(r, False, 16, 1, test_accuracy=np.nan)
     _set(r, False, 16, 2, status="failed")
-    pf = S.paired_frame(r)
+    pf = S.paired_frame(r, "bn")
     assert list(pf.columns) == ["stratum", "batch_size", "seed", "control", "treatment", "diff"]
     assert pf.loc[pf.batch_size == 16, "stratum"].unique().tolist() == ["batch_size=16"]
     assert pf.loc[pf.batch_size == 16, "seed"].tolist() == [0, 3, 4]
     assert pf.loc[pf.batch_size == 32, "seed"].tolist() == [0, 1, 2, 3]
     np.testing.assert_allclose(pf["diff"], pf["treatment"] - pf["control"])
-    swapped = S.paired_frame(r, treatment_bn=False)
+    swapped = S.paired_frame(r, "bn", (True, False))
     np.testing.assert_allclose(swapped["diff"], -pf["diff"])
 
 
 def test_paired_frame_rejects_duplicate_finished_cells() -> None:
     r = make_results(sizes=(16,), seeds=3)
     with pytest.raises(ValueError, match="more than once"):
-        S.paired_frame(pd.concat([r, r.iloc[[0]]]))
+        S.paired_frame(pd.concat([r, r.iloc[[0]]]), "bn")
     # A failed earlier attempt next to a finished rerun is fine.
     failed = r.iloc[[0]].assign(status="failed", test_accuracy=np.nan)
-    assert len(S.paired_frame(pd.concat([r, failed]))) == 3
+    assert len(S.paired_frame(pd.concat([r, failed]), "bn")) == 3
 
 
-def test_summarize_by_batch_size_columns_holm_and_verdicts() -> None:
+def test_summarize_by_stratum_columns_holm_and_verdicts() -> None:
     r = make_results(effect={16: 0.003, 32: -0.003, 64: 0.0, 128: 0.0}, noise=0.0006)
     # Make 128 noisy enough to be inconclusive.
     noisy = np.random.default_rng(9).normal(0, 0.004, 10)
     r.loc[(r.batch_size == 128) & r.bn, "test_accuracy"] += noisy
-    summary = S.summarize_by_batch_size(r, n_resamples=999)
+    summary = S.summarize_by_stratum(r, "bn", n_resamples=999)
     assert list(summary.columns) == S.summary_columns(["batch_size"])
     assert summary["batch_size"].tolist() == [16, 32, 64, 128]
     assert summary["n_pairs"].tolist() == [10] * 4
@@ -390,7 +390,7 @@ def test_summarize_by_batch_size_columns_holm_and_verdicts() -> None:
         "inconclusive",
     ]
     bn16 = r[(r.batch_size == 16) & r.bn]["test_accuracy"].mean()
-    assert summary.loc[0, "acc_bn"] == pytest.approx(bn16)
+    assert summary.loc[0, "acc_treatment"] == pytest.approx(bn16)
     first = S.compare_paired(
         r[(r.batch_size == 16) & r.bn]["test_accuracy"].to_numpy(),
         r[(r.batch_size == 16) & ~r.bn]["test_accuracy"].to_numpy(),
@@ -400,13 +400,13 @@ def test_summarize_by_batch_size_columns_holm_and_verdicts() -> None:
     assert summary.loc[0, "boot_ci_low"] == first.boot_ci_low
 
 
-def test_summarize_batch_size_without_complete_pair() -> None:
+def test_summarize_stratum_without_complete_pair() -> None:
     r = make_results(sizes=(16, 32), seeds=4)
     r.loc[(r.batch_size == 32) & r.bn, "status"] = "diverged"
-    summary = S.summarize_by_batch_size(r, n_resamples=99)
+    summary = S.summarize_by_stratum(r, "bn", n_resamples=99)
     row = summary.set_index("batch_size").loc[32]
-    assert row["n_pairs"] == 0 and row["n_bn"] == 0 and row["n_no_bn"] == 4
-    assert math.isnan(row["acc_bn"]) and math.isnan(row["t_pvalue"])
+    assert row["n_pairs"] == 0 and row["n_treatment"] == 0 and row["n_control"] == 4
+    assert math.isnan(row["acc_treatment"]) and math.isnan(row["t_pvalue"])
     assert math.isnan(row["p_holm"]) and row["verdict"] == "inconclusive"
     # The family for Holm is just the defined p-value.
     assert summary.set_index("batch_size").loc[16, "p_holm"] == pytest.approx(
@@ -416,7 +416,7 @@ def test_summarize_batch_size_without_complete_pair() -> None:
 
 def test_summarize_empty_results_keeps_columns() -> None:
     empty = make_results().iloc[:0]
-    assert list(S.summarize_by_batch_size(empty).columns) == S.summary_columns(["batch_size"])
+    assert list(S.summarize_by_stratum(empty, "bn").columns) == S.summary_columns(["batch_size"])
 
 
 def test_verdict_uses_margin_argument() -> None:
@@ -431,7 +431,7 @@ def test_dropped_pairs_explains_each_missing_seed() -> None:
     _set(r, True, 32, 4, status="diverged", test_accuracy=np.nan)
     _set(r, False, 16, 1, status="failed")
     r = r[~((r.batch_size == 16) & (r.seed == 3) & r.bn)]
-    dropped = S.dropped_pairs(r)
+    dropped = S.dropped_pairs(r, "bn")
     assert dropped[["batch_size", "seed"]].values.tolist() == [[16, 1], [16, 3], [32, 4]]
     reasons = dropped["reason"].tolist()
     assert reasons == [
@@ -439,23 +439,6 @@ def test_dropped_pairs_explains_each_missing_seed() -> None:
         "seed 3 missing (BN on)",
         "seed 4 diverged (BN on)",
     ]
-
-
-def test_verdict_sentence_is_built_from_numbers() -> None:
-    r = make_results(sizes=(16, 32), effect={16: 0.003}, noise=0.0006)
-    r.loc[(r.batch_size == 32) & r.bn, "status"] = "failed"
-    summary = S.summarize_by_batch_size(r, n_resamples=99)
-    s16 = S.verdict_sentence(summary.iloc[0])
-    row = summary.iloc[0]
-    assert "batch size 16" in s16 and "n = 10" in s16 and "significant improvement" in s16
-    assert f"{100 * row['mean_diff']:+.2f} pp" in s16
-    assert "seed pairs would" not in s16 and "power" not in s16  # no post-hoc power
-    assert "cannot be compared" in S.verdict_sentence(summary.iloc[1])
-    fake = row.copy()
-    fake["verdict"], fake["tost_pvalue"] = "inconclusive", 0.2
-    assert "inconclusive" in S.verdict_sentence(fake) and "TOST p = 0.200" in S.verdict_sentence(
-        fake
-    )
 
 
 # ------------------------------------------------------------------ ANOVA
@@ -538,15 +521,20 @@ def test_interaction_anova_degenerate_returns_nan() -> None:
     assert S.interaction_anova(make_results(seeds=1))["F"].isna().all()
 
 
+def _batch_size_effect(results: pd.DataFrame) -> pd.DataFrame:
+    out = S.factor_effects(results, "bn")
+    return out.loc[out["factor"] == "batch_size"].reset_index(drop=True)
+
+
 def test_batch_size_effect_matches_scipy_friedman() -> None:
     r = make_results(seeds=8)
     _set(r, True, 64, 0, status="failed")
-    out = S.batch_size_effect(r)
-    assert list(out.columns) == S.BATCH_EFFECT_COLUMNS
-    assert out["bn"].tolist() == [False, True]
+    out = _batch_size_effect(r)
+    assert list(out.columns) == S.FACTOR_EFFECT_COLUMNS
+    assert out["compare_level"].tolist() == [False, True]
     assert out["n_seeds"].tolist() == [8, 7]
     for _, row in out.iterrows():
-        arm = r[(r.bn == row["bn"]) & (r.status == "finished")]
+        arm = r[(r.bn == row["compare_level"]) & (r.status == "finished")]
         wide = arm.pivot_table(index="seed", columns="batch_size", values="test_accuracy").dropna()
         fr = sps.friedmanchisquare(*wide.to_numpy().T)
         assert row["friedman_stat"] == pytest.approx(fr.statistic, abs=1e-6)
@@ -555,8 +543,78 @@ def test_batch_size_effect_matches_scipy_friedman() -> None:
 
 
 def test_batch_size_effect_two_sizes_has_no_friedman() -> None:
-    out = S.batch_size_effect(make_results(sizes=(16, 32), seeds=4))
+    out = _batch_size_effect(make_results(sizes=(16, 32), seeds=4))
     assert out["friedman_p"].isna().all() and out["F"].notna().all()
+
+
+# ------------------------------------------------------------------ exact (the claims' tests)
+
+
+def test_newcombe_interval_is_not_degenerate_without_discordant_pairs() -> None:
+    lo, hi = S.newcombe_paired(0, 0, 0, 30, 0.05)
+    assert lo < 0 < hi and hi - lo > 0.1
+    # Wider at a stricter level, narrower with more pairs.
+    assert S.newcombe_paired(0, 0, 0, 30, 0.01)[1] > hi
+    assert S.newcombe_paired(0, 0, 0, 300, 0.05)[1] < hi
+
+
+def test_newcombe_is_square_and_add_of_wilson_intervals() -> None:
+    # Uncorrelated margins (a*d == b*c, so phi = 0): Newcombe's method 10 reduces to adding
+    # the two Wilson intervals' distances in quadrature; scipy gives the Wilson intervals.
+    a, b, c, d = 6, 2, 3, 1
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    w1 = sps.binomtest(a + b, n).proportion_ci(0.95, method="wilson")
+    w2 = sps.binomtest(a + c, n).proportion_ci(0.95, method="wilson")
+    assert S.wilson(a + b, n, 0.05) == pytest.approx((w1.low, w1.high))
+    lo = p1 - p2 - math.hypot(p1 - w1.low, w2.high - p2)
+    hi = p1 - p2 + math.hypot(w1.high - p1, p2 - w2.low)
+    assert S.newcombe_paired(a, b, c, d, 0.05) == pytest.approx((lo, hi))
+    # Positively correlated arms (the usual paired case) give a narrower interval.
+    wide = S.newcombe_paired(a, b, c, d, 0.05)
+    narrow = S.newcombe_paired(a + 10, b, c, d + 10, 0.05)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_sign_interval_is_exact_and_needs_enough_seeds() -> None:
+    d = np.arange(1.0, 11.0)  # ten positive differences
+    lo, hi, p = S.sign_interval(d, 0.05 / 7)
+    assert (lo, hi) == (1.0, 10.0)  # k = 1: 2 * 0.5**10 <= alpha < 2 * P(Bin <= 1)
+    assert p == pytest.approx(2 * 0.5**10)
+    lo, hi, _ = S.sign_interval(d, 0.05)  # 2 * P(Bin(10) <= 1) = 0.021 <= 0.05
+    assert (lo, hi) == (2.0, 9.0)
+    assert S.sign_interval(d[:3], 0.05)[:2] == (-math.inf, math.inf)  # 2 * 0.5**3 > 0.05
+
+
+def test_paired_t_estimate_replaces_a_degenerate_t_interval() -> None:
+    t, c = np.full(6, 0.971), np.full(6, 0.97)
+    est = S.paired_t_estimate(t, c, alpha=0.05, margin=0.002, n_resamples=999)
+    cmp = S.compare_paired(t, c, alpha=0.05, n_resamples=999)
+    assert est.ci_low == est.ci_high == est.effect == cmp.mean_diff
+    assert est.p == cmp.permutation_pvalue and "sign-flip" in est.note
+    tied = S.paired_t_estimate(c, c, alpha=0.05, margin=0.002, n_resamples=999)
+    assert math.isnan(tied.ci_low) and tied.p == 1.0 and "tied" in tied.note
+    usual = S.paired_t_estimate(SLEEP_DRUG2, SLEEP_DRUG1, alpha=0.05, margin=1.0, n_resamples=99)
+    assert usual.p == pytest.approx(0.002833, abs=1e-6) and usual.note == ""
+
+
+def test_median_and_proportion_estimates_without_data_are_nan() -> None:
+    assert math.isnan(S.median_estimate(np.array([np.nan]), 0.05).effect)
+    assert S.median_estimate(np.array([np.nan, 1.0, 3.0]), 0.05).n == 2
+    assert math.isnan(S.paired_proportion_estimate(0, 0, 0, 0, 0.05).p)
+    counts = S.paired_counts([1, 1, 0, 0, 1], [1, 0, 1, 0, 0])
+    assert counts == (1, 2, 1, 1)
+    est = S.paired_proportion_estimate(*counts, 0.05)
+    assert est.effect == pytest.approx(1 / 5) and est.p == S.mcnemar_exact(2, 1)
+
+
+def test_fmt_p() -> None:
+    assert [S.fmt_p(p) for p in (0.0004, 0.0421, math.nan, math.inf)] == [
+        "<0.001",
+        "0.042",
+        "n/a",
+        "n/a",
+    ]
 
 
 # ------------------------------------------------------------------ dynamics
@@ -591,7 +649,7 @@ def test_dynamics_hand_computed() -> None:
     h = h.sample(frac=1.0, random_state=0)  # order must not matter
     _set(r, True, 16, 1, epoch_time_s=np.nan)
     dyn = S.dynamics(h, r, threshold=0.96)
-    assert list(dyn.columns) == S.DYNAMICS_COLUMNS and len(dyn) == 4
+    assert list(dyn.columns) == S.dynamics_columns(["bn", "batch_size"]) and len(dyn) == 4
     assert (dyn["epochs_to_threshold"] == 3).all()
     np.testing.assert_allclose(dyn["stability"], np.std([0.955, 0.965, 0.975], ddof=1))
     np.testing.assert_allclose(dyn["generalization_gap"], 0.015)
@@ -607,8 +665,8 @@ def test_dynamics_missing_history_and_summary() -> None:
     dyn = S.dynamics(h, r, threshold=0.95)
     missing = dyn[(dyn.batch_size == 32) & (dyn.seed == 0) & dyn.bn].iloc[0]
     assert missing["n_epochs"] == 0 and math.isnan(missing["stability"])
-    summ = S.dynamics_summary(h, r, threshold=0.95)
-    assert list(summ.columns) == S.DYNAMICS_SUMMARY_COLUMNS
+    summ = S.dynamics_summary(h, r, threshold=0.95, compare="bn")
+    assert list(summ.columns) == S.dynamics_summary_columns(["bn", "batch_size"])
     assert len(summ) == 4
     row = summ[(~summ.bn) & (summ.batch_size == 16)].iloc[0]
     assert row["n"] == 2  # the diverged cell is excluded
@@ -619,7 +677,7 @@ def test_dynamics_missing_history_and_summary() -> None:
 def test_bn_flags_read_back_as_strings_are_parsed() -> None:
     r = make_results(sizes=(16,), seeds=4, effect={16: 0.003}, noise=0.0003)
     as_text = r.assign(bn=r["bn"].map({True: "True", False: "False"}))
-    pd.testing.assert_frame_equal(S.paired_frame(as_text), S.paired_frame(r))
+    pd.testing.assert_frame_equal(S.paired_frame(as_text, "bn"), S.paired_frame(r, "bn"))
     assert S.normalize_results(as_text)["bn"].tolist() == r["bn"].tolist()
     with pytest.raises(ValueError, match="lacks columns"):
         S.normalize_results(r.drop(columns="status"))

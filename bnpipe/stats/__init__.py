@@ -1,19 +1,17 @@
-"""Statistics for the BN ablation: pure functions over arrays and DataFrames.
+"""Statistics of an ablation (control vs treatment): pure functions over arrays and DataFrames.
 
 ``paired`` (paired tests, CIs, effect sizes, Holm, TOST, power, verdicts, paired frames and
-summaries), ``anova`` (repeated-measures ANOVA across the grid), ``dynamics`` (training
-dynamics) and ``sequential`` (group-sequential design: boundaries, repeated CIs, decisions).
-Every public name is re-exported here, so ``from bnpipe.stats import ...`` does not depend on
-the module layout.
+summaries), ``exact`` (exact and small-sample intervals: sign test, Wilson, Newcombe, McNemar),
+``anova`` (repeated-measures ANOVA across the grid), ``dynamics`` (training dynamics),
+``sequential`` (group-sequential design: boundaries, repeated CIs, decisions) and ``text`` (how
+the reports print p-values). Every public name is re-exported here, so
+``from bnpipe.stats import ...`` does not depend on the module layout.
 """
 
 from bnpipe.stats.anova import (
     ANOVA_COLUMNS,
     ANOVA_METHOD,
-    BATCH_EFFECT_COLUMNS,
-    DEFAULT_COMPARE,
     FACTOR_EFFECT_COLUMNS,
-    batch_size_effect,
     effect_contrasts,
     factor_effects,
     finished_cells,
@@ -28,13 +26,24 @@ from bnpipe.stats.anova import (
 )
 from bnpipe.stats.describe import ARM_COLUMNS, CURVE_COLUMNS, arm_means, epoch_curves, mean_ci
 from bnpipe.stats.dynamics import (
-    DYNAMICS_COLUMNS,
     DYNAMICS_MEASURES,
-    DYNAMICS_SUMMARY_COLUMNS,
     STABILITY_EPOCHS,
     SUMMARY_MEASURES,
     dynamics,
+    dynamics_columns,
     dynamics_summary,
+    dynamics_summary_columns,
+)
+from bnpipe.stats.exact import (
+    Estimate,
+    mcnemar_exact,
+    median_estimate,
+    newcombe_paired,
+    paired_counts,
+    paired_proportion_estimate,
+    paired_t_estimate,
+    sign_interval,
+    wilson,
 )
 from bnpipe.stats.paired import (
     FINISHED,
@@ -55,12 +64,10 @@ from bnpipe.stats.paired import (
     paired_frame,
     seeds_needed,
     stratum_factors,
-    summarize_by_batch_size,
     summarize_by_stratum,
     summary_columns,
     tost_pvalue,
     verdict,
-    verdict_sentence,
 )
 from bnpipe.stats.sequential import (
     LOOK_COLUMNS,
@@ -77,17 +84,15 @@ from bnpipe.stats.sequential import (
     sequential_summary,
     t_critical,
 )
+from bnpipe.stats.text import fmt_p
 
 __all__ = [
     "ANOVA_COLUMNS",
+    "ANOVA_METHOD",
     "ARM_COLUMNS",
     "CURVE_COLUMNS",
-    "ANOVA_METHOD",
-    "BATCH_EFFECT_COLUMNS",
-    "DEFAULT_COMPARE",
-    "DYNAMICS_COLUMNS",
     "DYNAMICS_MEASURES",
-    "DYNAMICS_SUMMARY_COLUMNS",
+    "Estimate",
     "FACTOR_EFFECT_COLUMNS",
     "FINISHED",
     "HEADLINE_COLUMNS",
@@ -108,25 +113,33 @@ __all__ = [
     "alpha_spent",
     "arm_means",
     "average_sample_number",
-    "batch_size_effect",
     "compare_paired",
     "dropped_pairs",
     "dynamics",
+    "dynamics_columns",
     "dynamics_summary",
+    "dynamics_summary_columns",
     "effect_contrasts",
     "epoch_curves",
     "factor_effects",
     "finished_cells",
+    "fmt_p",
     "gg_epsilon",
     "hedges_correction",
     "holm",
     "interaction_anova",
     "levels_of",
     "looks_frame",
+    "mcnemar_exact",
     "mean_ci",
+    "median_estimate",
+    "newcombe_paired",
     "normalize_histories",
     "normalize_results",
+    "paired_counts",
     "paired_frame",
+    "paired_proportion_estimate",
+    "paired_t_estimate",
     "rm_anova",
     "rm_anova_array",
     "rm_anova_oneway",
@@ -136,13 +149,13 @@ __all__ = [
     "sequential_decide",
     "sequential_plan",
     "sequential_summary",
+    "sign_interval",
     "stratum_factors",
-    "summarize_by_batch_size",
     "summarize_by_stratum",
     "summary_columns",
     "t_critical",
     "tost_pvalue",
     "trend_x",
     "verdict",
-    "verdict_sentence",
+    "wilson",
 ]

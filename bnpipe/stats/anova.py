@@ -26,9 +26,6 @@ from scipy import stats
 from bnpipe.factors import factor, factor_columns
 from bnpipe.stats.paired import FINISHED, normalize_results
 
-# The factor a results frame compares when no caller says otherwise (the grid's default).
-DEFAULT_COMPARE = "bn"
-
 ANOVA_METHOD = (
     "repeated-measures ANOVA over every grid factor (all within-seed), seeds complete "
     "across all cells; p uncorrected, p_gg with the Greenhouse-Geisser correction"
@@ -246,7 +243,7 @@ def interaction_anova(results: pd.DataFrame, metric: str = "test_accuracy") -> p
     cells are the combinations of the levels present in ``results``.
 
     Returns:
-        One row per effect (``bn``, ``batch_size``, ``bn:batch_size`` for the default grid) with
+        One row per effect (``a``, ``b``, ``a:b`` for a grid of factors a and b) with
         ``ANOVA_COLUMNS``; NaN statistics where fewer than two seeds are complete or an effect
         involves a factor with one level.
     """
@@ -321,7 +318,7 @@ def _trend(y: np.ndarray, x: np.ndarray | None, alpha: float) -> dict[str, float
 
 def factor_effects(
     results: pd.DataFrame,
-    compare: str = DEFAULT_COMPARE,
+    compare: str,
     metric: str = "test_accuracy",
     alpha: float = 0.05,
 ) -> pd.DataFrame:
@@ -376,27 +373,3 @@ def factor_effects(
             row.update(_trend(y, trend_x(name, levels), alpha))
             rows.append(row)
     return pd.DataFrame(rows, columns=FACTOR_EFFECT_COLUMNS)
-
-
-BATCH_EFFECT_COLUMNS = [
-    "bn",
-    "n_seeds",
-    "n_levels",
-    "F",
-    "df",
-    "df_error",
-    "p",
-    "gg_epsilon",
-    "p_gg",
-    "partial_eta_sq",
-    "friedman_stat",
-    "friedman_p",
-]
-
-
-def batch_size_effect(results: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """``factor_effects`` of batch size within each BN setting, in the columns used before the
-    grid was general (``bn`` for the BN level); kept for callers of the default grid."""
-    out = factor_effects(results, "bn", metric)
-    out = out.loc[out["factor"] == "batch_size"].rename(columns={"compare_level": "bn"})
-    return out[BATCH_EFFECT_COLUMNS].reset_index(drop=True)

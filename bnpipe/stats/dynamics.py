@@ -4,12 +4,12 @@ gap, time. Generic over the grid's factor columns (whatever ``grid.factors`` hol
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from bnpipe.factors import Cell, factor_columns, stratum_label
-from bnpipe.stats.anova import DEFAULT_COMPARE
 from bnpipe.stats.paired import FINISHED, normalize_histories, normalize_results
 
 # What ``dynamics`` measures per cell, after the factor columns and seed.
@@ -22,8 +22,6 @@ DYNAMICS_MEASURES = [
     "generalization_gap",
     "time_per_epoch",
 ]
-# The layout for the default grid (bn x batch size); other grids have their own factor columns.
-DYNAMICS_COLUMNS = ["bn", "batch_size", "seed", *DYNAMICS_MEASURES]
 STABILITY_EPOCHS = 3
 SUMMARY_MEASURES = [
     "n",
@@ -33,7 +31,16 @@ SUMMARY_MEASURES = [
     "generalization_gap",
     "time_per_epoch",
 ]
-DYNAMICS_SUMMARY_COLUMNS = ["stratum", "bn", "batch_size", *SUMMARY_MEASURES]
+
+
+def dynamics_columns(factors: Sequence[str]) -> list[str]:
+    """``dynamics``' columns for a frame with these factor columns (``factor_columns``)."""
+    return [*factors, "seed", *DYNAMICS_MEASURES]
+
+
+def dynamics_summary_columns(factors: Sequence[str]) -> list[str]:
+    """``dynamics_summary``'s columns for a frame with these factor columns."""
+    return ["stratum", *factors, *SUMMARY_MEASURES]
 
 
 def _cell_dynamics(h: pd.DataFrame, threshold: float) -> dict[str, float]:
@@ -75,13 +82,14 @@ def dynamics(
         threshold: The validation accuracy to reach.
 
     Returns:
-        One row per cell in ``results``: its factor columns, ``seed``, then
-        ``DYNAMICS_MEASURES``; sorted by the factors and seed.
+        One row per cell in ``results``: ``dynamics_columns`` of its factor columns (the
+        factors, ``seed``, then ``DYNAMICS_MEASURES``); sorted by the factors and seed.
 
     Raises:
         ValueError: If a non-empty ``histories`` lacks a column the dynamics need.
     """
-    keys = [*factor_columns(results.columns), "seed"]
+    factors = factor_columns(results.columns)
+    keys = [*factors, "seed"]
     results = normalize_results(results)
     per_cell: dict[tuple, dict[str, float]] = {}
     if histories is not None and len(histories):
@@ -118,7 +126,7 @@ def dynamics(
                 "time_per_epoch": t if np.isfinite(t) else d["time_hist"],
             }
         )
-    out = pd.DataFrame(rows, columns=[*keys, *DYNAMICS_MEASURES])
+    out = pd.DataFrame(rows, columns=dynamics_columns(factors))
     return out.sort_values(keys).reset_index(drop=True)
 
 
@@ -126,7 +134,8 @@ def dynamics_summary(
     histories: pd.DataFrame | None,
     results: pd.DataFrame,
     threshold: float = 0.97,
-    compare: str = DEFAULT_COMPARE,
+    *,
+    compare: str,
 ) -> pd.DataFrame:
     """Mean dynamics per stratum and level of the compared factor, over finished cells.
 
@@ -134,13 +143,14 @@ def dynamics_summary(
     ``epochs_to_threshold`` averages only the cells that reached it.
 
     Returns:
-        ``stratum`` (the comparison's label, ``batch_size=32``), the factor columns, then
-        ``SUMMARY_MEASURES``; one row per (stratum, compare level), sorted by the factors.
+        ``dynamics_summary_columns`` of the factor columns (``stratum``, the comparison's
+        label, then the factors and ``SUMMARY_MEASURES``); one row per (stratum, compare level),
+        sorted by the factors.
     """
     factors = factor_columns(results.columns)
     dyn = dynamics(histories, results, threshold)
     dyn = dyn.loc[dyn["status"] == FINISHED]
-    columns = ["stratum", *factors, *SUMMARY_MEASURES]
+    columns = dynamics_summary_columns(factors)
     if dyn.empty:
         return pd.DataFrame(columns=columns)
     out = (

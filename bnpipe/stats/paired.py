@@ -1,8 +1,8 @@
-"""Paired statistics for the BN ablation: tests, intervals, effect sizes, corrections, power.
+"""Paired statistics of an ablation: tests, intervals, effect sizes, corrections, power.
 
 Pure functions over arrays and DataFrames; no tracking or orchestration imports. Every seed
-pairs a BN and a no-BN cell (same data order, same Dense init), so comparisons are paired:
-the unit of analysis is the per-seed difference ``treatment - control``.
+pairs a control and a treatment cell (same data order, same Dense init), so comparisons are
+paired: the unit of analysis is the per-seed difference ``treatment - control``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from bnpipe.factors import FACTORS, factor_columns, level_phrase, stratum_label, stratum_phrase
+from bnpipe.factors import FACTORS, factor_columns, level_phrase, stratum_label
 
 FINISHED = "finished"
 
@@ -260,7 +260,7 @@ def compare_paired(
     Undefined statistics come back as NaN rather than raising (n < 2, all diffs equal).
 
     Args:
-        treatment: Per-seed metric with the treatment (e.g. BN on).
+        treatment: Per-seed metric with the treatment (the compared factor's second level).
         control: Per-seed metric without it, aligned with ``treatment``.
         alpha: Significance level for CIs, TOST and power.
         equivalence_margin: TOST margin on the mean difference (same units as the metric).
@@ -363,10 +363,8 @@ def verdict(cmp: PairedComparison, p_adj: float, alpha: float, margin: float) ->
 
 # A results table has one column per grid factor (any of bnpipe.factors.FACTORS), then these.
 RESULT_REQUIRED = ("seed", "status", "test_accuracy")
-# The histories of the default grid when there are none (an empty frame keeps these columns).
+# The columns an empty histories frame keeps (its factor columns are the grid's, unknown here).
 HISTORY_COLUMNS = (
-    "bn",
-    "batch_size",
     "seed",
     "epoch",
     "loss",
@@ -460,7 +458,7 @@ def _compare_levels(
 ) -> tuple[Any, Any] | None:
     """(control, treatment); None when ``results`` has fewer than two levels of ``compare``.
 
-    Without ``levels`` the two levels present, in sorted order (BN off before on).
+    Without ``levels`` the two levels present, in sorted order (False before True).
     """
     if compare not in results.columns:
         raise ValueError(f"results frame lacks the compared factor's column {compare!r}")
@@ -485,11 +483,10 @@ def _py(v: Any) -> Any:
 
 def paired_frame(
     results: pd.DataFrame,
-    compare: str = "bn",
+    compare: str,
     levels: Sequence[Any] | None = None,
     outcome: str = "test_accuracy",
     *,
-    treatment_bn: bool | None = None,
     metric: str | None = None,
 ) -> pd.DataFrame:
     """Join the control and treatment cells of ``compare`` by (stratum, seed), finished cells
@@ -498,9 +495,8 @@ def paired_frame(
     Args:
         results: The results frame (one row per grid cell, one column per grid factor).
         compare: The compared factor (its column in ``results``).
-        levels: (control, treatment); default: the two levels present, sorted (BN off, on).
+        levels: (control, treatment); default: the two levels present, sorted.
         outcome: Column to pair.
-        treatment_bn: Older spelling (compare "bn"): which BN setting is the treatment.
         metric: Older name of ``outcome``.
 
     Returns:
@@ -511,8 +507,6 @@ def paired_frame(
     Raises:
         ValueError: If a finished cell appears twice (pairing would be ambiguous).
     """
-    if treatment_bn is not None:
-        levels = (not treatment_bn, treatment_bn)
     outcome = metric or outcome
     strata = stratum_factors(results, compare)
     empty = pd.DataFrame(
@@ -546,14 +540,13 @@ def paired_frame(
     return out
 
 
-# The columns a reader looks at first (the CLI table, the Prefect table artifact). ``acc_no_bn``
-# and ``acc_bn`` are the control's and the treatment's mean (named from the reference ablation,
-# BN off vs on, whatever the compared factor is).
+# The columns a reader looks at first (the CLI table, the Prefect table artifact).
+# ``acc_control`` and ``acc_treatment`` are the arms' mean test accuracy.
 HEADLINE_COLUMNS = [
     "stratum",
     "n_pairs",
-    "acc_no_bn",
-    "acc_bn",
+    "acc_control",
+    "acc_treatment",
     "mean_diff",
     "ci_low",
     "ci_high",
@@ -563,8 +556,8 @@ HEADLINE_COLUMNS = [
 ]
 SUMMARY_COLUMNS = [
     *HEADLINE_COLUMNS,
-    "n_no_bn",
-    "n_bn",
+    "n_control",
+    "n_treatment",
     "sd_diff",
     "se_diff",
     "boot_ci_low",
@@ -595,7 +588,7 @@ def summary_columns(strata: Sequence[str]) -> list[str]:
 
 def summarize_by_stratum(
     results: pd.DataFrame,
-    compare: str = "bn",
+    compare: str,
     levels: Sequence[Any] | None = None,
     *,
     alpha: float = 0.05,
@@ -606,8 +599,8 @@ def summarize_by_stratum(
     """One paired comparison (treatment vs control level of ``compare``) of test accuracy per
     stratum (combination of the other factors' levels).
 
-    ``diff`` is treatment minus control. ``acc_no_bn``/``acc_bn`` average all finished cells of
-    the control/treatment arm (``n_no_bn``/``n_bn`` of them); the paired statistics use the
+    ``diff`` is treatment minus control. ``acc_control``/``acc_treatment`` average all finished
+    cells of the arm (``n_control``/``n_treatment`` of them); the paired statistics use the
     ``n_pairs`` seeds finished in both. ``p_holm`` adjusts ``t_pvalue`` across the strata
     (Holm). A stratum with no complete pair gives ``n_pairs=0`` and NaN statistics.
 
@@ -648,10 +641,10 @@ def summarize_by_stratum(
             stratum=_label(strata, values),
             **{name: _py(v) for name, v in zip(strata, values, strict=True)},
             n_pairs=row.pop("n"),
-            acc_no_bn=float(acc_c.mean()) if len(acc_c) else math.nan,
-            acc_bn=float(acc_t.mean()) if len(acc_t) else math.nan,
-            n_no_bn=len(acc_c),
-            n_bn=len(acc_t),
+            acc_control=float(acc_c.mean()) if len(acc_c) else math.nan,
+            acc_treatment=float(acc_t.mean()) if len(acc_t) else math.nan,
+            n_control=len(acc_c),
+            n_treatment=len(acc_t),
             compare=compare,
             control_level=_py(control),
             treatment_level=_py(treatment),
@@ -667,18 +660,13 @@ def summarize_by_stratum(
     return pd.DataFrame(rows, columns=columns)
 
 
-def summarize_by_batch_size(results: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
-    """:func:`summarize_by_stratum` of BN off vs on (the reference grid's comparison)."""
-    return summarize_by_stratum(results, "bn", **kwargs)
-
-
 # --------------------------------------------------------------------------------------------
-# Accounting and plain language
+# Accounting
 # --------------------------------------------------------------------------------------------
 
 
 def dropped_pairs(
-    results: pd.DataFrame, compare: str = "bn", levels: Sequence[Any] | None = None
+    results: pd.DataFrame, compare: str, levels: Sequence[Any] | None = None
 ) -> pd.DataFrame:
     """Seeds present in a stratum but missing from the paired analysis, and why.
 
@@ -719,58 +707,3 @@ def dropped_pairs(
                 }
             )
     return pd.DataFrame(rows, columns=columns)
-
-
-def _pp(x: float) -> str:
-    """Format an accuracy difference in percentage points."""
-    return f"{100 * x:+.2f} pp"
-
-
-def _p(x: float) -> str:
-    if not np.isfinite(x):
-        return "n/a"
-    return "< 0.001" if x < 0.001 else f"= {x:.3f}"
-
-
-def verdict_sentence(row: pd.Series | dict[str, Any]) -> str:
-    """Plain-language sentence for one row of ``summarize_by_stratum``.
-
-    Every number and the conclusion come from the row; nothing is hard-coded.
-    """
-    get = row.get
-    compare = get("compare") or "bn"
-    index = row.index if isinstance(row, pd.Series) else row.keys()
-    where = stratum_phrase(tuple((n, _py(row[n])) for n in factor_columns(index) if n != compare))
-    n = int(row["n_pairs"])
-    control, treatment = get("control_level", False), get("treatment_level", True)
-    if n == 0:
-        return (
-            f"At {where}, no seed finished in both arms, so "
-            f"{level_phrase(compare, treatment)} and {level_phrase(compare, control)} cannot be "
-            "compared."
-        )
-    margin = float(row["equivalence_margin"])
-    head = (
-        f"At {where} (n = {n} seed pairs), {level_phrase(compare, treatment)} instead of "
-        f"{level_phrase(compare, control)} changed test accuracy by "
-    )
-    head += _pp(float(row["mean_diff"]))
-    if np.isfinite(row["ci_low"]):
-        level = 100 * (1 - float(row["alpha"]))
-        head += f" ({level:g}% CI {_pp(row['ci_low'])} to {_pp(row['ci_high'])})"
-    v = row["verdict"]
-    if v in VERDICTS[:2]:
-        tail = f": a {v} (Holm-adjusted p {_p(row['p_holm'])})."
-    elif v == VERDICTS[2]:
-        tail = (
-            f": equivalent within ±{100 * margin:.2f} pp (TOST p {_p(row['tost_pvalue'])}; "
-            f"Holm-adjusted p {_p(row['p_holm'])})."
-        )
-    else:
-        tail = (
-            f": inconclusive, neither significant (Holm-adjusted p {_p(row['p_holm'])}) nor "
-            f"shown equivalent within ±{100 * margin:.2f} pp (TOST p {_p(row['tost_pvalue'])})."
-        )
-    # No "seeds needed" from the observed effect here: post-hoc power says nothing the CI does
-    # not; the sequential design's expected seeds (at a planning SD) are the design quantity.
-    return head + tail
