@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bnpipe import stats
 from bnpipe.factors import factor, factor_columns
 from bnpipe.stats import (
     FINISHED,
-    STABILITY_EPOCHS,
     Estimate,
     fmt_p,
     holm,
@@ -471,22 +471,8 @@ def epochs_to_threshold(
     """
     h = _history_cells(histories)
     keys = [*factor_columns(h.columns), "seed"]
-    rows = []
-    for key, cell in h.groupby(keys, sort=False):
-        cell = cell.sort_values("epoch")
-        val = cell["val_accuracy"].to_numpy(float)
-        reached = np.flatnonzero(val >= threshold)
-        tail = val[-STABILITY_EPOCHS:]
-        rows.append(
-            {
-                **dict(zip(keys, key, strict=True)),
-                "to_threshold": float(cell["epoch"].iloc[reached[0]])
-                if reached.size
-                else float(epochs + 1),
-                "stability": float(np.std(tail, ddof=1)) if tail.size >= 2 else math.nan,
-            }
-        )
-    per = pd.DataFrame(rows, columns=[*keys, "to_threshold", "stability"])
+    # Never reached: epochs + 1, the least it could have needed.
+    per = stats.convergence(h, threshold, censor_at=epochs + 1)
     frame = _per_cell(h, results, "to_threshold", per)
     frame = frame.merge(per[[*keys, "stability"]], on=keys, how="left")
     test = paired_outcome(
@@ -623,15 +609,11 @@ def _stability(
     histories: pd.DataFrame, compare: str, across: str, levels: Sequence[Any]
 ) -> pd.DataFrame:
     """Mean epoch-to-epoch SD of val accuracy over the last epochs, per level of ``across``."""
-    h = _history_cells(histories).sort_values("epoch")
+    h = _history_cells(histories)
     keys = [*factor_columns(h.columns), "seed"]
-    sd = h.groupby(keys)["val_accuracy"].agg(
-        lambda v: (
-            float(np.std(v.to_numpy(float)[-STABILITY_EPOCHS:], ddof=1))
-            if len(v) >= 2
-            else math.nan
-        )
-    )
+    # Stability only: no threshold is ever reached at infinity.
+    per = stats.convergence(h, threshold=math.inf, censor_at=math.nan)
+    sd = per.sort_values(keys).set_index(keys)["stability"]
     out = sd.groupby(level=[across, compare]).mean().unstack(compare)
     return pd.DataFrame(
         {

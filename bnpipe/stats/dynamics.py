@@ -43,6 +43,33 @@ def dynamics_summary_columns(factors: Sequence[str]) -> list[str]:
     return ["stratum", *factors, *SUMMARY_MEASURES]
 
 
+def convergence(histories: pd.DataFrame, threshold: float, censor_at: float) -> pd.DataFrame:
+    """Per cell of typed histories: ``to_threshold``, the first epoch whose val accuracy
+    reaches ``threshold`` (``censor_at`` when none does), and ``stability``, the SD of val
+    accuracy over the last ``STABILITY_EPOCHS`` epochs (NaN under two epochs).
+
+    Returns:
+        One row per cell: its factor columns, ``seed``, ``to_threshold``, ``stability``.
+    """
+    keys = [*factor_columns(histories.columns), "seed"]
+    rows = []
+    for key, cell in histories.groupby(keys, sort=False):
+        cell = cell.sort_values("epoch")
+        val = cell["val_accuracy"].to_numpy(float)
+        reached = np.flatnonzero(val >= threshold)
+        tail = val[-STABILITY_EPOCHS:]
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "to_threshold": float(cell["epoch"].iloc[reached[0]])
+                if reached.size
+                else float(censor_at),
+                "stability": float(np.std(tail, ddof=1)) if tail.size >= 2 else math.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=[*keys, "to_threshold", "stability"])
+
+
 def _cell_dynamics(h: pd.DataFrame, threshold: float) -> dict[str, float]:
     h = h.sort_values("epoch")
     val = h["val_accuracy"].to_numpy(dtype=float)
