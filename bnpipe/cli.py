@@ -234,9 +234,10 @@ def format_summary(summary: list[dict]) -> str:
     aw = max(9, *map(len, arms))
     # A fixed design's verdict is its decision; after a sequential one the table is descriptive.
     verdicts = bool(summary) and "verdict" in summary[0]
+    ci_head = f"{100 * (1 - summary[0]['alpha']):g}% CI" if summary else "CI"
     head = (
         f"{'comparison':<{w}}  {'n':>3}  {arms[0]:>{aw}}  {arms[1]:>{aw}}  {'diff':>10}  "
-        f"{'95% CI':>19}  {'p (t)':>7}  {'p Holm':>7}" + ("  decision" if verdicts else "")
+        f"{ci_head:>19}  {'p (t)':>7}  {'p Holm':>7}" + ("  decision" if verdicts else "")
     )
     lines = [head, "-" * len(head)]
 

@@ -110,3 +110,24 @@ def test_every_surface_tells_the_design_decision(monkeypatch, tiny_mnist, store)
         _no_verdict(message, f"the Prefect log line {message[:60]!r}")
     last = next(m for m in reversed(messages) if m.startswith("Decided:"))
     assert _table_decisions(last, labels) == decided
+
+
+def test_printed_ci_level_is_the_configured_one() -> None:
+    import numpy as np
+
+    from bnpipe.analysis import analyze_frames
+    from bnpipe.cli import format_summary
+
+    rng = np.random.default_rng(0)
+    results = pd.DataFrame(
+        {
+            "bn": [False, True] * 6,
+            "batch_size": 32,
+            "seed": np.repeat(np.arange(6), 2),
+            "status": "finished",
+            "test_accuracy": 0.97 + 0.001 * rng.normal(size=12),
+        }
+    )
+    summary = analyze_frames(results, pd.DataFrame(), alpha=0.2, n_resamples=99).summary
+    printed = format_summary(summary.to_dict("records"))
+    assert "80% CI" in printed and "95%" not in printed
