@@ -436,6 +436,30 @@ def _expanded_size(root: yaml.Node) -> int:
     return sizes[id(root)]
 
 
+def _check_duplicate_keys(root: yaml.Node, source: str) -> None:
+    """Refuse a mapping that gives one key twice: PyYAML keeps the last silently, so a second
+    ``train:`` section would drop the first one's settings without a word."""
+    stack, seen_nodes = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:  # an alias: checked where it was defined
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in keys:
+                        line = key.start_mark.line + 1
+                        raise ConfigError(
+                            f"{source}: key {echo(key.value)} given twice (line {line})"
+                        )
+                    keys.add(key.value)
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+
+
 def _check_nesting(text: str, source: str) -> None:
     """Refuse brackets nested deeper than MAX_NESTING before PyYAML spends seconds on them.
 
@@ -467,6 +491,8 @@ def safe_yaml(text: str, source: str) -> Any:
                 raise ConfigError(
                     f"{source}: more than {MAX_YAML_NODES} values once aliases are expanded"
                 )
+            if node is not None:
+                _check_duplicate_keys(node, source)
             return None if node is None else loader.construct_document(node)
         finally:
             loader.dispose()

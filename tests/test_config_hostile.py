@@ -146,3 +146,19 @@ def test_the_installed_command_refuses_in_one_line(tmp_path, params):
     assert done.returncode == EXIT_BAD_INPUT
     err = done.stderr.strip()
     assert err.startswith("bnpipe: error: ") and "\n" not in err, err
+
+
+def test_a_key_given_twice_is_refused(capsys, workdir):
+    # PyYAML keeps the last of two keys: a second `train:` section silently dropped `epochs: 3`.
+    (workdir / "dup.yaml").write_text("train:\n  epochs: 3\nmodel:\n  bn: false\ntrain:\n  lr: 1\n")
+    assert_one_line_exit_2(
+        capsys, ["run", "--params", "dup.yaml"], "dup.yaml: key 'train' given twice (line 5)"
+    )
+    factors = "grid.factors={bn: [false, true], batch_size: [32], batch_size: [64, 128]}"
+    assert_one_line_exit_2(
+        capsys, ["run", "--set", factors], "--set grid.factors: key 'batch_size' given twice"
+    )
+    # Aliases and merge keys are not duplicates.
+    (workdir / "ok.yaml").write_text("base: &b {epochs: 2}\ntrain:\n  <<: *b\n  batch_size: 16\n")
+    with pytest.raises(ConfigError, match="base"):  # an unknown section, not a duplicate
+        load_config(workdir / "ok.yaml")
