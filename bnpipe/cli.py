@@ -170,7 +170,15 @@ def preflight(cfg: Config, clock: PhaseClock | None = None) -> None:
     if cfg.orchestration.task_runner == "dask" and cfg.orchestration.dask_address:
         check_dask_address(cfg.orchestration.dask_address)
     with clock.phase("data"):
-        load_mnist(cfg.data.dir)
+        data = load_mnist(cfg.data.dir)
+    # Labels past the softmax's width give a NaN loss: every cell would be stored "diverged",
+    # an outcome later runs reuse.
+    classes = int(max(data.y_train.max(), data.y_test.max())) + 1
+    if cfg.model.num_classes < classes:
+        raise ConfigError(
+            f"model.num_classes: {cfg.model.num_classes} is fewer than the data's {classes} "
+            f"classes (labels 0-{classes - 1})"
+        )
     with clock.phase("tracking"):
         Tracker(uri, cfg.tracking.experiment).check()
 

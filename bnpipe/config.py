@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 import reprlib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,9 @@ from bnpipe.train.common import DEFAULT_SHARD_SIZE
 # input (/dev/zero, a billion-laughs alias bomb, 20,000 nested brackets) must fail in one line,
 # fast, instead of hanging or printing a traceback.
 MAX_PARAMS_BYTES = 1 << 20
+MAX_NAME_BYTES = 255  # a file name on Linux file systems (NAME_MAX)
+# PATH_MAX is 4096; a run adds "/<run name>/<figure>.png" (~80 bytes) below the reports folder.
+MAX_REPORTS_PATH_BYTES = 3800
 MAX_YAML_NODES = 100_000  # after expanding aliases; params.yaml has ~50
 MAX_ECHO_CHARS = 80
 MAX_NESTING = 50  # PyYAML recurses per level and slows down quadratically with flow depth
@@ -305,6 +309,31 @@ class TrackingConfig(_Section):
     log_models: bool = False
     reports_dir: str = "reports"
 
+    @field_validator("uri")
+    @classmethod
+    def _parses(cls, v: str | None) -> str | None:
+        # urllib raises deep inside MLflow otherwise (``Invalid IPv6 URL``), after the run began.
+        if v is not None:
+            try:
+                urllib.parse.urlsplit(v).port  # noqa: B018 - the port is parsed lazily
+            except ValueError as exc:
+                raise ValueError(f"not a valid URI ({exc})") from None
+        return v
+
+    @field_validator("reports_dir")
+    @classmethod
+    def _fits_the_file_system(cls, v: str) -> str:
+        # Each run writes <reports_dir>/<run name>/report.html: a folder name past the file
+        # system's limit fails only then, as a traceback.
+        long = next((p for p in Path(v).parts if len(p.encode()) > MAX_NAME_BYTES), None)
+        if long is not None:
+            raise ValueError(
+                f"folder name of {len(long.encode())} bytes (at most {MAX_NAME_BYTES})"
+            )
+        if len(str(Path(v).absolute()).encode()) > MAX_REPORTS_PATH_BYTES:
+            raise ValueError(f"path longer than {MAX_REPORTS_PATH_BYTES} bytes")
+        return v
+
 
 class OrchestrationConfig(_Section):
     task_runner: Literal["serial", "dask"] = "serial"
@@ -343,6 +372,19 @@ class Config(_Section):
             raise ValueError(
                 f"stats.design: sequential needs {spelled} with 2 levels (control first, e.g. "
                 "[false, true]); give grid.seeds for a fixed design"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _arms_differ(self) -> Config:
+        # Where BN sits means nothing without BN: both arms would be the same network, trained
+        # twice for a difference of exactly 0.
+        grid = self.grid
+        bn_levels = grid.levels.get("bn", (self.model.bn,))
+        if grid.compare == "bn_position" and not any(bn_levels):
+            raise ValueError(
+                "grid.compare: bn_position compares where BN sits, but BN is off in every cell "
+                "(set model.bn=true or add bn to grid.factors)"
             )
         return self
 
@@ -385,7 +427,12 @@ def _one_line(err: ValidationError, source: str) -> str:
     msg = e["msg"].removeprefix("Value error, ")
     if not loc or msg.startswith(f"{loc[0]}."):  # a check across fields names them itself
         return f"{source}: {msg}"
-    return f"{source}: {field}: {msg} (got {echo(e.get('input'))})"
+    # A URI's user:password@ never reaches the terminal, even in an error about that URI.
+    got = _USERINFO.sub("//***@", echo(e.get("input")))
+    return f"{source}: {field}: {msg} (got {got})"
+
+
+_USERINFO = re.compile(r"//[^/@\s]*@")
 
 
 _ECHO = reprlib.Repr()  # depth- and length-limited repr (Python 3.11 takes no arguments)

@@ -162,3 +162,25 @@ def test_a_key_given_twice_is_refused(capsys, workdir):
     (workdir / "ok.yaml").write_text("base: &b {epochs: 2}\ntrain:\n  <<: *b\n  batch_size: 16\n")
     with pytest.raises(ConfigError, match="base"):  # an unknown section, not a duplicate
         load_config(workdir / "ok.yaml")
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        # The password stays out of the message, as it stays out of everything else.
+        ("tracking.uri=http://user:secret@[127.0.0.1:1/", "tracking.uri: not a valid URI"),
+        ("tracking.reports_dir=" + "r" * 300, "tracking.reports_dir: folder name of 300 bytes"),
+        ("tracking.reports_dir=" + "/r" * 2000, "tracking.reports_dir: path longer than"),
+    ],
+)
+def test_malformed_uri_and_overlong_paths(capsys, workdir, item, fragment):
+    err = assert_one_line_exit_2(capsys, ["run", "--set", item], fragment)
+    assert "secret" not in err
+
+
+def test_bn_position_compared_without_bn(capsys, workdir):
+    # Both arms would be the same network: trained twice for a difference of exactly 0.
+    factors = "grid.factors={bn_position: [after_relu, before_relu]}"
+    argv = ["run", "--set", factors, "--set", "grid.compare=bn_position"]
+    assert_one_line_exit_2(capsys, argv, "BN is off in every cell")
+    assert load_config(None, [factors, "grid.compare=bn_position", "model.bn=true"])

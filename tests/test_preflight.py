@@ -83,3 +83,17 @@ def test_sqlite_store_that_is_a_folder(capsys, workdir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}")
     refused(capsys, [], "is a folder, not a database file")
     assert list(folder.iterdir()) == []
+
+
+def test_fewer_classes_than_the_data_has(capsys, workdir, existing_store, monkeypatch):
+    # 5 outputs for 10 digits trained to a NaN loss: every cell stored as "diverged", exit 0.
+    import bnpipe.data
+    from tests.conftest import make_tiny_mnist
+
+    monkeypatch.setattr(bnpipe.data, "load_mnist", lambda *_a, **_k: make_tiny_mnist())
+    refused(
+        capsys,
+        [f"tracking.uri={existing_store}", "model.num_classes=5"],
+        "model.num_classes: 5 is fewer than the data's 10 classes (labels 0-9)",
+    )
+    assert runs_in(existing_store) == 0
