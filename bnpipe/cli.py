@@ -535,7 +535,11 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 
 # How Prefect's crash reports name an interrupt (prefect.states.exception_to_crashed_state).
-_INTERRUPT_REPORTS = ("aborted by an interrupt signal", "aborted by a termination signal")
+_INTERRUPT_REPORTS = (
+    "aborted by an interrupt signal",
+    "aborted by a termination signal",
+    trainer.STOPPED,  # a group that stopped at its next epoch because the flow did
+)
 
 
 def _not_an_interrupt_report(record: logging.LogRecord) -> bool:

@@ -45,6 +45,14 @@ _active: TrainerProcess | None = None
 class Stopped(Exception):
     """A group still training when its flow stopped (an error elsewhere, Ctrl-C)."""
 
+    def __init__(self, group_name: str) -> None:
+        super().__init__(f"{group_name}: {STOPPED}")
+
+
+# What a Stopped says: the command keeps Prefect's report of it off the console (the flow's own
+# one line says why it stopped).
+STOPPED = "the flow stopped"
+
 
 class TrainerDied(RuntimeError):
     """The training process is gone (killed, out of memory): its groups fail."""
@@ -55,6 +63,9 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def active() -> TrainerProcess | None:
@@ -86,18 +97,22 @@ class TrainerProcess:
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads
         self._conn, child = ctx.Pipe()
-        # Born ignoring SIGINT: Python keeps a SIGINT disposition it inherits as ignored.
-        previous = None
+        # Born ignoring SIGINT and SIGTERM (a disposition inherited as ignored survives the
+        # exec): Ctrl-C or `timeout` signal the whole process group, and a training process
+        # dying of it would fail the group's task with a traceback before the command's one
+        # line. The command stops it instead (close), and it leaves by itself when the
+        # command's end of the pipe closes.
+        previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            previous = {s: signal.signal(s, signal.SIG_IGN) for s in IGNORED_SIGNALS}
         try:
             self._process = ctx.Process(
                 target=_serve, args=(child,), name="bnpipe-trainer", daemon=True
             )
             self._process.start()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         child.close()
         self._ids = itertools.count()
         self._lock = threading.Lock()  # sends and the table of pending calls
@@ -140,7 +155,7 @@ class TrainerProcess:
                     self._send(("exit", None))
                 self._process.join(EXIT_TIMEOUT_S)
             if self._process.is_alive():
-                self._process.terminate()
+                self._process.kill()  # it ignores SIGTERM
                 self._process.join(5)
         self._reader.join(5)
         self._conn.close()
@@ -236,7 +251,7 @@ def _serve(conn: Any) -> None:
 
                 def on_epoch(cell: Any, epoch: int, row: dict[str, float]) -> None:
                     if stop.is_set():
-                        raise Stopped(f"{group.name}: the flow stopped")
+                        raise Stopped(group.name)
                     send(("epoch", call_id, cell, epoch, row))
 
                 out = grid.train_cells(cfg, group, worker_data(cfg.data, digest), on_epoch)

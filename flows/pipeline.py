@@ -122,7 +122,7 @@ def train(
 
     def on_epoch(cell: Cell, epoch: int, row: dict[str, float]) -> None:
         if stop is not None and stop.is_set():
-            raise Stopped(f"{group.name}: the flow stopped")
+            raise Stopped(group.name)
         progress.epoch(cell, epoch, row)
 
     process = trainer.active()
