@@ -346,6 +346,7 @@ def _run_checked(
         if process is None:
             with clock.phase("tf_import"):
                 import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
+        from bnpipe.runner import Outage
         from bnpipe.tracking import ArtifactWriteError
         from flows.pipeline import ablation, quiet_reported_errors
 
@@ -361,6 +362,13 @@ def _run_checked(
             out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
         except ArtifactWriteError as exc:  # mid-run: the claimed cells are recorded FAILED
             bad_input(str(exc))
+            return EXIT_FAILED_CELLS
+        except Outage as exc:
+            print(
+                f"bnpipe: stopped: {exc}; {exc.runs_failed} open cell run(s) marked FAILED, "
+                "finished cells kept; rerun to continue",
+                file=sys.stderr,
+            )
             return EXIT_FAILED_CELLS
     print()
     print(format_run_summary(out))

@@ -62,6 +62,16 @@ from bnpipe.train.common import Cell
 ENGINE_TAG = TAG_PREFIX + "engine"
 
 
+class Outage(RuntimeError):
+    """Training itself broke: its process died, or every cell of a group failed with one error.
+
+    The run stops claiming cells (going on would fail every later cell the same way); what
+    finished is kept, the open cells are closed FAILED, and a rerun continues where it stopped.
+    """
+
+    runs_failed = 0  # open cell runs closed FAILED on the way out (set by the flow)
+
+
 @dataclass(frozen=True)
 class CellOutcome:
     """One cell's row of the results table and its per-epoch history (keyed by the cell)."""

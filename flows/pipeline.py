@@ -60,6 +60,7 @@ from bnpipe.report import ReportOutput, decision_table, write_run_report
 from bnpipe.runner import (
     CellOutcome,
     GridRun,
+    Outage,
     TrainClaimed,
     cfg_info,
     collect,
@@ -89,7 +90,7 @@ from bnpipe.tracking import (
 )
 from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
-from bnpipe.trainer import Stopped
+from bnpipe.trainer import Stopped, TrainerDied
 from flows.runners import final_state, training_runner
 
 FLOW_RUN_ID_TAG = TAG_PREFIX + "prefect.flow_run_id"
@@ -171,14 +172,21 @@ def _retry_unless_store_full(_task: Any, _run: Any, state: State) -> bool:
     return True
 
 
+# Errors the CLI reports in one line: Prefect's console logs of them (each a traceback) go.
+REPORTED = (ArtifactWriteError, Outage, TrainerDied)
+
+
 class _DropReported(logging.Filter):
-    """Prefect's console logs of an ArtifactWriteError (each a traceback): the CLI says it once."""
+    """Prefect's console logs of an error the CLI reports, and of the failed training task an
+    outage names (each a traceback): the CLI says it once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, ArtifactWriteError) and (
-            ArtifactWriteError.__name__ not in record.getMessage()
-        )
+        if isinstance(exc, REPORTED) or any(e.__name__ in record.getMessage() for e in REPORTED):
+            return False
+        # A training task's failure is an outage, which the CLI names with its error.
+        task = str(getattr(record, "task_run_name", ""))
+        return not (task.startswith("train ") and record.levelno >= logging.ERROR)
 
 
 def quiet_reported_errors() -> None:
@@ -372,7 +380,7 @@ def _train_and_log(
             )
             del claimed[cell]
             progress.cell(cell, "failed", float("nan"))
-        return out
+        raise Outage(f"training {group.name} failed: {why}")
     for result in trained.result():
         evaluation, why = None, None
         if result.status == "finished":
@@ -396,6 +404,10 @@ def _train_and_log(
         )
         del claimed[cell]
         progress.cell(cell, out[cell].row["status"], out[cell].row["test_accuracy"])
+    # Not a cell's own fault when all of a group's cells fail alike: every later group would.
+    errors = [o.row["error"] for o in out.values() if o.row["status"] == "failed"]
+    if len(out) > 1 and len(errors) == len(out) and len(set(errors)) == 1:
+        raise Outage(f"every cell of {group.name} failed: {errors[0]}")
     return out
 
 
@@ -617,6 +629,8 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
         # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
         # left open would make a concurrent run wait for a cell nobody trains.
         closed = fail_open_runs(state, tracker, parent_id, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, Outage):
+            exc.runs_failed = closed
         if isinstance(exc, KeyboardInterrupt | TerminationSignal):
             raise Interrupted(getattr(exc, "signal", signal.SIGINT), closed) from exc
         raise

@@ -144,6 +144,41 @@ def test_cell_that_keeps_failing_is_recorded_and_run_exits_1(
     assert "(6 cells: 1 trained, 5 reused" in capsys.readouterr().out
 
 
+def test_a_group_that_fails_as_a_whole_stops_the_run_and_the_rerun_continues(
+    monkeypatch, tiny_mnist, store, capsys
+):
+    # An outage (the training process killed, a broken device or cache): going on would fail
+    # every later cell alike (the attack round's kill -9 wrote 240 FAILED runs and 743 lines).
+    real = engines.train_group
+
+    def lost_at_64(spec, *args, **kwargs):
+        if spec.cells[0]["batch_size"] == 64:
+            raise RuntimeError("device lost (simulated)")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(engines, "train_group", lost_at_64)
+    use_data(monkeypatch, tiny_mnist)
+    grid = [*FAST, "grid.batch_sizes=[32,64,128]", "grid.seeds=[0,1]"]
+    args = [a for o in [*store_overrides(store), *grid] for a in ("--set", o)]
+    assert main(["run", *args]) == EXIT_FAILED_CELLS
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(said) == 1, captured.err
+    assert said[0].startswith(
+        "bnpipe: stopped: training bs=64 failed: RuntimeError: device lost (simulated); "
+    )
+    assert "Traceback" not in captured.err + captured.out
+    runs = search(store, "bnpipe-bn-ablation")
+    cells = runs[runs["tags.mlflow.parentRunId"].notna()]
+    finished = cells[cells["status"] == "FINISHED"]["tags.mlflow.runName"]
+    assert sorted(finished) == sorted(bs_cell(b, 32, s).name for b in (False, True) for s in (0, 1))
+    assert "RUNNING" not in set(runs["status"])
+    # The rerun trains what is missing, and only that.
+    monkeypatch.setattr(engines, "train_group", real)
+    assert main(["run", *args]) == 0
+    assert "(12 cells: 8 trained, 4 reused" in capsys.readouterr().out
+
+
 # -- an unusable tracking store: a clear error before any training -----------------------------
 @pytest.fixture
 def no_training(monkeypatch, tiny_mnist):
