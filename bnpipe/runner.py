@@ -437,7 +437,7 @@ def run_design(
         progress.set_stage(
             f"look {look}: seeds {min(r.start for r in block.values())}-"
             f"{max(r.stop for r in block.values()) - 1} for "
-            f"{', '.join(stratum_label(st) for st in block)}"
+            f"{_some(stratum_label(st) for st in block)}"
         )
         keys.update(run_cells(block))
         trained_looks += len(state.outcomes) > trained_before
@@ -446,10 +446,13 @@ def run_design(
         decisions = close_capped(decide_all(_light_results(state, cfg), plan), plan, started)
         progress.note(
             f"look {look} done in {time.perf_counter() - t0:.0f}s: "
-            + "; ".join(
-                f"{stratum_label(st)} {d.decision} (n={d.n}, "
-                f"RCI [{100 * d.rci_low:+.2f}, {100 * d.rci_high:+.2f}] pp)"
-                for st, d in decisions.items()
+            + _some(
+                (
+                    f"{stratum_label(st)} {d.decision} (n={d.n}, "
+                    f"RCI [{100 * d.rci_low:+.2f}, {100 * d.rci_high:+.2f}] pp)"
+                    for st, d in decisions.items()
+                ),
+                sep="; ",
             )
         )
         still_open = [st for st, d in decisions.items() if d.decision == "continue"]
@@ -462,6 +465,17 @@ def run_design(
                 f"(~{per_pair * left / 60:.0f} min at this look's pace)"
             )
     return keys
+
+
+# Comparisons named in one progress line; a larger grid's line says how many more (a grid of
+# 160,000 comparisons once printed a 406,836-character line).
+LISTED = 6
+
+
+def _some(texts: Iterable[str], sep: str = ", ") -> str:
+    items = list(texts)
+    more = len(items) - LISTED
+    return sep.join(items[:LISTED]) + (f"{sep}and {more} more" if more > 0 else "")
 
 
 def collect(

@@ -93,3 +93,13 @@ def test_run_plan_trains_then_reuses_finished_and_diverged_cells(tiny_mnist, sto
     assert again["status"].tolist() == results["status"].tolist()
     assert again["run_id"].tolist() == results["run_id"].tolist()
     pd.testing.assert_series_equal(again["test_accuracy"], results["test_accuracy"])
+
+
+def test_progress_lines_name_a_few_comparisons_and_count_the_rest():
+    from bnpipe.runner import LISTED, _some
+
+    labels = [f"learning_rate={i}" for i in range(160_000)]
+    line = _some(labels)
+    assert line.startswith("learning_rate=0, learning_rate=1, ") and len(line) < 200
+    assert line.endswith(f"and {160_000 - LISTED} more")
+    assert _some(labels[:3], sep="; ") == "learning_rate=0; learning_rate=1; learning_rate=2"
