@@ -442,6 +442,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         cfg = resolve_config(args.params, args.overrides)
         tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
         tracker.check()
+        trainer.import_quietly()
         rep = reproduce_run(tracker, args.run_id, cfg.data.dir)
     except (ConfigError, DataError, TrackingError, ReproduceError) as exc:
         return bad_input(str(exc))

@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import re
 import signal
 import tempfile
 import threading
@@ -294,6 +295,16 @@ def _serve(conn: Any) -> None:
     os._exit(0)
 
 
+def import_quietly() -> None:
+    """Import TensorFlow and the engines in this process without TensorFlow's start-up lines
+    (for a command that trains in its own process: ``bnpipe reproduce``)."""
+    held = _hold_stderr()
+    try:
+        from bnpipe.train import fused  # noqa: F401 -- imports TensorFlow and Keras
+    finally:
+        _release_stderr(held)
+
+
 def _hold_stderr() -> tuple[int, Any]:
     """Point file descriptor 2 at a temporary file; (the real stderr, the file)."""
     real = os.dup(2)
@@ -302,14 +313,28 @@ def _hold_stderr() -> tuple[int, Any]:
     return real, held
 
 
+# TensorFlow's start-up lines, written before absl's logging is set up and so past
+# TF_CPP_MIN_LOG_LEVEL: the "before InitializeLog" warning and INFO lines such as "oneDNN custom
+# operations are on" (turning those off with TF_ENABLE_ONEDNN_OPTS=0 would change numbers).
+_START_UP_NOISE = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    rb"STDERR|I\d{4} [\d:.]+\s+\d+ \S+:\d+\] .*)\n",
+    re.M,
+)
+
+
 def _release_stderr(hold: tuple[int, Any]) -> None:
-    """Write what was held to the real stderr and point descriptor 2 back at it (once)."""
+    """Write what was held to the real stderr and point descriptor 2 back at it (once); the
+    start-up lines stay held unless TF_CPP_MIN_LOG_LEVEL=0 asks for TensorFlow's INFO lines."""
     real, held = hold
     if held.closed:
         return
     os.dup2(real, 2)
     held.seek(0)
-    data = memoryview(held.read())
+    text = held.read()
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
+        text = _START_UP_NOISE.sub(b"", text)
+    data = memoryview(text)
     with contextlib.suppress(OSError):
         while data:
             data = data[os.write(2, data) :]

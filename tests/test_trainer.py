@@ -110,3 +110,14 @@ def test_only_serial_fused_runs_train_beside_the_flow():
     assert trainer.wanted("serial", "fused")
     assert not trainer.wanted("serial", "keras")  # Keras' global seed state, one process
     assert not trainer.wanted("dask", "fused")  # the workers train
+
+
+def test_tensorflows_start_up_lines_are_not_shown_by_default(capfd, monkeypatch):
+    # `WARNING: All log messages before absl::InitializeLog()` and `I0000 ... oneDNN custom
+    # operations are on`: written before TF_CPP_MIN_LOG_LEVEL applies, on every run.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")  # what the command sets unless told
+    with trainer.started() as process:
+        process.wait_ready()
+        process.serve(load_config(None, [f"data.dir={REAL_DATA}"]).data)
+    err = capfd.readouterr().err
+    assert "InitializeLog" not in err and "oneDNN" not in err, err
