@@ -159,12 +159,13 @@ class _Bar:
 
 
 class PhaseClock:
-    """Wall seconds spent in each phase of a run; the time no phase claims is orchestration.
+    """Wall seconds of a run, each instant counted once: in the one phase then running, in
+    ``overlap`` while several run at once (a group logged while the next trains), and in
+    ``orchestration`` while none does. The parts add up to the total.
 
     Phases are timed where the work happens (inside tasks, around tracker calls), so Prefect's
     own cost of creating and finishing task runs lands in what is left over. A phase that runs
-    on several threads at once (groups training side by side) counts its wall time once; phases
-    that overlap each other (one group logged while the next trains) count in both.
+    on several threads at once (groups training side by side) is one phase running.
     """
 
     # tf_import: loading TensorFlow, which training needs whatever orchestrates it.
@@ -174,32 +175,49 @@ class PhaseClock:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.seconds: dict[str, float] = dict.fromkeys((*self.WORK, "tracking"), 0.0)
+        # Several phases at once, by the phases: "evaluation+training".
+        self.overlaps: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._open: dict[str, tuple[int, float]] = {}  # phase -> (threads in it, since)
+        self._open: dict[str, int] = {}  # phase -> threads in it
+        self._since = self.start  # the last change of the open phases
+
+    def _account(self) -> None:
+        """Charge the time since the last change to the phases open during it (lock held)."""
+        now = time.perf_counter()
+        names = sorted(self._open)
+        if len(names) == 1:
+            self.seconds[names[0]] += now - self._since
+        elif names:
+            key = "+".join(names)
+            self.overlaps[key] = self.overlaps.get(key, 0.0) + now - self._since
+        self._since = now
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         with self._lock:  # tasks may run on several threads
-            count, since = self._open.get(name, (0, time.perf_counter()))
-            self._open[name] = (count + 1, since)
+            self._account()
+            self._open[name] = self._open.get(name, 0) + 1
         try:
             yield
         finally:
             with self._lock:
-                count, since = self._open.pop(name)
-                if count > 1:
-                    self._open[name] = (count - 1, since)
-                else:
-                    self.seconds[name] += time.perf_counter() - since
+                self._account()
+                self._open[name] -= 1
+                if not self._open[name]:
+                    del self._open[name]
 
     def breakdown(self, inner: dict[str, float] | None = None) -> dict[str, float]:
-        """Seconds per phase, ``orchestration`` (the rest), ``total`` and ``overhead_share``.
+        """Seconds per phase, ``overlap`` (several at once), ``orchestration`` (none), ``total``
+        and ``overhead_share``; the parts add up to ``total``.
 
         ``inner`` is the breakdown of a part of this clock's span timed by another clock (the
-        flow run inside a command); its named phases are added to this clock's.
+        flow run inside a command, while this clock times no phase); its parts are added.
         """
-        total = time.perf_counter() - self.start
-        out = {name: s + (inner or {}).get(name, 0.0) for name, s in self.seconds.items()}
+        with self._lock:
+            self._account()
+            total = time.perf_counter() - self.start
+            out = {name: s + (inner or {}).get(name, 0.0) for name, s in self.seconds.items()}
+            out["overlap"] = sum(self.overlaps.values()) + (inner or {}).get("overlap", 0.0)
         out["orchestration"] = max(0.0, total - sum(out.values()))
         out["total"] = total
         out["overhead_share"] = sum(out[k] for k in self.OVERHEAD) / total if total else 0.0
@@ -209,7 +227,8 @@ class PhaseClock:
 def format_breakdown(command: dict[str, float], flow: dict[str, float]) -> str:
     """Where a command's wall time went, and the tracking + orchestration share of it and of
     its flow run alone (what a scheduled deployment's run costs)."""
-    parts = ", ".join(f"{k} {command[k]:.1f}" for k in PhaseClock.WORK + PhaseClock.OVERHEAD)
+    names = (*PhaseClock.WORK, *(["overlap"] if command.get("overlap") else []))
+    parts = ", ".join(f"{k} {command[k]:.1f}" for k in (*names, *PhaseClock.OVERHEAD))
     return (
         f"time: {command['total']:.1f}s = {parts}; tracking + orchestration "
         f"{100 * command['overhead_share']:.1f}% of the command, "

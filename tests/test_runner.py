@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 
 import pandas as pd
+import pytest
 
 from bnpipe.config import load_config
 from bnpipe.design import plan_of
@@ -103,3 +104,28 @@ def test_progress_lines_name_a_few_comparisons_and_count_the_rest():
     assert line.startswith("learning_rate=0, learning_rate=1, ") and len(line) < 200
     assert line.endswith(f"and {160_000 - LISTED} more")
     assert _some(labels[:3], sep="; ") == "learning_rate=0; learning_rate=1; learning_rate=2"
+
+
+def test_time_parts_add_up_and_overlap_shows_as_overlap():
+    import threading
+    import time
+
+    clock = PhaseClock()
+
+    def train() -> None:
+        with clock.phase("training"):
+            time.sleep(0.3)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    time.sleep(0.1)
+    with clock.phase("evaluation"):  # while the next group trains
+        time.sleep(0.1)
+    worker.join()
+    time.sleep(0.05)
+    out = clock.breakdown()
+    parts = [out[k] for k in (*PhaseClock.WORK, "overlap", *PhaseClock.OVERHEAD)]
+    assert sum(parts) == pytest.approx(out["total"], rel=1e-6)
+    assert out["overlap"] == pytest.approx(0.1, abs=0.05)
+    assert out["training"] == pytest.approx(0.2, abs=0.05)
+    assert clock.overlaps.keys() == {"evaluation+training"}
