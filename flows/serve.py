@@ -87,9 +87,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             "127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api (docs/servers.md)"
         )
     if why is None:
-        from flows.server import check_api
+        from flows.server import wait_for_api
 
-        why = check_api()  # a wrong auth string would otherwise fail only at registering
+        # A wrong auth string would otherwise fail only at registering; a server still
+        # starting (started together with this by a service manager) is waited for.
+        why = wait_for_api(say=lambda line: print(line, flush=True))
     if why is not None:
         print(f"bnpipe: error: {why}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +45,9 @@ except ImportError:  # Windows: no advisory locks; concurrent first starts stay 
 STARTUP_TIMEOUT_S = 120.0  # a first start runs database migrations; 2 loaded cores are slow
 # One request to a configured server, without Prefect's retries (several, with backoff).
 API_CHECK_TIMEOUT_S = 15.0
+# How long `bnpipe serve` waits for a Prefect API that is still starting (its first start runs
+# migrations: 10-40 s on a 2-core box, minutes on a new PostgreSQL database).
+API_WAIT_S = 180.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -258,6 +262,36 @@ def check_api(timeout_s: float = API_CHECK_TIMEOUT_S) -> str | None:
             reason = "connection refused (is `prefect server start` running, on this port?)"
         return f"{where}: {reason}"
     return None
+
+
+# Problems of a server still starting (or restarting): worth waiting for, unlike a refusal.
+_STARTING = ("connection refused", "no answer within", "HTTP 502", "HTTP 503")
+
+
+def wait_for_api(wait_s: float | None = None, say: Callable[[str], None] = print) -> str | None:
+    """:func:`check_api`, waiting up to ``wait_s`` (backing off) while the server is still
+    starting: a service manager or a boot script starts ``bnpipe serve`` with its server.
+
+    Returns:
+        Why the API cannot be used after waiting, or None once it answers.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    from bnpipe.tracking import redact_uri
+
+    wait_s = API_WAIT_S if wait_s is None else wait_s
+    why = check_api()
+    if why is None or not any(s in why for s in _STARTING):
+        return why
+    say(f"waiting for Prefect at {redact_uri(PREFECT_API_URL.value())} (up to {wait_s:.0f} s)")
+    deadline, delay = time.monotonic() + wait_s, 0.5
+    while time.monotonic() < deadline:
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(2 * delay, 5.0)
+        why = check_api()
+        if why is None or not any(s in why for s in _STARTING):
+            return why
+    return f"{why}; waited {wait_s:.0f} s"
 
 
 def _drain_prefect_workers() -> None:
