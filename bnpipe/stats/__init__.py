@@ -63,6 +63,7 @@ from bnpipe.stats.paired import (
     verdict_sentence,
 )
 from bnpipe.stats.sequential import (
+    HSD_GAMMA,
     LOOK_COLUMNS,
     SEQUENTIAL_DECISIONS,
     SEQUENTIAL_SUMMARY_COLUMNS,
@@ -70,6 +71,7 @@ from bnpipe.stats.sequential import (
     SequentialResult,
     alpha_spent,
     average_sample_number,
+    look_sizes,
     looks_frame,
     sequential_bounds,
     sequential_decide,
@@ -92,6 +94,7 @@ __all__ = [
     "FINISHED",
     "HEADLINE_COLUMNS",
     "HISTORY_COLUMNS",
+    "HSD_GAMMA",
     "LOOK_COLUMNS",
     "MAX_SEEDS",
     "PairedComparison",
@@ -122,6 +125,7 @@ __all__ = [
     "holm",
     "interaction_anova",
     "levels_of",
+    "look_sizes",
     "looks_frame",
     "mean_ci",
     "normalize_histories",
