@@ -343,9 +343,19 @@ def close_capped(
     }
 
 
+def decided_interval(d: SequentialResult) -> tuple[float, float]:
+    """The interval behind a comparison's decision: the equivalence interval for "equivalent"
+    (narrower than the repeated CI under TOST), else the repeated CI."""
+    if d.decision == "equivalent" and len(d.table):
+        last = d.table.iloc[-1]
+        return float(last["eq_low"]), float(last["eq_high"])
+    return d.rci_low, d.rci_high
+
+
 def design_table(decisions: dict[Stratum, SequentialResult], plan: Plan) -> pd.DataFrame:
     """One row per comparison: the decided verdict table (``comparison`` is the stratum's
-    label, then one column per stratum factor)."""
+    label, then one column per stratum factor); ``rci_low``/``rci_high``: the interval behind
+    the decision (:func:`decided_interval`)."""
     rows = [
         {
             "comparison": stratum_label(st),
@@ -354,8 +364,8 @@ def design_table(decisions: dict[Stratum, SequentialResult], plan: Plan) -> pd.D
             "n_pairs": d.n,
             "looks": d.looks,
             "mean_diff": d.mean,
-            "rci_low": d.rci_low,
-            "rci_high": d.rci_high,
+            "rci_low": decided_interval(d)[0],
+            "rci_high": decided_interval(d)[1],
             "alpha": plan.alpha_per_comparison,
         }
         for st, d in decisions.items()
@@ -404,8 +414,9 @@ def design_record(decisions: dict[Stratum, SequentialResult], plan: Plan) -> dic
         tags[f"decision.{label}"] = d.decision
         metrics[f"seeds_{label}"] = float(d.n)
         metrics[f"looks_{label}"] = float(d.looks)
-        metrics[f"rci_low_{label}"] = float(d.rci_low)
-        metrics[f"rci_high_{label}"] = float(d.rci_high)
+        low, high = decided_interval(d)
+        metrics[f"rci_low_{label}"] = float(low)
+        metrics[f"rci_high_{label}"] = float(high)
         spent = d.table["alpha_spent"].iloc[-1] if len(d.table) else 0.0
         metrics[f"alpha_spent_{label}"] = float(spent)
     return {"tags": tags, "metrics": metrics}
