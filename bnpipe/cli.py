@@ -118,6 +118,11 @@ def _add_claims_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke scale: 2 epochs, 2000 examples")
     p.add_argument("--fresh", action="store_true", help="train every cell again")
+    p.add_argument(
+        "--new-design",
+        action="store_true",
+        help="start sequential studies' designs even where another design looked at their cells",
+    )
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
@@ -132,7 +137,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
     cfgs = {}
     for name, path in paths.items():  # every study checked before any trains
         study = argparse.Namespace(params=str(path), overrides=sets)
-        cfg = checked_config(study, new_design=False)
+        cfg = checked_config(study, new_design=args.new_design)
         if cfg is None:
             return EXIT_BAD_INPUT
         cfgs[name] = cfg
@@ -153,7 +158,9 @@ def cmd_claims(args: argparse.Namespace) -> int:
         quiet_reported_errors()
         _hide_interrupt_reports()
         try:
-            out = run_claims(cfgs, fresh=args.fresh, on_study=_print_study)
+            out = run_claims(
+                cfgs, fresh=args.fresh, new_design=args.new_design, on_study=_print_study
+            )
         except ArtifactWriteError as exc:
             bad_input(str(exc))
             return EXIT_FAILED_CELLS

@@ -161,19 +161,23 @@ class Plan:
 
     def decide(self, diffs: np.ndarray) -> SequentialResult:
         """The design's decision on one comparison's paired differences (seed order)."""
-        return sequential_decide(
-            diffs,
-            look_every=self.look_every,
-            max_n=self.max_seeds,
-            alpha=self.alpha_per_comparison,
-            margin=self.margin,
-            spending=self.spending,
-            **self.design_args(),
+        return sequential_decide(diffs, **self.design_args())
+
+    def simulate(self, effect: float, n_sim: int = 20000, seed: int = 0) -> dict[str, float]:
+        """The design's operating characteristics at a true ``effect`` and the planning SD."""
+        return average_sample_number(
+            effect, self.planning_sd, n_sim=n_sim, seed=seed, **self.design_args()
         )
 
     def design_args(self) -> dict[str, Any]:
-        """The arguments added by issue 24, as sequential_decide and the simulation take them."""
+        """One comparison's design as ``sequential_decide`` and ``average_sample_number`` take
+        it (alpha already split)."""
         return {
+            "look_every": self.look_every,
+            "max_n": self.max_seeds,
+            "alpha": self.alpha_per_comparison,
+            "margin": self.margin,
+            "spending": self.spending,
             "first_look": self.first_look,
             "gamma": self.hsd_gamma,
             "equivalence_alpha": self.equivalence_alpha,
@@ -389,17 +393,7 @@ def operating_characteristics(plan: Plan, n_sim: int = 20000) -> pd.DataFrame:
     differences of 0, half the margin and the margin."""
     rows = []
     for effect in (0.0, plan.margin / 2, plan.margin):
-        oc = average_sample_number(
-            effect,
-            plan.planning_sd,
-            look_every=plan.look_every,
-            max_n=plan.max_seeds,
-            alpha=plan.alpha_per_comparison,
-            margin=plan.margin,
-            spending=plan.spending,
-            n_sim=n_sim,
-            **plan.design_args(),
-        )
+        oc = plan.simulate(effect, n_sim=n_sim)
         rows.append({"effect": effect, "sd": plan.planning_sd, **oc})
     return pd.DataFrame(rows)
 
@@ -556,26 +550,9 @@ def plan_summary(plan: Plan, n_sim: int = 20000, seed: int = 0) -> PlanSummary:
     arms = len(plan.levels)
     rows = []
     for effect in planning_effects(plan.margin):
-        oc = average_sample_number(
-            effect,
-            plan.planning_sd,
-            look_every=plan.look_every,
-            max_n=plan.max_seeds,
-            alpha=plan.alpha_per_comparison,
-            margin=plan.margin,
-            spending=plan.spending,
-            n_sim=n_sim,
-            seed=seed,
-            **plan.design_args(),
-        )
+        oc = plan.simulate(effect, n_sim=n_sim, seed=seed)
         rows.append({"effect": effect, **oc, "models": arms * oc["asn"]})
-    looks = sequential_plan(
-        look_every=plan.look_every,
-        max_n=plan.max_seeds,
-        alpha=plan.alpha_per_comparison,
-        spending=plan.spending,
-        **plan.design_args(),
-    )
+    looks = sequential_plan(**{k: v for k, v in plan.design_args().items() if k != "margin"})
     looks["t_crit"] = t_critical(looks["z_crit"], looks["n"])
     looks["t_crit_eq"] = t_critical(looks["z_crit_eq"], looks["n"])
     return PlanSummary(plan, pd.DataFrame(rows), looks, arms)

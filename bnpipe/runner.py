@@ -23,6 +23,7 @@ from bnpipe.design import (
     Plan,
     close_capped,
     decide_all,
+    decided_interval,
     design_cells,
     design_change,
     next_block,
@@ -482,9 +483,10 @@ def run_design(
         progress.note(
             f"look {look} done in {time.perf_counter() - t0:.0f}s: "
             + "; ".join(
-                f"{stratum_label(st)} {d.decision} (n={d.n}, "
-                f"RCI [{100 * d.rci_low:+.2f}, {100 * d.rci_high:+.2f}] pp)"
+                f"{stratum_label(st)} {d.decision} (n={d.n}, RCI [{100 * low:+.2f}, "
+                f"{100 * high:+.2f}] pp)"
                 for st, d in decisions.items()
+                for low, high in [decided_interval(d)]
             )
         )
         still_open = [st for st, d in decisions.items() if d.decision == "continue"]

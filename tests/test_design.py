@@ -36,7 +36,9 @@ from tests.test_resume import (
 # Tiny data, 1 epoch, fused engine (on tiny data its compile per group costs less than the keras
 # engine's model.fit per cell): looks of 2 seed pairs up to 6 per batch size. With 2 pairs
 # (df = 1) the first look can never decide, so every comparison
-# takes at least two looks; the wide margin lets some end "equivalent" on tiny data.
+# takes at least two looks; the wide margin lets some end "equivalent" on tiny data. OBF with
+# one shared interval (the design before issue 24): its last boundary is the lowest, so 6 tiny
+# pairs end decided (tests/test_one_answer.py needs that).
 SEQ = [
     "train.engine=fused",
     "train.epochs=1",
@@ -45,6 +47,8 @@ SEQ = [
     "stats.look_every=2",
     "stats.max_seeds=6",
     "stats.equivalence_margin=0.05",
+    "stats.spending=obf",
+    "stats.equivalence=shared",
 ]
 
 
@@ -232,17 +236,9 @@ def test_default_design_meets_its_cost_and_error_constraints_by_simulation() -> 
     plan = plan_of(load_config(str(PARAMS)))
     assert (plan.alpha, len(plan.strata), plan.margin, plan.max_seeds) == (0.05, 4, 0.002, 100)
     a, m = plan.alpha_per_comparison, plan.margin
-    design = {
-        "look_every": plan.look_every,
-        "max_n": plan.max_seeds,
-        "alpha": a,
-        "margin": m,
-        "spending": plan.spending,
-        **plan.design_args(),
-    }
 
     def oc(effect: float, sd: float, n: int, seed: int) -> dict:
-        return average_sample_number(effect, sd, n_sim=n, seed=seed, **design)
+        return average_sample_number(effect, sd, n_sim=n, seed=seed, **plan.design_args())
 
     runs = [oc(e, sd, 4000, seed) for seed, (e, sd) in enumerate(MEASURED.values())]
     models = sum(2 * r["asn"] for r in runs)
@@ -310,13 +306,13 @@ def test_a_design_cannot_change_under_its_data(monkeypatch, tiny_mnist, store, c
     assert parent.data.tags["bnpipe.design_id"] == earlier
     runs_before = len(client.search_runs([parent.info.experiment_id]))
     changes = {
-        "stats.spending=obf": "stats.spending pocock -> obf",
+        "stats.spending=pocock": "stats.spending obf -> pocock",
         "stats.alpha=0.1": "stats.alpha 0.05 -> 0.1",
         "stats.equivalence_margin=0.04": "stats.equivalence_margin 0.05 -> 0.04",
         "stats.first_look=4": "stats.first_look 2 -> 4",
         "stats.look_every=3": "stats.look_every 2 -> 3",
         "stats.max_seeds=8": "stats.max_seeds 6 -> 8",
-        "stats.equivalence=shared": "stats.equivalence tost -> shared",
+        "stats.equivalence=tost": "stats.equivalence shared -> tost",
     }
     capsys.readouterr()
     for override, what in changes.items():
@@ -326,13 +322,15 @@ def test_a_design_cannot_change_under_its_data(monkeypatch, tiny_mnist, store, c
         assert f"design {earlier} (parent run {first['run_name']})" in err and what in err, err
     # Refused before anything was written, and the flow itself refuses too (deployments).
     assert len(client.search_runs([parent.info.experiment_id])) == runs_before
-    with pytest.raises(DesignChangeError, match="stats.spending pocock -> obf"):
-        run_flow(monkeypatch, tiny_mnist, store, [*one_look, "stats.spending=obf"])
+    with pytest.raises(DesignChangeError, match="stats.spending obf -> pocock"):
+        run_flow(monkeypatch, tiny_mnist, store, [*one_look, "stats.spending=pocock"])
     assert len(client.search_runs([parent.info.experiment_id])) == runs_before
 
-    # Asked for explicitly: the new design runs, and says so on the parent and in the report.
+    # Asked for explicitly: the new design (issue 24's Pocock and TOST) runs, and says so on the
+    # parent and in the report.
+    new = [*one_look, "stats.spending=pocock", "stats.equivalence=tost"]
     use_data(monkeypatch, tiny_mnist)
-    new_cfg = flow_config(store, [*one_look, "stats.spending=obf"])
+    new_cfg = flow_config(store, new)
     out = pipeline.ablation(new_cfg.model_dump(mode="json"), new_design=True)
     tags = client.get_run(out["parent_run_id"]).data.tags
     assert tags["bnpipe.new_design_from"] == earlier
@@ -341,7 +339,7 @@ def test_a_design_cannot_change_under_its_data(monkeypatch, tiny_mnist, store, c
     assert f"over cells that design {earlier} already looked at" in report_text
     assert "not one chosen after seeing it" in report_text
     # The new design is now the store's: it continues without the flag, the old one is refused.
-    again, _ = run_flow(monkeypatch, tiny_mnist, store, [*one_look, "stats.spending=obf"])
+    again, _ = run_flow(monkeypatch, tiny_mnist, store, new)
     assert "bnpipe.new_design_from" not in client.get_run(again["parent_run_id"]).data.tags
     with pytest.raises(DesignChangeError, match=f"design {plan_of(new_cfg).design_id()}"):
         run_flow(monkeypatch, tiny_mnist, store, one_look)

@@ -23,6 +23,20 @@ SCHEDULES = [(10, 10), (10, 5), (15, 5), (20, 5), (20, 10)]  # (first look, look
 EQUIVALENCE = [None, 2 * A]  # shared interval | TOST at alpha/m per side
 
 
+def design(spending: str, gamma: float, first: int, every: int, eq: float | None) -> dict:
+    """average_sample_number's design arguments for one candidate (alpha/m, margin, max_n)."""
+    return {
+        "look_every": every,
+        "max_n": MAX_N,
+        "alpha": A,
+        "margin": MARGIN,
+        "spending": spending,
+        "first_look": first,
+        "gamma": gamma,
+        "equivalence_alpha": eq,
+    }
+
+
 def oc(effect: float, sd: float, design: dict, seed: int = 0) -> dict:
     return average_sample_number(effect, sd, n_sim=N_SIM, seed=seed, **design)
 
@@ -35,16 +49,7 @@ def main() -> None:
     )
     t0 = time.time()
     for (sp, g), (first, every), eq in itertools.product(SPENDINGS, SCHEDULES, EQUIVALENCE):
-        d = {
-            "look_every": every,
-            "max_n": MAX_N,
-            "alpha": A,
-            "margin": MARGIN,
-            "spending": sp,
-            "first_look": first,
-            "gamma": g,
-            "equivalence_alpha": eq,
-        }
+        d = design(sp, g, first, every, eq)
         models = 2 * sum(oc(e, s, d, seed=i)["asn"] for i, (e, s) in enumerate(MEASURED))
         z = oc(0.0, SD_PLAN, d, seed=11)
         hi, lo = oc(MARGIN, SD_PLAN, d, seed=12), oc(-MARGIN, SD_PLAN, d, seed=13)

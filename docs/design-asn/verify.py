@@ -8,13 +8,13 @@ Run once: .venv/bin/python docs/design-asn/verify.py > docs/design-asn/verify.tx
 
 from __future__ import annotations
 
+import sys
 import time
+
+from search import MARGIN, MEASURED, A, design  # this folder's search script
 
 from bnpipe.stats import average_sample_number
 
-ALPHA, M, MARGIN, MAX_N = 0.05, 4, 0.002, 100
-A = ALPHA / M
-MEASURED = [(0.00174, 0.00293), (0.00174, 0.00261), (0.00070, 0.00204), (-0.00077, 0.00225)]
 N_SIM = 200_000
 CANDIDATES = {
     "obf 10/10 shared (before)": ("obf", -4.0, 10, 10, None),
@@ -24,22 +24,16 @@ CANDIDATES = {
     "pocock 10/5 tost": ("pocock", -4.0, 10, 5, 2 * A),
     "hsd(1) 20/5 tost": ("hsd", 1.0, 20, 5, 2 * A),
     "hsd(2) 20/10 tost": ("hsd", 2.0, 20, 10, 2 * A),
+    "hsd(2) 20/5 tost": ("hsd", 2.0, 20, 5, 2 * A),
 }
 
 
-def main() -> None:
+def main(only: list[str]) -> None:
     t0 = time.time()
     for name, (sp, g, first, every, eq) in CANDIDATES.items():
-        d = {
-            "look_every": every,
-            "max_n": MAX_N,
-            "alpha": A,
-            "margin": MARGIN,
-            "spending": sp,
-            "first_look": first,
-            "gamma": g,
-            "equivalence_alpha": eq,
-        }
+        if only and name not in only:
+            continue
+        d = design(sp, g, first, every, eq)
 
         def oc(effect: float, sd: float, seed: int, d: dict = d) -> dict:
             return average_sample_number(effect, sd, n_sim=N_SIM, seed=seed, **d)
@@ -60,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])  # names of candidates to run; none: all
