@@ -643,6 +643,7 @@ def _quiet_defaults() -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
+    from bnpipe.design import design_overrides, plan_of
     from bnpipe.report import build_run_report
     from bnpipe.tracking import Tracker, TrackingError, redact_uri, resolve_uri
 
@@ -650,7 +651,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         cfg = resolve_config(args.params, args.overrides)
         tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
         tracker.check()
-        results, histories, run_name, _ = tracker.parent_tables(args.run_id)
+        results, histories, run_name, params = tracker.parent_tables(args.run_id)
+        # The run's own design decides its report, whatever the params say now: a design
+        # chosen after the data is not the one the error guarantee covers.
+        own = resolve_config(args.params, [*args.overrides, *design_overrides(params)])
     except (ConfigError, TrackingError) as exc:
         return bad_input(str(exc))
     except (MlflowException, OSError) as exc:
@@ -660,7 +664,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         "tracking": redact_uri(tracker.uri),
         "rebuilt by": "bnpipe report",
     }
-    out = build_run_report(results, histories, cfg, run_name, run_info)
+    if plan_of(own).design_id() != plan_of(cfg).design_id():
+        print(f"design: the run's own, as recorded ({plan_of(own).describe()}), not the params'")
+    out = build_run_report(results, histories, own, run_name, run_info)
     tracker.log_report(args.run_id, [out.report_path, *out.figures])
     analysis = out.analysis
     if analysis.sequential:

@@ -245,6 +245,21 @@ def recorded_settings(params: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def design_overrides(params: dict[str, str]) -> list[str]:
+    """``--set`` overrides that restore the design a parent run recorded (its ``stats.*``
+    params), so its report rebuilt later decides as its own design did; [] when none is
+    recorded or the run was a fixed design."""
+    fixed = params.get("stats.design") == "fixed" or params.get("grid.seeds") not in (None, "None")
+    if fixed or "stats.spending" not in params:
+        return []
+    out = []
+    for key, value in recorded_settings(params).items():
+        if value is not None:
+            whole = key in ("stats.first_look", "stats.look_every", "stats.max_seeds")
+            out.append(f"{key}={int(value) if whole else value}")
+    return out
+
+
 class DesignChangeError(ConfigError):
     """A run would change the design of cells an earlier design already looked at."""
 

@@ -326,6 +326,15 @@ def test_a_design_cannot_change_under_its_data(monkeypatch, tiny_mnist, store, c
         run_flow(monkeypatch, tiny_mnist, store, [*one_look, "stats.spending=pocock"])
     assert len(client.search_runs([parent.info.experiment_id])) == runs_before
 
+    # A report rebuilt under today's params (Pocock, TOST) decides with the run's own design.
+    sets = [a for o in store_overrides(store) for a in ("--set", o)]
+    assert main(["report", first["parent_run_id"], *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "design: the run's own, as recorded (sequential design (obf spending" in printed
+    for d in first["decisions"]:
+        assert re.search(rf"^{d['comparison']}\s+{d['decision']}\s", printed, re.M), printed
+    assert "(obf spending" in Path(first["report"]).read_text(encoding="utf-8")
+
     # Asked for explicitly: the new design (issue 24's Pocock and TOST) runs, and says so on the
     # parent and in the report.
     new = [*one_look, "stats.spending=pocock", "stats.equivalence=tost"]
