@@ -23,6 +23,7 @@ from bnpipe.design import (
     next_block,
     plan_of,
 )
+from bnpipe.runner import plan_size
 from tests.conftest import bs_cell
 from tests.test_resume import (
     TrainCounter,
@@ -64,6 +65,11 @@ def test_plan_from_config() -> None:
     # Looks per run do not change the design (a scheduled sequence is the same design).
     assert plan_of(load_config(None, ["stats.looks_per_run=1"])).design_id() == default.design_id()
     assert plan_of(load_config(None, ["stats.spending=obf"])).design_id() != default.design_id()
+    # The run's one-line plan: cells per look, expected models at the planning SD, the cap.
+    line = plan_size(default, load_config(None))
+    assert line.startswith("160 cells at the first look, then 40 per look (17 looks); expected ")
+    assert re.search(r"expected \d+-\d+ models over true effects 0 to ±0.4 pp \(\d+ at 0\)", line)
+    assert line.endswith("at the planning SD 0.3 pp, at most 800")
     # A first look at look_every is no first look: the design (and its id) is the same.
     same = ["stats.first_look=null", "stats.look_every=10"]
     assert (
