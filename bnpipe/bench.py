@@ -324,6 +324,22 @@ def all_cells(rows: list[dict]) -> dict[str, float]:
     }
 
 
+def model_epoch_seconds(report: dict[str, Any], engine: str) -> dict[Any, float]:
+    """Overall seconds per model-epoch (compiles included) of ``engine`` in a bench report
+    (``bnpipe bench --json``): per batch size the mean of its cells, under None the mean of all;
+    empty when the report did not time that engine."""
+    by_batch: dict[Any, list[float]] = {}
+    for row in report.get("cells", []):
+        if isinstance(row, dict) and isinstance(row.get(engine), dict):
+            by_batch.setdefault(row.get("batch_size"), []).append(
+                float(row[engine]["s_per_model_epoch"])
+            )
+    out: dict[Any, float] = {bs: float(np.mean(v)) for bs, v in by_batch.items()}
+    if out:
+        out[None] = float(np.mean([x for v in by_batch.values() for x in v]))
+    return out
+
+
 def _ratio(a: dict | float | None, b: dict | float | None, key: str = "s_per_model_epoch"):
     """a / b for timings (their ``key``) or plain seconds; None when either engine was not run."""
     if a is None or b is None:

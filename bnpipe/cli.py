@@ -24,6 +24,8 @@ EXIT_MISMATCH = 1  # bnpipe reproduce: the re-trained cell differs from its reco
 DEFAULT_PARAMS = "params.yaml"
 # A Dask scheduler that does not accept a connection in this time is reported before any claim.
 DASK_CONNECT_TIMEOUT_S = 5.0
+# The bench figures `bnpipe plan` estimates time from: this project's 2-core box.
+BENCH_FILE = Path(__file__).resolve().parents[1] / "docs" / "bench-2core.json"
 
 
 def _add_params_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +56,28 @@ def _parser() -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="train every cell, even those an earlier run finished with the same cell key",
+    )
+    run.add_argument(
+        "--new-design",
+        action="store_true",
+        help="start this sequential design even though another design already looked at the "
+        "same cells (recorded on the parent run and said in the report)",
+    )
+    plan = sub.add_parser(
+        "plan",
+        help="what the params' design will cost (models, est. time) and how it decides; trains "
+        "nothing",
+    )
+    _add_params_args(plan)
+    plan.add_argument(
+        "--bench",
+        default=None,
+        metavar="FILE",
+        help=f"a `bnpipe bench --json` report for the time estimate (default: {BENCH_FILE.name} "
+        "in this checkout's docs/, when present)",
+    )
+    plan.add_argument(
+        "--n-sim", type=int, default=20_000, help="simulated comparisons per true effect"
     )
     claims = sub.add_parser(
         "claims",
@@ -94,6 +118,11 @@ def _add_claims_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke scale: 2 epochs, 2000 examples")
     p.add_argument("--fresh", action="store_true", help="train every cell again")
+    p.add_argument(
+        "--new-design",
+        action="store_true",
+        help="start sequential studies' designs even where another design looked at their cells",
+    )
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
@@ -107,7 +136,8 @@ def cmd_claims(args: argparse.Namespace) -> int:
     sets = [*(QUICK if args.quick else ()), *args.overrides]
     cfgs = {}
     for name, path in paths.items():  # every study checked before any trains
-        cfg = checked_config(argparse.Namespace(params=str(path), overrides=sets))
+        study = argparse.Namespace(params=str(path), overrides=sets)
+        cfg = checked_config(study, new_design=args.new_design)
         if cfg is None:
             return EXIT_BAD_INPUT
         cfgs[name] = cfg
@@ -128,7 +158,9 @@ def cmd_claims(args: argparse.Namespace) -> int:
         quiet_reported_errors()
         _hide_interrupt_reports()
         try:
-            out = run_claims(cfgs, fresh=args.fresh, on_study=_print_study)
+            out = run_claims(
+                cfgs, fresh=args.fresh, new_design=args.new_design, on_study=_print_study
+            )
         except ArtifactWriteError as exc:
             bad_input(str(exc))
             return EXIT_FAILED_CELLS
@@ -154,11 +186,12 @@ def resolve_config(params: str | None, overrides: list[str]) -> Config:
     return without_credentials(load_config(params, overrides))
 
 
-def preflight(cfg: Config, clock: PhaseClock | None = None) -> None:
+def preflight(cfg: Config, clock: PhaseClock | None = None, new_design: bool | None = None) -> None:
     """Fail fast, before any run is created: the data must verify and the store must open.
 
     Also everything that would otherwise fail only after training started: a reports folder
-    that cannot be made, an unreachable Dask scheduler, a SQLite store path that is a folder.
+    that cannot be made, an unreachable Dask scheduler, a SQLite store path that is a folder,
+    and (unless ``new_design`` is None) a sequential design changed under its data.
     """
     clock = clock or PhaseClock()
     from bnpipe.data import load_mnist
@@ -180,7 +213,13 @@ def preflight(cfg: Config, clock: PhaseClock | None = None) -> None:
             f"classes (labels 0-{classes - 1})"
         )
     with clock.phase("tracking"):
-        Tracker(uri, cfg.tracking.experiment).check()
+        tracker = Tracker(uri, cfg.tracking.experiment)
+        tracker.check()
+        if new_design is not None:
+            from bnpipe.runner import design_start
+
+            digest = data.subset(cfg.data.limit_train, cfg.data.limit_test).digest
+            design_start(cfg, tracker, digest, new_design)
 
 
 def check_reports_dir(reports_dir: str) -> None:
@@ -291,10 +330,12 @@ def _contrast(summary: list[dict]) -> str:
     return f"{contrast_phrase(r['compare'], levels)} test accuracy {strata_phrase(others)}"
 
 
-def checked_config(args: argparse.Namespace, clock: PhaseClock | None = None) -> Config | None:
+def checked_config(
+    args: argparse.Namespace, clock: PhaseClock | None = None, new_design: bool | None = None
+) -> Config | None:
     """Config from --params/--set with data and store verified; None after a bad-input error."""
     cfg = parsed_config(args)
-    return cfg if cfg is not None and checked(cfg, clock) else None
+    return cfg if cfg is not None and checked(cfg, clock, new_design) else None
 
 
 def parsed_config(args: argparse.Namespace) -> Config | None:
@@ -306,13 +347,13 @@ def parsed_config(args: argparse.Namespace) -> Config | None:
         return None
 
 
-def checked(cfg: Config, clock: PhaseClock | None = None) -> bool:
+def checked(cfg: Config, clock: PhaseClock | None = None, new_design: bool | None = None) -> bool:
     """:func:`preflight`, with a bad-input error printed when it fails."""
     from bnpipe.data import DataError
     from bnpipe.tracking import TrackingError
 
     try:
-        preflight(cfg, clock)
+        preflight(cfg, clock, new_design)
     except (ConfigError, DataError, TrackingError) as exc:
         bad_input(str(exc))
         return False
@@ -329,7 +370,7 @@ def cmd_run(args: argparse.Namespace, *, trainer_process: bool = False) -> int:
     wanted = trainer_process and trainer.wanted(cfg.orchestration.task_runner, cfg.train.engine)
     # The process imports TensorFlow from here on, while this one checks and starts the flow.
     with trainer.started() if wanted else contextlib.nullcontext() as process:
-        if not checked(cfg, clock):
+        if not checked(cfg, clock, new_design=args.new_design):
             return EXIT_BAD_INPUT
         return _run_checked(cfg, args, clock, process)
 
@@ -359,7 +400,9 @@ def _run_checked(
         quiet_reported_errors()
         _hide_interrupt_reports()
         try:
-            out = ablation(cfg.model_dump(mode="json"), fresh=args.fresh)
+            out = ablation(
+                cfg.model_dump(mode="json"), fresh=args.fresh, new_design=args.new_design
+            )
         except ArtifactWriteError as exc:  # mid-run: the claimed cells are recorded FAILED
             bad_input(str(exc))
             return EXIT_FAILED_CELLS
@@ -431,6 +474,130 @@ def _cell_name(r: dict) -> str:
     return Cell.of(int(r["seed"]), **{n: r[n] for n in factor_columns(r)}).name
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``bnpipe plan``: the design's cost and decision probabilities; no data, no store."""
+    import json
+
+    from bnpipe.bench import model_epoch_seconds
+    from bnpipe.design import plan_of, plan_summary
+
+    cfg = parsed_config(args)
+    if cfg is None:
+        return EXIT_BAD_INPUT
+    if args.n_sim < 100:
+        return bad_input(f"--n-sim: must be >= 100 (got {args.n_sim})")
+    bench_path = Path(args.bench) if args.bench else BENCH_FILE
+    seconds: dict = {}
+    if args.bench or bench_path.is_file():
+        try:
+            seconds = model_epoch_seconds(json.loads(bench_path.read_text()), cfg.train.engine)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            return bad_input(f"--bench {bench_path}: not a bnpipe bench report ({exc})")
+    plan = plan_of(cfg)
+    if not plan.sequential:
+        print(format_fixed_plan(plan, cfg, seconds))
+        return EXIT_OK
+    summary = plan_summary(plan, n_sim=args.n_sim)
+    shown = Path(os.path.relpath(bench_path)) if bench_path.is_absolute() else bench_path
+    print(format_plan(summary, cfg, seconds, shown if seconds else None))
+    return EXIT_OK
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}" if math.isfinite(seconds) else "n/a"
+
+
+def format_fixed_plan(plan, cfg: Config, seconds: dict) -> str:
+    """A fixed design's plan: its models and their estimated training time."""
+    models = len(cfg.grid.compare_levels) * len(plan.strata) * len(plan.seeds)
+    per = seconds.get(None, math.nan)
+    return (
+        f"{plan.describe()}: {models} models, training ~"
+        f"{_minutes(models * cfg.train.epochs * per)} min (an estimate from the bench's mean "
+        "s/model-epoch)"
+    )
+
+
+def format_plan(summary, cfg: Config, seconds: dict, bench: Path | None) -> str:
+    """`bnpipe plan`'s text: the design, its boundaries, decision probabilities and cost, laid
+    out as gsDesign's design summary (per comparison: all comparisons share one design)."""
+    plan = summary.plan
+    pp = 100.0
+    looks = summary.looks
+    lines = [
+        f"{_contrast_cfg(cfg)}: {summary.comparisons} comparisons",
+        f"The {plan.describe()}.",
+        f"Per comparison: alpha {plan.alpha_per_comparison:.4g} (two-sided, benefit or harm); "
+        + (
+            f"equivalence inside ±{plan.margin * pp:g} pp by two one-sided tests at "
+            f"{plan.alpha_per_comparison:.4g} each"
+            if plan.equivalence == "tost"
+            else f"equivalence inside ±{plan.margin * pp:g} pp by the same interval"
+        )
+        + f"; planning SD {plan.planning_sd * pp:g} pp per seed pair.",
+        "",
+        "Boundaries per look, |t| at n-1 df: benefit or harm when mean ± t·SE excludes 0 "
+        "(first t), equivalent when mean ± t·SE lies inside the margin (second t):",
+        f"{'look':>4}  {'pairs':>5}  {'models':>6}  {'benefit/harm t':>14}  "
+        f"{'equivalence t':>13}  {'alpha spent':>11}",
+    ]
+    for r in looks.itertuples(index=False):
+        lines.append(
+            f"{r.look:>4}  {r.n:>5}  {summary.arms * r.n:>6}  {r.t_crit:>14.3f}  "
+            f"{r.t_crit_eq:>13.3f}  {r.alpha_spent:>11.4f}"
+        )
+    oc = summary.characteristics
+    lines += [
+        "",
+        f"Per comparison at the planning SD ({int(oc['n_sim'].iloc[0]):,} simulated comparisons "
+        "per true effect):",
+        f"{'true effect':>11}  {'expected pairs':>14}  {'expected models':>15}  "
+        f"{'P(benefit)':>10}  {'P(harm)':>7}  {'P(equivalent)':>13}  {'P(undecided)':>12}",
+    ]
+    for r in oc.itertuples(index=False):
+        lines.append(
+            f"{r.effect * pp:>+8.2f} pp  {r.asn:>14.1f}  {r.models:>15.1f}  {r.p_benefit:>10.4f}  "
+            f"{r.p_harm:>7.4f}  {r.p_equivalent:>13.4f}  {r.p_undecided:>12.4f}"
+        )
+    cost = summary.cost(cfg.train.epochs, seconds, cfg.train.batch_size)
+    lines += [
+        "",
+        "Models and estimated training time (expected: fewest to most over the true effects "
+        "above, and at effect 0; max: every look):",
+        f"{'comparison':<16}  {'expected models':>19}  {'max':>5}  {'est. min expected':>21}  "
+        f"{'est. min max':>12}",
+    ]
+    for r in cost.itertuples(index=False):
+        expected = f"{r.models_low:.0f}-{r.models_high:.0f} ({r.models_zero:.0f} at 0)"
+        time_exp = (
+            f"{_minutes(r.seconds_low)}-{_minutes(r.seconds_high)} ({_minutes(r.seconds_zero)})"
+        )
+        lines.append(
+            f"{r.comparison:<16}  {expected:>19}  {r.models_max:>5.0f}  {time_exp:>21}  "
+            f"{_minutes(r.seconds_max):>12}"
+        )
+    if bench is None:
+        lines.append(
+            "No time estimate: no bench figures (run `bnpipe bench --json FILE`, then "
+            "`bnpipe plan --bench FILE`)."
+        )
+    else:
+        lines.append(
+            f"Times are estimates: models x {cfg.train.epochs} epochs x the {cfg.train.engine} "
+            f"engine's overall s/model-epoch at each batch size in {bench}, training only "
+            "(evaluation, tracking and orchestration add to it: the 440-model run of 2026-12-05 "
+            "trained 475 s of its 575 s), on the machine that bench ran on."
+        )
+    return "\n".join(lines)
+
+
+def _contrast_cfg(cfg: Config) -> str:
+    # As bnpipe.runner.contrast_text, without importing MLflow for a command that never tracks.
+    others = [n for n in cfg.grid.levels if n != cfg.grid.compare]
+    compared = contrast_phrase(cfg.grid.compare, cfg.grid.compare_levels)
+    return f"{compared} test accuracy {strata_phrase(others)}"
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
@@ -494,6 +661,7 @@ def _quiet_defaults() -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
+    from bnpipe.design import design_overrides, plan_of
     from bnpipe.report import build_run_report
     from bnpipe.tracking import Tracker, TrackingError, redact_uri, resolve_uri
 
@@ -501,7 +669,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         cfg = resolve_config(args.params, args.overrides)
         tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
         tracker.check()
-        results, histories, run_name, _ = tracker.parent_tables(args.run_id)
+        results, histories, run_name, params = tracker.parent_tables(args.run_id)
+        # The run's own design decides its report, whatever the params say now: a design
+        # chosen after the data is not the one the error guarantee covers.
+        own = resolve_config(args.params, [*args.overrides, *design_overrides(params)])
     except (ConfigError, TrackingError) as exc:
         return bad_input(str(exc))
     except (MlflowException, OSError) as exc:
@@ -511,7 +682,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         "tracking": redact_uri(tracker.uri),
         "rebuilt by": "bnpipe report",
     }
-    out = build_run_report(results, histories, cfg, run_name, run_info)
+    if plan_of(own).design_id() != plan_of(cfg).design_id():
+        print(f"design: the run's own, as recorded ({plan_of(own).describe()}), not the params'")
+    out = build_run_report(results, histories, own, run_name, run_info)
     tracker.log_report(args.run_id, [out.report_path, *out.figures])
     analysis = out.analysis
     if analysis.sequential:
@@ -611,6 +784,8 @@ def _dispatch(args: argparse.Namespace, *, trainer_process: bool = False) -> int
         return cmd_run(args, trainer_process=trainer_process)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "plan":
+        return cmd_plan(args)
     if args.command == "claims":
         return cmd_claims(args)
     if args.command == "reproduce":

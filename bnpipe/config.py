@@ -280,10 +280,19 @@ class StatsConfig(_Section):
     # sequential: add seed pairs per comparison until decided; fixed: exactly grid.seeds (an
     # explicit grid.seeds list means fixed whatever this says).
     design: Literal["sequential", "fixed"] = "sequential"
-    look_every: int = Field(default=10, ge=2, le=10_000)
+    # The default design (issue 24): its expected models at the measured effects and its error
+    # rates are checked by simulation in tests/test_design.py.
+    look_every: int = Field(default=5, ge=2, le=10_000)
+    # Pairs at the first look (null: look_every); a later first look skips looks that with a few
+    # pairs' SD practically never decide.
+    first_look: int | None = Field(default=20, ge=2, le=10_000)
     # Capped so every seed the design may try (twice this, failed pairs included) stays in range.
     max_seeds: int = Field(default=100, ge=2, le=10_000)
-    spending: Literal["obf", "pocock"] = "obf"
+    spending: Literal["obf", "pocock", "hsd"] = "pocock"
+    hsd_gamma: float = Field(default=-4.0, ge=-40, le=40)  # spending: hsd only (gsDesign sfupar)
+    # shared: one repeated CI decides all; tost: equivalence by two one-sided repeated tests at
+    # alpha/m each (its own error budget: a false "equivalent" is a different error).
+    equivalence: Literal["shared", "tost"] = "tost"
     # Looks one run may do (null: until every comparison is decided). A scheduled run with 1 does
     # the next look of the same design each time; the decisions equal a straight run's.
     looks_per_run: int | None = Field(default=None, ge=1)
@@ -296,10 +305,19 @@ class StatsConfig(_Section):
     @field_validator("max_seeds")
     @classmethod
     def _whole_looks(cls, v: int, info: ValidationInfo) -> int:
-        every = info.data.get("look_every")
+        every, first = info.data.get("look_every"), info.data.get("first_look")
         if every is not None and v < every:
             raise ValueError(f"must be >= stats.look_every ({every})")
+        if first is not None and v < first:
+            raise ValueError(f"must be >= stats.first_look ({first})")
         return v
+
+    @model_validator(mode="after")
+    def _tost_alpha(self) -> StatsConfig:
+        # Two one-sided tests at alpha/m each make a two-sided 2 alpha/m interval.
+        if self.equivalence == "tost" and self.alpha >= 0.5:
+            raise ValueError("stats.alpha: must be < 0.5 with stats.equivalence: tost")
+        return self
 
 
 class TrackingConfig(_Section):

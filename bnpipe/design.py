@@ -2,10 +2,11 @@
 pairs to each comparison until it is decided.
 
 The sequential design is a pure function of the recorded results in seed order: a look happens
-whenever a comparison's complete pairs reach a multiple of ``look_every``, and its decision
-comes from ``bnpipe.stats.sequential_decide``. So a run that reuses earlier runs' cells replays
-the same looks and reaches the same decisions; a scheduled run is the next look of one design,
-not a fresh test, and the error rates hold however the seeds were spread over runs.
+whenever a comparison's complete pairs reach a planned look size (``first_look``, then every
+``look_every``), and its decision comes from ``bnpipe.stats.sequential_decide``. So a run that
+reuses earlier runs' cells replays the same looks and reaches the same decisions; a scheduled run
+is the next look of one design, not a fresh test, and the error rates hold however the seeds were
+spread over runs.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bnpipe.config import DEFAULT_COMPARE, Config
+from bnpipe.config import DEFAULT_COMPARE, Config, ConfigError
 from bnpipe.factors import Stratum, stratum_key, stratum_label
-from bnpipe.grid import strata
-from bnpipe.stats import SequentialResult, average_sample_number, paired_frame, sequential_decide
+from bnpipe.grid import cell_key_for, grid_cells, strata
+from bnpipe.stats import (
+    HSD_GAMMA,
+    SequentialResult,
+    average_sample_number,
+    look_sizes,
+    paired_frame,
+    sequential_decide,
+    sequential_plan,
+    t_critical,
+)
 
 # An explicit fixed design without a seed list trains these (the grid before designs existed).
 DEFAULT_FIXED_SEEDS = tuple(range(10))
@@ -49,6 +59,10 @@ class Plan:
     looks_per_run: int | None = None
     compare: str = DEFAULT_COMPARE
     levels: tuple[Any, ...] = (False, True)  # the compared factor's (control, treatment)
+    # Defaults are the designs before issue 24 (first look at look_every, one shared interval).
+    first_look: int | None = None
+    hsd_gamma: float = HSD_GAMMA
+    equivalence: str = "shared"  # "shared" | "tost"
 
     @property
     def sequential(self) -> bool:
@@ -62,8 +76,40 @@ class Plan:
         return self.alpha / len(self.strata)
 
     @property
+    def equivalence_alpha(self) -> float | None:
+        """Two-sided alpha of the equivalence interval: TOST at alpha/m per side, or None (the
+        benefit / harm interval decides equivalence too)."""
+        return 2 * self.alpha_per_comparison if self.equivalence == "tost" else None
+
+    @property
+    def look_ns(self) -> tuple[int, ...]:
+        """Pairs per comparison at each planned look."""
+        return tuple(int(n) for n in look_sizes(self.look_every, self.max_seeds, self.first_look))
+
+    @property
     def max_looks(self) -> int:
-        return math.ceil(self.max_seeds / self.look_every)
+        return len(self.look_ns)
+
+    def block_end(self, started: int) -> int:
+        """One past the last seed of the next block after ``started`` seeds: up to the next
+        planned look, or ``look_every`` more once failed pairs pushed past ``max_seeds``."""
+        return next((n for n in self.look_ns if n > started), started + self.look_every)
+
+    def settings(self) -> dict[str, Any]:
+        """The design's settings by their params.yaml names, as they decide (a first look at
+        look_every is no first look; hsd_gamma only counts for hsd)."""
+        out = {
+            "stats.spending": self.spending,
+            "stats.alpha": self.alpha,
+            "stats.equivalence_margin": self.margin,
+            "stats.first_look": self.first_look or self.look_every,
+            "stats.look_every": self.look_every,
+            "stats.max_seeds": self.max_seeds,
+            "stats.equivalence": self.equivalence,
+        }
+        if self.spending == "hsd":
+            out["stats.hsd_gamma"] = self.hsd_gamma
+        return out
 
     @property
     def seed_cap(self) -> int:
@@ -72,11 +118,20 @@ class Plan:
     def design_id(self) -> str:
         """Short hash of what defines the design (not the data): runs with the same id and the
         same cell keys are looks of one design."""
+        new = ("first_look", "hsd_gamma", "equivalence")
         facts = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("seeds", "planning_sd", "looks_per_run", "compare", "levels")
+            if k not in ("seeds", "planning_sd", "looks_per_run", "compare", "levels", *new)
         }
+        # Settings added by issue 24 enter the hash only where they change the design, so a
+        # design from before them keeps its id (its stores stay looks of one design).
+        if self.first_look not in (None, self.look_every):
+            facts["first_look"] = self.first_look
+        if self.spending == "hsd":
+            facts["hsd_gamma"] = self.hsd_gamma
+        if self.equivalence != "shared":
+            facts["equivalence"] = self.equivalence
         # The reference grid's strata hash as they did when they were batch sizes (its
         # scheduled runs stay looks of one design); any other grid's by their levels.
         flat = [st[0][1] if len(st) == 1 and st[0][0] == "batch_size" else st for st in self.strata]
@@ -89,22 +144,44 @@ class Plan:
         """One line for the terminal and the report."""
         if not self.sequential:
             return f"fixed design: seeds {list(self.seeds)}"
+        spending = f"hsd({self.hsd_gamma:g})" if self.spending == "hsd" else self.spending
+        tost = self.equivalence == "tost"
+        equivalence = "; equivalence by two one-sided tests at alpha/m each" if tost else ""
+        first = self.first_look or self.look_every
+        looks = (
+            f"looks every {self.look_every} seed pairs"
+            if first == self.look_every
+            else f"first look at {first} seed pairs, then every {self.look_every}"
+        )
         return (
-            f"sequential design ({self.spending} spending, alpha {self.alpha:g} split over "
-            f"{len(self.strata)} comparisons by Bonferroni): looks every {self.look_every} seed "
-            f"pairs, at most {self.max_seeds} per comparison"
+            f"sequential design ({spending} spending, alpha {self.alpha:g} split over "
+            f"{len(self.strata)} comparisons by Bonferroni{equivalence}): {looks}, at most "
+            f"{self.max_seeds} per comparison"
         )
 
     def decide(self, diffs: np.ndarray) -> SequentialResult:
         """The design's decision on one comparison's paired differences (seed order)."""
-        return sequential_decide(
-            diffs,
-            look_every=self.look_every,
-            max_n=self.max_seeds,
-            alpha=self.alpha_per_comparison,
-            margin=self.margin,
-            spending=self.spending,
+        return sequential_decide(diffs, **self.design_args())
+
+    def simulate(self, effect: float, n_sim: int = 20000, seed: int = 0) -> dict[str, float]:
+        """The design's operating characteristics at a true ``effect`` and the planning SD."""
+        return average_sample_number(
+            effect, self.planning_sd, n_sim=n_sim, seed=seed, **self.design_args()
         )
+
+    def design_args(self) -> dict[str, Any]:
+        """One comparison's design as ``sequential_decide`` and ``average_sample_number`` take
+        it (alpha already split)."""
+        return {
+            "look_every": self.look_every,
+            "max_n": self.max_seeds,
+            "alpha": self.alpha_per_comparison,
+            "margin": self.margin,
+            "spending": self.spending,
+            "first_look": self.first_look,
+            "gamma": self.hsd_gamma,
+            "equivalence_alpha": self.equivalence_alpha,
+        }
 
 
 def plan_of(cfg: Config) -> Plan:
@@ -123,7 +200,118 @@ def plan_of(cfg: Config) -> Plan:
         looks_per_run=cfg.stats.looks_per_run,
         compare=cfg.grid.compare,
         levels=tuple(cfg.grid.compare_levels),
+        first_look=cfg.stats.first_look,
+        hsd_gamma=cfg.stats.hsd_gamma,
+        equivalence=cfg.stats.equivalence,
     )
+
+
+def design_cells(cfg: Config, data_digest: str) -> tuple[list[str], str]:
+    """The cell keys every sequential design over ``cfg``'s grid starts with (seed 0 of each
+    stratum, both arms), and a short id of them: designs with the same cells share these."""
+    keys = sorted(
+        cell_key_for(cfg, c, data_digest) for c in grid_cells(cfg, {st: [0] for st in strata(cfg)})
+    )
+    return keys, hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12]
+
+
+def _setting(v: Any) -> Any:
+    """A design setting comparable with its MLflow param (a string): numbers as floats."""
+    if v is None or (isinstance(v, str) and v in ("None", "null", "")):
+        return None
+    if isinstance(v, bool):
+        return v
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def recorded_settings(params: dict[str, str]) -> dict[str, Any]:
+    """A parent run's design settings from its ``stats.*`` params, as :meth:`Plan.settings`
+    names them; runs from before a setting existed get the value their design used."""
+    every = _setting(params.get("stats.look_every"))
+    out = {
+        "stats.spending": params.get("stats.spending"),
+        "stats.alpha": _setting(params.get("stats.alpha")),
+        "stats.equivalence_margin": _setting(params.get("stats.equivalence_margin")),
+        "stats.first_look": _setting(params.get("stats.first_look")) or every,
+        "stats.look_every": every,
+        "stats.max_seeds": _setting(params.get("stats.max_seeds")),
+        "stats.equivalence": params.get("stats.equivalence", "shared"),
+    }
+    if out["stats.spending"] == "hsd":
+        out["stats.hsd_gamma"] = _setting(params.get("stats.hsd_gamma"))
+    return out
+
+
+def design_overrides(params: dict[str, str]) -> list[str]:
+    """``--set`` overrides that restore the design a parent run recorded (its ``stats.*``
+    params), so its report rebuilt later decides as its own design did; [] when none is
+    recorded or the run was a fixed design."""
+    fixed = params.get("stats.design") == "fixed" or params.get("grid.seeds") not in (None, "None")
+    if fixed or "stats.spending" not in params:
+        return []
+    out = []
+    for key, value in recorded_settings(params).items():
+        if value is not None:
+            whole = key in ("stats.first_look", "stats.look_every", "stats.max_seeds")
+            out.append(f"{key}={int(value) if whole else value}")
+    return out
+
+
+class DesignChangeError(ConfigError):
+    """A run would change the design of cells an earlier design already looked at."""
+
+
+@dataclass(frozen=True)
+class DesignChange:
+    """A run whose design differs from the one that already looked at its cells."""
+
+    earlier_id: str  # the design in force over these cells (the latest recorded)
+    earlier_run: str  # the parent run name that recorded it
+    differences: tuple[str, ...]  # "stats.spending obf -> pocock", ...
+    design_id: str  # this run's
+
+    def message(self) -> str:
+        """One line: what differs, and the two ways on."""
+        return (
+            f"stats: the store's cells were already looked at by sequential design "
+            f"{self.earlier_id} (parent run {self.earlier_run}); this run's design "
+            f"{self.design_id} differs in {', '.join(self.differences)}. Set those back to "
+            "continue that design, or pass --new-design to start a new one knowingly (recorded "
+            "on the parent: the error guarantee covers a design fixed before its data)"
+        )
+
+
+def _shown(v: Any) -> str:
+    return format(v, "g") if isinstance(v, float) else str(v)
+
+
+def design_change(plan: Plan, recorded: list[dict[str, Any]]) -> DesignChange | None:
+    """How ``plan`` differs from the design in force over its cells (the latest recorded
+    parent's, see ``Tracker.recorded_designs``); None when it is the same design or none is
+    recorded. A fixed design is never a change: it makes no sequential decisions."""
+    if not plan.sequential or not recorded:
+        return None
+    latest = max(recorded, key=lambda r: (r["start_time"], r["run_id"]))
+    ours = plan.design_id()
+    if latest["design_id"] == ours:
+        return None
+    theirs = recorded_settings(latest["params"])
+    mine = {k: _setting(v) for k, v in plan.settings().items()}
+    differences = tuple(
+        f"{k} {_shown(theirs.get(k))} -> {_shown(v)}"
+        for k, v in mine.items()
+        if not _same(theirs.get(k), v)
+    ) or ("its comparisons (grid factors or grid.compare)",)
+    return DesignChange(latest["design_id"], latest["run_name"], differences, ours)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
 
 
 def _in_stratum(frame: pd.DataFrame, stratum: Stratum) -> pd.Series:
@@ -153,10 +341,10 @@ def decide_all(results: pd.DataFrame, plan: Plan) -> dict[Stratum, SequentialRes
 def next_block(
     plan: Plan, decisions: dict[Stratum, SequentialResult], started: dict[Stratum, int]
 ) -> dict[Stratum, range]:
-    """The next seeds per open comparison: the next ``look_every`` after those started, for
-    comparisons whose decision is still open and whose seed cap is not reached."""
+    """The next seeds per open comparison: up to its next planned look, for comparisons whose
+    decision is still open and whose seed cap is not reached."""
     return {
-        st: range(started[st], started[st] + plan.look_every)
+        st: range(started[st], plan.block_end(started[st]))
         for st, d in decisions.items()
         if d.decision == OPEN and started[st] < plan.seed_cap
     }
@@ -174,9 +362,19 @@ def close_capped(
     }
 
 
+def decided_interval(d: SequentialResult) -> tuple[float, float]:
+    """The interval behind a comparison's decision: the equivalence interval for "equivalent"
+    (narrower than the repeated CI under TOST), else the repeated CI."""
+    if d.decision == "equivalent" and len(d.table):
+        last = d.table.iloc[-1]
+        return float(last["eq_low"]), float(last["eq_high"])
+    return d.rci_low, d.rci_high
+
+
 def design_table(decisions: dict[Stratum, SequentialResult], plan: Plan) -> pd.DataFrame:
     """One row per comparison: the decided verdict table (``comparison`` is the stratum's
-    label, then one column per stratum factor)."""
+    label, then one column per stratum factor); ``rci_low``/``rci_high``: the interval behind
+    the decision (:func:`decided_interval`)."""
     rows = [
         {
             "comparison": stratum_label(st),
@@ -185,8 +383,8 @@ def design_table(decisions: dict[Stratum, SequentialResult], plan: Plan) -> pd.D
             "n_pairs": d.n,
             "looks": d.looks,
             "mean_diff": d.mean,
-            "rci_low": d.rci_low,
-            "rci_high": d.rci_high,
+            "rci_low": decided_interval(d)[0],
+            "rci_high": decided_interval(d)[1],
             "alpha": plan.alpha_per_comparison,
         }
         for st, d in decisions.items()
@@ -210,16 +408,7 @@ def operating_characteristics(plan: Plan, n_sim: int = 20000) -> pd.DataFrame:
     differences of 0, half the margin and the margin."""
     rows = []
     for effect in (0.0, plan.margin / 2, plan.margin):
-        oc = average_sample_number(
-            effect,
-            plan.planning_sd,
-            look_every=plan.look_every,
-            max_n=plan.max_seeds,
-            alpha=plan.alpha_per_comparison,
-            margin=plan.margin,
-            spending=plan.spending,
-            n_sim=n_sim,
-        )
+        oc = plan.simulate(effect, n_sim=n_sim)
         rows.append({"effect": effect, "sd": plan.planning_sd, **oc})
     return pd.DataFrame(rows)
 
@@ -234,8 +423,9 @@ def design_record(decisions: dict[Stratum, SequentialResult], plan: Plan) -> dic
         tags[f"decision.{label}"] = d.decision
         metrics[f"seeds_{label}"] = float(d.n)
         metrics[f"looks_{label}"] = float(d.looks)
-        metrics[f"rci_low_{label}"] = float(d.rci_low)
-        metrics[f"rci_high_{label}"] = float(d.rci_high)
+        low, high = decided_interval(d)
+        metrics[f"rci_low_{label}"] = float(low)
+        metrics[f"rci_high_{label}"] = float(high)
         spent = d.table["alpha_spent"].iloc[-1] if len(d.table) else 0.0
         metrics[f"alpha_spent_{label}"] = float(spent)
     return {"tags": tags, "metrics": metrics}
@@ -278,3 +468,106 @@ def design_outcome(results: pd.DataFrame, plan: Plan, n_sim: int = 20000) -> Des
         design_record(decisions, plan),
         operating_characteristics(plan, n_sim=n_sim),
     )
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What a sequential design will cost and how it behaves, before anything trains (the
+    planning SD, never data): gsDesign's design summary for one comparison, and the grid's
+    totals. ``characteristics`` has one row per true effect: ``effect, asn, models`` (expected
+    per comparison), ``p_benefit, p_harm, p_equivalent, p_undecided``; ``looks`` one row per
+    planned look with the t boundaries at its pairs (benefit / harm, and equivalence)."""
+
+    plan: Plan
+    characteristics: pd.DataFrame
+    looks: pd.DataFrame
+    arms: int
+
+    @property
+    def comparisons(self) -> int:
+        return len(self.plan.strata)
+
+    @property
+    def max_models(self) -> int:
+        """Models per comparison at the cap (every planned look done)."""
+        return self.arms * self.plan.max_seeds
+
+    @property
+    def expected_models(self) -> tuple[float, float]:
+        """Fewest and most expected models per comparison over the planning effects."""
+        return float(self.characteristics["models"].min()), float(
+            self.characteristics["models"].max()
+        )
+
+    @property
+    def models_at_zero(self) -> float:
+        """Expected models per comparison when its true effect is 0."""
+        return float(
+            self.characteristics.loc[self.characteristics["effect"] == 0, "models"].iloc[0]
+        )
+
+    def line(self) -> str:
+        """The one-line summary ``bnpipe run`` prints at the start."""
+        low, high = self.expected_models
+        m = self.comparisons
+        return (
+            f"expected {m * low:.0f}-{m * high:.0f} models over true effects 0 to "
+            f"±{2 * self.plan.margin * 100:g} pp ({m * self.models_at_zero:.0f} at 0) at the "
+            f"planning SD {self.plan.planning_sd * 100:g} pp, at most {m * self.max_models}"
+        )
+
+    def cost(self, epochs: int, seconds: dict[Any, float], batch_size: int) -> pd.DataFrame:
+        """Per comparison and in total: expected (fewest, most, at effect 0) and maximum models,
+        and the training time they take at ``seconds`` per model-epoch (by batch size, None:
+        any other; from ``bnpipe.bench.model_epoch_seconds``) over ``epochs``; NaN times when
+        there is no figure. ``batch_size``: the batch of strata that do not vary it."""
+        low, high = self.expected_models
+        counts = {
+            "models_low": low,
+            "models_high": high,
+            "models_zero": self.models_at_zero,
+            "models_max": float(self.max_models),
+        }
+        rows = []
+        for st in self.plan.strata:
+            bs = dict(st).get("batch_size", batch_size)
+            per = seconds.get(bs, seconds.get(None, math.nan))
+            rows.append(
+                {
+                    "comparison": stratum_label(st),
+                    "s_per_model_epoch": per,
+                    **counts,
+                    **{f"seconds_{k[7:]}": v * epochs * per for k, v in counts.items()},
+                }
+            )
+        table = pd.DataFrame(rows)
+        total = table.drop(columns=["comparison", "s_per_model_epoch"]).sum(min_count=1)
+        return pd.concat(
+            [table, pd.DataFrame([{"comparison": "total", **total.to_dict()}])],
+            ignore_index=True,
+        )
+
+
+def planning_effects(margin: float) -> tuple[float, ...]:
+    """True effects a plan is shown at: 0, ±margin/2, ±margin, ±2 margin."""
+    return tuple(k * margin for k in (-2, -1, -0.5, 0, 0.5, 1, 2))
+
+
+def plan_summary(plan: Plan, n_sim: int = 20000, seed: int = 0) -> PlanSummary:
+    """The design's expected and maximum models and its decision probabilities at the planning
+    SD (simulated with ``average_sample_number``, common draws across effects).
+
+    Raises:
+        ValueError: For a fixed design (it has no looks to plan).
+    """
+    if not plan.sequential:
+        raise ValueError("a fixed design has no sequential plan")
+    arms = len(plan.levels)
+    rows = []
+    for effect in planning_effects(plan.margin):
+        oc = plan.simulate(effect, n_sim=n_sim, seed=seed)
+        rows.append({"effect": effect, **oc, "models": arms * oc["asn"]})
+    looks = sequential_plan(**{k: v for k, v in plan.design_args().items() if k != "margin"})
+    looks["t_crit"] = t_critical(looks["z_crit"], looks["n"])
+    looks["t_crit_eq"] = t_critical(looks["z_crit_eq"], looks["n"])
+    return PlanSummary(plan, pd.DataFrame(rows), looks, arms)

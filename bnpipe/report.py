@@ -461,6 +461,7 @@ SEQUENTIAL_COLORS = {
     "undecided": "0.45",
     "continue": "0.45",
 }
+EQ_COLOR = "#9467bd"  # the equivalence interval of a TOST design, beside the repeated CI
 
 
 def plot_sequential_monitoring(
@@ -508,6 +509,10 @@ def plot_sequential_monitoring(
         colors = ["k"] * (len(g) - 1) + [color]
         for x, m, lo, hi, c in zip(n, mean, low, high, colors, strict=True):
             top.errorbar(x, m, yerr=[[m - lo], [hi - m]], fmt="o", color=c, capsize=3, ms=4)
+        if _separate_equivalence(g):  # TOST: the narrower interval that decides equivalence
+            e_low, e_high = (pp * g[c].to_numpy(dtype=float) for c in ("eq_low", "eq_high"))
+            bars = [mean - e_low, e_high - mean]
+            top.errorbar(n, mean, yerr=bars, fmt="none", color=EQ_COLOR, lw=3, alpha=0.5)
         top.set_ylim(-ylim, ylim)
         top.set_title(f"{title}\n{decision} at n = {int(n[-1])}", fontsize=9, color=color)
         top.grid(axis="y", alpha=0.3)
@@ -530,16 +535,31 @@ def plot_sequential_monitoring(
     for b in range(blocks):
         axes[2 * b, 0].set_ylabel(f"{diff_label} (pp)", fontsize=9)
         axes[2 * b + 1, 0].set_ylabel("t statistic", fontsize=9)
+    tost = []
+    if _separate_equivalence(looks):
+        label = "equivalence interval (two one-sided tests)"
+        tost = [axes[0, 0].errorbar([], [], yerr=[], fmt="none", color=EQ_COLOR, lw=3, label=label)]
     handles = [
         axes[0, 0].errorbar([], [], yerr=[], fmt="o", color="k", ms=4, label="repeated CI"),
+        *tost,
         axes[0, 0].fill_between([], [], color="0.85", label=f"equivalence band ±{band:.2f} pp"),
         axes[1, 0].plot(
             [], [], color="#ff7f0e", ls="--", label="boundary ±t_crit (benefit or harm beyond it)"
         )[0],
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     fig.suptitle("Group-sequential monitoring: repeated CI and boundary at every look", fontsize=10)
     return _save(fig, path)
+
+
+def _separate_equivalence(looks: pd.DataFrame) -> bool:
+    """Looks whose equivalence interval is not the repeated CI itself (a TOST design)."""
+    if not {"eq_low", "eq_high"} <= set(looks.columns) or not len(looks):
+        return False
+    eq, rci = (
+        looks[c].to_numpy(dtype=float) for c in (["eq_low", "eq_high"], ["rci_low", "rci_high"])
+    )
+    return not np.allclose(eq, rci, equal_nan=True)
 
 
 # -------------------------------------------------------------------------------- markdown
@@ -736,10 +756,16 @@ def design_section(analysis: Analysis) -> list[str]:
         "",
         f"The {plan.describe()}. At each look the repeated confidence interval (RCI) of the "
         f"mean {cmp.contrast} difference is compared with 0 and with the equivalence band "
-        f"±{margin} pp: **benefit** / **harm** when it excludes 0, **equivalent** when it lies "
-        "inside the band, else more seeds; **undecided** at the cap. The RCIs hold their "
-        f"coverage at every look, so the family-wise error rate is at most {plan.alpha:g} "
-        "across comparisons, looks and scheduled runs.",
+        f"±{margin} pp: **benefit** / **harm** when it excludes 0, **equivalent** when "
+        + (
+            f"the equivalence interval (two one-sided tests at {plan.alpha_per_comparison:.4g} "
+            "each; the interval shown for an equivalent decision) lies inside the band"
+            if plan.equivalence == "tost"
+            else "it lies inside the band"
+        )
+        + ", else more seeds; **undecided** at the cap. The RCIs hold their coverage at every "
+        f"look, so the family-wise error rate is at most {plan.alpha:g} across comparisons, "
+        "looks and scheduled runs of this design, fixed before its data.",
         "",
         decision_table(analysis),
         "",

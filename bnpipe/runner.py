@@ -18,7 +18,18 @@ import pandas as pd
 
 from bnpipe.config import Config
 from bnpipe.data import MnistData
-from bnpipe.design import Plan, close_capped, decide_all, next_block, plan_of
+from bnpipe.design import (
+    DesignChangeError,
+    Plan,
+    close_capped,
+    decide_all,
+    decided_interval,
+    design_cells,
+    design_change,
+    next_block,
+    plan_of,
+    plan_summary,
+)
 from bnpipe.evaluate import Evaluation
 from bnpipe.factors import (
     FACTORS,
@@ -43,8 +54,11 @@ from bnpipe.grid import (
 )
 from bnpipe.progress import PhaseClock, Progress
 from bnpipe.tracking import (
+    DESIGN_CELLS_TAG,
+    DESIGN_ID_TAG,
     ERROR_TAG,
     FAILURE_TAG,
+    NEW_DESIGN_TAG,
     OUTCOMES,
     ROLE_TAG,
     STATUS_TAG,
@@ -60,6 +74,9 @@ from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
 
 ENGINE_TAG = TAG_PREFIX + "engine"
+# Simulated comparisons per true effect for the run's one-line plan (~0.2 s; bnpipe plan uses
+# 20,000): enough for expected models to about one model.
+PLAN_LINE_SIMS = 4000
 
 
 class Outage(RuntimeError):
@@ -371,16 +388,45 @@ def run_plan(
     return run_design(plan, run_cells, state, progress, cfg)
 
 
+def design_start(
+    cfg: Config, tracker: Tracker, data_digest: str, new_design: bool
+) -> tuple[dict[str, str], str | None]:
+    """The design's parent tags and, for a knowingly new design, the report's sentence.
+
+    Raises:
+        DesignChangeError: The store's cells were looked at by another sequential design and
+            ``new_design`` is False (one line: the earlier design and what differs).
+    """
+    plan = plan_of(cfg)
+    if not plan.sequential:
+        return {}, None
+    keys, cells_id = design_cells(cfg, data_digest)
+    change = design_change(plan, tracker.recorded_designs(keys, cells_id))
+    tags = {DESIGN_ID_TAG: plan.design_id(), DESIGN_CELLS_TAG: cells_id}
+    if change is None:
+        return tags, None
+    if not new_design:
+        raise DesignChangeError(change.message())
+    note = (
+        f"new design {change.design_id} started knowingly (--new-design) over cells that design "
+        f"{change.earlier_id} already looked at; it differs in {', '.join(change.differences)}. "
+        "The error guarantee covers a design fixed before its data, not one chosen after seeing "
+        "it: these decisions are error-controlled only as far as the new design was not chosen "
+        "from the earlier looks."
+    )
+    return {**tags, NEW_DESIGN_TAG: change.earlier_id}, note
+
+
 def plan_size(plan: Plan, cfg: Config) -> str:
-    """How many cells the plan trains (a fixed list), or per look and at most (sequential)."""
+    """How many cells the plan trains (a fixed list), or per look, expected and at most
+    (sequential; expected by a quick simulation at the planning SD, as ``bnpipe plan``)."""
     arms = len(cfg.grid.compare_levels)
     if not plan.sequential:
         return f"{arms * len(plan.strata) * len(plan.seeds)} cells"
     per_look = arms * len(plan.strata) * plan.look_every
-    return (
-        f"{per_look} cells per look, at most {arms * len(plan.strata) * plan.max_seeds} "
-        f"({plan.max_looks} looks)"
-    )
+    first = arms * len(plan.strata) * plan.look_ns[0]
+    looks = f"{first} cells at the first look, then {per_look} per look ({plan.max_looks} looks)"
+    return f"{looks}; {plan_summary(plan, n_sim=PLAN_LINE_SIMS).line()}"
 
 
 def seeds_by_stratum(cells: Iterable[Cell], compare: str) -> dict[Stratum, list[int]]:
@@ -448,9 +494,10 @@ def run_design(
             f"look {look} done in {time.perf_counter() - t0:.0f}s: "
             + _some(
                 (
-                    f"{stratum_label(st)} {d.decision} (n={d.n}, "
-                    f"RCI [{100 * d.rci_low:+.2f}, {100 * d.rci_high:+.2f}] pp)"
+                    f"{stratum_label(st)} {d.decision} (n={d.n}, RCI [{100 * low:+.2f}, "
+                    f"{100 * high:+.2f}] pp)"
                     for st, d in decisions.items()
+                    for low, high in [decided_interval(d)]
                 ),
                 sep="; ",
             )

@@ -67,6 +67,11 @@ HEARTBEAT_TAG = TAG_PREFIX + "heartbeat"
 FAILURE_TAG = TAG_PREFIX + "failure_reason"
 ERROR_TAG = TAG_PREFIX + "error"
 UNUSABLE_TAG = TAG_PREFIX + "unusable_reason"
+DESIGN_ID_TAG = TAG_PREFIX + "design_id"
+# The cells a sequential design looks at (a hash of its seed-0 cell keys), and the earlier
+# design a run replaced knowingly (bnpipe run --new-design).
+DESIGN_CELLS_TAG = TAG_PREFIX + "design_cells"
+NEW_DESIGN_TAG = TAG_PREFIX + "new_design_from"
 ABANDONED = "abandoned"
 INTERRUPTED = "interrupted"
 WITHDRAWN = "withdrawn"
@@ -1211,6 +1216,29 @@ class Tracker:
             row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def recorded_designs(self, keys: Iterable[str], cells_id: str) -> list[dict[str, Any]]:
+        """Parent runs of sequential designs over these cells: those that trained a finished
+        cell with one of ``keys``, or that recorded ``cells_id`` as their design's cells. One
+        dict per parent: ``run_id, run_name, start_time, design_id, new_design_from`` and
+        ``params`` (its ``stats.*`` params as recorded)."""
+        ids = {r.parent_id for r in self.finished_cells(keys).values() if r.parent_id}
+        found = {r.info.run_id: r for r in self._runs(f"tags.`{DESIGN_CELLS_TAG}` = '{cells_id}'")}
+        for run_id in ids - set(found):
+            with contextlib.suppress(MlflowException):  # a purged parent holds no design
+                found[run_id] = self.client.get_run(run_id)
+        return [
+            {
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name or "",
+                "start_time": int(run.info.start_time or 0),
+                "design_id": run.data.tags[DESIGN_ID_TAG],
+                "new_design_from": run.data.tags.get(NEW_DESIGN_TAG),
+                "params": {k: v for k, v in run.data.params.items() if k.startswith("stats.")},
+            }
+            for run in found.values()
+            if DESIGN_ID_TAG in run.data.tags and run.info.lifecycle_stage == "active"
+        ]
 
     def cell_run(self, run_id: str) -> CellRun:
         """One run as recorded (any run id; MlflowException if there is none)."""

@@ -70,6 +70,7 @@ def run_claims(
     configs: Mapping[str, Config],
     *,
     fresh: bool = False,
+    new_design: bool = False,
     on_study: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> ClaimsOutcome:
     """Run every study's flow, test the claims on what they recorded, write and log the report.
@@ -77,6 +78,7 @@ def run_claims(
     Args:
         configs: study name -> its validated config, in the order to run.
         fresh: train every cell again (as ``bnpipe run --fresh``).
+        new_design: start sequential studies' designs knowingly (as ``bnpipe run --new-design``).
         on_study: called with each study's flow result as it finishes (the CLI prints it).
     """
     from bnpipe.analysis import analyze
@@ -88,7 +90,7 @@ def run_claims(
     outs: dict[str, dict[str, Any]] = {}
     for name, cfg in configs.items():
         print(f"claims: study {name} ({len(outs) + 1} of {len(configs)})", flush=True)
-        outs[name] = ablation(cfg.model_dump(mode="json"), fresh=fresh)
+        outs[name] = ablation(cfg.model_dump(mode="json"), fresh=fresh, new_design=new_design)
         if on_study is not None:
             on_study(name, outs[name])
     studies: dict[str, StudyData] = {}

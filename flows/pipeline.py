@@ -65,6 +65,7 @@ from bnpipe.runner import (
     cfg_info,
     collect,
     contrast_text,
+    design_start,
     fail_open_runs,
     group_of,
     log_outcome,
@@ -496,12 +497,14 @@ class Interrupted(KeyboardInterrupt):
 
 
 @flow(name="bn-ablation", flow_run_name=new_run_name)
-def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
+def ablation(params: Config, fresh: bool = False, new_design: bool = False) -> dict[str, Any]:
     """Run the grid (factor levels x seeds) defined by ``params``.
 
     Args:
         params: The experiment, as in params.yaml (a mapping of the same shape works too).
         fresh: Train every cell, even those finished by earlier runs.
+        new_design: Start this sequential design even where another one already looked at the
+            same cells (else that stops the run before anything is written).
 
     Cells whose key has a FINISHED run in the experiment (finished or diverged) are reused, not
     trained, unless ``fresh``. Runs left RUNNING by a killed bnpipe process are marked FAILED
@@ -517,6 +520,8 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
     with clock.phase("tracking"):
         tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
         tracker.check()
+        # A design changed under its data stops here, before anything is written.
+        design_tags, design_note = design_start(cfg, tracker, data.digest, new_design)
         tracker.use_data(data)
         abandoned = tracker.fail_abandoned_runs()
     if abandoned:
@@ -546,6 +551,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                 TAG_PREFIX + "fresh": fresh,
                 HEARTBEAT_TAG: f"{time.time():.0f}",
                 **_flow_run_tags(),
+                **design_tags,
             },
         )
     _link_to_mlflow(tracker, parent_id, run_name)
@@ -576,6 +582,7 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                 "parent run": parent_id,
                 "tracking": redact_uri(tracker.uri),
                 **cfg_info(cfg, data),
+                **({"design change": design_note} if design_note else {}),
             }
             if state.reused:
                 run_info["reused"] = (

@@ -93,3 +93,51 @@ def test_missing_data_dir(capsys, workdir):
 
 def test_checksum_mismatch(capsys, workdir):
     assert_rejected(capsys, ["run", "--set", "data.dir=mnist"], "md5 checksum mismatch", workdir)
+
+
+def test_plan_prints_cost_and_decision_chances(capsys, workdir):
+    # The built-in defaults (no params.yaml here) are params.yaml's design; nothing is opened.
+    assert main(["plan", "--n-sim", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "first look at 20 seed pairs, then every 5, at most 100 per comparison" in out
+    assert "equivalence inside ±0.2 pp by two one-sided tests at 0.0125 each" in out
+    # gsDesign's summary: boundaries per look, then the chance of each decision per true effect.
+    assert "look  pairs  models  benefit/harm t  equivalence t  alpha spent" in out
+    assert "  17    100     200" in out
+    for effect in ("-0.40", "-0.20", "-0.10", "+0.00", "+0.10", "+0.20", "+0.40"):
+        assert f"{effect} pp" in out, effect
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("batch_")}
+    assert list(rows) == [f"batch_size={b}" for b in (16, 32, 64, 128)]
+    total = next(line.split() for line in out.splitlines() if line.startswith("total"))
+    assert total[5] == "800" and all(r[5] == "200" for r in rows.values())
+    assert "Times are estimates" in out and "bench-2core.json" in out
+    assert not (workdir / "mlruns").exists()
+
+
+def test_plan_time_is_models_x_epochs_x_bench_seconds(capsys, workdir):
+    import json
+
+    cells = [
+        {"bn": bn, "batch_size": bs, "fused": {"s_per_model_epoch": 0.6}}
+        for bn in (False, True)
+        for bs in (16, 32, 64, 128)
+    ]
+    (workdir / "bench.json").write_text(json.dumps({"cells": cells}))
+    assert main(["plan", "--n-sim", "500", "--bench", "bench.json"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("batch_", "total"))]
+    # At most 200 models per comparison x 10 epochs x 0.6 s = 20 min; 80 min in total.
+    assert [r[-1] for r in rows] == ["20.0", "20.0", "20.0", "20.0", "80.0"]
+    assert "bench.json" in out
+
+
+def test_plan_bad_input_exits_2(capsys, workdir):
+    assert_rejected(capsys, ["plan", "--set", "stats.spending=linear"], "stats.spending", workdir)
+    assert_rejected(capsys, ["plan", "--bench", "none.json"], "--bench none.json", workdir)
+    (workdir / "bad.json").write_text("[1, 2]")
+    assert_rejected(capsys, ["plan", "--bench", "bad.json"], "not a bnpipe bench report", workdir)
+
+
+def test_plan_of_a_fixed_design(capsys, workdir):
+    assert main(["plan", "--set", "grid.seeds=[0,1]"]) == 0
+    assert "fixed design: seeds [0, 1]: 16 models" in capsys.readouterr().out

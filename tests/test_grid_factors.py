@@ -107,7 +107,9 @@ def _results(diffs: dict[float, list[float]]) -> pd.DataFrame:
 
 
 def test_paired_statistics_and_design_per_stratum():
-    cfg = load_config(None, [*BN_LR[:1], "stats.look_every=10", "stats.max_seeds=20"])
+    cfg = load_config(
+        None, [*BN_LR[:1], "stats.look_every=10", "stats.first_look=10", "stats.max_seeds=20"]
+    )
     rng = np.random.default_rng(1)
     results = _results(
         {
@@ -152,8 +154,12 @@ def test_paired_statistics_and_design_per_stratum():
 
 def test_default_design_keeps_its_id():
     # Scheduled runs of the reference grid stay looks of one design across this change: the id
-    # hashes what it hashed when the strata were batch sizes (captured on main at 86d33a8).
-    assert plan_of(load_config(None)).design_id() == DEFAULT_DESIGN_ID
+    # hashes what it hashed when the strata were batch sizes (captured on main at 86d33a8). Since
+    # issue 24 that design is no longer the default, and its settings keep its id.
+    before = ["stats.spending=obf", "stats.look_every=10", "stats.first_look=null"]
+    old = plan_of(load_config(None, [*before, "stats.equivalence=shared"]))
+    assert old.design_id() == DEFAULT_DESIGN_ID
+    assert plan_of(load_config(None)).design_id() != DEFAULT_DESIGN_ID
 
 
 def test_parent_metrics_are_named_by_stratum_key():

@@ -303,7 +303,12 @@ def test_sequential_report_over_a_generic_grid(tmp_path: Path) -> None:
     from bnpipe.design import plan_of
 
     grid = "grid.factors={bn: [false, true], learning_rate: [0.001, 0.1]}"
-    sequential = ["stats.design=sequential", "stats.look_every=5", "stats.max_seeds=10"]
+    sequential = [
+        "stats.design=sequential",
+        "stats.first_look=5",
+        "stats.look_every=5",
+        "stats.max_seeds=10",
+    ]
     plan = plan_of(load_config(None, [grid, *sequential]))
     factors = {"bn": [False, True], "learning_rate": [0.001, 0.1]}
     results, histories = make_grid_frames(factors, seeds=10)

@@ -18,6 +18,7 @@ from bnpipe.stats import (
     SEQUENTIAL_SUMMARY_COLUMNS,
     alpha_spent,
     average_sample_number,
+    look_sizes,
     looks_frame,
     sequential_bounds,
     sequential_decide,
@@ -36,6 +37,25 @@ GSDESIGN_POCOCK = [2.438, 2.427, 2.410, 2.397, 2.385]
 )
 def test_bounds_match_gsdesign(spending: str, expected: list[float]) -> None:
     np.testing.assert_allclose(sequential_bounds(5, 0.05, spending), expected, atol=5e-3)
+
+
+def test_hsd_bounds_match_gsdesign() -> None:
+    # gsDesign() with its defaults (k = 3, alpha 0.025 one-sided, sfu = sfHSD, sfupar = -4)
+    # prints efficacy bounds 3.01, 2.55, 2.00; its non-binding futility bound does not change
+    # them, and the lower side's crossing here moves them by less than 1e-4.
+    np.testing.assert_allclose(
+        sequential_bounds(3, 0.05, "hsd", gamma=-4), [3.0107, 2.5465, 1.9992], atol=5e-4
+    )
+    # sfHSD's limits: gamma 0 spends linearly; the spent alpha ends at alpha for any gamma.
+    t = np.array([0.2, 0.5, 1.0])
+    np.testing.assert_allclose(alpha_spent(t, 0.05, "hsd", gamma=0), 0.05 * t)
+    for g in (-4.0, 1.0, 2.0):
+        spent = alpha_spent(t, 0.05, "hsd", gamma=g)
+        assert spent[-1] == pytest.approx(0.05) and np.all(np.diff(spent) > 0)
+    # Positive gamma spends early (Pocock-like): a lower first boundary than OBF-like -4.
+    assert sequential_bounds(5, 0.05, "hsd", gamma=1)[0] < sequential_bounds(5, 0.05, "hsd")[0]
+    with pytest.raises(ValueError, match="gamma"):
+        sequential_bounds(3, 0.05, "hsd", gamma=50)
 
 
 def test_bounds_single_look_is_fixed_design_and_timing_matters() -> None:
@@ -168,6 +188,48 @@ def test_resumed_run_equals_straight_run() -> None:
         assert sequential_decide(d[: straight.n]).to_dict() == straight.to_dict()
 
 
+def test_look_schedule_first_look_then_every() -> None:
+    np.testing.assert_array_equal(look_sizes(5, 100, 20), [20, *range(25, 101, 5)])
+    np.testing.assert_array_equal(look_sizes(10, 100), np.arange(10, 101, 10))  # as before
+    np.testing.assert_array_equal(look_sizes(5, 22, 20), [20, 22])
+    np.testing.assert_array_equal(look_sizes(5, 20, 20), [20])
+    with pytest.raises(ValueError, match="first_look"):
+        look_sizes(5, 10, 20)
+    res = sequential_decide(_noisy(0.0, 30, sd=0.05), look_every=5, max_n=30, first_look=20)
+    assert res.table["n"].tolist() == [20, 25, 30] and res.planned_looks == 3
+    # Timing follows the looks: the first look's boundary is that of a 3-look design at 2/3.
+    np.testing.assert_allclose(
+        res.table["z_crit"], sequential_bounds(3, 0.05, "obf", timing=[20 / 30, 25 / 30, 1])
+    )
+
+
+def test_tost_equivalence_has_its_own_interval() -> None:
+    # Two one-sided tests at alpha each: the equivalence interval is the two-sided 2 alpha RCI,
+    # inside the benefit / harm one at every look (what makes a wrong "harm" at a true effect
+    # beyond the margin also an equivalence-side miss, so one budget covers both).
+    kw = {"look_every": 5, "max_n": 100, "alpha": 0.0125, "spending": "pocock", "first_look": 20}
+    plan = sequential_plan(**kw, equivalence_alpha=0.025)
+    np.testing.assert_allclose(
+        plan["z_crit_eq"], sequential_bounds(17, 0.025, "pocock", timing=plan["timing"])
+    )
+    assert np.all(plan["z_crit_eq"] < plan["z_crit"])
+    # Mean 0.0007, sd 0.003 at one look of 40 pairs: the shared interval (half-width 0.00136)
+    # does not fit in +/-0.002, the TOST one (0.00123) does.
+    d = _noisy(0.0007, 40, sd=0.003)
+    kw["first_look"] = 40
+    shared = sequential_decide(d, margin=0.002, **kw)
+    tost = sequential_decide(d, margin=0.002, equivalence_alpha=0.025, **kw)
+    assert shared.decision == "continue" and tost.decision == "equivalent"
+    last = tost.table.iloc[-1]
+    assert last["rci_low"] < last["eq_low"] < last["eq_high"] < last["rci_high"]
+    assert last["eq_low"] > -0.002 and last["eq_high"] < 0.002
+    assert tost.equivalence_alpha == 0.025 and shared.equivalence_alpha is None
+    # The shared design's table: equivalence columns equal the benefit / harm interval's.
+    np.testing.assert_allclose(shared.table["eq_low"], shared.table["rci_low"])
+    with pytest.raises(ValueError, match="equivalence_alpha"):
+        sequential_decide(d, equivalence_alpha=0.01, **kw)
+
+
 def test_zero_sd_and_single_pair_looks() -> None:
     assert sequential_decide([0.125] * 10).decision == "benefit"
     assert sequential_decide([-0.125] * 10).decision == "harm"
@@ -220,6 +282,13 @@ def test_simulation_follows_decide() -> None:
     for d in ("benefit", "harm", "equivalent", "undecided"):
         assert sim[f"p_{d}"] == pytest.approx(np.mean([r.decision == d for r in runs]))
     assert sim == average_sample_number(0.001, 0.003, n_sim=300, seed=5, **kw)
+    # The same with a later first look, hsd spending and a separate equivalence interval.
+    kw |= {"first_look": 10, "spending": "hsd", "gamma": 1.0, "equivalence_alpha": 0.2}
+    sim = average_sample_number(0.001, 0.003, n_sim=300, seed=5, **kw)
+    runs = [sequential_decide(0.001 + row, **kw) for row in y]
+    assert sim["asn"] == pytest.approx(np.mean([r.n for r in runs]))
+    for d in ("benefit", "harm", "equivalent", "undecided"):
+        assert sim[f"p_{d}"] == pytest.approx(np.mean([r.decision == d for r in runs]))
 
 
 def test_summary_and_looks_frame() -> None:

@@ -71,6 +71,7 @@ from bnpipe.stats.paired import (
     verdict,
 )
 from bnpipe.stats.sequential import (
+    HSD_GAMMA,
     LOOK_COLUMNS,
     SEQUENTIAL_DECISIONS,
     SEQUENTIAL_SUMMARY_COLUMNS,
@@ -78,6 +79,7 @@ from bnpipe.stats.sequential import (
     SequentialResult,
     alpha_spent,
     average_sample_number,
+    look_sizes,
     looks_frame,
     sequential_bounds,
     sequential_decide,
@@ -98,6 +100,7 @@ __all__ = [
     "FINISHED",
     "HEADLINE_COLUMNS",
     "HISTORY_COLUMNS",
+    "HSD_GAMMA",
     "LOOK_COLUMNS",
     "MAX_SEEDS",
     "PairedComparison",
@@ -131,6 +134,7 @@ __all__ = [
     "holm",
     "interaction_anova",
     "levels_of",
+    "look_sizes",
     "looks_frame",
     "mcnemar_exact",
     "mean_ci",

@@ -47,7 +47,9 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-SPENDINGS = ("obf", "pocock")
+SPENDINGS = ("obf", "pocock", "hsd")
+# gsDesign's default sfHSD parameter (sfupar = -4: close to O'Brien-Fleming; 1 is close to Pocock).
+HSD_GAMMA = -4.0
 SEQUENTIAL_DECISIONS = ("benefit", "harm", "equivalent", "undecided", "continue")
 LOOK_COLUMNS = [
     "look",
@@ -61,6 +63,9 @@ LOOK_COLUMNS = [
     "t_stat",
     "alpha_spent",
     "decision",
+    "t_crit_eq",
+    "eq_low",
+    "eq_high",
 ]
 SEQUENTIAL_SUMMARY_COLUMNS = [
     "label",
@@ -84,12 +89,15 @@ _Z_CAP = 12.0
 _SIM_CHUNK = 2_000_000
 
 
-def alpha_spent(t: np.ndarray | float, alpha: float = 0.05, spending: str = "obf") -> np.ndarray:
+def alpha_spent(
+    t: np.ndarray | float, alpha: float = 0.05, spending: str = "obf", gamma: float = HSD_GAMMA
+) -> np.ndarray:
     """Cumulative two-sided alpha spent at information fractions ``t`` (both sides together).
 
     ``alpha/2`` per side through gsDesign's ``sfLDOF``
-    (``2 * (1 - Phi(Phi^-1(1 - a1/2) / sqrt(t)))``) or ``sfLDPocock``
-    (``a1 * log(1 + (e - 1) t)``), with ``a1 = alpha/2``.
+    (``2 * (1 - Phi(Phi^-1(1 - a1/2) / sqrt(t)))``), ``sfLDPocock``
+    (``a1 * log(1 + (e - 1) t)``) or ``sfHSD`` with parameter ``gamma``
+    (``a1 * (1 - exp(-gamma t)) / (1 - exp(-gamma))``; ``a1 * t`` at gamma 0), ``a1 = alpha/2``.
     """
     t = np.clip(np.asarray(t, dtype=float), 0.0, 1.0)
     a1 = alpha / 2
@@ -98,6 +106,8 @@ def alpha_spent(t: np.ndarray | float, alpha: float = 0.05, spending: str = "obf
             one_side = 2 * stats.norm.sf(stats.norm.isf(a1 / 2) / np.sqrt(t))
     elif spending == "pocock":
         one_side = a1 * np.log1p((math.e - 1) * t)
+    elif spending == "hsd":
+        one_side = a1 * t if gamma == 0 else a1 * np.expm1(-gamma * t) / np.expm1(-gamma)
     else:
         raise ValueError(f"spending must be one of {SPENDINGS}, got {spending!r}")
     return 2 * one_side
@@ -125,8 +135,10 @@ def _cross(c: float, shift: np.ndarray, sd: float, mass: np.ndarray, target: flo
 
 
 @functools.lru_cache(maxsize=256)
-def _bounds(timing: tuple[float, ...], alpha: float, spending: str) -> tuple[float, ...]:
-    spent = alpha_spent(np.array(timing), alpha, spending)
+def _bounds(
+    timing: tuple[float, ...], alpha: float, spending: str, gamma: float
+) -> tuple[float, ...]:
+    spent = alpha_spent(np.array(timing), alpha, spending, gamma)
     increments = np.diff(np.concatenate([[0.0], spent]))
     t_all = np.array(timing)
     min_sd = float(np.sqrt(1 - t_all[:-1] / t_all[1:]).min(initial=1.0))
@@ -171,11 +183,14 @@ def _check_timing(n_looks: int, timing: Sequence[float] | np.ndarray | None) -> 
     return (*(float(v) for v in t[:-1]), 1.0)
 
 
-def _check_alpha(alpha: float, spending: str) -> None:
+def _check_alpha(alpha: float, spending: str, gamma: float = HSD_GAMMA) -> None:
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     if spending not in SPENDINGS:
         raise ValueError(f"spending must be one of {SPENDINGS}, got {spending!r}")
+    # gsDesign's sfHSD accepts gamma in [-40, 40]; beyond it exp overflows the spending.
+    if isinstance(gamma, bool) or not (isinstance(gamma, int | float) and -40 <= gamma <= 40):
+        raise ValueError(f"gamma must be a number in [-40, 40], got {gamma!r}")
 
 
 def sequential_bounds(
@@ -183,14 +198,18 @@ def sequential_bounds(
     alpha: float = 0.05,
     spending: str = "obf",
     timing: Sequence[float] | np.ndarray | None = None,
+    gamma: float = HSD_GAMMA,
 ) -> np.ndarray:
     """Two-sided symmetric z critical values ``c_1..c_K`` of an alpha-spending design.
 
     Args:
         n_looks: Number of planned looks K.
         alpha: Two-sided alpha (``alpha/2`` per side).
-        spending: ``"obf"`` (Lan-DeMets O'Brien-Fleming) or ``"pocock"`` (Lan-DeMets Pocock).
+        spending: ``"obf"`` (Lan-DeMets O'Brien-Fleming), ``"pocock"`` (Lan-DeMets Pocock) or
+            ``"hsd"`` (Hwang-Shih-DeCani with ``gamma``).
         timing: Information fractions of the looks, increasing, last 1; default equal spacing.
+        gamma: The ``hsd`` parameter, as gsDesign's ``sfupar``: negative spends late (-4 is
+            close to OBF), positive early (1 is close to Pocock); ignored by the others.
 
     Returns:
         Array of K critical values; ``inf`` where a look spends no alpha.
@@ -198,8 +217,8 @@ def sequential_bounds(
     Raises:
         ValueError: On a bad argument (named in the message).
     """
-    _check_alpha(alpha, spending)
-    return np.array(_bounds(_check_timing(n_looks, timing), float(alpha), spending))
+    _check_alpha(alpha, spending, gamma)
+    return np.array(_bounds(_check_timing(n_looks, timing), float(alpha), spending, float(gamma)))
 
 
 def t_critical(z_crit: np.ndarray | float, n: np.ndarray | int) -> np.ndarray:
@@ -213,34 +232,73 @@ def t_critical(z_crit: np.ndarray | float, n: np.ndarray | int) -> np.ndarray:
     return stats.t.isf(stats.norm.sf(z_crit), df)
 
 
-def _decide(mean: np.ndarray, half: np.ndarray, margin: float) -> np.ndarray:
-    """Decision per look from the RCI ``mean +/- half``; NaN half-widths continue."""
+def _decide(
+    mean: np.ndarray, half: np.ndarray, margin: float, half_eq: np.ndarray | None = None
+) -> np.ndarray:
+    """Decision per look from the RCI ``mean +/- half`` (benefit / harm) and the equivalence RCI
+    ``mean +/- half_eq`` (the same interval when None); NaN half-widths continue."""
     low, high = mean - half, mean + half
+    e_low, e_high = (low, high) if half_eq is None else (mean - half_eq, mean + half_eq)
     return np.select(
-        [low > 0, high < 0, (low > -margin) & (high < margin)],
+        [low > 0, high < 0, (e_low > -margin) & (e_high < margin)],
         ["benefit", "harm", "equivalent"],
         "continue",
     )
 
 
-def _look_ns(look_every: int, max_n: int) -> np.ndarray:
-    for name, v in (("look_every", look_every), ("max_n", max_n)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    k = math.ceil(max_n / look_every)
-    return np.minimum(np.arange(1, k + 1) * look_every, max_n)
+def _positive_int(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def look_sizes(look_every: int, max_n: int, first_look: int | None = None) -> np.ndarray:
+    """Pairs at each planned look: ``first_look`` (default ``look_every``), then every
+    ``look_every`` more, and always a last look at ``max_n``."""
+    first = look_every if first_look is None else first_look
+    for name, v in (("look_every", look_every), ("max_n", max_n), ("first_look", first)):
+        _positive_int(name, v)
+    if first > max_n:
+        raise ValueError(f"first_look must be <= max_n ({max_n}), got {first!r}")
+    return np.append(np.arange(first, max_n, look_every), max_n)
+
+
+@dataclass(frozen=True)
+class _Design:
+    ns: np.ndarray  # pairs at each look
+    z: np.ndarray  # benefit / harm z boundaries (two-sided alpha)
+    z_eq: np.ndarray  # equivalence z boundaries (two-sided equivalence_alpha)
+    spent: np.ndarray  # cumulative two-sided alpha spent on benefit / harm
+    shared: bool  # one interval decides all (equivalence_alpha None)
 
 
 def _design(
-    look_every: int, max_n: int, alpha: float, margin: float, spending: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    look_every: int,
+    max_n: int,
+    alpha: float,
+    margin: float,
+    spending: str,
+    first_look: int | None = None,
+    gamma: float = HSD_GAMMA,
+    equivalence_alpha: float | None = None,
+) -> _Design:
     """Look sizes, z boundaries and cumulative two-sided alpha spent of a design."""
     if not (np.isfinite(margin) and margin >= 0):
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
-    ns = _look_ns(look_every, max_n)
+    _check_alpha(alpha, spending, gamma)
+    if equivalence_alpha is not None and not alpha <= equivalence_alpha < 1:
+        # Below alpha the equivalence boundary would lie outside the benefit/harm one, and a
+        # "harm" at a true effect >= margin would no longer imply an equivalence-side miss.
+        raise ValueError(f"equivalence_alpha must be in [alpha, 1), got {equivalence_alpha!r}")
+    ns = look_sizes(look_every, max_n, first_look)
     timing = ns / max_n
-    z = sequential_bounds(len(ns), alpha, spending, timing)
-    return ns, z, alpha_spent(timing, alpha, spending)
+    z = sequential_bounds(len(ns), alpha, spending, timing, gamma)
+    z_eq = (
+        z
+        if equivalence_alpha is None
+        else (sequential_bounds(len(ns), equivalence_alpha, spending, timing, gamma))
+    )
+    spent = alpha_spent(timing, alpha, spending, gamma)
+    return _Design(ns, z, z_eq, spent, equivalence_alpha is None)
 
 
 def sequential_plan(
@@ -249,22 +307,26 @@ def sequential_plan(
     max_n: int = 100,
     alpha: float = 0.05,
     spending: str = "obf",
+    first_look: int | None = None,
+    gamma: float = HSD_GAMMA,
+    equivalence_alpha: float | None = None,
 ) -> pd.DataFrame:
     """The planned looks of a design, fixed before any data: what to record with the design.
 
     Returns:
         One row per planned look: ``look, n, timing, z_crit, alpha_spent`` (cumulative,
-        two-sided); the t boundary follows from ``t_critical(z_crit, n)``.
+        two-sided) and ``z_crit_eq`` (the equivalence boundary); the t boundaries follow from
+        ``t_critical(z_crit, n)``.
     """
-    _check_alpha(alpha, spending)
-    ns, z, spent = _design(look_every, max_n, alpha, 0.0, spending)
+    d = _design(look_every, max_n, alpha, 0.0, spending, first_look, gamma, equivalence_alpha)
     return pd.DataFrame(
         {
-            "look": np.arange(1, len(ns) + 1),
-            "n": ns,
-            "timing": ns / max_n,
-            "z_crit": z,
-            "alpha_spent": spent,
+            "look": np.arange(1, len(d.ns) + 1),
+            "n": d.ns,
+            "timing": d.ns / max_n,
+            "z_crit": d.z,
+            "alpha_spent": d.spent,
+            "z_crit_eq": d.z_eq,
         }
     )
 
@@ -275,7 +337,8 @@ class SequentialResult:
 
     ``n`` and ``looks`` count the pairs and looks used up to the decision (0 before the first
     look); ``mean``, ``sd``, ``rci_low``, ``rci_high`` are those of the last look done (NaN
-    when none). ``table`` has one row per look done with ``LOOK_COLUMNS``.
+    when none); the benefit / harm interval (the equivalence one is in ``table``). ``table`` has
+    one row per look done with ``LOOK_COLUMNS``.
     """
 
     decision: str
@@ -293,6 +356,9 @@ class SequentialResult:
     planned_looks: int
     alpha_spent: float
     table: pd.DataFrame = field(repr=False)
+    first_look: int | None = None
+    gamma: float = HSD_GAMMA
+    equivalence_alpha: float | None = None
 
     @property
     def decided(self) -> bool:
@@ -312,6 +378,9 @@ def sequential_decide(
     alpha: float = 0.05,
     margin: float = 0.002,
     spending: str = "obf",
+    first_look: int | None = None,
+    gamma: float = HSD_GAMMA,
+    equivalence_alpha: float | None = None,
 ) -> SequentialResult:
     """Run the group-sequential decision rule over paired differences in seed order.
 
@@ -322,7 +391,11 @@ def sequential_decide(
         max_n: Maximum pairs; the last planned look is at ``max_n``.
         alpha: This comparison's two-sided alpha (already split across comparisons).
         margin: Equivalence margin on the mean difference.
-        spending: ``"obf"`` or ``"pocock"``.
+        spending: ``"obf"``, ``"pocock"`` or ``"hsd"``.
+        first_look: Pairs at the first look (default ``look_every``).
+        gamma: The ``hsd`` spending parameter (gsDesign's ``sfupar``).
+        equivalence_alpha: Two-sided alpha of the equivalence RCI (two one-sided tests at
+            half of it each); None: equivalence uses the benefit / harm interval.
 
     Returns:
         A ``SequentialResult``; ``decision`` is benefit, harm, equivalent, undecided (capped
@@ -335,22 +408,21 @@ def sequential_decide(
     bad = np.flatnonzero(~np.isfinite(x))
     if bad.size:
         raise ValueError(f"diffs has non-finite values at positions {bad.tolist()}")
-    _check_alpha(alpha, spending)
-    ns, z, spent = _design(look_every, max_n, alpha, margin, spending)
+    des = _design(look_every, max_n, alpha, margin, spending, first_look, gamma, equivalence_alpha)
     rows: list[dict[str, Any]] = []
     decision = "continue"
-    for k, n in enumerate(ns):
+    for k, n in enumerate(des.ns):
         if n > x.size:
             break
         d = x[:n]
         mean = float(d.mean())
         sd = float(d.std(ddof=1)) if n >= 2 else math.nan
-        t_crit = float(t_critical(z[k], n))
+        t_crit = float(t_critical(des.z[k], n))
+        t_eq = float(t_critical(des.z_eq[k], n))
         se = sd / math.sqrt(n)
-        # A zero sd gives a point interval, but only where this look spends alpha at all.
-        half = t_crit * se if se > 0 else (0.0 if se == 0 and t_crit < math.inf else math.nan)
-        decision = str(_decide(np.array(mean), np.array(half), margin))
-        if decision == "continue" and k == len(ns) - 1:
+        half, half_eq = (_half(t, se) for t in (t_crit, t_eq))
+        decision = str(_decide(np.array(mean), np.array(half), margin, np.array(half_eq)))
+        if decision == "continue" and k == len(des.ns) - 1:
             decision = "undecided"
         with np.errstate(divide="ignore", invalid="ignore"):
             t_stat = float(np.divide(mean, se))
@@ -360,13 +432,16 @@ def sequential_decide(
                 "n": int(n),
                 "mean": mean,
                 "sd": sd,
-                "z_crit": float(z[k]),
+                "z_crit": float(des.z[k]),
                 "t_crit": t_crit,
                 "rci_low": mean - half,
                 "rci_high": mean + half,
                 "t_stat": t_stat,
-                "alpha_spent": float(spent[k]),
+                "alpha_spent": float(des.spent[k]),
                 "decision": decision,
+                "t_crit_eq": t_eq,
+                "eq_low": mean - half_eq,
+                "eq_high": mean + half_eq,
             }
         )
         if decision != "continue":
@@ -386,10 +461,20 @@ def sequential_decide(
         look_every=int(look_every),
         spending=spending,
         margin=float(margin),
-        planned_looks=len(ns),
+        planned_looks=len(des.ns),
         alpha_spent=float(last["alpha_spent"]) if rows else 0.0,
         table=table,
+        first_look=None if first_look is None else int(first_look),
+        gamma=float(gamma),
+        equivalence_alpha=None if equivalence_alpha is None else float(equivalence_alpha),
     )
+
+
+def _half(t_crit: float, se: float) -> float:
+    # A zero sd gives a point interval, but only where this look spends alpha at all.
+    if se > 0:
+        return t_crit * se
+    return 0.0 if se == 0 and t_crit < math.inf else math.nan
 
 
 def average_sample_number(
@@ -401,14 +486,17 @@ def average_sample_number(
     alpha: float = 0.05,
     margin: float = 0.002,
     spending: str = "obf",
+    first_look: int | None = None,
+    gamma: float = HSD_GAMMA,
+    equivalence_alpha: float | None = None,
     n_sim: int = 20000,
     seed: int = 0,
 ) -> dict[str, float]:
     """Operating characteristics of the design by Monte Carlo with normal differences.
 
     Simulates ``n_sim`` comparisons with differences ~ N(effect, sd^2) through the same rule
-    as ``sequential_decide``. This is the planning quantity: expected seed pairs to a decision
-    for a planning sd, not a post-hoc power from an observed effect.
+    as ``sequential_decide`` (same design arguments). This is the planning quantity: expected
+    seed pairs to a decision for a planning sd, not a post-hoc power from an observed effect.
 
     Returns:
         ``asn`` (mean pairs used), ``p_benefit``, ``p_harm``, ``p_equivalent``,
@@ -418,9 +506,9 @@ def average_sample_number(
         raise ValueError(f"effect must be finite and sd > 0, got effect={effect!r}, sd={sd!r}")
     if isinstance(n_sim, bool) or not isinstance(n_sim, int | np.integer) or n_sim < 1:
         raise ValueError(f"n_sim must be a positive integer, got {n_sim!r}")
-    _check_alpha(alpha, spending)
-    ns, z, _ = _design(look_every, max_n, alpha, margin, spending)
-    t_crit = t_critical(z, ns)
+    des = _design(look_every, max_n, alpha, margin, spending, first_look, gamma, equivalence_alpha)
+    ns = des.ns
+    t_crit, t_eq = t_critical(des.z, ns), t_critical(des.z_eq, ns)
     rng = np.random.default_rng(seed)
     used = np.empty(n_sim)
     final = np.empty(n_sim, dtype=object)
@@ -434,8 +522,8 @@ def average_sample_number(
         mean_y = s1 / ns
         with np.errstate(invalid="ignore", divide="ignore"):
             var = np.maximum(s2 - ns * mean_y**2, 0.0) / (ns - 1)
-        half = t_crit * np.sqrt(var / ns)
-        codes = _decide(effect + mean_y, half, margin)
+        se = np.sqrt(var / ns)
+        codes = _decide(effect + mean_y, t_crit * se, margin, t_eq * se)
         codes[:, -1] = np.where(codes[:, -1] == "continue", "undecided", codes[:, -1])
         first = np.argmax(codes != "continue", axis=1)
         used[start : start + m] = ns[first]
