@@ -26,6 +26,9 @@ DEFAULT_PARAMS = "params.yaml"
 DASK_CONNECT_TIMEOUT_S = 5.0
 # The bench figures `bnpipe plan` estimates time from: this project's 2-core box.
 BENCH_FILE = Path(__file__).resolve().parents[1] / "docs" / "bench-2core.json"
+# A run that could train more cells than this asks for --large: the default design's cap is 800
+# (4 comparisons x 2 arms x 100 seeds), and a typo in a grid can ask for 160,000 per look.
+LARGE_GRID_CELLS = 2000
 
 
 def _add_params_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start this sequential design even though another design already looked at the "
         "same cells (recorded on the parent run and said in the report)",
+    )
+    run.add_argument(
+        "--large",
+        action="store_true",
+        help=f"run a grid of more than {LARGE_GRID_CELLS} cells (bnpipe plan says what it costs)",
     )
     plan = sub.add_parser(
         "plan",
@@ -360,6 +368,29 @@ def checked(cfg: Config, clock: PhaseClock | None = None, new_design: bool | Non
     return True
 
 
+def grid_too_large(cfg: Config) -> str | None:
+    """Why ``cfg``'s grid needs ``--large`` (more than LARGE_GRID_CELLS cells at most, with an
+    estimate of the training time from the bench's figures), or None."""
+    import json
+
+    from bnpipe.bench import model_epoch_seconds
+    from bnpipe.design import plan_of
+
+    plan = plan_of(cfg)
+    seeds = plan.max_seeds if plan.sequential else len(plan.seeds)
+    cells = max(1, len(cfg.grid.compare_levels)) * len(plan.strata) * seeds
+    if cells <= LARGE_GRID_CELLS:
+        return None
+    estimate = ""
+    with contextlib.suppress(OSError, ValueError):
+        per = model_epoch_seconds(json.loads(BENCH_FILE.read_text()), cfg.train.engine)[None]
+        estimate = f", ~{cells * cfg.train.epochs * per / 3600:.1f} h of training on the bench box"
+    return (
+        f"grid: up to {cells} cells{estimate}; more than {LARGE_GRID_CELLS}: check it with "
+        "`bnpipe plan`, then run it with --large"
+    )
+
+
 def cmd_run(args: argparse.Namespace, *, trainer_process: bool = False) -> int:
     """``bnpipe run``; ``trainer_process``: train in a process beside the flow's when the run
     trains serially with the fused engine (:mod:`bnpipe.trainer`), as the command does."""
@@ -367,6 +398,8 @@ def cmd_run(args: argparse.Namespace, *, trainer_process: bool = False) -> int:
     cfg = parsed_config(args)
     if cfg is None:
         return EXIT_BAD_INPUT
+    if not args.large and (too_large := grid_too_large(cfg)) is not None:
+        return bad_input(too_large)
     wanted = trainer_process and trainer.wanted(cfg.orchestration.task_runner, cfg.train.engine)
     # The process imports TensorFlow from here on, while this one checks and starts the flow.
     with trainer.started() if wanted else contextlib.nullcontext() as process:

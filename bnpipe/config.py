@@ -29,6 +29,7 @@ from bnpipe.train.common import DEFAULT_SHARD_SIZE
 # input (/dev/zero, a billion-laughs alias bomb, 20,000 nested brackets) must fail in one line,
 # fast, instead of hanging or printing a traceback.
 MAX_PARAMS_BYTES = 1 << 20
+MAX_LOOKS = 100  # planned looks of a sequential design (see StatsConfig._whole_looks)
 MAX_NAME_BYTES = 255  # a file name on Linux file systems (NAME_MAX)
 # PATH_MAX is 4096; a run adds "/<run name>/<figure>.png" (~80 bytes) below the reports folder.
 MAX_REPORTS_PATH_BYTES = 3800
@@ -310,6 +311,15 @@ class StatsConfig(_Section):
             raise ValueError(f"must be >= stats.look_every ({every})")
         if first is not None and v < first:
             raise ValueError(f"must be >= stats.first_look ({first})")
+        if every is not None:
+            looks = len(range(first or every, v, every)) + 1
+            if looks > MAX_LOOKS:
+                # The boundaries' numerical integration grows with the looks: 0.5 s at 100 looks,
+                # 4 s at 200, hours at 5,000 (a run sat silent before its first look).
+                raise ValueError(
+                    f"{looks} looks of stats.look_every {every} pairs (at most {MAX_LOOKS}): look "
+                    "less often or lower it"
+                )
         return v
 
     @model_validator(mode="after")

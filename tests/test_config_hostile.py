@@ -184,3 +184,17 @@ def test_bn_position_compared_without_bn(capsys, workdir):
     argv = ["run", "--set", factors, "--set", "grid.compare=bn_position"]
     assert_one_line_exit_2(capsys, argv, "BN is off in every cell")
     assert load_config(None, [factors, "grid.compare=bn_position", "model.bn=true"])
+
+
+def test_designs_and_grids_too_large_to_finish_are_refused(capsys, workdir):
+    # 5,000 looks: the boundary computation sat silent for minutes before look 1.
+    argv = ["run", "--set", "stats.look_every=2", "--set", "stats.max_seeds=10000"]
+    assert_one_line_exit_2(capsys, argv, "stats.max_seeds: 4991 looks of stats.look_every 2")
+    # A grid that could train more than LARGE_GRID_CELLS cells asks for --large first.
+    from bnpipe.cli import LARGE_GRID_CELLS, grid_too_large
+
+    rates = ", ".join(str(0.001 * (k + 1)) for k in range(400))
+    big = [f"grid.factors={{bn: [false, true], learning_rate: [{rates}]}}", "grid.seeds=[0,1,2]"]
+    err = assert_one_line_exit_2(capsys, ["run", *(a for b in big for a in ("--set", b))], "2400")
+    assert f"more than {LARGE_GRID_CELLS}" in err and "--large" in err
+    assert grid_too_large(load_config(None)) is None  # the default design: at most 800
