@@ -381,7 +381,11 @@ def _train_and_log(
             )
             del claimed[cell]
             progress.cell(cell, "failed", float("nan"))
-        raise Outage(f"training {group.name} failed: {why}")
+        if cfg.orchestration.task_runner == "serial":
+            # One training process serves every group: what broke this group breaks the next.
+            # On Dask a lost worker loses its group only; the others go on training.
+            raise Outage(f"training {group.name} failed: {why}")
+        return out
     for result in trained.result():
         evaluation, why = None, None
         if result.status == "finished":

@@ -1,0 +1,98 @@
+"""``bnpipe serve`` and its Prefect server's life: started together (serve waits), never
+coming (serve gives up in one line), restarted under it (serve goes on). A file of its own so
+the test workers split these server starts from test_servers.py's."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from tests.conftest import requires_mnist
+from tests.test_servers import (
+    BIN,
+    client_env,
+    free_port,
+    logs_on_failure,
+    probe,
+    running,
+    tail,
+    write_params,
+)
+
+
+@pytest.mark.server
+@requires_mnist
+def test_serve_started_with_its_server_waits_for_it(tmp_path: Path) -> None:
+    # A service manager starts both at once: serve used to exit at once, "connection refused".
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    params = write_params(tmp_path)
+    env = client_env(tmp_path, PREFECT_API_URL=api)
+    serve_log, server_log = tmp_path / "serve.log", tmp_path / "server.log"
+    serve_cmd = [str(BIN / "bnpipe"), "serve", "--cron", "0 3 * * *", "--params", str(params)]
+    with running(serve_cmd, env=env, log=serve_log, cwd=tmp_path) as serving:
+        deadline = time.monotonic() + 60
+        while "waiting for Prefect at" not in serve_log.read_text():
+            assert serving.poll() is None, tail(serve_log)
+            assert time.monotonic() < deadline, tail(serve_log)
+            time.sleep(0.5)
+        server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port"]
+        (tmp_path / "s").mkdir()
+        with (
+            running(
+                [*server, str(port)],
+                env=client_env(tmp_path / "s"),
+                log=server_log,
+                ready_url=f"{api}/health",
+            ),
+            logs_on_failure(serve=serve_log, server=server_log),
+        ):
+            got = probe(api, tmp_path, "bn-ablation/nightly", runs=0)
+            assert serving.poll() is None  # still serving, the deployment registered
+    assert got["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
+    assert "error" not in serve_log.read_text().lower(), tail(serve_log)
+
+
+@pytest.mark.server
+@requires_mnist
+def test_serve_keeps_serving_through_a_server_restart(tmp_path: Path) -> None:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    params = write_params(tmp_path)
+    serve_log = tmp_path / "serve.log"
+    serve_cmd = [str(BIN / "bnpipe"), "serve", "--cron", "0 3 * * *", "--params", str(params)]
+    server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    home = tmp_path / "s"
+    home.mkdir()
+    up = {"env": client_env(home), "ready_url": f"{api}/health"}
+    with contextlib.ExitStack() as stack:
+        with running(server, log=tmp_path / "server1.log", **up):
+            env = client_env(tmp_path, PREFECT_API_URL=api)
+            proc = stack.enter_context(running(serve_cmd, env=env, log=serve_log))
+            deadline = time.monotonic() + 120
+            while "being served" not in serve_log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, tail(serve_log)
+                time.sleep(1)
+        # The server stopped; the same database comes back on the same port: the next run
+        # still happens.
+        with (
+            running(server, log=tmp_path / "server2.log", **up),
+            logs_on_failure(serve=serve_log, server=tmp_path / "server2.log"),
+        ):
+            got = probe(api, tmp_path, "bn-ablation/nightly", runs=1)
+            assert proc.poll() is None
+    assert got["run_states"] == ["COMPLETED"], got["run_messages"]
+
+
+def test_serve_gives_up_on_a_server_that_never_comes(monkeypatch, capsys) -> None:
+    import flows.server
+
+    monkeypatch.setattr(flows.server, "API_WAIT_S", 2.0)
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        why = flows.server.wait_for_api()
+    assert "connection refused" in why and why.endswith("waited 2 s")
+    assert "waiting for Prefect at http://127.0.0.1:" in capsys.readouterr().out
