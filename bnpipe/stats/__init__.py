@@ -2,7 +2,8 @@
 
 ``paired`` (paired tests, CIs, effect sizes, Holm, TOST, power, verdicts, paired frames and
 summaries), ``anova`` (repeated-measures ANOVA across the grid), ``dynamics`` (training
-dynamics) and ``sequential`` (group-sequential design: boundaries, repeated CIs, decisions).
+dynamics), ``sequential`` (group-sequential design: boundaries, repeated CIs, decisions) and
+``arms`` (each arm's mean and interval over all its seeds).
 Every public name is re-exported here, so ``from bnpipe.stats import ...`` does not depend on
 the module layout.
 """
@@ -26,6 +27,7 @@ from bnpipe.stats.anova import (
     rm_anova_twoway,
     trend_x,
 )
+from bnpipe.stats.arms import ARM_COLUMNS, arm_summary
 from bnpipe.stats.dynamics import (
     DYNAMICS_COLUMNS,
     DYNAMICS_MEASURES,
@@ -80,6 +82,7 @@ from bnpipe.stats.sequential import (
 __all__ = [
     "ANOVA_COLUMNS",
     "ANOVA_METHOD",
+    "ARM_COLUMNS",
     "BATCH_EFFECT_COLUMNS",
     "DEFAULT_COMPARE",
     "DYNAMICS_COLUMNS",
@@ -103,6 +106,7 @@ __all__ = [
     "VERDICTS",
     "_t_power",
     "alpha_spent",
+    "arm_summary",
     "average_sample_number",
     "batch_size_effect",
     "compare_paired",
