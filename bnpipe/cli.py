@@ -473,6 +473,7 @@ def _quiet_defaults() -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
+    from bnpipe import stats
     from bnpipe.report import build_run_report
     from bnpipe.tracking import Tracker, TrackingError, redact_uri, resolve_uri
 
@@ -492,8 +493,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     }
     out = build_run_report(results, histories, cfg, run_name, run_info)
     tracker.log_report(args.run_id, [out.report_path, *out.figures])
+    # The arms as the parent's own results table has them (a run from before arm runs gets its).
+    arms = stats.arm_summary(results, cfg.grid.compare, alpha=cfg.stats.alpha)
+    tracker.log_arm_runs(args.run_id, arms, alpha=cfg.stats.alpha)
     print(format_summary(out.summary.to_dict("records")))
     print(f"report: {out.report_path}")
+    print(f"MLflow arm means (every seed): {tracker.arms_url(args.run_id)}")
     return EXIT_OK
 
 

@@ -40,7 +40,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 from prefect.utilities.urls import url_for
 
-from bnpipe import trainer
+from bnpipe import stats, trainer
 from bnpipe.config import Config, DataConfig, load_config
 from bnpipe.data import MnistData, load_mnist, worker_data
 from bnpipe.design import plan_of
@@ -620,6 +620,20 @@ def ablation(params: Config, fresh: bool = False) -> dict[str, Any]:
                     status="FAILED" if len(failed) else "FINISHED",
                     description=report.verdict_markdown,
                 )
+                # Each arm's mean over all its seeds, listed first in the runs table: grouping
+                # there averages only the 100 runs a page loads.
+                tracker.log_arm_runs(
+                    parent_id,
+                    stats.arm_summary(
+                        results,
+                        cfg.grid.compare,
+                        cfg.grid.compare_levels,
+                        [n for n in cfg.grid.levels if n != cfg.grid.compare],
+                        cfg.stats.alpha,
+                    ),
+                    alpha=cfg.stats.alpha,
+                )
+            print(f"MLflow arm means (every seed): {tracker.arms_url(parent_id)}", flush=True)
     except BaseException as exc:
         # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
         # left open would make a concurrent run wait for a cell nobody trains.
