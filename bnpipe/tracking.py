@@ -104,8 +104,9 @@ NOTE_TAG = "mlflow.note.content"
 EXPERIMENT_NOTE = (
     "BatchNormalization on/off x batch size x seed ablation of a 784-64-64-10 MLP on MNIST "
     "(bnpipe). One parent run per `bnpipe run` (its description is the verdict, its artifacts the "
-    "report); one child run per cell. Compare cells: Model training view, group by `bn` and "
-    "`batch_size`."
+    "report); one child run per cell, and one per arm (`bn=on bs=32 (mean of N seeds)`: its mean "
+    "over every seed; the link `bnpipe run` prints for arm means lists only those). Compare cells: "
+    "Model training view, group by `bn` and `batch_size`."
 )
 # The UI `make ui` serves the local store on; links to a SQLite store's runs point there.
 LOCAL_UI = "http://127.0.0.1:5000"
@@ -1168,8 +1169,10 @@ class Tracker:
                     NOTE_TAG: _arm_note(levels, row, alpha),
                 },
             ).info.run_id
+            # Rounded far below an accuracy's resolution, so the table shows 0.8766, not the
+            # binary sum's 0.8765999999999999.
             metrics = [
-                self._metric(name, float(row[col]), ts, 0)
+                self._metric(name, round(float(row[col]), 12), ts, 0)
                 for col, name in ARM_METRICS.items()
                 if np.isfinite(row[col])
             ]
