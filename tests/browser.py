@@ -51,6 +51,19 @@ def browser_missing() -> str | None:
     return None
 
 
+def browser_test_marks() -> list[Any]:
+    """A browser test module's ``pytestmark``: browser, server, and skipped with one line where
+    Chromium or its driver is missing."""
+    import pytest
+
+    why = browser_missing()
+    return [
+        pytest.mark.browser,
+        pytest.mark.server,
+        pytest.mark.skipif(why is not None, reason=f"browser tests: {why}"),
+    ]
+
+
 @contextmanager
 def chromium(width: int = 1600, height: int = 1000) -> Iterator[Any]:
     """A headless Chromium WebDriver with a throwaway profile; quit on exit."""

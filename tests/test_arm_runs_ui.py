@@ -26,13 +26,9 @@ from bnpipe.tracking import (
     Tracker,
     logged_params,
 )
-from tests.browser import browser_missing, chromium, mlflow_ui, open_page, wait_for
+from tests.browser import browser_test_marks, chromium, mlflow_ui, open_page, wait_for
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.server,
-    pytest.mark.skipif(browser_missing() is not None, reason=f"browser tests: {browser_missing()}"),
-]
+pytestmark = browser_test_marks()
 EXPERIMENT = "arms-ui"
 BATCH_SIZES, SEEDS = (16, 32), range(26)  # 104 cells: more than the 100 of a first page
 PAGE = 100

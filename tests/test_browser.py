@@ -10,7 +10,7 @@ import pytest
 
 from bnpipe.tracking import LOCAL_UI
 from tests.browser import (
-    browser_missing,
+    browser_test_marks,
     chromium,
     group_rows,
     mlflow_group_by,
@@ -21,11 +21,7 @@ from tests.browser import (
 )
 from tests.conftest import make_tiny_mnist
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.server,
-    pytest.mark.skipif(browser_missing() is not None, reason=f"browser tests: {browser_missing()}"),
-]
+pytestmark = browser_test_marks()
 SEEDS, BATCH_SIZES = [0, 1], [32, 64]
 
 
