@@ -72,9 +72,10 @@ def test_printed_link_opens_the_parent_in_model_training_mode(ui_run, driver):
     assert "verdict" in body and "diff pp" in body and "TOST p" in body
     assert "workflowType=genai" not in driver.current_url
     assert "/overview/usage" not in driver.current_url  # the GenAI landing page
-    # The runs table, from the parent's breadcrumb, lists the parent and its cells.
+    # The runs table, from the parent's breadcrumb, lists the parent, its cells and its arm
+    # summary runs (one per BN level and batch size).
     driver.find_element("link text", "Runs").click()
-    n_runs = 1 + 2 * len(BATCH_SIZES) * len(SEEDS)
+    n_runs = 1 + 2 * len(BATCH_SIZES) * len(SEEDS) + 2 * len(BATCH_SIZES)
     open_page(driver, driver.current_url, f"{n_runs} matching runs")
     assert "workflowType=genai" not in driver.current_url
 
