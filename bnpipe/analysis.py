@@ -145,7 +145,7 @@ class Analysis:
     pairs: pd.DataFrame  # stats.paired_frame: one row per complete seed pair
     dropped: pd.DataFrame  # stats.dropped_pairs: which pairs left the statistics, and why
     curves: pd.DataFrame  # stats.epoch_curves: val accuracy per stratum, arm and epoch
-    arms: pd.DataFrame  # stats.arm_means: test accuracy per stratum and arm
+    arms: pd.DataFrame  # stats.arm_summary: test accuracy per stratum and arm, every seed
     alpha: float
     margin: float
     threshold: float
@@ -273,7 +273,9 @@ def analyze_frames(
         pairs=stats.paired_frame(results, cmp.compare, cmp.paired_levels),
         dropped=stats.dropped_pairs(results, cmp.compare, cmp.paired_levels),
         curves=stats.epoch_curves(histories, results, cmp.compare, alpha=alpha),
-        arms=stats.arm_means(results, cmp.compare, alpha=alpha),
+        arms=stats.arm_summary(
+            results, cmp.compare, [lv for lv in cmp.arms if lv is not None], cmp.strata, alpha
+        ),
         alpha=alpha,
         margin=equivalence_margin,
         threshold=threshold,

@@ -720,12 +720,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = build_run_report(results, histories, own, run_name, run_info)
     tracker.log_report(args.run_id, [out.report_path, *out.figures])
     analysis = out.analysis
+    # The arms as the parent's own results table has them (a run from before arm runs gets its).
+    tracker.log_arm_runs(args.run_id, analysis.arms, alpha=cfg.stats.alpha)
     if analysis.sequential:
         print(f"Decided: {_contrast(analysis.summary.to_dict('records'))}, sequential design:")
         print(format_decisions(analysis.decisions.to_dict("records")))
         print("\nFixed-sample tests on the same pairs (descriptive):")
     print(format_summary(analysis.summary.to_dict("records")))
     print(f"report: {out.report_path}")
+    print(f"MLflow arm means (every seed): {tracker.arms_url(args.run_id)}")
     return EXIT_OK
 
 

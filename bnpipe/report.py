@@ -317,15 +317,15 @@ def plot_accuracy_vs_factor(
             ]
             mine = means.loc[means[cmp.compare] == lv]
             mine = mine.set_index(xname).reindex(xlevels) if xname else mine
-            ci = list(zip(mine["mean"].to_numpy(float), mine["half"].to_numpy(float), strict=True))
-            ci = ci or [(math.nan, math.nan)] * len(xlevels)
+            mean = mine["mean"].to_numpy(float) if len(mine) else np.full(len(xlevels), np.nan)
+            half = mine["ci_high"].to_numpy(float) - mean if len(mine) else mean
             for xk, v in zip(xs, vals, strict=True):
                 spread = _shift(np.full(v.size, xk), log, rng.uniform(-0.06, 0.06, v.size), gap)
                 ax.scatter(spread, v, s=8, color=color, alpha=0.35, lw=0)
             ax.errorbar(
                 xs,
-                [c[0] for c in ci],
-                yerr=np.nan_to_num([c[1] for c in ci]),
+                mean,
+                yerr=np.nan_to_num(half),
                 fmt="o",
                 color=color,
                 capsize=3,

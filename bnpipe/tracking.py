@@ -43,7 +43,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from bnpipe.factors import FACTORS, Cell, parse_level
+from bnpipe.factors import FACTORS, Cell, canonical, levels_text, parse_level
 
 if TYPE_CHECKING:
     from bnpipe.data import MnistData
@@ -77,6 +77,31 @@ INTERRUPTED = "interrupted"
 WITHDRAWN = "withdrawn"
 # The cell outcomes a FINISHED child run may record (its STATUS_TAG); both are reused.
 OUTCOMES = ("finished", "diverged")
+# One summary run per arm (stratum x level of the compared factor) sits beside a parent's cells:
+# role "arm", no cell key, so finding, claiming and reusing cells never meets one. The order tag
+# sorts them (stratum, then control before treatment) in the view that lists them.
+ARM_ROLE = "arm"
+ARM_ORDER_TAG = TAG_PREFIX + "arm_order"
+# An arm's statistics (stats.arm_summary's columns) as metrics: the mean under the cells' own
+# test-accuracy name, so a table or chart of test/accuracy shows arms and cells alike.
+ARM_METRICS = {
+    "mean": "test/accuracy",
+    "sd": "test/accuracy_sd",
+    "ci_low": "test/accuracy_ci_low",
+    "ci_high": "test/accuracy_ci_high",
+    "n": "n_seeds",
+}
+# MLflow's UI opens the view stored in the experiment tag <prefix><key> when its link carries
+# ?viewStateShareKey=<key> (its Share button writes such tags). The value is the UI's own state
+# (MLflow 3.17: searchFilter, orderByKey, orderByAsc, selectedColumns, columnOrder,
+# columnWidths); a key it cannot read makes it show an error and the plain runs table.
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+# What a user reads first in the runs table, 100 runs to a page: the arms of one parent only, and
+# their numbers. The default start-time order would also fetch the parent and fold the arm runs
+# under it, collapsed; ordering by the arm order tag lists them flat.
+_ARM_FILTER = f"tags.`{ROLE_TAG}` = '{ARM_ROLE}'"
+_ARM_VIEW_COLUMNS = [f"metrics.`{m}`" for m in ARM_METRICS.values()]
+_ARM_VIEW_WIDTHS = {"attributes.`Run Name`": 300, **dict.fromkeys(_ARM_VIEW_COLUMNS, 170)}
 # What the MLflow UI reads: the experiment's kind decides whether it opens on the runs table
 # (Model training) or on GenAI traces; the note is the description shown on top of a run/experiment.
 KIND_TAG = "mlflow.experimentKind"
@@ -84,8 +109,9 @@ NOTE_TAG = "mlflow.note.content"
 EXPERIMENT_NOTE = (
     "BatchNormalization on/off x batch size x seed ablation of a 784-64-64-10 MLP on MNIST "
     "(bnpipe). One parent run per `bnpipe run` (its description is the verdict, its artifacts the "
-    "report); one child run per cell. Compare cells: Model training view, group by `bn` and "
-    "`batch_size`."
+    "report); one child run per cell, and one per arm (`bn=on bs=32 (mean of N seeds)`: its mean "
+    "over every seed; the link `bnpipe run` prints for arm means lists only those). Compare cells: "
+    "Model training view, group by `bn` and `batch_size`."
 )
 # The UI `make ui` serves the local store on; links to a SQLite store's runs point there.
 LOCAL_UI = "http://127.0.0.1:5000"
@@ -454,6 +480,11 @@ class CellRun:
     @property
     def parent_id(self) -> str:
         return self.tags.get(PARENT_TAG, "")
+
+    @property
+    def is_arm(self) -> bool:
+        """A summary run of one arm's cells (Tracker.log_arm_runs), not a cell."""
+        return self.tags.get(ROLE_TAG) == ARM_ROLE
 
     @property
     def outcome(self) -> str:
@@ -1112,6 +1143,68 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), artifact_path="report")
         self.client.set_terminated(run_id, status)
 
+    def log_arm_runs(self, parent_id: str, arms: pd.DataFrame, *, alpha: float) -> list[str]:
+        """One FINISHED summary run per row of ``arms`` (``stats.arm_summary``'s frame), nested
+        under ``parent_id``, in place of any arm runs the parent had; their ids, in row order.
+
+        Each is named like its cells, the seed replaced by the count (``bn=on bs=32 (mean of
+        60 seeds)``), and carries the cells' factor params spelled as theirs, so grouping the
+        runs table by them puts it with its cells. Its metrics (ARM_METRICS): the arm's mean as
+        ``test/accuracy``, its SD, ``1 - alpha`` t interval and ``n_seeds``. The runs start
+        after every cell, the first row last, so a newest-first table lists them first and in
+        row order; ``arms_url`` opens a view of them alone.
+        """
+        factors = [c for c in arms.columns if c in FACTORS]
+        # Every page read before deleting (deleting while paging would skip runs); a summary
+        # published again replaces the old one.
+        for old in list(self._runs(f"tags.`{PARENT_TAG}` = '{parent_id}' AND {_ARM_FILTER}")):
+            self.client.delete_run(old.info.run_id)
+        start = int(time.time() * 1000)
+        ids = []
+        for i, row in enumerate(arms.itertuples(index=False)):
+            row = row._asdict()
+            levels = canonical({f: _py(row[f]) for f in factors})
+            n = int(row["n"])
+            label = f"{levels_text(levels)} (mean of {n} seed{'s' if n != 1 else ''})"
+            ts = start + len(arms) - 1 - i
+            run_id = self.client.create_run(
+                self.experiment_id,
+                run_name=label,
+                start_time=ts,
+                tags={
+                    PARENT_TAG: parent_id,
+                    ROLE_TAG: ARM_ROLE,
+                    ARM_ORDER_TAG: f"{i:04d}",
+                    NOTE_TAG: _arm_note(levels, row, alpha),
+                },
+            ).info.run_id
+            # Rounded far below an accuracy's resolution, so the table shows 0.8766, not the
+            # binary sum's 0.8765999999999999.
+            metrics = [
+                self._metric(name, round(float(row[col]), 12), ts, 0)
+                for col, name in ARM_METRICS.items()
+                if np.isfinite(row[col])
+            ]
+            params = {**logged_params(dict(levels)), "stats.alpha": alpha}
+            self._log_batch(run_id, metrics=metrics, params=params)
+            self.client.set_terminated(run_id, "FINISHED", end_time=ts)
+            ids.append(run_id)
+        view = {
+            "searchFilter": f"{_ARM_FILTER} AND tags.`{PARENT_TAG}` = '{parent_id}'",
+            "orderByKey": f"tags.`{ARM_ORDER_TAG}`",
+            "orderByAsc": True,
+            "selectedColumns": _ARM_VIEW_COLUMNS,
+            "columnOrder": ["attributes.`Run Name`", *_ARM_VIEW_COLUMNS],
+            "columnWidths": _ARM_VIEW_WIDTHS,
+        }
+        key = SHARED_VIEW_PREFIX + arms_view_key(parent_id)
+        self.client.set_experiment_tag(self.experiment_id, key, json.dumps(view))
+        return ids
+
+    def arms_url(self, parent_id: str) -> str:
+        """The UI link to the runs table showing only ``parent_id``'s arm runs and their numbers."""
+        return f"{self.runs_url()}&viewStateShareKey={arms_view_key(parent_id)}"
+
     def fail_run(self, run_id: str, reason: str, *, failure: str | None = None) -> None:
         """Mark a run FAILED with the reason as a tag (used when the flow itself errors)."""
         tags = {FAILURE_TAG: (failure or reason)[:5000]}
@@ -1159,7 +1252,8 @@ class Tracker:
         # Read every page first: marking runs FAILED while paging would shift the pages (offset
         # tokens) under the search and skip runs.
         for cell in [CellRun.of(r) for r in self._runs("attributes.status = 'RUNNING'")]:
-            if self._abandoned(cell, parents):
+            # An arm run carries no owner: its numbers come from cells, it holds no claim.
+            if not cell.is_arm and self._abandoned(cell, parents):
                 self._mark_abandoned(cell)
                 failed.append(cell.run_id)
         return failed
@@ -1204,8 +1298,17 @@ class Tracker:
                 return
 
     def children(self, parent_id: str) -> pd.DataFrame:
-        """The child runs of a parent as a DataFrame (one row per run)."""
-        return self._search(f"tags.`{PARENT_TAG}` = '{parent_id}'")
+        """The cell runs of a parent as a DataFrame (one row per run; its arm runs left out)."""
+        runs = self._search(f"tags.`{PARENT_TAG}` = '{parent_id}'")
+        role = f"tags.{ROLE_TAG}"
+        return runs if role not in runs else runs.loc[runs[role] != ARM_ROLE]
+
+    def arm_runs(self, parent_id: str) -> pd.DataFrame:
+        """The arm summary runs of a parent as a DataFrame, in their order (log_arm_runs)."""
+        runs = self._search(f"tags.`{PARENT_TAG}` = '{parent_id}' AND {_ARM_FILTER}")
+        if not len(runs):
+            return runs
+        return runs.sort_values(f"tags.{ARM_ORDER_TAG}").reset_index(drop=True)
 
     def _search(self, filter_string: str) -> pd.DataFrame:
         rows = []
@@ -1312,6 +1415,33 @@ class Tracker:
     def mark_unusable(self, run_id: str, reason: str) -> None:
         """Tag a finished run whose artifacts cannot be read, so no later run reuses it."""
         self.client.set_tag(run_id, UNUSABLE_TAG, reason[:5000])
+
+
+def arms_view_key(parent_id: str) -> str:
+    """The shared-view key of a parent's arm runs (the ``viewStateShareKey`` of its link)."""
+    return f"bnpipe-arms-{parent_id}"
+
+
+def _arm_note(levels: tuple[tuple[str, Any], ...], row: Mapping[str, Any], alpha: float) -> str:
+    """An arm run's description: what it summarizes, and that it is no trained cell."""
+    n, name = int(row["n"]), levels_text(levels)
+    if n == 0:
+        numbers = "no finished cell with a test accuracy"
+    else:
+        numbers = f"mean test accuracy {row['mean']:.4f}"
+        if n > 1:
+            numbers += (
+                f", SD {row['sd']:.4f}, {1 - alpha:.0%} t interval "
+                f"{row['ci_low']:.4f} to {row['ci_high']:.4f}"
+            )
+    return (
+        f"Summary of the {n} finished seed(s) of `{name}` ({numbers}); not a trained cell. Its "
+        f"cells are the runs named `{name} seed=N` under the same parent."
+    )
+
+
+def _py(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:

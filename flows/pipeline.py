@@ -636,6 +636,10 @@ def ablation(params: Config, fresh: bool = False, new_design: bool = False) -> d
                     status="FAILED" if len(failed) else "FINISHED",
                     description=report.answer_markdown,
                 )
+                # Each arm's mean over all its seeds, listed first in the runs table: grouping
+                # there averages only the 100 runs a page loads.
+                tracker.log_arm_runs(parent_id, analysis.arms, alpha=cfg.stats.alpha)
+            print(f"MLflow arm means (every seed): {tracker.arms_url(parent_id)}", flush=True)
     except BaseException as exc:
         # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
         # left open would make a concurrent run wait for a cell nobody trains.

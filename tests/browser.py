@@ -51,6 +51,19 @@ def browser_missing() -> str | None:
     return None
 
 
+def browser_test_marks() -> list[Any]:
+    """A browser test module's ``pytestmark``: browser, server, and skipped with one line where
+    Chromium or its driver is missing."""
+    import pytest
+
+    why = browser_missing()
+    return [
+        pytest.mark.browser,
+        pytest.mark.server,
+        pytest.mark.skipif(why is not None, reason=f"browser tests: {why}"),
+    ]
+
+
 @contextmanager
 def chromium(width: int = 1600, height: int = 1000) -> Iterator[Any]:
     """A headless Chromium WebDriver with a throwaway profile; quit on exit."""
@@ -170,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, default=Path("mlruns"), help="bnpipe store folder")
     parser.add_argument("--experiment", default="bnpipe-bn-ablation")
     parser.add_argument("--out", type=Path, default=Path("docs/screenshots"))
+    parser.add_argument(
+        "--url",
+        help="only this page: a link bnpipe printed (its http://127.0.0.1:5000 is replaced by the "
+        "served UI's address), shot as it first paints",
+    )
+    parser.add_argument("--name", default="page.png", help="the --url shot's file name")
     args = parser.parse_args(argv)
     if not (args.store / "mlflow.db").is_file():
         print(f"--store: no mlflow.db in {args.store}", file=sys.stderr)
@@ -178,9 +197,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot take screenshots: {why}", file=sys.stderr)
         return 2
     with mlflow_ui(args.store) as url, chromium() as driver:
+        if args.url:
+            print(shoot_link(driver, url, args.url, args.out / args.name))
+            return 0
         for path in shoot_all(driver, url, args.store, args.experiment, args.out):
             print(path)
     return 0
+
+
+def shoot_link(driver: Any, url: str, link: str, path: Path) -> Path:
+    """A screenshot of ``link`` (on ``make ui``'s address) as served at ``url``, once the runs
+    table has rendered its rows."""
+    from bnpipe.tracking import LOCAL_UI
+
+    open_page(driver, url + link.removeprefix(LOCAL_UI), "Run Name", 240)
+    wait_for(lambda: driver.find_elements("css selector", ".ag-row"), 60, "runs table rows")
+    time.sleep(2)  # the metric cells fill in after the rows
+    return screenshot(driver, path, full_page=False)
 
 
 # -- MLflow UI pages -----------------------------------------------------------------------------
@@ -264,6 +297,12 @@ def shoot_all(driver: Any, url: str, store: Path, experiment: str, out: Path) ->
     mlflow_group_by(driver, ["bn", "batch_size"])
     wait_for(lambda: group_rows(driver), 30, "grouped runs")
     shots.append(screenshot(driver, out / "mlflow-runs-grouped.png", full_page=False))
+    arms = f"tags.`bnpipe.role` = 'arm' AND tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    if client.search_runs([exp.experiment_id], arms, max_results=1):
+        from bnpipe.tracking import arms_view_key
+
+        link = f"{base}/runs{mode}&viewStateShareKey={arms_view_key(parent.info.run_id)}"
+        shots.append(shoot_link(driver, "", link, out / "mlflow-runs-arms.png"))
     open_page(driver, f"{base}/runs/{parent.info.run_id}{mode}", "Description")
     shots.append(screenshot(driver, out / "mlflow-parent-run.png"))
     run_page = f"{base}/runs/{parent.info.run_id}/artifacts/report/report.html{mode}"

@@ -10,7 +10,7 @@ import pytest
 
 from bnpipe.tracking import LOCAL_UI
 from tests.browser import (
-    browser_missing,
+    browser_test_marks,
     chromium,
     group_rows,
     mlflow_group_by,
@@ -21,11 +21,7 @@ from tests.browser import (
 )
 from tests.conftest import make_tiny_mnist
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.server,
-    pytest.mark.skipif(browser_missing() is not None, reason=f"browser tests: {browser_missing()}"),
-]
+pytestmark = browser_test_marks()
 SEEDS, BATCH_SIZES = [0, 1], [32, 64]
 
 
@@ -76,9 +72,10 @@ def test_printed_link_opens_the_parent_in_model_training_mode(ui_run, driver):
     assert "decision" in body and "pp [" in body and "pairs used" in body
     assert "workflowType=genai" not in driver.current_url
     assert "/overview/usage" not in driver.current_url  # the GenAI landing page
-    # The runs table, from the parent's breadcrumb, lists the parent and its cells.
+    # The runs table, from the parent's breadcrumb, lists the parent, its cells and its arm
+    # summary runs (one per BN level and batch size).
     driver.find_element("link text", "Runs").click()
-    n_runs = 1 + 2 * len(BATCH_SIZES) * len(SEEDS)
+    n_runs = 1 + 2 * len(BATCH_SIZES) * len(SEEDS) + 2 * len(BATCH_SIZES)
     open_page(driver, driver.current_url, f"{n_runs} matching runs")
     assert "workflowType=genai" not in driver.current_url
 

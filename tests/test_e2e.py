@@ -53,9 +53,12 @@ def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp
         runs = mlflow.search_runs(experiment_names=["bnpipe-bn-ablation"])
     finally:
         mlflow.set_tracking_uri(None)
+    arms = runs[runs["tags.bnpipe.role"] == "arm"]
+    runs = runs.drop(arms.index)
     parents = runs[runs[f"tags.{PARENT_TAG}"].isna()]
     children = runs[runs[f"tags.{PARENT_TAG}"].notna()]
     assert len(parents) == 1 and len(children) == 16
+    assert len(arms) == 8 and set(arms["metrics.n_seeds"]) == {2}
     assert set(children["status"]) == {"FINISHED"}
     assert parents["run_id"].iloc[0] in out
     acc = children["metrics.test/accuracy"].astype(float)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bnpipe.config import load_config
-from bnpipe.tracking import PARENT_TAG
+from bnpipe.tracking import PARENT_TAG, Tracker
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -52,7 +52,9 @@ def test_flow_logs_parent_and_one_child_per_cell(monkeypatch, tiny_mnist, store,
     )
     runs = _search(store, cfg.tracking.experiment)
     parent = runs[runs["run_id"] == out["parent_run_id"]]
-    children = runs[runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]]
+    children = runs[
+        (runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]) & (runs["tags.bnpipe.role"] == "cell")
+    ]
     assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
     assert len(children) == 2 * 2 * 3
     assert set(children["status"]) == {"FINISHED"}
@@ -97,7 +99,7 @@ def test_flow_logs_parent_and_one_child_per_cell(monkeypatch, tiny_mnist, store,
 def test_report_command_rebuilds_from_mlflow(monkeypatch, tiny_mnist, store, tmp_path, capsys):
     from bnpipe.cli import main
 
-    out, _ = run_flow(
+    out, cfg = run_flow(
         monkeypatch,
         tiny_mnist,
         store,
@@ -126,6 +128,14 @@ def test_report_command_rebuilds_from_mlflow(monkeypatch, tiny_mnist, store, tmp
     text = (rebuilt / first.parent.name / "report.md").read_text()
     assert "| 64 " in text
     assert out["parent_run_id"] in text
+    # The arm summaries published again from the parent's results: replaced, not doubled.
+    tracker = Tracker(store, cfg.tracking.experiment)
+    arms = tracker.arm_runs(out["parent_run_id"])
+    assert list(arms["tags.mlflow.runName"]) == [
+        "bn=off bs=64 (mean of 2 seeds)",
+        "bn=on bs=64 (mean of 2 seeds)",
+    ]
+    assert tracker.arms_url(out["parent_run_id"]) in capsys.readouterr().out
     assert main(["report", "0" * 32, "--set", f"tracking.uri={store}"]) == 2
     assert "bnpipe: error: run 0000" in capsys.readouterr().err
 
@@ -153,7 +163,9 @@ def test_diverged_cell_is_an_outcome_trained_once_and_reused(
     assert results["error"].tolist() == ["non-finite training loss"]
     assert out["summary"][0]["n_pairs"] == 0
     runs = _search(store, cfg.tracking.experiment)
-    child = runs[runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]].iloc[0]
+    child = runs[
+        (runs[f"tags.{PARENT_TAG}"] == out["parent_run_id"]) & (runs["tags.bnpipe.role"] == "cell")
+    ].iloc[0]
     # FINISHED (an outcome, reused), its status and failure tags saying diverged for the UI.
     assert child["status"] == "FINISHED"
     assert child["tags.bnpipe.status"] == "diverged"

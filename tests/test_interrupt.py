@@ -131,6 +131,8 @@ def runs(store: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         found = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=1000)
     finally:
         mlflow.set_tracking_uri(None)
+    if "tags.bnpipe.role" in found:
+        found = found[found["tags.bnpipe.role"] != "arm"]  # a finished parent's arm summaries
     is_child = found[f"tags.{PARENT_TAG}"].notna()
     return found[~is_child], found[is_child]
 

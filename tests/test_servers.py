@@ -168,12 +168,15 @@ def write_params(tmp: Path, **sections: dict) -> Path:
 
 
 def runs_of(uri: str, experiment: str = EXPERIMENT) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(parent runs, child runs) of an experiment, read through the public MLflow API."""
+    """(parent runs, cell runs) of an experiment, read through the public MLflow API (the
+    parents' arm summary runs left out)."""
     mlflow.set_tracking_uri(uri)
     try:
         runs = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
     finally:
         mlflow.set_tracking_uri(None)
+    if "tags.bnpipe.role" in runs:
+        runs = runs[runs["tags.bnpipe.role"] != "arm"]
     is_child = runs[f"tags.{PARENT_TAG}"].notna() if f"tags.{PARENT_TAG}" in runs else False
     return runs[~is_child], runs[is_child]
 

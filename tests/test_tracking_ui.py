@@ -55,8 +55,10 @@ def logged(tmp_path_factory, prefect_api):
 
 
 def _children(client: mlflow.MlflowClient, parent_id: str) -> list:
+    """The parent's cell runs (its arm summary runs left out)."""
     exp = client.get_run(parent_id).info.experiment_id
-    return client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    cells = f"tags.`{PARENT_TAG}` = '{parent_id}' AND tags.`bnpipe.role` = 'cell'"
+    return client.search_runs([exp], cells)
 
 
 def test_every_cell_is_a_logged_model_that_pyfunc_loads(logged):

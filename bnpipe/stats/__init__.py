@@ -3,8 +3,9 @@
 ``paired`` (paired tests, CIs, effect sizes, Holm, TOST, power, verdicts, paired frames and
 summaries), ``exact`` (exact and small-sample intervals: sign test, Wilson, Newcombe, McNemar),
 ``anova`` (repeated-measures ANOVA across the grid), ``dynamics`` (training dynamics),
-``sequential`` (group-sequential design: boundaries, repeated CIs, decisions) and ``text`` (how
-the reports print p-values). Every public name is re-exported here, so
+``sequential`` (group-sequential design: boundaries, repeated CIs, decisions), ``arms`` (each
+arm's mean and interval over all its seeds), ``describe`` (what the figures draw) and ``text``
+(how the reports print p-values). Every public name is re-exported here, so
 ``from bnpipe.stats import ...`` does not depend on the module layout.
 """
 
@@ -24,7 +25,8 @@ from bnpipe.stats.anova import (
     rm_anova_twoway,
     trend_x,
 )
-from bnpipe.stats.describe import ARM_COLUMNS, CURVE_COLUMNS, arm_means, epoch_curves, mean_ci
+from bnpipe.stats.arms import ARM_COLUMNS, arm_summary
+from bnpipe.stats.describe import CURVE_COLUMNS, epoch_curves, mean_ci
 from bnpipe.stats.dynamics import (
     DYNAMICS_MEASURES,
     STABILITY_EPOCHS,
@@ -115,7 +117,7 @@ __all__ = [
     "VERDICTS",
     "_t_power",
     "alpha_spent",
-    "arm_means",
+    "arm_summary",
     "average_sample_number",
     "compare_paired",
     "convergence",

@@ -16,7 +16,6 @@ from bnpipe.stats.anova import finished_cells
 from bnpipe.stats.paired import normalize_histories
 
 CURVE_COLUMNS = ["epoch", "mean", "half", "n"]
-ARM_COLUMNS = ["mean", "half", "ci_low", "ci_high", "sd", "n"]
 
 
 def mean_ci(values: np.ndarray | pd.Series, alpha: float = 0.05) -> tuple[float, float, int]:
@@ -54,29 +53,4 @@ def epoch_curves(
         | dict(zip(("mean", "half", "n"), mean_ci(g["val_accuracy"], alpha), strict=True))
         for (*levels, epoch), g in h.groupby([*factors, "epoch"], sort=True)
     ]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def arm_means(results: pd.DataFrame, compare: str, *, alpha: float = 0.05) -> pd.DataFrame:
-    """Test accuracy of every arm (a combination of all factor levels) over its finished
-    cells: mean, t-based CI (``half`` width, ``ci_low``/``ci_high``), SD and the seeds used.
-
-    Returns:
-        Columns: every grid factor of ``results`` (``compare`` included), then ``ARM_COLUMNS``.
-    """
-    factors = factor_columns(results.columns)
-    columns = [*factors, *ARM_COLUMNS]
-    done = finished_cells(results)
-    if not len(done) or compare not in factors:
-        return pd.DataFrame(columns=columns)
-    rows = []
-    for levels, g in done.groupby(factors, sort=True):
-        mean, half, n = mean_ci(g["test_accuracy"], alpha)
-        sd = float(g["test_accuracy"].std(ddof=1)) if n > 1 else math.nan
-        levels = levels if isinstance(levels, tuple) else (levels,)
-        rows.append(
-            dict(zip(factors, levels, strict=True))
-            | {"mean": mean, "half": half, "ci_low": mean - half, "ci_high": mean + half}
-            | {"sd": sd, "n": n}
-        )
     return pd.DataFrame(rows, columns=columns)
