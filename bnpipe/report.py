@@ -979,8 +979,8 @@ def render_markdown(
     ]
     if sequential:
         parts += [
-            "_These seeds were added until a decision, so the p-values and verdicts below are "
-            "not error-controlled: the decision table above is the result._",
+            "_These seeds were added until a decision, so the p-values below are not "
+            "error-controlled and decide nothing: the decision table above is the result._",
             "",
         ]
     parts += [verdict_table(summary, cmp), ""]
