@@ -32,7 +32,6 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFor
 from bnpipe import stats
 from bnpipe.analysis import Analysis, Comparison, analyze, analyze_frames
 from bnpipe.config import Config
-from bnpipe.design import DesignOutcome
 from bnpipe.factors import (
     factor,
     factor_columns,
@@ -68,10 +67,6 @@ class ReportOutput:
     @property
     def summary(self) -> pd.DataFrame:
         return self.analysis.summary
-
-    @property
-    def design(self) -> DesignOutcome | None:
-        return self.analysis.design
 
 
 # -------------------------------------------------------------------------------- filters

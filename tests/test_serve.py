@@ -24,27 +24,33 @@ from tests.test_servers import (
 )
 
 
+def _serve_and_server(tmp_path: Path) -> tuple[str, list[str], list[str]]:
+    """A free port's API URL, `bnpipe serve` on a small params file, and a Prefect server for
+    that port (each test starts them in its own order)."""
+    port = free_port()
+    params = write_params(tmp_path)
+    serve = [str(BIN / "bnpipe"), "serve", "--cron", "0 3 * * *", "--params", str(params)]
+    server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    return f"http://127.0.0.1:{port}/api", serve, server
+
+
 @pytest.mark.server
 @requires_mnist
 def test_serve_started_with_its_server_waits_for_it(tmp_path: Path) -> None:
     # A service manager starts both at once: serve used to exit at once, "connection refused".
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    params = write_params(tmp_path)
+    api, serve_cmd, server = _serve_and_server(tmp_path)
     env = client_env(tmp_path, PREFECT_API_URL=api)
     serve_log, server_log = tmp_path / "serve.log", tmp_path / "server.log"
-    serve_cmd = [str(BIN / "bnpipe"), "serve", "--cron", "0 3 * * *", "--params", str(params)]
     with running(serve_cmd, env=env, log=serve_log, cwd=tmp_path) as serving:
         deadline = time.monotonic() + 60
         while "waiting for Prefect at" not in serve_log.read_text():
             assert serving.poll() is None, tail(serve_log)
             assert time.monotonic() < deadline, tail(serve_log)
             time.sleep(0.5)
-        server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port"]
         (tmp_path / "s").mkdir()
         with (
             running(
-                [*server, str(port)],
+                server,
                 env=client_env(tmp_path / "s"),
                 log=server_log,
                 ready_url=f"{api}/health",
@@ -60,12 +66,8 @@ def test_serve_started_with_its_server_waits_for_it(tmp_path: Path) -> None:
 @pytest.mark.server
 @requires_mnist
 def test_serve_keeps_serving_through_a_server_restart(tmp_path: Path) -> None:
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    params = write_params(tmp_path)
+    api, serve_cmd, server = _serve_and_server(tmp_path)
     serve_log = tmp_path / "serve.log"
-    serve_cmd = [str(BIN / "bnpipe"), "serve", "--cron", "0 3 * * *", "--params", str(params)]
-    server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     home = tmp_path / "s"
     home.mkdir()
     up = {"env": client_env(home), "ready_url": f"{api}/health"}
