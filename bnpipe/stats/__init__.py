@@ -26,6 +26,7 @@ from bnpipe.stats.anova import (
     trend_x,
 )
 from bnpipe.stats.arms import ARM_COLUMNS, arm_summary
+from bnpipe.stats.crossed import crossed_variance
 from bnpipe.stats.describe import CURVE_COLUMNS, epoch_curves, mean_ci
 from bnpipe.stats.dynamics import (
     DYNAMICS_MEASURES,
@@ -121,6 +122,7 @@ __all__ = [
     "average_sample_number",
     "compare_paired",
     "convergence",
+    "crossed_variance",
     "dropped_pairs",
     "dynamics",
     "dynamics_columns",
