@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bnpipe.data import DataError, MnistData, load_mnist
+from bnpipe.procs import stop_process
 from bnpipe.train.common import usable_cores
 
 DEFAULT_BATCH_SIZES = (16, 32, 64, 128)
@@ -476,12 +477,7 @@ def prefect_server(home: Path, timeout_s: float = 180.0) -> Iterator[tuple[str, 
             time.sleep(0.5)
         yield api, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=30)
 
 
 def run_smoke(
