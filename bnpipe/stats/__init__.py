@@ -39,6 +39,7 @@ from bnpipe.stats.dynamics import (
 )
 from bnpipe.stats.exact import (
     Estimate,
+    bonferroni_alpha,
     mcnemar_exact,
     median_estimate,
     newcombe_paired,
@@ -119,6 +120,7 @@ __all__ = [
     "alpha_spent",
     "arm_summary",
     "average_sample_number",
+    "bonferroni_alpha",
     "compare_paired",
     "convergence",
     "dropped_pairs",
