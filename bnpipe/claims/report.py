@@ -245,7 +245,7 @@ def write_report(
     studies: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ClaimsReport:
     """Write claims.md, claims.html (figures embedded), claims.png and claims.csv to ``folder``."""
-    from bnpipe.report import markdown_to_html
+    from bnpipe.report.html import markdown_to_html
 
     folder.mkdir(parents=True, exist_ok=True)
     table = claims_table(tests, alpha)
