@@ -51,3 +51,11 @@ def test_claims_run_every_study_once() -> None:
     assert sorted(order) == sorted({c.study for c in C.CLAIMS})
     # The accuracy study first (`make run`'s grid, usually reused), the slow small-batch last.
     assert order == ("accuracy", "learning_rate", "init_scale", "compute", "small_batch")
+
+
+def test_every_claim_names_a_test_that_exists() -> None:
+    from bnpipe.claims import checks
+
+    # A claim's test is looked up by name when it runs: a typo must fail here, not in a study.
+    for claim in C.CLAIMS:
+        assert callable(getattr(checks, claim.check.__name__)), claim.key

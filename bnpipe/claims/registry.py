@@ -55,7 +55,7 @@ class Claim:
     figure: DetailFigure | None = None
 
 
-def check(name: str, **options: Any) -> Check:
+def lazy_check(name: str, **options: Any) -> Check:
     """``checks.<name>`` with ``options``, imported when the claim is tested."""
 
     def run(data: StudyData, how: Settings) -> ClaimTest:
@@ -72,31 +72,31 @@ def check(name: str, **options: Any) -> Check:
 CLAIMS: tuple[Claim, ...] = (
     Claim("accuracy", 'BN is "better by 0.0013" (0.9764 vs 0.9751, one run each)', "accuracy",
           "test accuracy, BN - no BN, per seed averaged over batch sizes 16-128", +1,
-          check("paired_outcome"), run_rank=0),
+          lazy_check("paired_outcome"), run_rank=0),
     Claim("convergence", "BN speeds up and stabilises convergence", "accuracy",
           "epochs to reach the validation threshold, BN - no BN (never reached: epochs + 1)", -1,
-          check("epochs_to_threshold"), run_rank=0),
+          lazy_check("epochs_to_threshold"), run_rank=0),
     Claim("init_scale", "BN makes training less sensitive to the initial weights", "init_scale",
           "spread (SD) of test accuracy across init scales per seed, BN - no BN", -1,
-          check("spread_across", across="init_scale"), run_rank=2,
+          lazy_check("spread_across", across="init_scale"), run_rank=2,
           figure=DetailFigure("init_scale", "mean_control", "mean_treatment", "test accuracy")),
     Claim("learning_rate", "BN enables the use of higher learning rates without causing the "
           "network to diverge", "learning_rate",
           "share of diverged cells over all learning rates, BN - no BN (paired 0/1)", -1,
-          check("diverged_share"), run_rank=1,
+          lazy_check("diverged_share"), run_rank=1,
           figure=DetailFigure("learning_rate", "diverged_control", "diverged_treatment",
                               "share diverged")),
     Claim("regularisation", "BN regularises (less overfitting)", "accuracy",
           "train - test accuracy gap, BN - no BN, per seed averaged over batch sizes", -1,
-          check("train_test_gap"), run_rank=0),
+          lazy_check("train_test_gap"), run_rank=0),
     Claim("compute", "BN costs extra computation", "compute",
           "seconds per epoch (after the first), BN / no BN, keras fit", +1,
-          check("time_ratio"), run_rank=3),
+          lazy_check("time_ratio"), run_rank=3),
     Claim("small_batch", 'BN depends on batch size: "very small batch sizes (e.g. 1 or 2)" are '
           "unstable", "small_batch",
           "BN effect on test accuracy at the smallest batch minus at the largest (diverged = "
           "chance)", -1,
-          check("interaction_contrast", across="batch_size"), run_rank=4,
+          lazy_check("interaction_contrast", across="batch_size"), run_rank=4,
           figure=DetailFigure("batch_size", "control", "treatment",
                               "test accuracy (diverged = chance)")),
 )  # fmt: skip

@@ -62,9 +62,9 @@ CLAIM_COLUMNS = [
 def claims_table(tests: Mapping[str, ClaimTest | None], alpha: float = 0.05) -> pd.DataFrame:
     """One row per claim of ``CLAIMS``, in their order; verdicts from the intervals.
 
-    ``tests`` maps claim keys to their ClaimTest, computed at ``alpha / m`` (``claim_alpha``);
-    a claim missing or None is "not run". ``p_holm`` adjusts the directional p-values across
-    the claims that were tested (Holm).
+    ``tests`` maps claim keys to their ClaimTest, computed at ``alpha / m``
+    (``stats.bonferroni_alpha``); a claim missing or None is "not run". ``p_holm`` adjusts the
+    directional p-values across the claims that were tested (Holm).
     """
     rows = []
     for claim in CLAIMS:
