@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 # Prefect, MLflow and the statistics are imported when the studies run, not here: a bad study
 # name or file answers in milliseconds (as bad params do for `bnpipe run`).
 STUDIES_DIR = Path("studies")
-# The studies of bnpipe.claims.CLAIMS, in the order they run: the accuracy study first (it is
-# `make run`'s grid, usually reused), the cheap ones next, the slow small-batch study last.
-RUN_ORDER = ("accuracy", "learning_rate", "init_scale", "compute", "small_batch")
 # --quick: every study on a smoke scale (for checking the wiring, never for conclusions).
 QUICK = (
     "train.epochs=2",
@@ -38,16 +35,21 @@ QUICK = (
 
 
 def study_paths(folder: str | Path = STUDIES_DIR, only: Sequence[str] = ()) -> dict[str, Path]:
-    """The study files to run, in RUN_ORDER: all of them, or those named in ``only``.
+    """The study files to run, in the claims' run order: all of them, or those named in ``only``.
 
     Raises:
         ConfigError: an unknown study name or a missing file (one line, naming it).
     """
+    # The registry, not a list here, says which studies there are and in which order they run
+    # (each claim's ``run_rank``); it is imported here so that importing this module stays light.
+    from bnpipe.claims import run_order
+
+    order = run_order()
     folder = Path(folder)
-    unknown = [n for n in only if n not in RUN_ORDER]
+    unknown = [n for n in only if n not in order]
     if unknown:
-        raise ConfigError(f"--study {unknown[0]}: unknown study; known: {', '.join(RUN_ORDER)}")
-    names = [n for n in RUN_ORDER if not only or n in only]
+        raise ConfigError(f"--study {unknown[0]}: unknown study; known: {', '.join(order)}")
+    names = [n for n in order if not only or n in only]
     paths = {n: folder / f"{n}.yaml" for n in names}
     for name, path in paths.items():
         if not path.is_file():

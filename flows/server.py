@@ -37,6 +37,8 @@ from typing import IO, Any
 
 import httpx
 
+from bnpipe.procs import stop_process
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; concurrent first starts stay unprotected there
@@ -181,12 +183,7 @@ class TemporaryServer:
             return
         if self._instance is not None and self._instance.running:
             _drain_prefect_workers()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
         server = self._instance
         if server is not None:
             server.server_process, server.running = None, False

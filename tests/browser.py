@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bnpipe.procs import stop_process
+
 T = TypeVar("T")
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -160,11 +162,7 @@ def mlflow_ui(store_dir: Path, log: Path | None = None) -> Iterator[str]:
             raise RuntimeError(f"mlflow ui exited with {proc.returncode} (log: {log})")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout_s=20)
         if log:
             out.close()
 

@@ -1,4 +1,4 @@
-"""Tests for bnpipe.report on small synthetic results/histories frames."""
+"""bnpipe.report.write: whole reports (figures, report.md, report.html) from small frames."""
 
 from __future__ import annotations
 
@@ -10,50 +10,9 @@ import pandas as pd
 import pytest
 
 from bnpipe import report, stats
-from bnpipe.analysis import analyze_frames
+from tests.report_frames import make_frames, make_grid_frames
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# BN minus no-BN per seed: clearly positive at 16, tiny at 32 (inside a 0.2 pp margin).
-DIFFS = {16: [0.010, 0.011, 0.012], 32: [0.0001, -0.0001, 0.0]}
-BASE = [0.9751, 0.9760, 0.9744]
-
-
-def make_frames(epochs: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """3 seeds x 2 batch sizes x 2 BN settings x ``epochs`` epochs, deterministic."""
-    rows, hist = [], []
-    for bs, diffs in DIFFS.items():
-        for seed, (base, d) in enumerate(zip(BASE, diffs, strict=True)):
-            for bn in (False, True):
-                acc = base + (d if bn else 0.0)
-                rows.append(
-                    {
-                        "bn": bn,
-                        "batch_size": bs,
-                        "seed": seed,
-                        "status": "finished",
-                        "test_accuracy": acc,
-                        "test_loss": 0.08,
-                        "train_accuracy": acc + 0.01,
-                        "epoch_time_s": 2.0 if bs == 16 else 1.0,
-                        "run_id": f"{bs}-{seed}-{int(bn)}",
-                    }
-                )
-                for e in range(1, epochs + 1):
-                    val = acc - 0.01 * (epochs - e)
-                    hist.append(
-                        {
-                            "bn": bn,
-                            "batch_size": bs,
-                            "seed": seed,
-                            "epoch": e,
-                            "loss": 0.1,
-                            "accuracy": val + 0.01,
-                            "val_loss": 0.1,
-                            "val_accuracy": val,
-                            "epoch_time_s": 1.0,
-                        }
-                    )
-    return pd.DataFrame(rows), pd.DataFrame(hist)
 
 
 def _build(tmp_path: Path, results: pd.DataFrame, histories: pd.DataFrame) -> report.ReportOutput:
@@ -129,27 +88,6 @@ def test_report_explains_dropped_pairs_and_missing_comparisons(tmp_path: Path) -
     assert all(p.stat().st_size > 0 for p in out.figures)
 
 
-def test_verdict_sentence_is_built_from_the_row() -> None:
-    results, _ = make_frames()
-    results.loc[(results["batch_size"] == 32) & results["bn"], "status"] = "failed"
-    analysis = analyze_frames(results, pd.DataFrame(), compare="bn", n_resamples=99)
-    cmp, summary = analysis.comparison, analysis.summary
-    row = summary.iloc[0]
-    s16 = report.verdict_sentence(row, cmp)
-    assert "significant improvement" in s16 and f"{100 * row['mean_diff']:+.2f} pp" in s16
-    assert "seed pairs would" not in s16 and "power" not in s16  # no post-hoc power
-    assert "cannot be compared" in report.verdict_sentence(summary.iloc[1], cmp)
-    fake = row.copy()
-    fake["verdict"], fake["tost_pvalue"] = "inconclusive", 0.2
-    assert "inconclusive" in report.verdict_sentence(fake, cmp)
-    assert "TOST p = 0.200" in report.verdict_sentence(fake, cmp)
-
-
-def test_md_table_shape() -> None:
-    table = report.md_table(["a", "b"], [[1, 2], [3, 4]])
-    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
-
-
 def test_mean_ci_matches_t_interval() -> None:
     mean, half, n = stats.mean_ci([1.0, 2.0, 3.0, np.nan])
     assert (mean, n) == (2.0, 3)
@@ -168,51 +106,6 @@ def test_report_from_csv_round_trip(tmp_path: Path) -> None:
     expected = _build(tmp_path / "direct", results, histories)
     pd.testing.assert_frame_equal(out.summary, expected.summary)
     assert out.analysis.dynamics["n_epochs"].tolist() == [3] * len(results)
-
-
-# ------------------------------------------------------------------ any grid factors
-
-
-def make_grid_frames(factors: dict[str, list], seeds: int = 3, epochs: int = 3):
-    """Results and histories over any factors; the treatment gains 0.5 pp at the largest
-    level of the last factor, nothing elsewhere (up to seed noise)."""
-    import itertools
-
-    rng = np.random.default_rng(1)
-    names, last = list(factors), list(factors)[-1]
-    compare = names[0]
-    rows, hist = [], []
-    for seed in range(seeds):
-        for levels in itertools.product(*factors.values()):
-            cell = dict(zip(names, levels, strict=True))
-            gain = (
-                0.005
-                if cell[compare] == factors[compare][1] and cell[last] == max(factors[last])
-                else 0
-            )
-            acc = 0.97 + gain + rng.normal(0, 0.0003)
-            rows.append(
-                {
-                    **cell,
-                    "seed": seed,
-                    "status": "finished",
-                    "test_accuracy": acc,
-                    "train_accuracy": acc + 0.01,
-                    "epoch_time_s": 1.0,
-                }
-            )
-            hist += [
-                {
-                    **cell,
-                    "seed": seed,
-                    "epoch": e,
-                    "accuracy": acc,
-                    "val_accuracy": acc - 0.01 * (epochs - e),
-                    "epoch_time_s": 1.0,
-                }
-                for e in range(1, epochs + 1)
-            ]
-    return pd.DataFrame(rows), pd.DataFrame(hist)
 
 
 def test_report_over_two_factors_names_its_figures_and_levels(tmp_path: Path) -> None:
@@ -235,7 +128,7 @@ def test_report_over_two_factors_names_its_figures_and_levels(tmp_path: Path) ->
     assert out.summary["verdict"].tolist()[1] == "significant improvement"
 
 
-def test_report_over_three_factors_facets_rows_by_columns(tmp_path: Path) -> None:
+def test_report_over_three_factors(tmp_path: Path) -> None:
     factors = {"bn": [False, True], "batch_size": [32, 128], "init_scale": [0.5, 1.0, 2.0]}
     results, histories = make_grid_frames(factors)
     sel = (
@@ -250,14 +143,6 @@ def test_report_over_three_factors_facets_rows_by_columns(tmp_path: Path) -> Non
     assert "| 32 | 0.5 | 2 |" in text  # the verdict row of that stratum: 2 pairs left
     effects = out.analysis.effects.set_index(["factor", "compare_level"])
     assert effects.loc[("init_scale", True), "trend_slope"] > 0  # the gain at the largest level
-    # A 2-factor stratum gives a rows x columns grid: 2 batch sizes x 3 init scales.
-    from bnpipe.analysis import comparison_of
-    from bnpipe.report import facets
-
-    cmp = comparison_of(results)
-    nrows, ncols, panels = facets(cmp.strata, cmp.levels)
-    assert (nrows, ncols, len(panels)) == (2, 3, 6)
-    assert panels[1] == (0, 1, (("batch_size", 32), ("init_scale", 1.0)))
     for fig in out.figures:
         assert fig.read_bytes().startswith(PNG_MAGIC)
 

@@ -40,6 +40,7 @@ from bnpipe.stats.dynamics import (
 )
 from bnpipe.stats.exact import (
     Estimate,
+    bonferroni_alpha,
     mcnemar_exact,
     median_estimate,
     newcombe_paired,
@@ -120,6 +121,7 @@ __all__ = [
     "alpha_spent",
     "arm_summary",
     "average_sample_number",
+    "bonferroni_alpha",
     "compare_paired",
     "convergence",
     "crossed_variance",

@@ -32,6 +32,11 @@ class Estimate:
     note: str = ""
 
 
+def bonferroni_alpha(alpha: float, tests: int) -> float:
+    """Per-test level at which ``tests`` intervals cover together at ``1 - alpha`` (Bonferroni)."""
+    return alpha / max(1, tests)
+
+
 def paired_t_estimate(
     treatment: np.ndarray,
     control: np.ndarray,
