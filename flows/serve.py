@@ -64,15 +64,33 @@ def serve(cfg: Config, cron: str, name: str = DEFAULT_NAME, timezone: str = "UTC
     from prefect.schedules import Cron
 
     from flows.pipeline import ablation
+    from flows.server import check_api, starting, wait_for_api
 
-    ablation.serve(
-        name=name,
-        schedules=[Cron(cron, timezone=timezone)],
-        parameters={"params": cfg.model_dump(mode="json")},
-        description=f"BN ablation on cron {cron!r}; parameters: the experiment as in params.yaml",
-        tags=["bnpipe"],
-        limit=1,
-    )
+    while True:
+        try:
+            ablation.serve(
+                name=name,
+                schedules=[Cron(cron, timezone=timezone)],
+                parameters={"params": cfg.model_dump(mode="json")},
+                description=f"BN ablation on cron {cron!r}; parameters: the experiment as in "
+                "params.yaml",
+                tags=["bnpipe"],
+                limit=1,
+            )
+            return
+        except Exception:
+            # Prefect's runner gives up after a few failed polls in a row (~30 s): a server
+            # restarted under it, slowly on a busy box, would end serving for good. A server
+            # that is away is waited for and served again (registering is idempotent); any
+            # other failure is raised as it was.
+            if not starting(check_api()):
+                raise
+        print(
+            "bnpipe serve: the Prefect server went away; serving again once it answers", flush=True
+        )
+        why = wait_for_api(say=lambda line: print(line, flush=True))
+        if why is not None:
+            raise SystemExit(f"bnpipe: error: {why}")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

@@ -278,7 +278,7 @@ def wait_for_api(wait_s: float | None = None, say: Callable[[str], None] = print
 
     wait_s = API_WAIT_S if wait_s is None else wait_s
     why = check_api()
-    if not _starting(why):
+    if not starting(why):
         return why
     say(f"waiting for Prefect at {redact_uri(PREFECT_API_URL.value())} (up to {wait_s:.0f} s)")
     deadline, delay = time.monotonic() + wait_s, 0.5
@@ -286,12 +286,12 @@ def wait_for_api(wait_s: float | None = None, say: Callable[[str], None] = print
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(2 * delay, 5.0)
         why = check_api()
-        if not _starting(why):
+        if not starting(why):
             return why
     return f"{why}; waited {wait_s:.0f} s"
 
 
-def _starting(why: str | None) -> bool:
+def starting(why: str | None) -> bool:
     """Whether :func:`check_api`'s answer is a server still starting (worth waiting for)."""
     return why is not None and any(s in why for s in _STARTING)
 
