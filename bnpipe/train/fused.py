@@ -17,7 +17,7 @@ alone:
   epsilon 1e-3) in validation, with the same formulas as ``keras.layers.BatchNormalization``;
 - the loss is Keras' sparse categorical cross-entropy of a softmax output. Keras reads the
   logits cached on its softmax output, so it never clips probabilities here; neither do we;
-- Adam is Keras 3's update written out (epsilon 1e-7, bias correction folded into the step);
+- the optimizer is Keras 3's update written out (``bnpipe.train.optimizers``);
 - epoch loss/accuracy are Keras' ``Mean`` trackers: batch loss weighted by batch size.
 
 The members only share the step counter and the batch schedule, which are identical anyway,
@@ -45,15 +45,16 @@ from bnpipe.train.common import (
     epoch_permutation,
     usable_cores,
 )
+from bnpipe.train.optimizers import Optimizer, optimizer_of
 from bnpipe.xla_cache import stable_names, tune_xla
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
 Tensors = tuple[tf.Tensor, ...]
+# The weights (get_weights order), then the optimizer's slots (one tuple per slot kind, each one
+# tensor per trainable weight), all with leading axis K.
+State = tuple[Tensors, ...]
 
-# Keras 3 defaults (keras.optimizers.Adam and keras.layers.BatchNormalization).
-ADAM_BETA_1 = 0.9
-ADAM_BETA_2 = 0.999
-ADAM_EPSILON = 1e-7
+# Keras 3 defaults (keras.layers.BatchNormalization).
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
 METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -164,43 +165,34 @@ def _loss_and_correct(logits: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Te
     return loss, correct
 
 
-def _adam(
-    var: tf.Tensor, m: tf.Tensor, v: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor, step: tf.Tensor
-) -> Tensors:
-    """One Keras 3 Adam update; ``step`` is the 1-based float32 iteration count."""
-    beta_1_power = tf.pow(tf.constant(ADAM_BETA_1, tf.float32), step)
-    beta_2_power = tf.pow(tf.constant(ADAM_BETA_2, tf.float32), step)
-    alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-    m = m + (grad - m) * (1 - ADAM_BETA_1)
-    v = v + (tf.square(grad) - v) * (1 - ADAM_BETA_2)
-    return var - (m * alpha) / (tf.sqrt(v) + ADAM_EPSILON), m, v
-
-
 def train_step(
     layout: Layout,
-    state: tuple[Tensors, Tensors, Tensors],
+    optimizer: Optimizer,
+    state: State,
     x: tf.Tensor,
     y: tf.Tensor,
     lr: tf.Tensor,
     step: tf.Tensor,
     bn_mask: tf.Tensor | None = None,
-) -> tuple[tuple[Tensors, Tensors, Tensors], tf.Tensor, tf.Tensor]:
+) -> tuple[State, tf.Tensor, tf.Tensor]:
     """One optimizer step of every member on its own batch.
 
     Args:
         layout: variable layout.
-        state: (weights in get_weights order, Adam m, Adam v), all with leading axis K.
+        optimizer: the update rule (its slots are ``state[1:]``).
+        state: (weights in get_weights order, *optimizer slots), all with leading axis K.
         x: [K, B, features] batches.
         y: [K, B] int labels.
         lr: learning rate.
         step: 1-based iteration number (float32), shared by all members.
         bn_mask: [K] bool, which members use BN (a mixed layout only). A member without BN gets
-            zero gradients for its unused BN variables, so Adam leaves them as they are.
+            zero gradients for its unused BN variables, so the optimizer leaves them as they are
+            (Adam and SGD with momentum: zero moments, zero step).
 
     Returns:
         (new state, batch loss [K], number correct [K]).
     """
-    weights, ms, vs = state
+    weights, *slots = state
     trainable = layout.trainable()
     with tf.GradientTape() as tape:
         params = [weights[i] for i in trainable]
@@ -215,25 +207,29 @@ def train_step(
         total = tf.reduce_sum(loss)
     grads = tape.gradient(total, params)
     new_weights = list(weights)
-    new_ms, new_vs = list(ms), list(vs)
+    new_slots = [list(kind) for kind in slots]
     for j, (i, g) in enumerate(zip(trainable, grads, strict=True)):
-        new_weights[i], new_ms[j], new_vs[j] = _adam(weights[i], ms[j], vs[j], g, lr, step)
+        own = tuple(kind[j] for kind in slots)
+        new_weights[i], own = optimizer.update(weights[i], own, g, lr, step)
+        for kind, value in zip(new_slots, own, strict=True):
+            kind[j] = value
     for i, value in updates.items():
         new_weights[i] = value
-    return (tuple(new_weights), tuple(new_ms), tuple(new_vs)), loss, correct
+    return (tuple(new_weights), *(tuple(kind) for kind in new_slots)), loss, correct
 
 
 def _run_epoch(
     layout: Layout,
     batch_size: int,
-    state: tuple[Tensors, Tensors, Tensors],
+    optimizer: Optimizer,
+    state: State,
     x: tf.Tensor,
     y: tf.Tensor,
     perms: tf.Tensor,
     lr: tf.Tensor,
     iterations: tf.Tensor,
     bn_mask: tf.Tensor | None = None,
-) -> tuple[tuple[Tensors, Tensors, Tensors], tf.Tensor, tf.Tensor, tf.Tensor]:
+) -> tuple[State, tf.Tensor, tf.Tensor, tf.Tensor]:
     """One epoch of every member: full steps in a while loop, then the partial batch.
 
     ``perms`` [K, n] holds each member's epoch order (``bn_mask`` [K]: who uses BN, a mixed
@@ -251,7 +247,7 @@ def _run_epoch(
         idx = tf.slice(perms, [0, start], [k, size])
         step = tf.cast(it + 1, tf.float32)
         batch_x, batch_y = tf.gather(x, idx), tf.gather(y, idx)
-        st, loss, correct = train_step(layout, st, batch_x, batch_y, lr, step, bn_mask)
+        st, loss, correct = train_step(layout, optimizer, st, batch_x, batch_y, lr, step, bn_mask)
         # Keras' loss tracker: total += batch mean loss * batch size.
         return st, it + 1, loss_sum + loss * float(size), correct_sum + correct
 
@@ -284,7 +280,8 @@ def _evaluate(
 def _epoch_and_validate(
     layout: Layout,
     batch_size: int,
-    state: tuple[Tensors, Tensors, Tensors],
+    optimizer: Optimizer,
+    state: State,
     x: tf.Tensor,
     y: tf.Tensor,
     perms: tf.Tensor,
@@ -297,15 +294,15 @@ def _epoch_and_validate(
     """One epoch (:func:`_run_epoch`) then validation (:func:`_evaluate`), as one program:
     (state, iterations, loss [K], accuracy [K], val_loss [K], val_accuracy [K])."""
     state, iterations, loss, acc = _run_epoch(
-        layout, batch_size, state, x, y, perms, lr, iterations, bn_mask
+        layout, batch_size, optimizer, state, x, y, perms, lr, iterations, bn_mask
     )
     val_loss, val_acc = _evaluate(layout, state[0], x_val, y_val, bn_mask)
     return state, iterations, loss, acc, val_loss, val_acc
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(layout: Layout, batch_size: int) -> Callable:
-    """The XLA-compiled epoch-and-validation function for one layout and batch size.
+def _compiled(layout: Layout, batch_size: int, optimizer: Optimizer) -> Callable:
+    """The XLA-compiled epoch-and-validation function for one layout, batch size and optimizer.
 
     One program, not an epoch program and an evaluation program: each program costs a trace and
     a compile before its first step. Cached so every chunk and call with the same shapes reuses
@@ -313,12 +310,12 @@ def _compiled(layout: Layout, batch_size: int) -> Callable:
     own retracing statistics, so tf.function does not warn about "frequent retracing" when a
     grid moves between groups.
     """
-    fn = functools.partial(_epoch_and_validate, layout, batch_size)
+    fn = functools.partial(_epoch_and_validate, layout, batch_size, optimizer)
     # No AutoGraph: the loops are tf.while_loop already and every Python `if` is on a static
     # setting, so its source rewriting (about 2/3 of the trace time) would change nothing.
     program = tf.function(fn, jit_compile=True, autograph=False)
     # Stable function names let the persistent XLA cache find the program in any process.
-    return stable_names(program, "epoch", layout, batch_size)
+    return stable_names(program, "epoch", layout, batch_size, optimizer.name)
 
 
 def stack_initial_weights(
@@ -421,10 +418,11 @@ def train_fused(
     if len(x_train) < 1 or len(x_val) < 1:
         raise ValueError("train_fused needs at least one training and one validation example")
     by_rate: dict[float, list[int]] = {}
+    bns = spec.all("bn")
     # Members without BN first: a group of both kinds is cut into as many plain shards as it
     # can fill (a mixed program costs the members without BN the BN arithmetic they discard).
-    for i in sorted(range(len(spec.cells)), key=lambda i: spec.bns[i]):
-        by_rate.setdefault(spec.learning_rates[i], []).append(i)
+    for i in sorted(range(len(spec.cells)), key=lambda i: bns[i]):
+        by_rate.setdefault(spec.level("learning_rate", i), []).append(i)
     shards = [
         chunk for members in by_rate.values() for chunk in shard_seeds(members, spec.shard_size)
     ]
@@ -486,10 +484,11 @@ class _Shard:
         self.seeds = [spec.seeds[i] for i in indices]
         self.members = [spec.seeds[i] for i in padded]
         self.cells = [spec.cells[i] for i in indices]
-        bns = [spec.bns[i] for i in padded]
+        bns = [spec.level("bn", i) for i in padded]
         layout = shard_layout(spec, bns)
         self.layout, self.bns = layout, bns[: len(indices)]
-        self.run_epoch_fn = _compiled(layout, spec.batch_size)
+        optimizer = optimizer_of(spec)
+        self.run_epoch_fn = _compiled(layout, spec.batch_size, optimizer)
         # The mask is an input of mixed programs only: pure ones keep their signature.
         self.extra = (tf.constant(bns),) if layout.mixed else ()
         arch = spec.architecture
@@ -500,7 +499,7 @@ class _Shard:
             arch.hidden_units,
             arch.num_classes,
             bn_position=arch.bn_position,
-            init_scales=[spec.init_scales[i] for i in padded],
+            init_scales=[spec.level("init_scale", i) for i in padded],
             bns=bns,
         )
         if len(stacked) != layout.n_weights:
@@ -509,9 +508,9 @@ class _Shard:
             )
         weights = tuple(tf.constant(w) for w in stacked)
         zeros = tuple(tf.zeros_like(weights[i]) for i in layout.trainable())
-        self.state = (weights, zeros, zeros)
+        self.state = (weights, *(zeros,) * optimizer.slots)
         self.iterations = tf.constant(0, tf.int64)
-        self.lr = tf.constant(spec.learning_rates[indices[0]], tf.float32)
+        self.lr = tf.constant(spec.level("learning_rate", indices[0]), tf.float32)
         self.histories: list[list[dict[str, float]]] = [[] for _ in indices]
         self.final: list[list[np.ndarray] | None] = [None] * len(indices)
         self.end_time = [0.0] * len(indices)
@@ -552,7 +551,7 @@ class _Shard:
             self.histories[i].append(row)
             if on_epoch is not None:
                 on_epoch(cell, len(self.histories[i]), row)
-            # Same rule as the keras engine: a non-finite loss never recovers under Adam.
+            # Same rule as the keras engine: a non-finite loss never recovers.
             if not math.isfinite(row["loss"]):
                 self.final[i] = self.member_weights(i)
                 self.end_time[i] = elapsed
