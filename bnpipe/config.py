@@ -111,6 +111,9 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(default=10, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
+    # adam (the reference's) or sgd (momentum 0.9). Both train at learning_rate: 0.001 suits
+    # Adam, SGD needs ~10-100x more, so an sgd grid lists its learning rates (studies/optimizer).
+    optimizer: Literal["adam", "sgd"] = "adam"
     # The batch size of a grid without a batch_size factor.
     batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)
     engine: Literal["fused", "keras"] = "fused"

@@ -101,6 +101,9 @@ FACTORS: dict[str, Factor] = {
         Factor("learning_rate", "lr", float, MEMBER, "train.learning_rate", gt=0),
         Factor("init_scale", "init", float, MEMBER, "model.init_scale", keyless_default=1.0,
                gt=0),
+        # Adam is the reference's (and what every cell keyed before this factor trained with).
+        Factor("optimizer", "opt", str, GROUP, "train.optimizer", choices=("adam", "sgd"),
+               keyless_default="adam"),
     )
 }  # fmt: skip
 _ORDER = {name: i for i, name in enumerate(FACTORS)}

@@ -18,6 +18,8 @@ Tensors = tuple[tf.Tensor, ...]
 ADAM_BETA_1 = 0.9
 ADAM_BETA_2 = 0.999
 ADAM_EPSILON = 1e-7
+# The classic SGD setting the BN paper's learning-rate claim is about (Keras' default is 0).
+SGD_MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,24 @@ def _adam(
     return var - (m * alpha) / (tf.sqrt(v) + ADAM_EPSILON), (m, v)
 
 
+def _sgd(
+    var: tf.Tensor, slots: Tensors, grad: tf.Tensor, lr: tf.Tensor, step: tf.Tensor
+) -> tuple[tf.Tensor, Tensors]:
+    """One Keras 3 SGD update with momentum (not Nesterov): m = m * momentum - grad * lr, then
+    var + m. ``step`` plays no part."""
+    (m,) = slots
+    m = m * SGD_MOMENTUM - grad * lr
+    return var + m, (m,)
+
+
 ADAM = Optimizer("adam", 2, lambda lr: keras.optimizers.Adam(learning_rate=lr), _adam)
-OPTIMIZERS = {o.name: o for o in (ADAM,)}
+SGD = Optimizer(
+    "sgd", 1, lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=SGD_MOMENTUM), _sgd
+)
+OPTIMIZERS = {o.name: o for o in (ADAM, SGD)}
 
 
 def optimizer_of(spec: TrainSpec) -> Optimizer:
-    """The optimizer every member of ``spec`` trains with: the reference's Adam."""
-    return ADAM
+    """The optimizer every member of ``spec`` trains with (the ``optimizer`` factor, a GROUP
+    setting: one per compiled program)."""
+    return OPTIMIZERS[spec.shared("optimizer")]
