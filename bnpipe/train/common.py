@@ -102,7 +102,7 @@ class TrainSpec:
         for name, f in FACTORS.items():
             if f.reaches != MEMBER and not f.spans_groups and len(set(self.all(name))) != 1:
                 raise ValueError(
-                    "cells of one group must share the architecture and batch size "
+                    "cells of one group must share every group and architecture level "
                     f"({f.words} differs)"
                 )
 
