@@ -45,7 +45,7 @@ from bnpipe.train.common import (
     epoch_permutation,
     usable_cores,
 )
-from bnpipe.train.optimizers import Optimizer, optimizer_of
+from bnpipe.train.optimizers import OPTIMIZERS, optimizer_of
 from bnpipe.xla_cache import stable_names, tune_xla
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
@@ -70,6 +70,8 @@ class Layout:
     bn_position: str = "after_relu"
     # Members with and without BN in one program: a per-member mask picks each one's path.
     mixed: bool = False
+    # The update rule (bnpipe.train.optimizers), which also decides the optimizer's slots.
+    optimizer: str = "adam"
 
     @property
     def per_hidden(self) -> int:
@@ -167,7 +169,6 @@ def _loss_and_correct(logits: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Te
 
 def train_step(
     layout: Layout,
-    optimizer: Optimizer,
     state: State,
     x: tf.Tensor,
     y: tf.Tensor,
@@ -178,9 +179,8 @@ def train_step(
     """One optimizer step of every member on its own batch.
 
     Args:
-        layout: variable layout.
-        optimizer: the update rule (its slots are ``state[1:]``).
-        state: (weights in get_weights order, *optimizer slots), all with leading axis K.
+        layout: variable layout and update rule.
+        state: (weights in get_weights order, *the optimizer's slots), all with leading axis K.
         x: [K, B, features] batches.
         y: [K, B] int labels.
         lr: learning rate.
@@ -206,6 +206,7 @@ def train_step(
         # Members share no parameters, so the gradient of the sum is each member's own gradient.
         total = tf.reduce_sum(loss)
     grads = tape.gradient(total, params)
+    optimizer = OPTIMIZERS[layout.optimizer]
     new_weights = list(weights)
     new_slots = [list(kind) for kind in slots]
     for j, (i, g) in enumerate(zip(trainable, grads, strict=True)):
@@ -221,7 +222,6 @@ def train_step(
 def _run_epoch(
     layout: Layout,
     batch_size: int,
-    optimizer: Optimizer,
     state: State,
     x: tf.Tensor,
     y: tf.Tensor,
@@ -247,7 +247,7 @@ def _run_epoch(
         idx = tf.slice(perms, [0, start], [k, size])
         step = tf.cast(it + 1, tf.float32)
         batch_x, batch_y = tf.gather(x, idx), tf.gather(y, idx)
-        st, loss, correct = train_step(layout, optimizer, st, batch_x, batch_y, lr, step, bn_mask)
+        st, loss, correct = train_step(layout, st, batch_x, batch_y, lr, step, bn_mask)
         # Keras' loss tracker: total += batch mean loss * batch size.
         return st, it + 1, loss_sum + loss * float(size), correct_sum + correct
 
@@ -280,7 +280,6 @@ def _evaluate(
 def _epoch_and_validate(
     layout: Layout,
     batch_size: int,
-    optimizer: Optimizer,
     state: State,
     x: tf.Tensor,
     y: tf.Tensor,
@@ -294,15 +293,15 @@ def _epoch_and_validate(
     """One epoch (:func:`_run_epoch`) then validation (:func:`_evaluate`), as one program:
     (state, iterations, loss [K], accuracy [K], val_loss [K], val_accuracy [K])."""
     state, iterations, loss, acc = _run_epoch(
-        layout, batch_size, optimizer, state, x, y, perms, lr, iterations, bn_mask
+        layout, batch_size, state, x, y, perms, lr, iterations, bn_mask
     )
     val_loss, val_acc = _evaluate(layout, state[0], x_val, y_val, bn_mask)
     return state, iterations, loss, acc, val_loss, val_acc
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(layout: Layout, batch_size: int, optimizer: Optimizer) -> Callable:
-    """The XLA-compiled epoch-and-validation function for one layout, batch size and optimizer.
+def _compiled(layout: Layout, batch_size: int) -> Callable:
+    """The XLA-compiled epoch-and-validation function for one layout and batch size.
 
     One program, not an epoch program and an evaluation program: each program costs a trace and
     a compile before its first step. Cached so every chunk and call with the same shapes reuses
@@ -310,12 +309,12 @@ def _compiled(layout: Layout, batch_size: int, optimizer: Optimizer) -> Callable
     own retracing statistics, so tf.function does not warn about "frequent retracing" when a
     grid moves between groups.
     """
-    fn = functools.partial(_epoch_and_validate, layout, batch_size, optimizer)
+    fn = functools.partial(_epoch_and_validate, layout, batch_size)
     # No AutoGraph: the loops are tf.while_loop already and every Python `if` is on a static
     # setting, so its source rewriting (about 2/3 of the trace time) would change nothing.
     program = tf.function(fn, jit_compile=True, autograph=False)
     # Stable function names let the persistent XLA cache find the program in any process.
-    return stable_names(program, "epoch", layout, batch_size, optimizer.name)
+    return stable_names(program, "epoch", layout, batch_size)
 
 
 def stack_initial_weights(
@@ -487,8 +486,7 @@ class _Shard:
         bns = [spec.level("bn", i) for i in padded]
         layout = shard_layout(spec, bns)
         self.layout, self.bns = layout, bns[: len(indices)]
-        optimizer = optimizer_of(spec)
-        self.run_epoch_fn = _compiled(layout, spec.batch_size, optimizer)
+        self.run_epoch_fn = _compiled(layout, spec.batch_size)
         # The mask is an input of mixed programs only: pure ones keep their signature.
         self.extra = (tf.constant(bns),) if layout.mixed else ()
         arch = spec.architecture
@@ -508,7 +506,7 @@ class _Shard:
             )
         weights = tuple(tf.constant(w) for w in stacked)
         zeros = tuple(tf.zeros_like(weights[i]) for i in layout.trainable())
-        self.state = (weights, *(zeros,) * optimizer.slots)
+        self.state = (weights, *(zeros,) * OPTIMIZERS[layout.optimizer].slots)
         self.iterations = tf.constant(0, tf.int64)
         self.lr = tf.constant(spec.level("learning_rate", indices[0]), tf.float32)
         self.histories: list[list[dict[str, float]]] = [[] for _ in indices]
@@ -596,4 +594,10 @@ def shard_layout(spec: TrainSpec, bns: Sequence[bool]) -> Layout:
     bn, mixed = any(bns), len(set(bns)) > 1
     # Without BN its position is moot: one program for both spellings.
     position = arch.bn_position if bn else "after_relu"
-    return Layout(bn=bn, n_layers=len(arch.hidden_units) + 1, bn_position=position, mixed=mixed)
+    return Layout(
+        bn=bn,
+        n_layers=len(arch.hidden_units) + 1,
+        bn_position=position,
+        mixed=mixed,
+        optimizer=optimizer_of(spec).name,
+    )
