@@ -23,7 +23,6 @@ from pydantic import (
 )
 
 from bnpipe.factors import FACTORS, Factor
-from bnpipe.train.common import DEFAULT_SHARD_SIZE
 
 # Bounds on what a params file or --set may make bnpipe read, build or echo: a hostile or broken
 # input (/dev/zero, a billion-laughs alias bomb, 20,000 nested brackets) must fail in one line,
@@ -49,6 +48,9 @@ GRID_ALIASES = {"bn": "bn", "batch_sizes": "batch_size"}
 DEFAULT_FACTORS: dict[str, tuple[Any, ...]] = {"bn": (False, True), "batch_size": (16, 32, 64, 128)}
 # The factor a grid compares when params (or a caller) name none: the reference ablation's.
 DEFAULT_COMPARE = "bn"
+# Fused engine: members per stacked model. Two shards of 5 cover the default 10 seeds and keep
+# both cores of a 2-core machine busy. (Here, not in the engines: config sits below them.)
+DEFAULT_SHARD_SIZE = 5
 
 
 class ConfigError(ValueError):
@@ -109,6 +111,9 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(default=10, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
+    # adam (the reference's) or sgd (momentum 0.9). Both train at learning_rate: 0.001 suits
+    # Adam, SGD needs ~10-100x more, so an sgd grid lists its learning rates (studies/optimizer).
+    optimizer: Literal["adam", "sgd"] = "adam"
     # The batch size of a grid without a batch_size factor.
     batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)
     engine: Literal["fused", "keras"] = "fused"
@@ -419,6 +424,16 @@ class Config(_Section):
     def flat(self) -> dict[str, Any]:
         """Dotted-key view (``train.epochs`` -> 10), for logging as MLflow params."""
         return _flatten(self.model_dump(mode="json"))
+
+
+def factor_defaults() -> dict[str, Any]:
+    """Every factor's level where neither the grid nor params set it: its default field's
+    default (``TrainSpec.of`` trains at these unless told otherwise)."""
+    out = {}
+    for name, f in FACTORS.items():
+        section, _, field = f.default_field.partition(".")
+        out[name] = Config.model_fields[section].annotation.model_fields[field].default
+    return out
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

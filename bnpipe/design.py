@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bnpipe.config import DEFAULT_COMPARE, Config, ConfigError
-from bnpipe.factors import Stratum, stratum_key, stratum_label
+from bnpipe.factors import Stratum, factor, stratum_key, stratum_label
 from bnpipe.grid import cell_key_for, grid_cells, strata
 from bnpipe.stats import (
     HSD_GAMMA,
@@ -132,11 +132,13 @@ class Plan:
             facts["hsd_gamma"] = self.hsd_gamma
         if self.equivalence != "shared":
             facts["equivalence"] = self.equivalence
-        # The reference grid's strata hash as they did when they were batch sizes (its
-        # scheduled runs stay looks of one design); any other grid's by their levels.
-        flat = [st[0][1] if len(st) == 1 and st[0][0] == "batch_size" else st for st in self.strata]
-        facts["strata"] = flat
-        if (self.compare, tuple(self.levels)) != ("bn", (False, True)):
+        # Designs keep the ids they had before the general grid (their scheduled runs stay
+        # looks of one design): a stratum of one ``bare_stratum`` factor (batch size) hashes as
+        # its level, and a comparison of a factor's ``keyless_compare`` levels (BN off/on) is
+        # left out; any other grid hashes its levels.
+        bare = [len(st) == 1 and factor(st[0][0]).bare_stratum for st in self.strata]
+        facts["strata"] = [st[0][1] if b else st for st, b in zip(self.strata, bare, strict=True)]
+        if factor(self.compare).keyless_compare != tuple(self.levels):
             facts["compare"] = [self.compare, list(self.levels)]
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -1,8 +1,14 @@
-"""The grid's factors: what may vary from cell to cell, how a level is spelled, and strata.
+"""The grid's factors: what may vary from cell to cell, how a level is spelled, how it reaches
+training and how it is keyed, and strata.
 
-A cell is (factor levels, seed). Every module outside the model builder and the engines handles
-cells through this module only, so a new factor is a registry entry here plus, for a factor that
-changes the network, the model builder and the fused kernel.
+A cell is (factor levels, seed). Every module outside the code that implements a level handles
+cells through this module only: ``TrainSpec`` (which levels members share), the training groups
+(``grid.GROUP_SPANS``), the design id and the cell params read the registry. A new factor is
+an entry here, its default field in ``bnpipe/config.py``, and the code that gives its levels a
+meaning: the model builder and the fused kernel for the architecture, ``train/optimizers.py``
+for an optimizer, the engines for anything else. ``keyless_default`` is not optional in spirit:
+a factor added without it gives every stored cell a new key (tests/test_grid_factors.py lists
+the factors allowed to be keyed at every level).
 
 Levels are stored in registry order (FACTORS), whatever order ``grid.factors`` lists them in:
 the same levels always make the same cell. A stratum is a cell's levels without the compared
@@ -18,6 +24,14 @@ from typing import Any
 Level = tuple[str, Any]
 Stratum = tuple[Level, ...]
 
+# How a level reaches training (Factor.reaches):
+# - MEMBER: a setting of each model; the members of one training group may differ in it (the
+#   fused engine gives every member its own init, and shards by learning rate).
+# - GROUP: one value for a whole group, compiled into its program (batch size, optimizer).
+# - ARCHITECTURE: the model's layers; the model builder takes it by name (``build_model``) and
+#   every member of a group shares it, unless the factor ``spans_groups``.
+MEMBER, GROUP, ARCHITECTURE = "member", "group", "architecture"
+
 
 @dataclass(frozen=True)
 class Factor:
@@ -27,8 +41,7 @@ class Factor:
         name: the config, params, results-column and MLflow-param name.
         label: short name in run names (``bs=32``).
         kind: the Python type of a level (bool, int, float or str).
-        architecture: the level changes the compiled program (shapes or layers); the fused
-            engine stacks only cells that agree on every architecture factor.
+        reaches: how the level reaches training: MEMBER, GROUP or ARCHITECTURE (above).
         default_field: dotted config field a cell takes its level from when the factor is not
             in ``grid.factors``.
         choices: the allowed levels of a str factor.
@@ -37,18 +50,28 @@ class Factor:
         gt: a numeric level must be greater than this (config validation).
         le: a numeric level must be at most this (config validation).
         title: the factor in sentences (``BN``, ``batch size``); default: the name in words.
+        spans_groups: the fused engine trains all levels in one group although they change the
+            program (BN: a shard of both arms is one masked program in which each member trains
+            bit for bit as apart), so a comparison's arms cost one compile, not two.
+        bare_stratum: a stratum of this factor alone enters the design id as its bare level
+            (the id designs had when their strata were batch sizes).
+        keyless_compare: comparing exactly these levels leaves ``grid.compare`` out of the
+            design id (designs from before ``grid.compare`` existed compared BN off/on).
     """
 
     name: str
     label: str
     kind: type
-    architecture: bool
+    reaches: str
     default_field: str
     choices: tuple[str, ...] | None = None
     keyless_default: Any = None
     gt: float | None = None
     le: float | None = None
     title: str = ""
+    spans_groups: bool = False
+    bare_stratum: bool = False
+    keyless_compare: tuple[Any, ...] | None = None
 
     @property
     def words(self) -> str:
@@ -67,18 +90,25 @@ class Factor:
 FACTORS: dict[str, Factor] = {
     f.name: f
     for f in (
-        Factor("bn", "bn", bool, True, "model.bn", title="BN"),
-        Factor("bn_position", "pos", str, True, "model.bn_position",
+        Factor("bn", "bn", bool, ARCHITECTURE, "model.bn", title="BN", spans_groups=True,
+               keyless_compare=(False, True)),
+        Factor("bn_position", "pos", str, ARCHITECTURE, "model.bn_position",
                choices=("after_relu", "before_relu"), keyless_default="after_relu",
                title="BN position"),
         # A batch far beyond any data set overflows int32 shapes inside TensorFlow.
-        Factor("batch_size", "bs", int, True, "train.batch_size", gt=0, le=1 << 24),
-        Factor("learning_rate", "lr", float, False, "train.learning_rate", gt=0),
-        Factor("init_scale", "init", float, False, "model.init_scale", keyless_default=1.0,
+        Factor("batch_size", "bs", int, GROUP, "train.batch_size", gt=0, le=1 << 24,
+               bare_stratum=True),
+        Factor("learning_rate", "lr", float, MEMBER, "train.learning_rate", gt=0),
+        Factor("init_scale", "init", float, MEMBER, "model.init_scale", keyless_default=1.0,
                gt=0),
+        # Adam is the reference's (and what every cell keyed before this factor trained with).
+        Factor("optimizer", "opt", str, GROUP, "train.optimizer", choices=("adam", "sgd"),
+               keyless_default="adam"),
     )
 }  # fmt: skip
 _ORDER = {name: i for i, name in enumerate(FACTORS)}
+# Factors whose levels may differ inside one training group of the fused engine.
+SPANNING = tuple(n for n, f in FACTORS.items() if f.spans_groups)
 
 
 def factor(name: str) -> Factor:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from bnpipe.config import Config
 from bnpipe.data import MnistData
-from bnpipe.factors import FACTORS, Cell, Level, Stratum, canonical, factor, levels_text
+from bnpipe.factors import FACTORS, SPANNING, Cell, Level, Stratum, canonical, factor, levels_text
 from bnpipe.provenance import (
     NUMERIC_PACKAGES,
     cell_key,
@@ -45,11 +45,11 @@ def result_columns(cfg: Config) -> list[str]:
     return [*cfg.grid.levels, *RESULT_TAIL]
 
 
-# Factors whose levels may differ inside one training group of the fused engine: it trains
-# members with and without BN in one program (a shard of both is masked), so a BN comparison's
-# two arms cost one compile per combination of the other levels, not two. (The keras engine
-# fits one model at a time; its groups stay one combination of all levels.)
-GROUP_SPANS = ("bn",)
+# Factors whose levels may differ inside one training group of the fused engine (the registry's
+# ``spans_groups``: BN, whose two arms train in one masked program), so a comparison's two arms
+# cost one compile per combination of the other levels, not two. (The keras engine fits one
+# model at a time; its groups stay one combination of all levels.)
+GROUP_SPANS = SPANNING
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,12 @@ def resolved_levels(cfg: Config, levels: Cell | Iterable[Level]) -> dict[str, An
     return {name: own[name] if name in own else default_level(cfg, name) for name in FACTORS}
 
 
+# The reference recipe's settings that no config field holds, in every cell's params. A factor of
+# the same name replaces its entry with the cell's level; where that level is the factor's
+# keyless default (the recipe's own value), the entry stays as it was, and so does the key.
+RECIPE = {"optimizer": "adam", "loss": "sparse_categorical_crossentropy"}
+
+
 def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
     """Every setting that defines a cell's result (logged as the child run's params).
 
@@ -189,11 +195,10 @@ def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
         for name, level in resolved_levels(cfg, cell).items()
         if FACTORS[name].keyless_default is None or level != FACTORS[name].keyless_default
     }
+    params = {**RECIPE, **params}
     params.update(
         {
             "seed": cell.seed,
-            "optimizer": "adam",
-            "loss": "sparse_categorical_crossentropy",
             **{name: flat[field] for field, name in NUMERIC_FIELDS.items()},
             "data_digest": data_digest,
         }
@@ -229,10 +234,9 @@ def group_spans(cfg: Config) -> tuple[str, ...]:
 
 def train_spec(cfg: Config, group: Group) -> TrainSpec:
     """What the engines train for ``group`` under ``cfg`` (one member per cell)."""
-    cells = group.cells
-    return TrainSpec.for_cells(
-        cells,
-        [resolved_levels(cfg, c) for c in cells],
+    return TrainSpec(
+        cells=group.cells,
+        levels=tuple(tuple(resolved_levels(cfg, c).items()) for c in group.cells),
         epochs=cfg.train.epochs,
         hidden_units=cfg.model.hidden_units,
         num_classes=cfg.model.num_classes,

@@ -28,6 +28,7 @@ NUMERIC_MODULES = (
     "train/engines.py",
     "train/keras_engine.py",
     "train/fused.py",
+    "train/optimizers.py",
 )
 # Environment variables that change TF's kernels or XLA's code generation, hence the last bits.
 NUMERIC_ENV_VARS = ("TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "TF_XLA_FLAGS", "TF_DETERMINISTIC_OPS")

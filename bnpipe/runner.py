@@ -586,7 +586,8 @@ def cfg_info(cfg: Config, data: MnistData) -> dict[str, Any]:
     return {
         "grid": f"{grid} x seeds; compared: {contrast_text(cfg)}",
         "design": plan_of(cfg).describe(),
-        "training": f"{cfg.train.epochs} epochs, Adam, engine {cfg.train.engine}; "
+        # The optimizer is a factor: its level is named with the others below.
+        "training": f"{cfg.train.epochs} epochs, engine {cfg.train.engine}; "
         + ", ".join(
             level_phrase(name, default_level(cfg, name))
             for name in FACTORS

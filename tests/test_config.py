@@ -139,7 +139,7 @@ def test_grid_aliases_fill_grid_factors():
         (
             "grid.factors={dropout: [0.1]}",
             "unknown key 'grid.factors.dropout' (valid: bn, bn_position, batch_size, "
-            "learning_rate, init_scale)",
+            "learning_rate, init_scale, optimizer)",
         ),
         ("grid.factors={bn: []}", "grid.factors.bn: must not be empty"),
         ("grid.factors={bn: [false, false]}", "grid.factors.bn: has duplicates"),

@@ -214,7 +214,7 @@ def test_fused_matches_keras_engine_for_other_factor_levels(data: MnistData, set
     keras_runs = train_keras(spec, data)
     # Round-off grows with the learning rate (Adam steps are lr-sized). Measured here: weights
     # within 1e-4 (BN) / 1e-5 (no BN), every metric within 1e-5.
-    atol = KERAS_ATOL[bn] * max(1.0, spec.learning_rates[0] / LR)
+    atol = KERAS_ATOL[bn] * max(1.0, spec.level("learning_rate", 0) / LR)
     for ours, ref in zip(fused_runs, keras_runs, strict=True):
         assert ours.cell == ref.cell and ours.status == ref.status == "finished"
         assert _max_abs_diff(ours.weights, ref.weights) <= atol
@@ -240,12 +240,11 @@ def test_members_with_other_rates_and_scales_train_as_alone(data: MnistData) -> 
     base = TrainSpec.of([0, 1, 2], bn=True, batch_size=BATCH, epochs=2)
     mixed = TrainSpec(
         cells=tuple(cells),
-        seeds=(0, 1, 2),
-        learning_rates=lrs,
-        init_scales=scales,
-        batch_size=BATCH,
+        levels=tuple(
+            {**dict(lv), "learning_rate": lr, "init_scale": scale}
+            for lv, lr, scale in zip(base.levels, lrs, scales, strict=True)
+        ),
         epochs=2,
-        architecture=base.architecture,
     )
     together = train_fused(mixed, data)
     assert [r.cell for r in together] == cells
@@ -262,16 +261,9 @@ def _mixed_spec(seeds: list[int], bn_position: str = "after_relu", **kwargs) -> 
     """One group of both arms: ``seeds`` without BN, then with (cells named as TrainSpec.of's)."""
     off = TrainSpec.of(seeds, bn=False, batch_size=BATCH, bn_position=bn_position, **kwargs)
     on = TrainSpec.of(seeds, bn=True, batch_size=BATCH, bn_position=bn_position, **kwargs)
-    return TrainSpec(
-        cells=off.cells + on.cells,
-        seeds=off.seeds + on.seeds,
-        learning_rates=off.learning_rates + on.learning_rates,
-        init_scales=off.init_scales + on.init_scales,
-        batch_size=BATCH,
-        epochs=on.epochs,
-        architecture=on.architecture,
-        bns=(False,) * len(seeds) + (True,) * len(seeds),
-    )
+    spec = off + on
+    assert spec.all("bn") == (False,) * len(seeds) + (True,) * len(seeds)
+    return spec
 
 
 @pytest.mark.parametrize("bn_position", ["after_relu", "before_relu"])
@@ -283,7 +275,7 @@ def test_members_with_and_without_bn_in_one_program_train_as_apart(
     seeds = [0, 1]  # 2 + 2 members: one mixed shard of 5 (padded)
     spec = _mixed_spec(seeds, bn_position, epochs=2, learning_rate=LR)
     mixed = train_fused(spec, data)
-    assert fused.shard_layout(spec, spec.bns[:5]).mixed
+    assert fused.shard_layout(spec, spec.all("bn")[:5]).mixed
     apart = [
         r
         for bn in (False, True)
@@ -299,10 +291,10 @@ def test_a_mixed_group_is_cut_into_plain_shards_where_it_can(data: MnistData) ->
     """Ten members of each arm fill plain shards (no member pays for BN it does not use); a
     group of two seeds per arm needs one mixed shard instead of two half-empty plain ones."""
     big = _mixed_spec(list(range(5)))
-    shards = [fused.shard_layout(big, big.bns[i : i + 5]) for i in (0, 5)]
+    shards = [fused.shard_layout(big, big.all("bn")[i : i + 5]) for i in (0, 5)]
     assert [s.mixed for s in shards] == [False, False] and [s.bn for s in shards] == [False, True]
     small = _mixed_spec([0, 1])
-    assert fused.shard_layout(small, small.bns).mixed
+    assert fused.shard_layout(small, small.all("bn")).mixed
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ from bnpipe import stats
 from bnpipe.analysis import comparison_of
 from bnpipe.config import load_config
 from bnpipe.design import decide_all, design_outcome, plan_of
-from bnpipe.factors import Cell
+from bnpipe.factors import FACTORS, Cell
 from bnpipe.grid import (
+    GROUP_SPANS,
     cell_params,
     grid_cells,
     result_columns,
@@ -23,6 +24,7 @@ from bnpipe.grid import (
 )
 from bnpipe.report import verdict_sentence
 from bnpipe.tracking import logged_params, parent_params, recorded_cell
+from bnpipe.train.common import TrainSpec
 
 BN_LR = ["grid.factors={bn: [false, true], learning_rate: [0.001, 0.1]}", "grid.seeds=[0,1]"]
 DEFAULT_DESIGN_ID = "129d2870fc03"
@@ -54,9 +56,9 @@ def test_cells_strata_and_groups_of_a_bn_x_learning_rate_grid():
     assert groups[1].cells == tuple(cells[4:])
     # The batch size is no factor here: every cell trains at train.batch_size.
     spec = train_spec(cfg, groups[1])
-    assert spec.batch_size == 32 and spec.learning_rates == (0.1,) * 4
-    assert spec.bns == (False, False, True, True) and spec.seeds == (0, 1, 0, 1)
-    assert spec.architecture.bn and spec.init_scales == (1.0,) * 4
+    assert spec.batch_size == 32 and spec.all("learning_rate") == (0.1,) * 4
+    assert spec.all("bn") == (False, False, True, True) and spec.seeds == (0, 1, 0, 1)
+    assert spec.architecture.bn and spec.all("init_scale") == (1.0,) * 4
     assert result_columns(cfg)[:3] == ["bn", "learning_rate", "seed"]
     assert list(result_row(cells[0], status="finished"))[:3] == ["bn", "learning_rate", "seed"]
 
@@ -177,3 +179,25 @@ def test_parent_metrics_are_named_by_stratum_key():
     } <= set(names)
     assert not any("=" in n for n in names)
     assert stratum_key((("learning_rate", 1e30),)) == "learning_rate_1e30"  # MLflow rejects "+"
+
+
+def test_a_factor_added_later_has_a_keyless_default():
+    """The trap of a new factor: without a ``keyless_default`` (the level every stored cell
+    trained at) its level enters every cell's params, and every stored cell gets a new key.
+    Only the factors of the first grid are keyed at every level."""
+    keyed = {name for name, f in FACTORS.items() if f.keyless_default is None}
+    assert keyed == {"bn", "batch_size", "learning_rate"}
+
+
+def test_the_registry_says_how_each_factor_reaches_training():
+    """Groups span exactly the factors the registry says (BN: one masked program), and a spec
+    refuses members that disagree on a group or architecture level."""
+    assert GROUP_SPANS == ("bn",)
+    reaches = {name: f.reaches for name, f in FACTORS.items()}
+    assert reaches["bn"] == reaches["bn_position"] == "architecture"
+    assert reaches["batch_size"] == "group" and reaches["learning_rate"] == "member"
+    a, b = TrainSpec.of([0], batch_size=32), TrainSpec.of([1], batch_size=64)
+    with pytest.raises(ValueError, match="batch size differs"):
+        a + b
+    both = TrainSpec.of([0], bn=False) + TrainSpec.of([0], bn=True)
+    assert both.all("bn") == (False, True) and both.architecture.bn

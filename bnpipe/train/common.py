@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from bnpipe.config import DEFAULT_SHARD_SIZE, factor_defaults
+
 # The grid cell is the factor registry's (re-exported: older imports keep working).
-from bnpipe.factors import Cell
+from bnpipe.factors import ARCHITECTURE, FACTORS, MEMBER, SPANNING, Cell, Level, canonical
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
@@ -24,9 +26,6 @@ __all__ = [
 ]
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
-# Fused engine: members per stacked model. Two shards of 5 cover the default 10 seeds and keep
-# both cores of a 2-core machine busy.
-DEFAULT_SHARD_SIZE = 5
 
 
 DEFAULT_STEPS_PER_EXECUTION = 100
@@ -44,7 +43,8 @@ class TrainData(NamedTuple):
 
 @dataclass(frozen=True)
 class Architecture:
-    """What decides a model's layers and shapes (its weights' layout)."""
+    """What decides a model's layers and shapes (its weights' layout): the ARCHITECTURE factors'
+    levels (fields named as the factors) and the layer widths."""
 
     bn: bool = False
     bn_position: str = "after_relu"
@@ -57,81 +57,108 @@ class Architecture:
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`bnpipe.models.build_model` for this architecture."""
-        return {
-            "bn": self.bn,
-            "bn_position": self.bn_position,
-            "hidden_units": self.hidden_units,
-            "num_classes": self.num_classes,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def of(
         cls, levels: Mapping[str, Any], hidden_units: tuple[int, ...], num_classes: int
     ) -> Architecture:
         """The architecture of a cell from its resolved factor levels (every registry factor)."""
-        return cls(
-            bn=bool(levels["bn"]),
-            bn_position=str(levels["bn_position"]),
-            hidden_units=tuple(hidden_units),
-            num_classes=num_classes,
-        )
+        own = {n: levels[n] for n, f in FACTORS.items() if f.reaches == ARCHITECTURE}
+        return cls(**own, hidden_units=tuple(hidden_units), num_classes=num_classes)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """Everything an engine needs to train a group of cells: one model (member) per cell.
 
-    Members share the architecture except BN, batch size and epochs; each has its own seed,
-    learning rate, init scale and BN on/off (``bns``; empty: every member as
-    ``architecture.bn``). ``cells`` label the results.
+    ``levels`` holds every registry factor's level per member. How a level reaches training is
+    the registry's (``Factor.reaches``): GROUP and ARCHITECTURE levels are one per spec (read
+    them with :meth:`shared`), except a factor that ``spans_groups`` (BN); MEMBER levels may
+    differ (:meth:`level`). ``cells`` label the results and carry the seeds.
     """
 
     cells: tuple[Cell, ...]
-    seeds: tuple[int, ...]
-    learning_rates: tuple[float, ...]
-    init_scales: tuple[float, ...]
-    batch_size: int
+    levels: tuple[tuple[Level, ...], ...]
     epochs: int
-    architecture: Architecture = Architecture()
+    hidden_units: tuple[int, ...] = (64, 64)
+    num_classes: int = 10
     engine: str = "fused"
     # Engine settings: keras steps per graph call (speed only); fused members per stacked model
     # (decides the last bits) and shards trained at once (speed only; None: one per core).
     steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION
     shard_size: int = DEFAULT_SHARD_SIZE
     parallel_shards: int | None = None
-    bns: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
-        n = len(self.cells)
-        if not self.bns:
-            object.__setattr__(self, "bns", (self.architecture.bn,) * n)
-        lengths = {len(self.seeds), len(self.learning_rates), len(self.init_scales), len(self.bns)}
-        if lengths != {n}:
-            raise ValueError("TrainSpec: one seed, learning rate, init scale and BN flag per cell")
+        if not self.cells:
+            raise ValueError("TrainSpec: no cells")
+        if len(self.levels) != len(self.cells):
+            raise ValueError("TrainSpec: one set of levels per cell")
+        object.__setattr__(self, "levels", tuple(canonical(lv) for lv in self.levels))
+        missing = set(FACTORS) - set(dict(self.levels[0]))
+        if missing:
+            raise ValueError(f"TrainSpec: no level for {', '.join(sorted(missing))}")
+        for name, f in FACTORS.items():
+            if f.reaches != MEMBER and not f.spans_groups and len(set(self.all(name))) != 1:
+                raise ValueError(
+                    "cells of one group must share every group and architecture level "
+                    f"({f.words} differs)"
+                )
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(c.seed for c in self.cells)
+
+    def level(self, name: str, i: int) -> Any:
+        """Member i's level of factor ``name``."""
+        return dict(self.levels[i])[name]
+
+    def all(self, name: str) -> tuple[Any, ...]:
+        """Every member's level of factor ``name``, in member order."""
+        return tuple(dict(lv)[name] for lv in self.levels)
+
+    def shared(self, name: str) -> Any:
+        """The level of ``name`` that every member has (a GROUP or ARCHITECTURE factor)."""
+        (value,) = set(self.all(name))
+        return value
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.shared("batch_size"))
 
     def member_architecture(self, i: int) -> Architecture:
-        """Member i's architecture (the shared one with its own BN on/off)."""
-        return replace(self.architecture, bn=self.bns[i])
+        """Member i's architecture."""
+        return Architecture.of(dict(self.levels[i]), self.hidden_units, self.num_classes)
+
+    @property
+    def architecture(self) -> Architecture:
+        """The members' shared architecture; a factor that spans groups (BN) is on where any
+        member has it on (the stacked program holds its variables)."""
+        spanning = {n: any(self.all(n)) for n in SPANNING if FACTORS[n].reaches == ARCHITECTURE}
+        return replace(self.member_architecture(0), **spanning)
 
     @classmethod
     def of(
         cls,
         seeds: Iterable[int],
         *,
-        bn: bool = False,
-        batch_size: int = 32,
         epochs: int = 1,
-        learning_rate: float = 1e-3,
-        init_scale: float = 1.0,
-        bn_position: str = "after_relu",
         hidden_units: tuple[int, ...] = (64, 64),
         num_classes: int = 10,
         cells: Iterable[Cell] | None = None,
-        **settings: Any,
+        engine: str = "fused",
+        steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        parallel_shards: int | None = None,
+        **levels: Any,
     ) -> TrainSpec:
-        """A group whose members differ only by seed (cells named by BN and batch size unless
-        given): the short form for tests, the benchmark and notebooks."""
+        """A group whose members differ only by seed, at ``levels`` (factor -> level; a factor
+        not given: its config default, e.g. BN off, batch 32, Adam at 0.001); cells named by
+        BN and batch size unless given: the short form for tests, the benchmark and notebooks."""
         seeds = tuple(seeds)
+        resolved = canonical({**factor_defaults(), **levels})
+        bn, batch_size = dict(resolved)["bn"], dict(resolved)["batch_size"]
         named = (
             tuple(cells)
             if cells is not None
@@ -139,43 +166,14 @@ class TrainSpec:
         )
         return cls(
             cells=named,
-            seeds=seeds,
-            learning_rates=(float(learning_rate),) * len(seeds),
-            init_scales=(float(init_scale),) * len(seeds),
-            batch_size=batch_size,
+            levels=(resolved,) * len(seeds),
             epochs=epochs,
-            architecture=Architecture(bn, bn_position, tuple(hidden_units), num_classes),
-            **settings,
-        )
-
-    @classmethod
-    def for_cells(
-        cls, cells: Sequence[Cell], levels: Sequence[Mapping[str, Any]], **settings: Any
-    ) -> TrainSpec:
-        """A spec from grid cells and each cell's resolved levels (every registry factor).
-
-        Raises:
-            ValueError: cells that disagree on the architecture (BN aside) or the batch size
-                (they cannot share one compiled program).
-        """
-        if not cells:
-            raise ValueError("TrainSpec.for_cells: no cells")
-        hidden_units = settings.pop("hidden_units")
-        num_classes = settings.pop("num_classes")
-        bns = tuple(bool(lv["bn"]) for lv in levels)
-        archs = {replace(Architecture.of(lv, hidden_units, num_classes), bn=False) for lv in levels}
-        batches = {int(lv["batch_size"]) for lv in levels}
-        if len(archs) != 1 or len(batches) != 1:
-            raise ValueError("cells of one group must share the architecture and batch size")
-        return cls(
-            cells=tuple(cells),
-            seeds=tuple(c.seed for c in cells),
-            learning_rates=tuple(float(lv["learning_rate"]) for lv in levels),
-            init_scales=tuple(float(lv["init_scale"]) for lv in levels),
-            batch_size=batches.pop(),
-            architecture=replace(archs.pop(), bn=any(bns)),
-            bns=bns,
-            **settings,
+            hidden_units=tuple(hidden_units),
+            num_classes=num_classes,
+            engine=engine,
+            steps_per_execution=steps_per_execution,
+            shard_size=shard_size,
+            parallel_shards=parallel_shards,
         )
 
     def members(self, indices: Sequence[int]) -> TrainSpec:
@@ -183,11 +181,16 @@ class TrainSpec:
         return replace(
             self,
             cells=tuple(self.cells[i] for i in indices),
-            seeds=tuple(self.seeds[i] for i in indices),
-            learning_rates=tuple(self.learning_rates[i] for i in indices),
-            init_scales=tuple(self.init_scales[i] for i in indices),
-            bns=tuple(self.bns[i] for i in indices),
+            levels=tuple(self.levels[i] for i in indices),
         )
+
+    def with_levels(self, **levels: Any) -> TrainSpec:
+        """The same spec with every member at ``levels`` (factor -> level)."""
+        return replace(self, levels=tuple({**dict(lv), **levels} for lv in self.levels))
+
+    def __add__(self, other: TrainSpec) -> TrainSpec:
+        """One spec of both specs' members (this one's first; other settings: this one's)."""
+        return replace(self, cells=self.cells + other.cells, levels=self.levels + other.levels)
 
 
 @dataclass

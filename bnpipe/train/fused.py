@@ -17,7 +17,7 @@ alone:
   epsilon 1e-3) in validation, with the same formulas as ``keras.layers.BatchNormalization``;
 - the loss is Keras' sparse categorical cross-entropy of a softmax output. Keras reads the
   logits cached on its softmax output, so it never clips probabilities here; neither do we;
-- Adam is Keras 3's update written out (epsilon 1e-7, bias correction folded into the step);
+- the optimizer is Keras 3's update written out (``bnpipe.train.optimizers``);
 - epoch loss/accuracy are Keras' ``Mean`` trackers: batch loss weighted by batch size.
 
 The members only share the step counter and the batch schedule, which are identical anyway,
@@ -45,15 +45,16 @@ from bnpipe.train.common import (
     epoch_permutation,
     usable_cores,
 )
+from bnpipe.train.optimizers import OPTIMIZERS, optimizer_of
 from bnpipe.xla_cache import stable_names, tune_xla
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
 Tensors = tuple[tf.Tensor, ...]
+# The weights (get_weights order), then the optimizer's slots (one tuple per slot kind, each one
+# tensor per trainable weight), all with leading axis K.
+State = tuple[Tensors, ...]
 
-# Keras 3 defaults (keras.optimizers.Adam and keras.layers.BatchNormalization).
-ADAM_BETA_1 = 0.9
-ADAM_BETA_2 = 0.999
-ADAM_EPSILON = 1e-7
+# Keras 3 defaults (keras.layers.BatchNormalization).
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
 METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -69,6 +70,8 @@ class Layout:
     bn_position: str = "after_relu"
     # Members with and without BN in one program: a per-member mask picks each one's path.
     mixed: bool = False
+    # The update rule (bnpipe.train.optimizers), which also decides the optimizer's slots.
+    optimizer: str = "adam"
 
     @property
     def per_hidden(self) -> int:
@@ -164,43 +167,32 @@ def _loss_and_correct(logits: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Te
     return loss, correct
 
 
-def _adam(
-    var: tf.Tensor, m: tf.Tensor, v: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor, step: tf.Tensor
-) -> Tensors:
-    """One Keras 3 Adam update; ``step`` is the 1-based float32 iteration count."""
-    beta_1_power = tf.pow(tf.constant(ADAM_BETA_1, tf.float32), step)
-    beta_2_power = tf.pow(tf.constant(ADAM_BETA_2, tf.float32), step)
-    alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-    m = m + (grad - m) * (1 - ADAM_BETA_1)
-    v = v + (tf.square(grad) - v) * (1 - ADAM_BETA_2)
-    return var - (m * alpha) / (tf.sqrt(v) + ADAM_EPSILON), m, v
-
-
 def train_step(
     layout: Layout,
-    state: tuple[Tensors, Tensors, Tensors],
+    state: State,
     x: tf.Tensor,
     y: tf.Tensor,
     lr: tf.Tensor,
     step: tf.Tensor,
     bn_mask: tf.Tensor | None = None,
-) -> tuple[tuple[Tensors, Tensors, Tensors], tf.Tensor, tf.Tensor]:
+) -> tuple[State, tf.Tensor, tf.Tensor]:
     """One optimizer step of every member on its own batch.
 
     Args:
-        layout: variable layout.
-        state: (weights in get_weights order, Adam m, Adam v), all with leading axis K.
+        layout: variable layout and update rule.
+        state: (weights in get_weights order, *the optimizer's slots), all with leading axis K.
         x: [K, B, features] batches.
         y: [K, B] int labels.
         lr: learning rate.
         step: 1-based iteration number (float32), shared by all members.
         bn_mask: [K] bool, which members use BN (a mixed layout only). A member without BN gets
-            zero gradients for its unused BN variables, so Adam leaves them as they are.
+            zero gradients for its unused BN variables, so the optimizer leaves them as they are
+            (Adam and SGD with momentum: zero moments, zero step).
 
     Returns:
         (new state, batch loss [K], number correct [K]).
     """
-    weights, ms, vs = state
+    weights, *slots = state
     trainable = layout.trainable()
     with tf.GradientTape() as tape:
         params = [weights[i] for i in trainable]
@@ -214,26 +206,30 @@ def train_step(
         # Members share no parameters, so the gradient of the sum is each member's own gradient.
         total = tf.reduce_sum(loss)
     grads = tape.gradient(total, params)
+    optimizer = OPTIMIZERS[layout.optimizer]
     new_weights = list(weights)
-    new_ms, new_vs = list(ms), list(vs)
+    new_slots = [list(kind) for kind in slots]
     for j, (i, g) in enumerate(zip(trainable, grads, strict=True)):
-        new_weights[i], new_ms[j], new_vs[j] = _adam(weights[i], ms[j], vs[j], g, lr, step)
+        own = tuple(kind[j] for kind in slots)
+        new_weights[i], own = optimizer.update(weights[i], own, g, lr, step)
+        for kind, value in zip(new_slots, own, strict=True):
+            kind[j] = value
     for i, value in updates.items():
         new_weights[i] = value
-    return (tuple(new_weights), tuple(new_ms), tuple(new_vs)), loss, correct
+    return (tuple(new_weights), *(tuple(kind) for kind in new_slots)), loss, correct
 
 
 def _run_epoch(
     layout: Layout,
     batch_size: int,
-    state: tuple[Tensors, Tensors, Tensors],
+    state: State,
     x: tf.Tensor,
     y: tf.Tensor,
     perms: tf.Tensor,
     lr: tf.Tensor,
     iterations: tf.Tensor,
     bn_mask: tf.Tensor | None = None,
-) -> tuple[tuple[Tensors, Tensors, Tensors], tf.Tensor, tf.Tensor, tf.Tensor]:
+) -> tuple[State, tf.Tensor, tf.Tensor, tf.Tensor]:
     """One epoch of every member: full steps in a while loop, then the partial batch.
 
     ``perms`` [K, n] holds each member's epoch order (``bn_mask`` [K]: who uses BN, a mixed
@@ -284,7 +280,7 @@ def _evaluate(
 def _epoch_and_validate(
     layout: Layout,
     batch_size: int,
-    state: tuple[Tensors, Tensors, Tensors],
+    state: State,
     x: tf.Tensor,
     y: tf.Tensor,
     perms: tf.Tensor,
@@ -421,10 +417,11 @@ def train_fused(
     if len(x_train) < 1 or len(x_val) < 1:
         raise ValueError("train_fused needs at least one training and one validation example")
     by_rate: dict[float, list[int]] = {}
+    bns = spec.all("bn")
     # Members without BN first: a group of both kinds is cut into as many plain shards as it
     # can fill (a mixed program costs the members without BN the BN arithmetic they discard).
-    for i in sorted(range(len(spec.cells)), key=lambda i: spec.bns[i]):
-        by_rate.setdefault(spec.learning_rates[i], []).append(i)
+    for i in sorted(range(len(spec.cells)), key=lambda i: bns[i]):
+        by_rate.setdefault(spec.level("learning_rate", i), []).append(i)
     shards = [
         chunk for members in by_rate.values() for chunk in shard_seeds(members, spec.shard_size)
     ]
@@ -486,7 +483,7 @@ class _Shard:
         self.seeds = [spec.seeds[i] for i in indices]
         self.members = [spec.seeds[i] for i in padded]
         self.cells = [spec.cells[i] for i in indices]
-        bns = [spec.bns[i] for i in padded]
+        bns = [spec.level("bn", i) for i in padded]
         layout = shard_layout(spec, bns)
         self.layout, self.bns = layout, bns[: len(indices)]
         self.run_epoch_fn = _compiled(layout, spec.batch_size)
@@ -500,7 +497,7 @@ class _Shard:
             arch.hidden_units,
             arch.num_classes,
             bn_position=arch.bn_position,
-            init_scales=[spec.init_scales[i] for i in padded],
+            init_scales=[spec.level("init_scale", i) for i in padded],
             bns=bns,
         )
         if len(stacked) != layout.n_weights:
@@ -509,9 +506,9 @@ class _Shard:
             )
         weights = tuple(tf.constant(w) for w in stacked)
         zeros = tuple(tf.zeros_like(weights[i]) for i in layout.trainable())
-        self.state = (weights, zeros, zeros)
+        self.state = (weights, *(zeros,) * OPTIMIZERS[layout.optimizer].slots)
         self.iterations = tf.constant(0, tf.int64)
-        self.lr = tf.constant(spec.learning_rates[indices[0]], tf.float32)
+        self.lr = tf.constant(spec.level("learning_rate", indices[0]), tf.float32)
         self.histories: list[list[dict[str, float]]] = [[] for _ in indices]
         self.final: list[list[np.ndarray] | None] = [None] * len(indices)
         self.end_time = [0.0] * len(indices)
@@ -552,7 +549,7 @@ class _Shard:
             self.histories[i].append(row)
             if on_epoch is not None:
                 on_epoch(cell, len(self.histories[i]), row)
-            # Same rule as the keras engine: a non-finite loss never recovers under Adam.
+            # Same rule as the keras engine: a non-finite loss never recovers.
             if not math.isfinite(row["loss"]):
                 self.final[i] = self.member_weights(i)
                 self.end_time[i] = elapsed
@@ -597,4 +594,10 @@ def shard_layout(spec: TrainSpec, bns: Sequence[bool]) -> Layout:
     bn, mixed = any(bns), len(set(bns)) > 1
     # Without BN its position is moot: one program for both spellings.
     position = arch.bn_position if bn else "after_relu"
-    return Layout(bn=bn, n_layers=len(arch.hidden_units) + 1, bn_position=position, mixed=mixed)
+    return Layout(
+        bn=bn,
+        n_layers=len(arch.hidden_units) + 1,
+        bn_position=position,
+        mixed=mixed,
+        optimizer=optimizer_of(spec).name,
+    )

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from bnpipe.models import build_model
 from bnpipe.train.common import Cell, TrainData, TrainResult, TrainSpec, epoch_permutation
+from bnpipe.train.optimizers import ADAM, Optimizer, optimizer_of
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
 
@@ -32,10 +33,12 @@ def compile_model(
     model: keras.Model,
     learning_rate: float,
     steps_per_execution: int = 1,
+    optimizer: Optimizer = ADAM,
 ) -> None:
-    """Adam + sparse categorical cross-entropy + accuracy, as in the reference."""
+    """The optimizer (the reference's Adam unless told) + sparse categorical cross-entropy +
+    accuracy, as in the reference."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=optimizer.keras(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
@@ -57,9 +60,12 @@ def _train_one(
     x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_test, data.y_test
     set_determinism(seed)
     model = build_model(
-        seed=seed, init_scale=spec.init_scales[i], **spec.member_architecture(i).model_kwargs()
+        seed=seed,
+        init_scale=spec.level("init_scale", i),
+        **spec.member_architecture(i).model_kwargs(),
     )
-    compile_model(model, spec.learning_rates[i], spec.steps_per_execution)
+    lr = spec.level("learning_rate", i)
+    compile_model(model, lr, spec.steps_per_execution, optimizer_of(spec))
     history: list[dict[str, float]] = []
     status = "finished"
     start = time.perf_counter()
@@ -81,7 +87,8 @@ def _train_one(
         history.append(row)
         if on_epoch is not None:
             on_epoch(cell, epoch + 1, row)
-        # A non-finite loss never recovers under Adam; stop instead of burning the remaining epochs.
+        # A non-finite loss never recovers (NaN weights stay NaN, whatever the optimizer); stop
+        # instead of burning the remaining epochs.
         if not math.isfinite(row["loss"]):
             status = "diverged"
             break
