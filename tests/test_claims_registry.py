@@ -28,6 +28,7 @@ def test_every_claim_has_a_study_that_loads() -> None:
         ("small_batch", "batch_size", 2),
         ("learning_rate", "learning_rate", 0.1),
         ("init_scale", "init_scale", 4.0),
+        ("optimizer", "learning_rate", 0.3),  # SGD: where no BN diverges and BN does not
     ],
 )
 def test_studies_vary_what_their_claim_is_about(study: str, factor: str, must_have: float):
@@ -36,6 +37,12 @@ def test_studies_vary_what_their_claim_is_about(study: str, factor: str, must_ha
     cfg = load_config(STUDIES / f"{study}.yaml")
     assert must_have in cfg.grid.levels[factor]
     assert cfg.stats.design == "fixed" and len(cfg.grid.seeds) >= 10
+
+
+def test_the_sgd_claim_trains_under_sgd() -> None:
+    from bnpipe.config import load_config
+
+    assert load_config(STUDIES / "optimizer.yaml").train.optimizer == "sgd"
 
 
 def test_compute_study_times_the_users_fit() -> None:
@@ -50,7 +57,9 @@ def test_claims_run_every_study_once() -> None:
     order = C.run_order()
     assert sorted(order) == sorted({c.study for c in C.CLAIMS})
     # The accuracy study first (`make run`'s grid, usually reused), the slow small-batch last.
-    assert order == ("accuracy", "learning_rate", "init_scale", "compute", "small_batch")
+    assert order == (
+        "accuracy", "learning_rate", "optimizer", "init_scale", "compute", "small_batch"
+    )  # fmt: skip
 
 
 def test_every_claim_names_a_test_that_exists() -> None:
