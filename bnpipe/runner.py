@@ -9,6 +9,7 @@ and each step's result comes back here. MLflow is reached only through
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import ChainMap, deque
@@ -422,7 +423,10 @@ def _train_ahead(
     finally:
         stop.set()
         for _, wait in running:
-            wait()
+            # Only waited for: how a group stopped on the way out changes nothing, and must not
+            # hide why we are leaving.
+            with contextlib.suppress(Exception):
+                wait()
 
 
 def run_grid(
