@@ -40,7 +40,6 @@ from bnpipe.tracking.names import (
     FAILURE_TAG,
     HEARTBEAT_TAG,
     INTERRUPTED,
-    LEGACY_GRID,
     OUTCOMES,
     OWNER_TAG,
     PARENT_TAG,
@@ -154,10 +153,12 @@ class CellRun:
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
-    factors: tuple[str, ...] = LEGACY_GRID  # its grid's factors (see names.grid_factors)
+    # Its grid's factors, from its parent's params (names.grid_factors): read by
+    # Tracker.cell_run only, as runs found in bulk never need their cell.
+    factors: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, run: Run, factors: tuple[str, ...] = LEGACY_GRID) -> CellRun:
+    def of(cls, run: Run, factors: tuple[str, ...] | None = None) -> CellRun:
         return cls(
             run_id=run.info.run_id,
             name=run.info.run_name or "",
@@ -217,7 +218,14 @@ class CellRun:
 
     @property
     def cell(self) -> Cell:
-        """The grid cell this run recorded: its factors' levels and seed, from its params."""
+        """The grid cell this run recorded: its factors' levels and seed, from its params.
+
+        Raises:
+            LookupError: its grid's factors were not read (see :attr:`factors`).
+            KeyError, ValueError: its params do not describe a cell of that grid.
+        """
+        if self.factors is None:
+            raise LookupError(f"run {self.run_id}: its grid is unknown (read it by cell_run)")
         return recorded_cell(self.params, self.factors)
 
     @property
