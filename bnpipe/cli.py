@@ -203,7 +203,7 @@ def preflight(cfg: Config, clock: PhaseClock | None = None, new_design: bool | N
     """
     clock = clock or PhaseClock()
     from bnpipe.data import load_mnist
-    from bnpipe.tracking import Tracker, resolve_uri
+    from bnpipe.tracking import Tracker, check_sqlite_path, resolve_uri
 
     uri = resolve_uri(cfg.tracking.uri)
     check_reports_dir(cfg.tracking.reports_dir)
@@ -242,15 +242,6 @@ def check_reports_dir(reports_dir: str) -> None:
         raise ConfigError(f"{what}: {existing} is not a folder, so {reports_dir} cannot be made")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{what}: {existing} is not writable, so {reports_dir} cannot be made")
-
-
-def check_sqlite_path(uri: str) -> None:
-    """A ``sqlite:///`` store must name a database file: MLflow retries a folder for minutes."""
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri.removeprefix("sqlite:///").partition("?")[0])
-    if db.is_dir():
-        raise ConfigError(f"tracking store {uri}: {db} is a folder, not a database file")
 
 
 def check_dask_address(address: str) -> None:

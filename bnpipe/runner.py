@@ -1,16 +1,19 @@
-"""The cell scheduler, free of any orchestrator: what to reuse, claim, train, wait for, and when a
-sequential look is due.
+"""The cell scheduler, free of any orchestrator: what to reuse, claim, train, wait for, how many
+groups train at once, and when a sequential look is due.
 
-The flow (flows/pipeline.py) hands it a callable that trains and logs claimed groups of cells
-(as Prefect tasks, in process or on Dask workers); everything else is decided here. MLflow is
-reached only through :class:`bnpipe.tracking.Tracker`.
+The flow (flows/pipeline.py) hands it :class:`Steps`: how to train a group, evaluate a cell and
+log it (as Prefect tasks, in process or on Dask workers); which step runs when is decided here,
+and each step's result comes back here. MLflow is reached only through
+:class:`bnpipe.tracking.Tracker`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections import ChainMap
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections import ChainMap, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +70,11 @@ from bnpipe.tracking import (
     CellRun,
     CellSpec,
     Owner,
+    ParentRun,
     Tracker,
     UnreadableArtifact,
+    redact_uri,
+    resolve_uri,
 )
 from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
@@ -259,6 +265,170 @@ def reuse(
     return again
 
 
+# -- training claimed groups ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trained:
+    """How one group's training ended: its results, or why it failed (one line)."""
+
+    results: list[TrainResult] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The steps the orchestrator runs for the runner (Prefect tasks in flows/pipeline.py, plain
+    calls in a test); which runs when, and how many at once, is decided here.
+
+    Attributes:
+        train: trains a group in this process now (``stop`` set: end after the current epoch).
+        evaluate: one trained cell's test metrics, or why evaluating it failed (one line).
+        log: fills a claimed run (run id, cell, result, evaluation, error, timestamp) and
+            returns the cell's outcome; raises when the run cannot be written.
+        submit: starts training a group beside this process's work and returns what waits
+            for it (None: :attr:`train` now).
+        train_all: trains every group at once elsewhere (Dask workers), yielding each one's
+            outcome in order (None: one after the other with :attr:`train`).
+    """
+
+    train: Callable[[Group, threading.Event | None], Trained]
+    evaluate: Callable[[TrainResult], tuple[Evaluation | None, str | None]]
+    log: Callable[[str, Cell, TrainResult | None, Evaluation | None, str | None, int], CellOutcome]
+    submit: Callable[[Group, threading.Event], Callable[[], Trained]] | None = None
+    train_all: Callable[[list[Group]], Iterator[Trained]] | None = None
+
+    def start(self, group: Group, stop: threading.Event) -> Callable[[], Trained]:
+        if self.submit is not None:
+            return self.submit(group, stop)
+        trained = self.train(group, stop)
+        return lambda: trained
+
+    def train_every(self, groups: list[Group]) -> Iterator[Trained]:
+        if self.train_all is not None:
+            return self.train_all(groups)
+        return (self.train(group, None) for group in groups)
+
+
+def trainer(steps: Steps, cfg: Config, progress: Progress) -> TrainClaimed:
+    """What claimed groups train with: serial fused groups trained ahead (the next training
+    while this one is evaluated and logged), serial Keras groups one at a time (they share
+    Keras' global seed state), any other runner every group of a round at once."""
+
+    def train_claimed(groups: Iterable[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
+        if cfg.orchestration.task_runner != "serial":
+            won_groups = list(groups)
+            trained = steps.train_every([group_of(won) for won in won_groups])
+            pairs: Iterable[tuple[dict[Cell, str], Trained | None]] = zip(
+                won_groups, trained, strict=True
+            )
+        elif cfg.train.engine == "fused":
+            pairs = _train_ahead(groups, steps, cfg)
+        else:
+            pairs = ((won, None) for won in groups)
+        for won, done in pairs:
+            yield _train_and_log(won, steps, cfg, progress, done)
+
+    return train_claimed
+
+
+def _train_and_log(
+    claimed: MutableMapping[Cell, str],
+    steps: Steps,
+    cfg: Config,
+    progress: Progress,
+    trained: Trained | None = None,
+) -> dict[Cell, CellOutcome]:
+    """Train the claimed cells of one group (unless ``trained`` elsewhere already), evaluate
+    each, and fill their child runs.
+
+    A cell leaves ``claimed`` once its run is closed, so what remains there if this raises are
+    the runs still open.
+    """
+    cells = sorted(claimed)
+    group = group_of(claimed)
+    out: dict[Cell, CellOutcome] = {}
+    if trained is None:
+        trained = steps.train(group, None)
+    if trained.error is not None:
+        why = trained.error
+        for cell in cells:
+            out[cell] = steps.log(claimed[cell], cell, None, None, why, now_ms())
+            del claimed[cell]
+            progress.cell(cell, "failed", float("nan"))
+        if cfg.orchestration.task_runner == "serial":
+            # One training process serves every group: what broke this group breaks the next.
+            # On Dask a lost worker loses its group only; the others go on training.
+            raise Outage(f"training {group.name} failed: {why}")
+        return out
+    for result in trained.results:
+        evaluation, why = None, None
+        if result.status == "finished":
+            evaluation, why = steps.evaluate(result)
+        cell = result.cell
+        out[cell] = steps.log(claimed[cell], cell, result, evaluation, why, now_ms())
+        del claimed[cell]
+        progress.cell(cell, out[cell].row["status"], out[cell].row["test_accuracy"])
+    # Not a cell's own fault when all of a group's cells fail alike: every later group would.
+    errors = [o.row["error"] for o in out.values() if o.row["status"] == "failed"]
+    if len(out) > 1 and len(errors) == len(out) and len(set(errors)) == 1:
+        raise Outage(f"every cell of {group.name} failed: {errors[0]}")
+    return out
+
+
+def groups_at_once(cfg: Config, members: int) -> int:
+    """How many fused groups of ``members`` cells train at once in the flow process.
+
+    One shard program keeps about 1.7 cores busy while it steps and one while XLA compiles it,
+    so a group of one shard leaves a 2-core machine half idle: then two groups train side by
+    side (one compiles while the other steps). Groups of as many shards as cores train one at a
+    time. Results do not depend on it: XLA on the CPU is deterministic, shards on threads change
+    no bit (tests/test_fused.py), and tests/test_e2e.py reproduces a real-MNIST cell alone to the
+    last bit after its grid trained groups side by side.
+    """
+    from bnpipe.train.common import usable_cores
+
+    shards = -(-members // cfg.train.shard_size)
+    return max(1, usable_cores() // max(shards, 1))
+
+
+def _train_ahead(
+    groups: Iterable[dict[Cell, str]], steps: Steps, cfg: Config
+) -> Iterator[tuple[dict[Cell, str], Trained]]:
+    """Serial fused training with the next group already training while this one is evaluated
+    and logged (and, for small groups, :func:`groups_at_once` groups training side by side).
+
+    Each group is claimed only when it is submitted. Leaving early (an error, Ctrl-C) stops the
+    groups still training at their next epoch, so nothing outlives the flow.
+    """
+    todo = iter(groups)
+    stop = threading.Event()
+    running: deque[tuple[dict[Cell, str], Callable[[], Trained]]] = deque()
+
+    def submit(limit: int) -> None:
+        while len(running) < limit:
+            won = next(todo, None)
+            if won is None:
+                return
+            running.append((won, steps.start(group_of(won), stop)))
+
+    try:
+        submit(1)
+        while running:
+            won, wait = running[0]
+            at_once = groups_at_once(cfg, len(won))
+            submit(at_once)  # at_once groups train (this one among them) ...
+            trained = wait()
+            running.popleft()
+            submit(at_once)  # ... and at_once more while this one is evaluated and logged
+            yield won, trained
+    finally:
+        stop.set()
+        for _, wait in running:
+            # Only waited for: how a group stopped on the way out changes nothing, and must not
+            # hide why we are leaving.
+            with contextlib.suppress(Exception):
+                wait()
+
+
 def run_grid(
     state: GridRun,
     keys: dict[Cell, str],
@@ -360,13 +530,14 @@ def run_plan(
     data_digest: str,
     cfg: Config,
     progress: Progress,
-    train: TrainClaimed,
+    steps: Steps,
     *,
     fresh: bool,
     common_tags: dict[str, str],
 ) -> dict[Cell, str]:
-    """Run every cell the design asks for (see :func:`run_grid`, :func:`run_design`); returns
-    every cell's key."""
+    """Run every cell the design asks for (see :func:`run_grid`, :func:`run_design`), training
+    with ``steps`` (see :func:`trainer`); returns every cell's key."""
+    train = trainer(steps, cfg, progress)
 
     def run_cells(seeds: dict[Stratum, range | tuple[int, ...]]) -> dict[Cell, str]:
         keys = {c: cell_key_for(cfg, c, data_digest) for c in grid_cells(cfg, seeds)}
@@ -415,6 +586,52 @@ def design_start(
         "from the earlier looks."
     )
     return {**tags, NEW_DESIGN_TAG: change.earlier_id}, note
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """A flow run's store and parent run, as opened before any cell is claimed."""
+
+    tracker: Tracker
+    parent: ParentRun
+    abandoned: list[str]  # runs a killed bnpipe process left RUNNING, now marked FAILED
+    design_note: str | None  # the report's sentence on a design started knowingly (--new-design)
+
+
+def open_run(
+    cfg: Config,
+    data: MnistData,
+    name: str,
+    *,
+    fresh: bool,
+    new_design: bool,
+    tags: Mapping[str, str],
+) -> OpenRun:
+    """Check the store, refuse a design changed under its data (before anything is written),
+    mark abandoned runs FAILED and open the parent run (``tags``: the orchestrator's)."""
+    tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
+    tracker.check()
+    design_tags, design_note = design_start(cfg, tracker, data.digest, new_design)
+    tracker.use_data(data)
+    abandoned = tracker.fail_abandoned_runs()
+    parent = tracker.open_parent(name, cfg, data.digest, fresh=fresh, tags={**tags, **design_tags})
+    return OpenRun(tracker, parent, abandoned, design_note)
+
+
+def report_info(
+    run: OpenRun, cfg: Config, data: MnistData, state: GridRun, keys: Mapping[Cell, str]
+) -> dict[str, Any]:
+    """Facts shown at the top of a run's report: its parent run, store, grid, design, data and
+    the cells it reused."""
+    info = {
+        "parent run": run.parent.run_id,
+        "tracking": redact_uri(run.tracker.uri),
+        **cfg_info(cfg, data),
+        **({"design change": run.design_note} if run.design_note else {}),
+    }
+    if state.reused:
+        info["reused"] = f"{len(state.reused)} of {len(keys)} cells from earlier runs (reused.csv)"
+    return info
 
 
 def plan_size(plan: Plan, cfg: Config) -> str:
@@ -551,24 +768,6 @@ def fail_open_runs(state: GridRun, tracker: Tracker, parent_id: str, why: str) -
         tracker.fail_run(run_id, why, failure="interrupted")
     tracker.fail_run(parent_id, why)
     return len(open_runs)
-
-
-def reused_table(
-    reused: dict[Cell, CellRun], keys: dict[Cell, str], factors: Iterable[str]
-) -> pd.DataFrame:
-    """The parent's link to reused child runs (they keep their own parent; none is moved);
-    ``factors``: the grid's factor names (the table's first columns)."""
-    rows = [
-        {
-            **dict(c.levels),
-            "seed": c.seed,
-            "run_id": run.run_id,
-            "parent_run_id": run.parent_id,
-            "cell_key": keys[c],
-        }
-        for c, run in sorted(reused.items())
-    ]
-    return pd.DataFrame(rows, columns=[*factors, "seed", "run_id", "parent_run_id", "cell_key"])
 
 
 def contrast_text(cfg: Config) -> str:

@@ -1,8 +1,9 @@
-"""The Prefect flow: load data once, train per group (one combination of the grid's levels),
-evaluate and log per cell, analyse at the end. Prefect lives here only: the tasks wrap plain
-functions in bnpipe/, and the cell scheduler (what to reuse, claim, train, wait for, when a
-sequential look is due) is bnpipe/runner.py, handed the callable that trains and logs claimed
-groups as tasks.
+"""The Prefect flow: load data, plan, train groups, evaluate and log cells, analyse, publish.
+
+Prefect lives here only: the tasks wrap plain functions in bnpipe/, and the flow hands them to
+the cell scheduler (bnpipe/runner.py: what to reuse, claim, train when and how many at once,
+wait for, when a sequential look is due), which calls them and gets their results. MLflow
+records (the parent run included) are written by bnpipe/tracking/.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import re
 import secrets
 import signal
 import threading
-import time
 import traceback
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
-from prefect.futures import PrefectFuture
 from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import PrefectLogAdapter
 from prefect.runtime import flow_run as current_flow_run
@@ -44,48 +42,34 @@ from bnpipe import trainer
 from bnpipe.analysis import analyze as run_analysis
 from bnpipe.config import Config, DataConfig, load_config
 from bnpipe.data import MnistData, load_mnist, worker_data
-from bnpipe.design import plan_of
+from bnpipe.design import Plan, plan_of
 from bnpipe.evaluate import Evaluation
-from bnpipe.grid import (
-    Group,
-    cell_params,
-    evaluate_cell,
-    grid_cells,
-    strata,
-    train_cells,
-)
+from bnpipe.grid import Group, evaluate_cell, train_cells
 from bnpipe.progress import PhaseClock, Progress
-from bnpipe.provenance import code_digest, environment_facts, git_commit, package_versions
 from bnpipe.report import ReportOutput, decision_table, write_run_report
 from bnpipe.runner import (
     CellOutcome,
     GridRun,
+    OpenRun,
     Outage,
-    TrainClaimed,
-    cfg_info,
+    Steps,
+    Trained,
     collect,
     contrast_text,
-    design_start,
     fail_open_runs,
-    group_of,
     log_outcome,
-    now_ms,
+    open_run,
     plan_size,
-    reused_table,
+    report_info,
     run_plan,
 )
 from bnpipe.tracking import (
     ABANDONED,
     FAILURE_TAG,
-    HEARTBEAT_TAG,
-    ROLE_TAG,
     TAG_PREFIX,
     ArtifactWriteError,
-    Owner,
     Tracker,
-    parent_params,
     redact_uri,
-    resolve_uri,
     run_url,
     without_credentials,
 )
@@ -334,162 +318,62 @@ def _error_text(state: State) -> str:
     return str(state.message or state.name)
 
 
-def _train_on_cluster(
-    won_groups: list[dict[Cell, str]], data: MnistData, cfg: Config, clock: PhaseClock
-) -> Iterator[tuple[dict[Cell, str], State]]:
-    """dask: every claimed group trains at once on the workers; each comes back with its final
-    state, in grid order, for the flow process to evaluate and log (the only MLflow writer)."""
-    with training_runner(cfg) as runner:
-        futures = [
-            runner.submit(
-                train_on_worker, {"group": group_of(won), "cfg": cfg, "digest": data.digest}
-            )
-            for won in won_groups
-        ]
-        for won, future in zip(won_groups, futures, strict=True):
-            with clock.phase("training"):  # waiting for the workers
-                state = final_state(future)
-            yield won, state
+def _trained(state: State) -> Trained:
+    """A training task's final state as the runner reads it."""
+    return Trained(error=_error_text(state)) if state.is_failed() else Trained(state.result())
 
 
-def _train_and_log(
-    claimed: MutableMapping[Cell, str],
-    tracker: Tracker,
-    data: MnistData,
-    cfg: Config,
-    progress: Progress,
-    trained: State | None = None,
-) -> dict[Cell, CellOutcome]:
-    """Train the claimed cells of one group (unless ``trained`` elsewhere already), evaluate
-    each, and fill their child runs.
-
-    A cell leaves ``claimed`` once its run is closed, so what remains there if this raises are
-    the runs still open.
-    """
-    cells = sorted(claimed)
-    group = group_of(claimed)
+def _steps(tracker: Tracker, data: MnistData, cfg: Config, progress: Progress) -> Steps:
+    """The tasks the runner trains, evaluates and logs cells with: a group in this process (now,
+    or submitted beside the flow's own work), or every group of a round on the Dask workers."""
+    clock = progress.clock
     evaluate_task = evaluate.with_options(retries=cfg.orchestration.retries)
     log_task = log_cell.with_options(retries=cfg.orchestration.retries)
-    out: dict[Cell, CellOutcome] = {}
-    if trained is None:
-        trained = train(group, data, cfg, progress, return_state=True)
-    if trained.is_failed():
-        why = _error_text(trained)
-        for cell in cells:
-            out[cell] = log_task(
-                tracker, claimed[cell], cell, cfg, None, None, why, now_ms(), progress.clock
-            )
-            del claimed[cell]
-            progress.cell(cell, "failed", float("nan"))
-        if cfg.orchestration.task_runner == "serial":
-            # One training process serves every group: what broke this group breaks the next.
-            # On Dask a lost worker loses its group only; the others go on training.
-            raise Outage(f"training {group.name} failed: {why}")
-        return out
-    for result in trained.result():
-        evaluation, why = None, None
-        if result.status == "finished":
-            evaluated = evaluate_task(result, data, cfg, progress.clock, return_state=True)
-            if evaluated.is_failed():
-                why = _error_text(evaluated)
-            else:
-                evaluation = evaluated.result()
-        cell = result.cell
-        out[cell] = log_task(
-            tracker,
-            claimed[cell],
-            cell,
-            cfg,
-            result,
-            evaluation,
-            why,
-            now_ms(),
-            progress.clock,
-            data.x_test[:3],
+
+    def train_now(group: Group, stop: threading.Event | None) -> Trained:
+        return _trained(train(group, data, cfg, progress, stop, return_state=True))
+
+    def submit(group: Group, stop: threading.Event) -> Callable[[], Trained]:
+        future = train.submit(group, data, cfg, progress, stop)
+        return lambda: _trained(final_state(future))
+
+    def train_all(groups: list[Group]) -> Iterator[Trained]:
+        # The flow process evaluates and logs what comes back: it is the only MLflow writer.
+        with training_runner(cfg) as runner:
+            futures = [
+                runner.submit(train_on_worker, {"group": g, "cfg": cfg, "digest": data.digest})
+                for g in groups
+            ]
+            for future in futures:
+                with clock.phase("training"):  # waiting for the workers
+                    state = final_state(future)
+                yield _trained(state)
+
+    def evaluate_one(result: TrainResult) -> tuple[Evaluation | None, str | None]:
+        state = evaluate_task(result, data, cfg, clock, return_state=True)
+        return (None, _error_text(state)) if state.is_failed() else (state.result(), None)
+
+    def log(
+        run_id: str,
+        cell: Cell,
+        result: TrainResult | None,
+        evaluation: Evaluation | None,
+        error: str | None,
+        timestamp_ms: int,
+    ) -> CellOutcome:
+        # The logged model's input example: a few test images (a failed group logs no model).
+        example = data.x_test[:3] if result is not None else None
+        return log_task(
+            tracker, run_id, cell, cfg, result, evaluation, error, timestamp_ms, clock, example
         )
-        del claimed[cell]
-        progress.cell(cell, out[cell].row["status"], out[cell].row["test_accuracy"])
-    # Not a cell's own fault when all of a group's cells fail alike: every later group would.
-    errors = [o.row["error"] for o in out.values() if o.row["status"] == "failed"]
-    if len(out) > 1 and len(errors) == len(out) and len(set(errors)) == 1:
-        raise Outage(f"every cell of {group.name} failed: {errors[0]}")
-    return out
 
-
-def _trainer(tracker: Tracker, data: MnistData, cfg: Config, progress: Progress) -> TrainClaimed:
-    """What the runner trains claimed groups with: each group as a task in this process
-    (serial), or all of a round's groups at once on the Dask workers."""
-    if cfg.orchestration.task_runner == "serial" and cfg.train.engine == "fused":
-
-        def train_claimed(groups: Iterable[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
-            for won, trained in _train_ahead(groups, data, cfg, progress):
-                yield _train_and_log(won, tracker, data, cfg, progress, trained)
-
-    elif cfg.orchestration.task_runner == "serial":
-        # Keras fits one at a time: they share Keras' global seed state.
-        def train_claimed(groups: Iterable[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
-            for won in groups:
-                yield _train_and_log(won, tracker, data, cfg, progress)
-
-    else:
-
-        def train_claimed(groups: Iterable[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
-            for won, trained in _train_on_cluster(list(groups), data, cfg, progress.clock):
-                yield _train_and_log(won, tracker, data, cfg, progress, trained)
-
-    return train_claimed
-
-
-def groups_at_once(cfg: Config, members: int) -> int:
-    """How many fused groups of ``members`` cells train at once in the flow process.
-
-    One shard program keeps about 1.7 cores busy while it steps and one while XLA compiles it,
-    so a group of one shard leaves a 2-core machine half idle: then two groups train side by
-    side (one compiles while the other steps). Groups of as many shards as cores train one at a
-    time. Results do not depend on it: XLA on the CPU is deterministic, shards on threads change
-    no bit (tests/test_fused.py), and tests/test_e2e.py reproduces a real-MNIST cell alone to the
-    last bit after its grid trained groups side by side.
-    """
-    from bnpipe.train.common import usable_cores
-
-    shards = -(-members // cfg.train.shard_size)
-    return max(1, usable_cores() // max(shards, 1))
-
-
-def _train_ahead(
-    groups: Iterable[dict[Cell, str]], data: MnistData, cfg: Config, progress: Progress
-) -> Iterator[tuple[dict[Cell, str], State]]:
-    """Serial fused training with the next group already training while this one is evaluated
-    and logged (and, for small groups, :func:`groups_at_once` groups training side by side).
-
-    Each group is claimed only when it is submitted. Leaving early (an error, Ctrl-C) stops the
-    groups still training at their next epoch, so nothing outlives the flow.
-    """
-    todo = iter(groups)
-    stop = threading.Event()
-    running: deque[tuple[dict[Cell, str], PrefectFuture]] = deque()
-
-    def submit(limit: int) -> None:
-        while len(running) < limit:
-            won = next(todo, None)
-            if won is None:
-                return
-            running.append((won, train.submit(group_of(won), data, cfg, progress, stop)))
-
-    try:
-        submit(1)
-        while running:
-            won, future = running[0]
-            at_once = groups_at_once(cfg, len(won))
-            submit(at_once)  # at_once groups train (this one among them) ...
-            state = final_state(future)
-            running.popleft()
-            submit(at_once)  # ... and at_once more while this one is evaluated and logged
-            yield won, state
-    finally:
-        stop.set()
-        for _, future in running:
-            future.wait()
+    return Steps(
+        train=train_now,
+        evaluate=evaluate_one,
+        log=log,
+        submit=submit if cfg.orchestration.task_runner == "serial" else None,
+        train_all=train_all if cfg.orchestration.task_runner != "serial" else None,
+    )
 
 
 class Interrupted(KeyboardInterrupt):
@@ -498,6 +382,74 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, runs_failed: int) -> None:
         super().__init__(f"signal {signum}: {runs_failed} open cell run(s) marked FAILED")
         self.signum, self.runs_failed = signum, runs_failed
+
+
+def _opened(run: OpenRun) -> None:
+    """Say what opening the run did: runs marked abandoned, and where its parent run is."""
+    if run.abandoned:
+        print(
+            f"marked {len(run.abandoned)} run(s) FAILED that a killed bnpipe process left "
+            f"RUNNING (tag {FAILURE_TAG}={ABANDONED}); their cells are trained again",
+            flush=True,
+        )
+    _link_to_mlflow(run.tracker, run.parent.run_id, run.parent.name)
+    print(f"MLflow parent run: {run.tracker.run_url(run.parent.run_id)}", flush=True)
+
+
+def _progress(cfg: Config, plan: Plan, clock: PhaseClock, run_name: str) -> Progress:
+    """Per-cell progress in the terminal, Prefect's log and its progress artifact."""
+    log = _prefect_log()
+    progress = Progress(
+        0, cfg.train.epochs, clock=clock, sinks=[log.info], on_cell=_prefect_progress(run_name)
+    )
+    progress.note(f"plan: {plan.describe()}; {plan_size(plan, cfg)}")
+    return progress
+
+
+def _publish(
+    run: OpenRun,
+    cfg: Config,
+    results: pd.DataFrame,
+    histories: pd.DataFrame,
+    report: ReportOutput,
+    state: GridRun,
+    keys: dict[Cell, str],
+    clock: PhaseClock,
+) -> None:
+    """The decisions to Prefect's log; the analysis onto the parent run, which closes."""
+    _prefect_log().info(
+        "Decided: %s (report %s):\n%s",
+        contrast_text(cfg),
+        report.report_path,
+        decision_table(report.analysis),
+    )
+    times = clock.breakdown()
+    with clock.phase("tracking"):
+        run.tracker.close_parent(
+            run.parent,
+            cfg,
+            results=results,
+            histories=histories,
+            analysis=report.analysis,
+            files=[report.report_path, report.html_path, *report.figures],
+            description=report.answer_markdown,
+            reused=state.reused,
+            keys=keys,
+            abandoned=len(run.abandoned),
+            times=times,
+        )
+    print(f"MLflow arm means (every seed): {run.tracker.arms_url(run.parent.run_id)}", flush=True)
+
+
+def _stopped(exc: BaseException, state: GridRun, run: OpenRun) -> BaseException:
+    """Close our open runs FAILED when the flow itself breaks (Ctrl-C included: a claim left
+    open would make a concurrent run wait for a cell nobody trains); what to raise."""
+    closed = fail_open_runs(state, run.tracker, run.parent.run_id, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, Outage):
+        exc.runs_failed = closed
+    if isinstance(exc, KeyboardInterrupt | TerminationSignal):
+        return Interrupted(getattr(exc, "signal", signal.SIGINT), closed)
+    return exc
 
 
 @flow(name="bn-ablation", flow_run_name=new_run_name)
@@ -521,152 +473,69 @@ def ablation(params: Config, fresh: bool = False, new_design: bool = False) -> d
     cfg = without_credentials(Config.model_validate(params))
     clock = PhaseClock()
     data = load_data.with_options(retries=cfg.orchestration.retries)(cfg.data, clock)
-    with clock.phase("tracking"):
-        tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
-        tracker.check()
-        # A design changed under its data stops here, before anything is written.
-        design_tags, design_note = design_start(cfg, tracker, data.digest, new_design)
-        tracker.use_data(data)
-        abandoned = tracker.fail_abandoned_runs()
-    if abandoned:
-        print(
-            f"marked {len(abandoned)} run(s) FAILED that a killed bnpipe process left RUNNING "
-            f"(tag {FAILURE_TAG}={ABANDONED}); their cells are trained again",
-            flush=True,
-        )
     run_name = current_flow_run.get_name() or new_run_name()
-    common_tags = {
-        TAG_PREFIX + "data_digest": data.digest,
-        TAG_PREFIX + "git_commit": git_commit() or "unknown",
-        TAG_PREFIX + "code_digest": code_digest(),
-        **{f"{TAG_PREFIX}version.{k}": v for k, v in package_versions().items()},
-        **{f"{TAG_PREFIX}env.{k}": v for k, v in environment_facts().items()},
-    }
-    # Any cell: the parent records only the settings its cells share.
-    shared = cell_params(cfg, grid_cells(cfg, {strata(cfg)[0]: [0]})[0], data.digest)
     with clock.phase("tracking"):
-        parent_id = tracker.start_run(
-            run_name,
-            params=parent_params(cfg.flat(), shared, cfg.grid.levels),
-            tags={
-                **common_tags,
-                **Owner.current().tag(),
-                ROLE_TAG: "parent",
-                TAG_PREFIX + "fresh": fresh,
-                HEARTBEAT_TAG: f"{time.time():.0f}",
-                **_flow_run_tags(),
-                **design_tags,
-            },
+        run = open_run(
+            cfg, data, run_name, fresh=fresh, new_design=new_design, tags=_flow_run_tags()
         )
-    _link_to_mlflow(tracker, parent_id, run_name)
-    print(f"MLflow parent run: {tracker.run_url(parent_id)}", flush=True)
+    _opened(run)
     plan = plan_of(cfg)
-    log = _prefect_log()
-    progress = Progress(
-        0, cfg.train.epochs, clock=clock, sinks=[log.info], on_cell=_prefect_progress(run_name)
-    )
-    progress.note(f"plan: {plan.describe()}; {plan_size(plan, cfg)}")
+    progress = _progress(cfg, plan, clock, run_name)
     state = GridRun()
     try:
-        with tracker.heartbeat(parent_id):
+        with run.tracker.heartbeat(run.parent.run_id):
             keys = run_plan(
                 plan,
                 state,
-                parent_id,
-                tracker,
+                run.parent.run_id,
+                run.tracker,
                 data.digest,
                 cfg,
                 progress,
-                _trainer(tracker, data, cfg, progress),
+                _steps(run.tracker, data, cfg, progress),
                 fresh=fresh,
-                common_tags=common_tags,
+                common_tags=run.parent.common_tags,
             )
-            results, history_table = collect(state, keys, cfg)
-            run_info = {
-                "parent run": parent_id,
-                "tracking": redact_uri(tracker.uri),
-                **cfg_info(cfg, data),
-                **({"design change": design_note} if design_note else {}),
-            }
-            if state.reused:
-                run_info["reused"] = (
-                    f"{len(state.reused)} of {len(keys)} cells from earlier runs (reused.csv)"
-                )
-            report = analyze(results, history_table, cfg, run_name, run_info, clock)
-            analysis = report.analysis
-            record = analysis.record()
-            log.info(
-                "Decided: %s (report %s):\n%s",
-                contrast_text(cfg),
-                report.report_path,
-                decision_table(analysis),
-            )
-            failed = results.loc[results["status"] == "failed"]
-            times = clock.breakdown()
-            timing_metrics = {
-                f"time_{k}_s": v for k, v in times.items() if k not in ("total", "overhead_share")
-            }
-            with clock.phase("tracking"):
-                tracker.finish_parent(
-                    parent_id,
-                    metrics={
-                        **record["metrics"],
-                        **timing_metrics,
-                        "overhead_share": times["overhead_share"],
-                        "wall_time_s": times["total"],
-                    },
-                    tables={
-                        "results": results,
-                        "histories": history_table,
-                        "summary": analysis.summary,
-                        "reused": reused_table(state.reused, keys, cfg.grid.levels),
-                        "decisions": analysis.decisions,
-                        **({"looks": analysis.design.looks} if analysis.design else {}),
-                    },
-                    files=[report.report_path, report.html_path, *report.figures],
-                    tags={
-                        TAG_PREFIX + "cells_total": len(results),
-                        TAG_PREFIX + "cells_trained": len(keys) - len(state.reused),
-                        TAG_PREFIX + "cells_reused": len(state.reused),
-                        TAG_PREFIX + "cells_failed": len(failed),
-                        TAG_PREFIX + "cells_diverged": int((results["status"] == "diverged").sum()),
-                        TAG_PREFIX + "runs_marked_abandoned": len(abandoned),
-                        **{TAG_PREFIX + k: v for k, v in record["tags"].items()},
-                    },
-                    status="FAILED" if len(failed) else "FINISHED",
-                    description=report.answer_markdown,
-                )
-                # Each arm's mean over all its seeds, listed first in the runs table: grouping
-                # there averages only the 100 runs a page loads.
-                tracker.log_arm_runs(parent_id, analysis.arms, alpha=cfg.stats.alpha)
-            print(f"MLflow arm means (every seed): {tracker.arms_url(parent_id)}", flush=True)
+            results, histories = collect(state, keys, cfg)
+            info = report_info(run, cfg, data, state, keys)
+            report = analyze(results, histories, cfg, run_name, info, clock)
+            _publish(run, cfg, results, histories, report, state, keys, clock)
     except BaseException as exc:
-        # Never leave our runs RUNNING when the flow itself breaks (Ctrl-C included): a claim
-        # left open would make a concurrent run wait for a cell nobody trains.
-        closed = fail_open_runs(state, tracker, parent_id, f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, Outage):
-            exc.runs_failed = closed
-        if isinstance(exc, KeyboardInterrupt | TerminationSignal):
-            raise Interrupted(getattr(exc, "signal", signal.SIGINT), closed) from exc
-        raise
+        stopped = _stopped(exc, state, run)
+        if stopped is exc:
+            raise
+        raise stopped from exc
     finally:
         progress.close()
-    final_times = clock.breakdown()  # finish_parent's own tracking included
+    return _outcome(run, results, report, state, keys, clock)
+
+
+def _outcome(
+    run: OpenRun,
+    results: pd.DataFrame,
+    report: ReportOutput,
+    state: GridRun,
+    keys: dict[Cell, str],
+    clock: PhaseClock,
+) -> dict[str, Any]:
+    """What the flow returns (the CLI's summary reads it)."""
+    times = clock.breakdown()  # the parent's closing included
+    analysis = report.analysis
     return {
-        "parent_run_id": parent_id,
-        "parent_url": tracker.run_url(parent_id),
-        "run_name": run_name,
-        "tracking_uri": redact_uri(tracker.uri),
+        "parent_run_id": run.parent.run_id,
+        "parent_url": run.tracker.run_url(run.parent.run_id),
+        "run_name": run.parent.name,
+        "tracking_uri": redact_uri(run.tracker.uri),
         "results": results.to_dict("records"),
         "design": analysis.plan.kind,
         "summary": analysis.summary.to_dict("records"),
         "decisions": analysis.decisions.to_dict("records"),
         "report": str(report.report_path),
-        "wall_time_s": final_times["total"],
-        "timing": final_times,
+        "wall_time_s": times["total"],
+        "timing": times,
         "trained": len(keys) - len(state.reused),
         "reused": len(state.reused),
-        "abandoned": abandoned,
+        "abandoned": run.abandoned,
     }
 
 

@@ -7,7 +7,6 @@ bnpipe (or something it drove) wrote it there.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bnpipe.config import load_config
 from tests.conftest import requires_mnist
 from tests.test_servers import BIN, client_env, free_port, running, runs_of, tail, write_params
 
@@ -254,20 +252,3 @@ def test_secured_servers_work_and_no_secret_is_written(
     for secret in (password, auth.partition(":")[2]):
         assert secret not in out
         assert files_holding(secret, mlflow_dir, prefect_dir, tmp_path) == []
-
-
-def test_credentials_leave_the_uri_for_mlflows_environment(monkeypatch) -> None:
-    from bnpipe.tracking import redact_uri, without_credentials
-
-    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://ann:p%40ss@mlflow.example:8443/x")
-    cfg = without_credentials(load_config(None, ["tracking.uri=http://bob:hunter2@127.0.0.1:5000"]))
-    assert cfg.tracking.uri == "http://127.0.0.1:5000"
-    assert "hunter2" not in str(cfg.flat()) and "hunter2" not in cfg.model_dump_json()
-    # The environment's URI was there first: its credentials are the ones MLflow uses.
-    assert os.environ["MLFLOW_TRACKING_URI"] == "https://mlflow.example:8443/x"
-    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ann"
-    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
-    assert redact_uri("sqlite:////tmp/a@b/mlflow.db") == "sqlite:////tmp/a@b/mlflow.db"
-    assert redact_uri("http://tok@host:1/api?x=1") == "http://host:1/api?x=1"

@@ -218,15 +218,3 @@ def test_flow_runs_a_bn_x_learning_rate_grid_and_reuses_it(monkeypatch, tiny_mni
         pd.DataFrame(again["results"])["test_accuracy"].tolist()
         == results["test_accuracy"].tolist()
     )
-
-
-def test_small_fused_groups_train_side_by_side_and_large_ones_alone():
-    """A group of one shard shares the cores with the next; one that fills them trains alone."""
-    from bnpipe.train.common import usable_cores
-    from flows.pipeline import groups_at_once
-
-    cfg = load_config(None, ["train.engine=fused", "train.shard_size=5"])
-    cores = usable_cores()
-    assert groups_at_once(cfg, 4) == max(1, cores)  # 2 seeds x 2 arms: one shard
-    assert groups_at_once(cfg, 20) == max(1, cores // 4)  # 10 seeds x 2 arms: four shards
-    assert groups_at_once(cfg, 1) >= groups_at_once(cfg, 10) >= 1

@@ -23,7 +23,6 @@ from bnpipe.grid import (
     training_groups,
 )
 from bnpipe.report import verdict_sentence
-from bnpipe.tracking import logged_params, parent_params, recorded_cell
 from bnpipe.train.common import TrainSpec
 
 BN_LR = ["grid.factors={bn: [false, true], learning_rate: [0.001, 0.1]}", "grid.seeds=[0,1]"]
@@ -69,20 +68,7 @@ def test_params_hold_every_factor_level_and_log_like_today():
     params = cell_params(cfg, cell, "digest")
     assert (params["bn"], params["batch_size"], params["learning_rate"]) == (True, 64, 0.1)
     assert params["init_scale"] == 0.5 and "bn_position" not in params  # keyless default
-    logged = logged_params(params)
-    assert logged["bn"] == "on" and logged["train.learning_rate"] == 0.1
-    parent = parent_params(cfg.flat(), params, cfg.grid.levels)
-    assert "bn" not in parent and "train.learning_rate" not in {k for k in parent if k == "lr"}
-    assert parent["batch_size"] == 64  # shared by every cell of this grid
-    # The grid's factors are recorded by their levels, never by a default no cell used.
-    assert "model.bn" not in parent and "train.learning_rate" not in parent
-    assert parent["grid.factors.bn"] == [False, True]
-    assert parent["grid.factors.learning_rate"] == [0.001, 0.1]
-    # A run's cell reads back from its name and params, for any factor.
-    strings = {k: str(v) for k, v in logged.items()}
-    assert recorded_cell(cell.name, strings) == cell
-    with pytest.raises(ValueError, match="not a cell"):
-        recorded_cell("my run", strings)
+    # How they are logged and read back: tests/test_tracking_names.py
 
 
 def test_bn_position_compared_with_bn_on_by_default():

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 
 from bnpipe.config import load_config
 from bnpipe.design import plan_of
-from bnpipe.grid import evaluate_cell, train_cells
+from bnpipe.grid import Group, evaluate_cell, train_cells
 from bnpipe.progress import PhaseClock, Progress
-from bnpipe.runner import (
-    CellOutcome,
-    GridRun,
-    collect,
-    group_of,
-    log_outcome,
-    now_ms,
-    run_plan,
-)
+from bnpipe.runner import GridRun, Steps, Trained, collect, groups_at_once, log_outcome, run_plan
 from bnpipe.tracking import ROLE_TAG, Tracker
 from bnpipe.train.common import Cell
 
@@ -40,17 +31,18 @@ def _run(tiny_mnist, store, cfg, trained: list[Cell]) -> tuple[GridRun, pd.DataF
     clock = PhaseClock()
     progress = Progress(0, cfg.train.epochs, clock=clock, live=False)
 
-    def train_claimed(groups: list[dict[Cell, str]]) -> Iterator[dict[Cell, CellOutcome]]:
-        for won in groups:
-            out = {}
-            for r in train_cells(cfg, group_of(won), tiny_mnist):
-                trained.append(r.cell)
-                ev = evaluate_cell(cfg, r, tiny_mnist) if r.status == "finished" else None
-                out[r.cell] = log_outcome(
-                    tracker, won[r.cell], r.cell, cfg, r, ev, None, now_ms(), clock
-                )
-                del won[r.cell]  # closed: no longer an open claim
-            yield out
+    def train(group: Group, _stop: object) -> Trained:
+        results = train_cells(cfg, group, tiny_mnist)
+        trained.extend(r.cell for r in results)
+        return Trained(results)
+
+    steps = Steps(
+        train=train,
+        evaluate=lambda r: (evaluate_cell(cfg, r, tiny_mnist), None),
+        log=lambda run_id, cell, r, ev, error, ts: log_outcome(
+            tracker, run_id, cell, cfg, r, ev, error, ts, clock
+        ),
+    )
 
     parent = tracker.start_run("runner-test", params={}, tags={ROLE_TAG: "parent"})
     state = GridRun()
@@ -62,7 +54,7 @@ def _run(tiny_mnist, store, cfg, trained: list[Cell]) -> tuple[GridRun, pd.DataF
         tiny_mnist.digest,
         cfg,
         progress,
-        train_claimed,
+        steps,
         fresh=False,
         common_tags={},
     )
@@ -129,3 +121,14 @@ def test_time_parts_add_up_and_overlap_shows_as_overlap():
     assert out["overlap"] == pytest.approx(0.1, abs=0.05)
     assert out["training"] == pytest.approx(0.2, abs=0.05)
     assert clock.overlaps.keys() == {"evaluation+training"}
+
+
+def test_small_fused_groups_train_side_by_side_and_large_ones_alone():
+    """A group of one shard shares the cores with the next; one that fills them trains alone."""
+    from bnpipe.train.common import usable_cores
+
+    cfg = load_config(None, ["train.engine=fused", "train.shard_size=5"])
+    cores = usable_cores()
+    assert groups_at_once(cfg, 4) == max(1, cores)  # 2 seeds x 2 arms: one shard
+    assert groups_at_once(cfg, 20) == max(1, cores // 4)  # 10 seeds x 2 arms: four shards
+    assert groups_at_once(cfg, 1) >= groups_at_once(cfg, 10) >= 1

@@ -1,0 +1,155 @@
+"""Filling a claimed cell run: its metrics, tags, history, confusion matrix, weights and the
+trained Keras model as the run's LoggedModel."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bnpipe.tracking.store import ArtifactWriteError, Store
+
+
+def _model_name(run_name: str) -> str:
+    """A LoggedModel name from a run name ("bn=on bs=32 seed=0" -> "bn-on_bs-32_seed-0")."""
+    return "_".join(run_name.replace("=", "-").split())
+
+
+def _model_requirements() -> list[str]:
+    """What loading a logged model needs: the versions that trained it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for names in (("mlflow",), ("keras",), ("tensorflow-cpu", "tensorflow"), ("numpy",)):
+        for name in names:
+            try:
+                out.append(f"{name}=={version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+    return out
+
+
+class CellRecord(Store):
+    """Logging a cell's outcome into the run that claimed it."""
+
+    def log_cell(
+        self,
+        run_id: str,
+        *,
+        tags: Mapping[str, Any],
+        history: pd.DataFrame,
+        final_metrics: Mapping[str, float],
+        confusion: np.ndarray | None,
+        weights: list[np.ndarray] | None,
+        status: str,
+        timestamp_ms: int | None = None,
+        model: Any | None = None,
+        input_example: np.ndarray | None = None,
+    ) -> str:
+        """Fill a claimed child run: tags, per-epoch metrics, final metrics, artifacts; close it.
+
+        ``status`` is "FINISHED" (finished or diverged: a reusable outcome; the tags say which)
+        or "FAILED" (an error: the next run trains the cell again). A fixed
+        ``timestamp_ms`` makes a retried call write the same metric rows again, not new ones.
+        History columns and final metrics come under their legacy names (history.csv keeps
+        them) and are logged under ``metric_name``'s. A Keras ``model`` becomes the run's
+        LoggedModel, its test metrics linked to it.
+        """
+        now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        model_id = self._create_model(run_id, model) if model is not None else None
+        metrics = [
+            self._metric(col, float(row[col]), now, int(row["epoch"]))
+            for _, row in history.iterrows()
+            for col in history.columns
+            if col != "epoch" and np.isfinite(row[col])
+        ]
+        metrics += [
+            self._metric(k, float(v), now, 0, model_id)
+            for k, v in final_metrics.items()
+            if np.isfinite(v)
+        ]
+        self._log_batch(run_id, metrics=metrics, tags=tags)
+        try:
+            self.client.log_text(run_id, history.to_csv(index=False), "history.csv")
+            if confusion is not None:
+                cm = pd.DataFrame(confusion).rename_axis(index="true", columns="predicted")
+                self.client.log_text(run_id, cm.to_csv(), "confusion_matrix.csv")
+            if weights is not None:
+                buf = io.BytesIO()
+                # Uncompressed: trained float32 weights shrink by only ~8% and compressing costs
+                # ~20x the write (measured: 209 vs 226 KB, 6 vs 0.3 ms per cell).
+                np.savez(buf, *weights)
+                self._log_bytes(run_id, buf.getvalue(), "weights.npz")
+            if model_id is not None:
+                self._save_model(run_id, model_id, model, input_example)
+        except OSError as exc:
+            # A full or read-only disk does not heal by retrying; the run stays open for the
+            # flow to close, so it is never mistaken for a finished cell.
+            location = self.client.get_experiment(self.experiment_id).artifact_location
+            raise ArtifactWriteError(
+                f"artifact store {location}: cannot write ({exc.strerror or exc}); cells "
+                "finished before are kept, rerun when it takes writes again"
+            ) from None
+        self.client.set_terminated(run_id, status)
+        return run_id
+
+    def _create_model(self, run_id: str, model: Any) -> str:
+        """Register the run's LoggedModel (PENDING until its files are uploaded); its id."""
+        run = self.client.get_run(run_id)
+        logged = self.client.create_logged_model(
+            self.experiment_id,
+            name=_model_name(run.info.run_name or run_id),
+            source_run_id=run_id,
+            params={k: str(v)[:500] for k, v in run.data.params.items()},
+            model_type="keras-mlp",
+        )
+        return logged.model_id
+
+    def _save_model(
+        self, run_id: str, model_id: str, model: Any, input_example: np.ndarray | None
+    ) -> None:
+        """Save ``model`` in MLflow's Keras flavor into its LoggedModel and link it to the run."""
+        import mlflow.keras
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model, ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        n_in, n_out = int(model.inputs[0].shape[-1]), int(model.outputs[0].shape[-1])
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_in), "pixels")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out), "probabilities")]),
+        )
+        info = self.client.get_logged_model(model_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model"
+            path.mkdir()  # the input example is written before the flavor makes the folder
+            mlflow.keras.save_model(
+                model,
+                str(path),
+                mlflow_model=Model(
+                    artifact_path=info.artifact_location,
+                    model_uuid=model_id,
+                    run_id=run_id,
+                    model_id=model_id,
+                ),
+                signature=signature,
+                input_example=input_example,
+                # Given, not inferred: inferring loads the model in a pip subprocess per cell.
+                pip_requirements=_model_requirements(),
+            )
+            self.client.log_model_artifacts(model_id, str(path))
+        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+
+    def _log_bytes(self, run_id: str, data: bytes, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self.client.log_artifact(run_id, str(path))
