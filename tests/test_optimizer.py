@@ -88,9 +88,9 @@ def test_the_optimizer_is_one_per_group_and_keyed_only_when_sgd() -> None:
     # Unlisted, it comes from train.optimizer.
     unlisted = load_config(None, ["train.optimizer=sgd"])
     assert cell_params(unlisted, Cell.of(0, bn=True, batch_size=32), "d") == sgd
-    # The run name and logged params give the cell back.
+    # The logged params (and the parent's grid.factors) give the cell back.
     strings = {k: str(v) for k, v in logged_params(sgd).items()}
-    assert recorded_cell(cells[3].name, strings) == cells[3]
+    assert recorded_cell(strings, ("bn", "optimizer")) == cells[3]
 
 
 def test_an_unknown_optimizer_is_a_config_error() -> None:
