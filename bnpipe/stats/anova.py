@@ -9,7 +9,7 @@ stops at two within factors and statsmodels' ``AnovaRM`` has no sphericity corre
 orthonormal-contrast form below is a few lines for any number of factors and gives every
 effect its own Greenhouse-Geisser epsilon. It is checked against published results (pingouin's
 ``rm_anova2`` data against JAMOVI; statsmodels' three-factor data against R's ``ezANOVA``) in
-tests/test_anova.py.
+tests/test_stats_anova.py.
 """
 
 from __future__ import annotations

@@ -10,6 +10,45 @@ import pytest
 from scipy import stats as sps
 
 from bnpipe import stats as S
+from tests.stats_frames import make_results, set_cell
+
+# Field, Discovering Statistics Using SPSS (3rd ed., ch. 13) "Bushtucker" data: 8 subjects x 4.
+BUSHTUCKER = np.array(
+    [
+        [8, 9, 6, 5, 8, 7, 10, 12],
+        [7, 5, 2, 3, 4, 5, 2, 6],
+        [1, 2, 3, 1, 5, 6, 7, 8],
+        [6, 5, 8, 9, 8, 7, 2, 1],
+    ],
+    dtype=float,
+).T
+
+
+def _rm_f_by_regression(y: np.ndarray) -> float:
+    """One-way RM F via nested OLS models (subject + level vs subject only)."""
+    n, k = y.shape
+    subj = np.kron(np.eye(n), np.ones((k, 1)))
+    level = np.kron(np.ones((n, 1)), np.eye(k))[:, 1:]
+    yy = y.reshape(-1)
+
+    def rss(x: np.ndarray) -> float:
+        beta, *_ = np.linalg.lstsq(x, yy, rcond=None)
+        return float(np.sum((yy - x @ beta) ** 2))
+
+    full, reduced = rss(np.hstack([subj, level])), rss(subj)
+    df_err = n * k - n - (k - 1)
+    return ((reduced - full) / (k - 1)) / (full / df_err)
+
+
+def _grid_array(results: pd.DataFrame) -> np.ndarray:
+    wide = results.pivot_table(index="seed", columns=["bn", "batch_size"], values="test_accuracy")
+    return wide.to_numpy().reshape(len(wide), 2, -1)
+
+
+def _batch_size_effect(results: pd.DataFrame) -> pd.DataFrame:
+    out = S.factor_effects(results, "bn")
+    return out.loc[out["factor"] == "batch_size"].reset_index(drop=True)
+
 
 # pingouin's `rm_anova2` data set (datasets/rm_anova2.csv): 10 subjects x Time (Pre, Post) x
 # Metric (Product, Client, Action); rows are Subject 1..10 within each (Time, Metric).
@@ -239,3 +278,93 @@ def test_no_complete_seed_gives_nan_rows() -> None:
     r.loc[r.bn & (r.batch_size == 16), "status"] = "failed"
     out = S.interaction_anova(r)
     assert len(out) == 7 and (out["n_seeds"] == 0).all() and out["F"].isna().all()
+
+
+def test_rm_anova_oneway_matches_field_bushtucker() -> None:
+    # Field reports F(3, 21) = 3.79, p = .026, SS_M = 83.13, SS_R = 153.38,
+    # Greenhouse-Geisser epsilon = .533, corrected p = .063.
+    res = S.rm_anova_oneway(BUSHTUCKER)
+    assert (res["df"], res["df_error"]) == (3, 21)
+    assert res["ss"] == pytest.approx(83.125)
+    assert res["ss_error"] == pytest.approx(153.375)
+    assert res["F"] == pytest.approx(3.79, abs=0.005)
+    assert res["p"] == pytest.approx(0.026, abs=0.0005)
+    assert res["gg_epsilon"] == pytest.approx(0.533, abs=0.0005)
+    assert res["p_gg"] == pytest.approx(0.063, abs=0.0005)
+
+
+def test_rm_anova_oneway_matches_regression_and_t_squared() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=(7, 4)) + rng.normal(size=(7, 1)) + np.array([0, 0.3, 0.5, 0.2])
+    assert S.rm_anova_oneway(y)["F"] == pytest.approx(_rm_f_by_regression(y), rel=1e-9)
+    two = y[:, :2]
+    t = sps.ttest_rel(two[:, 1], two[:, 0])
+    res = S.rm_anova_oneway(two)
+    assert res["F"] == pytest.approx(t.statistic**2, rel=1e-9)
+    assert res["p"] == pytest.approx(t.pvalue, abs=1e-9)
+    assert res["gg_epsilon"] == 1.0
+
+
+def test_interaction_anova_identities() -> None:
+    r = make_results(effect={16: 0.002, 32: 0.001, 64: 0.0, 128: -0.001})
+    out = S.interaction_anova(r).set_index("effect")
+    assert list(S.interaction_anova(r).columns) == S.ANOVA_COLUMNS
+    y = _grid_array(r)  # seeds x bn x batch size
+    # With two BN levels the interaction is a one-way RM-ANOVA on the per-seed BN differences.
+    diff = y[:, 1, :] - y[:, 0, :]
+    one = S.rm_anova_oneway(diff)
+    inter = out.loc["bn:batch_size"]
+    assert inter["F"] == pytest.approx(one["F"], rel=1e-9)
+    assert inter["p"] == pytest.approx(one["p"], abs=1e-9)
+    assert inter["gg_epsilon"] == pytest.approx(one["gg_epsilon"], rel=1e-9)
+    assert (inter["df"], inter["df_error"]) == (3, 27)
+    # The BN main effect is the paired t-test on seed means, squared.
+    t = sps.ttest_rel(y[:, 1, :].mean(axis=1), y[:, 0, :].mean(axis=1))
+    assert out.loc["bn", "F"] == pytest.approx(t.statistic**2, rel=1e-9)
+    assert out.loc["bn", "p"] == pytest.approx(t.pvalue, abs=1e-9)
+    # The batch-size main effect is a one-way RM-ANOVA on the BN-averaged cells.
+    bs = S.rm_anova_oneway(y.mean(axis=1))
+    assert out.loc["batch_size", "F"] == pytest.approx(bs["F"], rel=1e-9)
+    assert out.loc["batch_size", "gg_epsilon"] == pytest.approx(bs["gg_epsilon"], rel=1e-9)
+    assert (out["n_seeds"] == 10).all()
+    assert "Greenhouse-Geisser" in out["method"].iloc[0]
+
+
+def test_interaction_anova_uses_only_complete_seeds() -> None:
+    r = make_results(sizes=(16, 32, 64), seeds=6)
+    set_cell(r, True, 32, 2, status="diverged", test_accuracy=np.nan)
+    set_cell(r, False, 64, 5, test_accuracy=np.nan)
+    out = S.interaction_anova(r)
+    assert (out["n_seeds"] == 4).all()
+    ref = S.interaction_anova(r[~r.seed.isin([2, 5])])
+    np.testing.assert_allclose(out["F"], ref["F"])
+
+
+def test_interaction_anova_degenerate_returns_nan() -> None:
+    r = make_results(sizes=(16,), seeds=3)
+    out = S.interaction_anova(r)
+    assert out["effect"].tolist() == ["bn", "batch_size", "bn:batch_size"]
+    # One batch size: only the effects involving it are untestable; BN's is the paired t^2.
+    assert out["F"].iloc[1:].isna().all() and np.isfinite(out["F"].iloc[0])
+    assert S.interaction_anova(make_results(seeds=1))["F"].isna().all()
+
+
+def test_batch_size_effect_matches_scipy_friedman() -> None:
+    r = make_results(seeds=8)
+    set_cell(r, True, 64, 0, status="failed")
+    out = _batch_size_effect(r)
+    assert list(out.columns) == S.FACTOR_EFFECT_COLUMNS
+    assert out["compare_level"].tolist() == [False, True]
+    assert out["n_seeds"].tolist() == [8, 7]
+    for _, row in out.iterrows():
+        arm = r[(r.bn == row["compare_level"]) & (r.status == "finished")]
+        wide = arm.pivot_table(index="seed", columns="batch_size", values="test_accuracy").dropna()
+        fr = sps.friedmanchisquare(*wide.to_numpy().T)
+        assert row["friedman_stat"] == pytest.approx(fr.statistic, abs=1e-6)
+        assert row["friedman_p"] == pytest.approx(fr.pvalue, abs=1e-6)
+        assert row["F"] == pytest.approx(_rm_f_by_regression(wide.to_numpy()), rel=1e-9)
+
+
+def test_batch_size_effect_two_sizes_has_no_friedman() -> None:
+    out = _batch_size_effect(make_results(sizes=(16, 32), seeds=4))
+    assert out["friedman_p"].isna().all() and out["F"].notna().all()

@@ -1,4 +1,4 @@
-"""Tests for bnpipe.stats: scipy cross-checks, published worked examples, edge cases."""
+"""bnpipe.stats.paired: scipy cross-checks, published worked examples, edge cases, paired frames."""
 
 from __future__ import annotations
 
@@ -12,22 +12,10 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from bnpipe import stats as S
+from tests.stats_frames import SLEEP_DRUG1, SLEEP_DRUG2, make_results, set_cell
 
-# Student (1908) / Cushny & Peebles sleep data, as in R's `sleep`: extra hours of sleep.
-SLEEP_DRUG1 = np.array([0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0])
-SLEEP_DRUG2 = np.array([1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4])
 # Darwin's Zea mays cross- minus self-fertilised heights (Fisher 1935), scipy.stats.wilcoxon docs.
 CORN = np.array([6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75], dtype=float)
-# Field, Discovering Statistics Using SPSS (3rd ed., ch. 13) "Bushtucker" data: 8 subjects x 4.
-BUSHTUCKER = np.array(
-    [
-        [8, 9, 6, 5, 8, 7, 10, 12],
-        [7, 5, 2, 3, 4, 5, 2, 6],
-        [1, 2, 3, 1, 5, 6, 7, 8],
-        [6, 5, 8, 9, 8, 7, 2, 1],
-    ],
-    dtype=float,
-).T
 
 
 def _mean(x: np.ndarray, axis: int) -> np.ndarray:
@@ -124,19 +112,6 @@ def test_seeds_needed_undefined_cases() -> None:
     assert math.isnan(S.seeds_needed(np.nan, 1.0))
     assert S.seeds_needed(1e-6, 1.0) == math.inf
     assert S.seeds_needed(100.0, 1.0) == 2
-
-
-def test_rm_anova_oneway_matches_field_bushtucker() -> None:
-    # Field reports F(3, 21) = 3.79, p = .026, SS_M = 83.13, SS_R = 153.38,
-    # Greenhouse-Geisser epsilon = .533, corrected p = .063.
-    res = S.rm_anova_oneway(BUSHTUCKER)
-    assert (res["df"], res["df_error"]) == (3, 21)
-    assert res["ss"] == pytest.approx(83.125)
-    assert res["ss_error"] == pytest.approx(153.375)
-    assert res["F"] == pytest.approx(3.79, abs=0.005)
-    assert res["p"] == pytest.approx(0.026, abs=0.0005)
-    assert res["gg_epsilon"] == pytest.approx(0.533, abs=0.0005)
-    assert res["p_gg"] == pytest.approx(0.063, abs=0.0005)
 
 
 # ------------------------------------------------------------------ against scipy
@@ -311,49 +286,11 @@ def test_n_two_works() -> None:
 # ------------------------------------------------------------------ frames
 
 
-def make_results(
-    sizes: tuple[int, ...] = (16, 32, 64, 128),
-    seeds: int = 10,
-    effect: dict[int, float] | None = None,
-    noise: float = 0.0008,
-    rng_seed: int = 1,
-) -> pd.DataFrame:
-    """Synthetic results frame; ``effect`` maps batch size to the BN shift in accuracy."""
-    rng = np.random.default_rng(rng_seed)
-    effect = effect or {}
-    rows = []
-    for bs in sizes:
-        for seed in range(seeds):
-            base = 0.975 + rng.normal(0, 0.001)
-            for bn in (False, True):
-                acc = base + (effect.get(bs, 0.0) if bn else 0.0) + rng.normal(0, noise)
-                rows.append(
-                    {
-                        "bn": bn,
-                        "batch_size": bs,
-                        "seed": seed,
-                        "status": "finished",
-                        "test_accuracy": acc,
-                        "test_loss": 0.08,
-                        "train_accuracy": acc + 0.015,
-                        "epoch_time_s": 1.0 + 0.1 * bn,
-                        "run_id": f"r{bs}-{seed}-{int(bn)}",
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def _set(results: pd.DataFrame, bn: bool, bs: int, seed: int, **values: object) -> None:
-    mask = (results["bn"] == bn) & (results["batch_size"] == bs) & (results["seed"] == seed)
-    for k, v in values.items():
-        results.loc[mask, k] = v
-
-
 def test_paired_frame_uses_only_finished_finite_cells() -> None:
     r = make_results(sizes=(16, 32), seeds=5)
-    _set(r, True, 32, 4, status="diverged", test_accuracy=np.nan)
-    _set(r, False, 16, 1, test_accuracy=np.nan)
-    _set(r, False, 16, 2, status="failed")
+    set_cell(r, True, 32, 4, status="diverged", test_accuracy=np.nan)
+    set_cell(r, False, 16, 1, test_accuracy=np.nan)
+    set_cell(r, False, 16, 2, status="failed")
     pf = S.paired_frame(r, "bn")
     assert list(pf.columns) == ["stratum", "batch_size", "seed", "control", "treatment", "diff"]
     assert pf.loc[pf.batch_size == 16, "stratum"].unique().tolist() == ["batch_size=16"]
@@ -428,8 +365,8 @@ def test_verdict_uses_margin_argument() -> None:
 
 def test_dropped_pairs_explains_each_missing_seed() -> None:
     r = make_results(sizes=(16, 32), seeds=5)
-    _set(r, True, 32, 4, status="diverged", test_accuracy=np.nan)
-    _set(r, False, 16, 1, status="failed")
+    set_cell(r, True, 32, 4, status="diverged", test_accuracy=np.nan)
+    set_cell(r, False, 16, 1, status="failed")
     r = r[~((r.batch_size == 16) & (r.seed == 3) & r.bn)]
     dropped = S.dropped_pairs(r, "bn")
     assert dropped[["batch_size", "seed"]].values.tolist() == [[16, 1], [16, 3], [32, 4]]
@@ -444,234 +381,10 @@ def test_dropped_pairs_explains_each_missing_seed() -> None:
 # ------------------------------------------------------------------ ANOVA
 
 
-def _rm_f_by_regression(y: np.ndarray) -> float:
-    """One-way RM F via nested OLS models (subject + level vs subject only)."""
-    n, k = y.shape
-    subj = np.kron(np.eye(n), np.ones((k, 1)))
-    level = np.kron(np.ones((n, 1)), np.eye(k))[:, 1:]
-    yy = y.reshape(-1)
-
-    def rss(x: np.ndarray) -> float:
-        beta, *_ = np.linalg.lstsq(x, yy, rcond=None)
-        return float(np.sum((yy - x @ beta) ** 2))
-
-    full, reduced = rss(np.hstack([subj, level])), rss(subj)
-    df_err = n * k - n - (k - 1)
-    return ((reduced - full) / (k - 1)) / (full / df_err)
-
-
-def test_rm_anova_oneway_matches_regression_and_t_squared() -> None:
-    rng = np.random.default_rng(5)
-    y = rng.normal(size=(7, 4)) + rng.normal(size=(7, 1)) + np.array([0, 0.3, 0.5, 0.2])
-    assert S.rm_anova_oneway(y)["F"] == pytest.approx(_rm_f_by_regression(y), rel=1e-9)
-    two = y[:, :2]
-    t = sps.ttest_rel(two[:, 1], two[:, 0])
-    res = S.rm_anova_oneway(two)
-    assert res["F"] == pytest.approx(t.statistic**2, rel=1e-9)
-    assert res["p"] == pytest.approx(t.pvalue, abs=1e-9)
-    assert res["gg_epsilon"] == 1.0
-
-
-def _grid_array(results: pd.DataFrame) -> np.ndarray:
-    wide = results.pivot_table(index="seed", columns=["bn", "batch_size"], values="test_accuracy")
-    return wide.to_numpy().reshape(len(wide), 2, -1)
-
-
-def test_interaction_anova_identities() -> None:
-    r = make_results(effect={16: 0.002, 32: 0.001, 64: 0.0, 128: -0.001})
-    out = S.interaction_anova(r).set_index("effect")
-    assert list(S.interaction_anova(r).columns) == S.ANOVA_COLUMNS
-    y = _grid_array(r)  # seeds x bn x batch size
-    # With two BN levels the interaction is a one-way RM-ANOVA on the per-seed BN differences.
-    diff = y[:, 1, :] - y[:, 0, :]
-    one = S.rm_anova_oneway(diff)
-    inter = out.loc["bn:batch_size"]
-    assert inter["F"] == pytest.approx(one["F"], rel=1e-9)
-    assert inter["p"] == pytest.approx(one["p"], abs=1e-9)
-    assert inter["gg_epsilon"] == pytest.approx(one["gg_epsilon"], rel=1e-9)
-    assert (inter["df"], inter["df_error"]) == (3, 27)
-    # The BN main effect is the paired t-test on seed means, squared.
-    t = sps.ttest_rel(y[:, 1, :].mean(axis=1), y[:, 0, :].mean(axis=1))
-    assert out.loc["bn", "F"] == pytest.approx(t.statistic**2, rel=1e-9)
-    assert out.loc["bn", "p"] == pytest.approx(t.pvalue, abs=1e-9)
-    # The batch-size main effect is a one-way RM-ANOVA on the BN-averaged cells.
-    bs = S.rm_anova_oneway(y.mean(axis=1))
-    assert out.loc["batch_size", "F"] == pytest.approx(bs["F"], rel=1e-9)
-    assert out.loc["batch_size", "gg_epsilon"] == pytest.approx(bs["gg_epsilon"], rel=1e-9)
-    assert (out["n_seeds"] == 10).all()
-    assert "Greenhouse-Geisser" in out["method"].iloc[0]
-
-
-def test_interaction_anova_uses_only_complete_seeds() -> None:
-    r = make_results(sizes=(16, 32, 64), seeds=6)
-    _set(r, True, 32, 2, status="diverged", test_accuracy=np.nan)
-    _set(r, False, 64, 5, test_accuracy=np.nan)
-    out = S.interaction_anova(r)
-    assert (out["n_seeds"] == 4).all()
-    ref = S.interaction_anova(r[~r.seed.isin([2, 5])])
-    np.testing.assert_allclose(out["F"], ref["F"])
-
-
-def test_interaction_anova_degenerate_returns_nan() -> None:
-    r = make_results(sizes=(16,), seeds=3)
-    out = S.interaction_anova(r)
-    assert out["effect"].tolist() == ["bn", "batch_size", "bn:batch_size"]
-    # One batch size: only the effects involving it are untestable; BN's is the paired t^2.
-    assert out["F"].iloc[1:].isna().all() and np.isfinite(out["F"].iloc[0])
-    assert S.interaction_anova(make_results(seeds=1))["F"].isna().all()
-
-
-def _batch_size_effect(results: pd.DataFrame) -> pd.DataFrame:
-    out = S.factor_effects(results, "bn")
-    return out.loc[out["factor"] == "batch_size"].reset_index(drop=True)
-
-
-def test_batch_size_effect_matches_scipy_friedman() -> None:
-    r = make_results(seeds=8)
-    _set(r, True, 64, 0, status="failed")
-    out = _batch_size_effect(r)
-    assert list(out.columns) == S.FACTOR_EFFECT_COLUMNS
-    assert out["compare_level"].tolist() == [False, True]
-    assert out["n_seeds"].tolist() == [8, 7]
-    for _, row in out.iterrows():
-        arm = r[(r.bn == row["compare_level"]) & (r.status == "finished")]
-        wide = arm.pivot_table(index="seed", columns="batch_size", values="test_accuracy").dropna()
-        fr = sps.friedmanchisquare(*wide.to_numpy().T)
-        assert row["friedman_stat"] == pytest.approx(fr.statistic, abs=1e-6)
-        assert row["friedman_p"] == pytest.approx(fr.pvalue, abs=1e-6)
-        assert row["F"] == pytest.approx(_rm_f_by_regression(wide.to_numpy()), rel=1e-9)
-
-
-def test_batch_size_effect_two_sizes_has_no_friedman() -> None:
-    out = _batch_size_effect(make_results(sizes=(16, 32), seeds=4))
-    assert out["friedman_p"].isna().all() and out["F"].notna().all()
-
-
 # ------------------------------------------------------------------ exact (the claims' tests)
 
 
-def test_newcombe_interval_is_not_degenerate_without_discordant_pairs() -> None:
-    lo, hi = S.newcombe_paired(0, 0, 0, 30, 0.05)
-    assert lo < 0 < hi and hi - lo > 0.1
-    # Wider at a stricter level, narrower with more pairs.
-    assert S.newcombe_paired(0, 0, 0, 30, 0.01)[1] > hi
-    assert S.newcombe_paired(0, 0, 0, 300, 0.05)[1] < hi
-
-
-def test_newcombe_is_square_and_add_of_wilson_intervals() -> None:
-    # Uncorrelated margins (a*d == b*c, so phi = 0): Newcombe's method 10 reduces to adding
-    # the two Wilson intervals' distances in quadrature; scipy gives the Wilson intervals.
-    a, b, c, d = 6, 2, 3, 1
-    n = a + b + c + d
-    p1, p2 = (a + b) / n, (a + c) / n
-    w1 = sps.binomtest(a + b, n).proportion_ci(0.95, method="wilson")
-    w2 = sps.binomtest(a + c, n).proportion_ci(0.95, method="wilson")
-    assert S.wilson(a + b, n, 0.05) == pytest.approx((w1.low, w1.high))
-    lo = p1 - p2 - math.hypot(p1 - w1.low, w2.high - p2)
-    hi = p1 - p2 + math.hypot(w1.high - p1, p2 - w2.low)
-    assert S.newcombe_paired(a, b, c, d, 0.05) == pytest.approx((lo, hi))
-    # Positively correlated arms (the usual paired case) give a narrower interval.
-    wide = S.newcombe_paired(a, b, c, d, 0.05)
-    narrow = S.newcombe_paired(a + 10, b, c, d + 10, 0.05)
-    assert narrow[1] - narrow[0] < wide[1] - wide[0]
-
-
-def test_sign_interval_is_exact_and_needs_enough_seeds() -> None:
-    d = np.arange(1.0, 11.0)  # ten positive differences
-    lo, hi, p = S.sign_interval(d, 0.05 / 7)
-    assert (lo, hi) == (1.0, 10.0)  # k = 1: 2 * 0.5**10 <= alpha < 2 * P(Bin <= 1)
-    assert p == pytest.approx(2 * 0.5**10)
-    lo, hi, _ = S.sign_interval(d, 0.05)  # 2 * P(Bin(10) <= 1) = 0.021 <= 0.05
-    assert (lo, hi) == (2.0, 9.0)
-    assert S.sign_interval(d[:3], 0.05)[:2] == (-math.inf, math.inf)  # 2 * 0.5**3 > 0.05
-
-
-def test_paired_t_estimate_replaces_a_degenerate_t_interval() -> None:
-    t, c = np.full(6, 0.971), np.full(6, 0.97)
-    est = S.paired_t_estimate(t, c, alpha=0.05, margin=0.002, n_resamples=999)
-    cmp = S.compare_paired(t, c, alpha=0.05, n_resamples=999)
-    assert est.ci_low == est.ci_high == est.effect == cmp.mean_diff
-    assert est.p == cmp.permutation_pvalue and "sign-flip" in est.note
-    tied = S.paired_t_estimate(c, c, alpha=0.05, margin=0.002, n_resamples=999)
-    assert math.isnan(tied.ci_low) and tied.p == 1.0 and "tied" in tied.note
-    usual = S.paired_t_estimate(SLEEP_DRUG2, SLEEP_DRUG1, alpha=0.05, margin=1.0, n_resamples=99)
-    assert usual.p == pytest.approx(0.002833, abs=1e-6) and usual.note == ""
-
-
-def test_median_and_proportion_estimates_without_data_are_nan() -> None:
-    assert math.isnan(S.median_estimate(np.array([np.nan]), 0.05).effect)
-    assert S.median_estimate(np.array([np.nan, 1.0, 3.0]), 0.05).n == 2
-    assert math.isnan(S.paired_proportion_estimate(0, 0, 0, 0, 0.05).p)
-    counts = S.paired_counts([1, 1, 0, 0, 1], [1, 0, 1, 0, 0])
-    assert counts == (1, 2, 1, 1)
-    est = S.paired_proportion_estimate(*counts, 0.05)
-    assert est.effect == pytest.approx(1 / 5) and est.p == S.mcnemar_exact(2, 1)
-
-
-def test_fmt_p() -> None:
-    assert [S.fmt_p(p) for p in (0.0004, 0.0421, math.nan, math.inf)] == [
-        "<0.001",
-        "0.042",
-        "n/a",
-        "n/a",
-    ]
-
-
 # ------------------------------------------------------------------ dynamics
-
-
-def make_histories(results: pd.DataFrame, epochs: int = 4) -> pd.DataFrame:
-    rows = []
-    for r in results.itertuples(index=False):
-        for e in range(1, epochs + 1):
-            val = r.test_accuracy - 0.01 * (epochs - e)
-            rows.append(
-                {
-                    "bn": r.bn,
-                    "batch_size": r.batch_size,
-                    "seed": r.seed,
-                    "epoch": e,
-                    "loss": 0.1,
-                    "accuracy": val + 0.01,
-                    "val_loss": 0.1,
-                    "val_accuracy": val,
-                    "epoch_time_s": 2.0,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def test_dynamics_hand_computed() -> None:
-    r = make_results(sizes=(16,), seeds=2)
-    r["test_accuracy"] = 0.975
-    r["train_accuracy"] = 0.99
-    h = make_histories(r, epochs=4)  # val: 0.945, 0.955, 0.965, 0.975
-    h = h.sample(frac=1.0, random_state=0)  # order must not matter
-    _set(r, True, 16, 1, epoch_time_s=np.nan)
-    dyn = S.dynamics(h, r, threshold=0.96)
-    assert list(dyn.columns) == S.dynamics_columns(["bn", "batch_size"]) and len(dyn) == 4
-    assert (dyn["epochs_to_threshold"] == 3).all()
-    np.testing.assert_allclose(dyn["stability"], np.std([0.955, 0.965, 0.975], ddof=1))
-    np.testing.assert_allclose(dyn["generalization_gap"], 0.015)
-    assert dyn["time_per_epoch"].tolist() == [1.0, 1.0, 1.1, 2.0]  # NaN falls back to history
-    assert S.dynamics(h, r, threshold=0.99)["epochs_to_threshold"].isna().all()
-
-
-def test_dynamics_missing_history_and_summary() -> None:
-    r = make_results(sizes=(16, 32), seeds=3)
-    h = make_histories(r, epochs=3)
-    h = h[~((h.batch_size == 32) & (h.seed == 0) & h.bn)]
-    _set(r, False, 16, 2, status="diverged")
-    dyn = S.dynamics(h, r, threshold=0.95)
-    missing = dyn[(dyn.batch_size == 32) & (dyn.seed == 0) & dyn.bn].iloc[0]
-    assert missing["n_epochs"] == 0 and math.isnan(missing["stability"])
-    summ = S.dynamics_summary(h, r, threshold=0.95, compare="bn")
-    assert list(summ.columns) == S.dynamics_summary_columns(["bn", "batch_size"])
-    assert len(summ) == 4
-    row = summ[(~summ.bn) & (summ.batch_size == 16)].iloc[0]
-    assert row["n"] == 2  # the diverged cell is excluded
-    ref = dyn[(~dyn.bn) & (dyn.batch_size == 16) & (dyn.status == "finished")]
-    assert row["generalization_gap"] == pytest.approx(ref["generalization_gap"].mean())
 
 
 def test_bn_flags_read_back_as_strings_are_parsed() -> None:

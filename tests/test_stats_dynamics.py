@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from bnpipe import stats as S
+from tests.stats_frames import make_histories, make_results, set_cell
 
 
 def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -80,3 +83,36 @@ def test_dynamics_without_histories_and_with_a_missing_column() -> None:
     assert dyn["time_per_epoch"].tolist() == [1.5] * len(results)
     with pytest.raises(ValueError, match="init_scale"):
         S.dynamics(histories.drop(columns="init_scale"), results)
+
+
+def test_dynamics_hand_computed() -> None:
+    r = make_results(sizes=(16,), seeds=2)
+    r["test_accuracy"] = 0.975
+    r["train_accuracy"] = 0.99
+    h = make_histories(r, epochs=4)  # val: 0.945, 0.955, 0.965, 0.975
+    h = h.sample(frac=1.0, random_state=0)  # order must not matter
+    set_cell(r, True, 16, 1, epoch_time_s=np.nan)
+    dyn = S.dynamics(h, r, threshold=0.96)
+    assert list(dyn.columns) == S.dynamics_columns(["bn", "batch_size"]) and len(dyn) == 4
+    assert (dyn["epochs_to_threshold"] == 3).all()
+    np.testing.assert_allclose(dyn["stability"], np.std([0.955, 0.965, 0.975], ddof=1))
+    np.testing.assert_allclose(dyn["generalization_gap"], 0.015)
+    assert dyn["time_per_epoch"].tolist() == [1.0, 1.0, 1.1, 2.0]  # NaN falls back to history
+    assert S.dynamics(h, r, threshold=0.99)["epochs_to_threshold"].isna().all()
+
+
+def test_dynamics_missing_history_and_summary() -> None:
+    r = make_results(sizes=(16, 32), seeds=3)
+    h = make_histories(r, epochs=3)
+    h = h[~((h.batch_size == 32) & (h.seed == 0) & h.bn)]
+    set_cell(r, False, 16, 2, status="diverged")
+    dyn = S.dynamics(h, r, threshold=0.95)
+    missing = dyn[(dyn.batch_size == 32) & (dyn.seed == 0) & dyn.bn].iloc[0]
+    assert missing["n_epochs"] == 0 and math.isnan(missing["stability"])
+    summ = S.dynamics_summary(h, r, threshold=0.95, compare="bn")
+    assert list(summ.columns) == S.dynamics_summary_columns(["bn", "batch_size"])
+    assert len(summ) == 4
+    row = summ[(~summ.bn) & (summ.batch_size == 16)].iloc[0]
+    assert row["n"] == 2  # the diverged cell is excluded
+    ref = dyn[(~dyn.bn) & (dyn.batch_size == 16) & (dyn.status == "finished")]
+    assert row["generalization_gap"] == pytest.approx(ref["generalization_gap"].mean())
