@@ -14,6 +14,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from tests.conftest import requires_mnist
 from tests.test_servers import (
     BIN,
+    SERVE_POLL_S,
     client_env,
     free_port,
     logs_on_failure,
@@ -39,7 +40,7 @@ def _serve_and_server(tmp_path: Path) -> tuple[str, list[str], list[str]]:
 def test_serve_started_with_its_server_waits_for_it(tmp_path: Path) -> None:
     # A service manager starts both at once: serve used to exit at once, "connection refused".
     api, serve_cmd, server = _serve_and_server(tmp_path)
-    env = client_env(tmp_path, PREFECT_API_URL=api)
+    env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY=SERVE_POLL_S)
     serve_log, server_log = tmp_path / "serve.log", tmp_path / "server.log"
     with running(serve_cmd, env=env, log=serve_log, cwd=tmp_path) as serving:
         deadline = time.monotonic() + 60
@@ -73,7 +74,9 @@ def test_serve_keeps_serving_through_a_server_restart(tmp_path: Path) -> None:
     up = {"env": client_env(home), "ready_url": f"{api}/health"}
     with contextlib.ExitStack() as stack:
         with running(server, log=tmp_path / "server1.log", **up):
-            env = client_env(tmp_path, PREFECT_API_URL=api)
+            env = client_env(
+                tmp_path, PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY=SERVE_POLL_S
+            )
             proc = stack.enter_context(running(serve_cmd, env=env, log=serve_log))
             deadline = time.monotonic() + 120
             while "being served" not in serve_log.read_text():

@@ -55,6 +55,9 @@ TINY = {
     "stats": {"n_resamples": 199},
 }
 EXPERIMENT = "bnpipe-bn-ablation"
+# `bnpipe serve` under test looks for due runs every 2 s, not Prefect's 10: the tests trigger
+# runs and wait for them, and each pickup would otherwise idle up to 10 s.
+SERVE_POLL_S = "2"
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -501,7 +504,7 @@ def test_serve_creates_scheduled_deployment_and_runs_it(
     api, server_log = prefect_server
     cron, hour = cron_far_from_now()
     params = write_params(tmp_path)
-    env = client_env(tmp_path, PREFECT_API_URL=api)
+    env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY=SERVE_POLL_S)
     serve_cmd = [str(BIN / "bnpipe"), "serve", "--cron", cron, "--params", str(params)]
     log = tmp_path / "serve.log"
     with (
