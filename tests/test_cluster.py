@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +80,6 @@ class Cluster:
     base: Path
     pg_dir: Path
     pg_password: str
-    stack: ExitStack
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     run_logs: dict[str, Path] = field(default_factory=dict)
 
@@ -394,15 +393,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         why = "cluster tests need PostgreSQL's server (apt-get install postgresql)"
     if why:
         pytest.skip(why)
+    with started_cluster(tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+@contextmanager
+def started_cluster(base: Path) -> Iterator[Cluster]:
+    """The five hosts and everything on them, under ``base``; all of it gone on exit."""
     netns.remove_stale()
-    base = tmp_path_factory.mktemp("cluster")
     # PostgreSQL's files belong to its own user, outside pytest's root-only tmp folder.
     pg_dir = Path(tempfile.mkdtemp(prefix="bnpc-pg-"))
     shutil.chown(pg_dir, "postgres", "postgres")
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, pg_dir, ignore_errors=True)
         hosts = stack.enter_context(netns.Hosts(HOSTS))
-        c = Cluster(hosts, base, pg_dir, secrets.token_hex(16), stack)
+        c = Cluster(hosts, base, pg_dir, secrets.token_hex(16))
         stack.callback(lambda: [c.stop(name) for name in list(c.procs)])
         mnist = Path(os.environ["BNPIPE_DATA_DIR"])
         for host in HOSTS:
@@ -410,9 +415,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             # Each host its own copy of the data: nothing is read from a shared folder.
             shutil.copytree(mnist, base / host / "mnist")
         # PostgreSQL on trk: its own cluster, password logins from the hosts' subnet only.
-        pw_file = pg_dir / "pw"
-        pw_file.write_text(c.pg_password)
-        shutil.chown(pw_file, "postgres")
         c.sh(
             "trk",
             [str(postgres_bin() / "initdb"), "-D", str(pg_dir / "data"), "-U", "postgres",
