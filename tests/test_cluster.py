@@ -37,6 +37,7 @@ import yaml
 
 from tests import netns
 from tests.conftest import requires_mnist
+from tests.test_servers import stop
 
 pytestmark = [pytest.mark.cluster, requires_mnist]
 
@@ -135,19 +136,10 @@ class Cluster:
         return proc
 
     def stop(self, name: str) -> None:
+        """Ctrl-C, as a user would, then SIGKILL to what is left of the process group."""
         proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        for sig, wait_s in ((2, 20), (9, 10)):  # Ctrl-C as a user would, then SIGKILL
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if proc is not None:
+            stop(proc)
 
     def sh(self, host: str, cmd: list[str], *, timeout: float = 120, user: str | None = None,
            check: bool = True, **env: str) -> subprocess.CompletedProcess:  # fmt: skip
