@@ -61,6 +61,8 @@ LONGER = {
     "grid": {"seeds": [0, 1], "batch_sizes": [32]},
     "stats": {"n_resamples": 199},
 }
+# How long PostgreSQL or the tracking server stays down in the restart faults.
+DOWN_S = 20
 SUMMARY = re.compile(r"(\d+) cells: (\d+) trained, (\d+) reused")
 
 
@@ -545,6 +547,7 @@ def strike_mid_group(c: Cluster, experiment: str, strike) -> dict:
         "first_said": last_words(out, code),
         "first_finished_cells": len(between),
         "after_strike_s": round(first_s),
+        "first_retried": [ln.strip()[:160] for ln in out.splitlines() if "etry" in ln][:3],
         "rerun_exit": code2,
         "rerun_trained_reused": summary(out2)[1:] if code2 == 0 else out2[-2000:],
     }
@@ -617,8 +620,12 @@ def test_postgres_restarted_mid_run(cluster: Cluster) -> None:
     c = cluster
 
     def restart(host: str) -> str:
-        c.pg_ctl("restart", "-m", "fast")
-        return "PostgreSQL restarted (pg_ctl restart -m fast) mid-run"
+        # Down long enough that the flow's writes (claims' heartbeats, the first group's cells)
+        # meet a tracking server without its database.
+        c.pg_ctl("stop", "-m", "fast")
+        time.sleep(DOWN_S)
+        c.pg_ctl("start")
+        return f"PostgreSQL stopped (pg_ctl stop -m fast) mid-run, started {DOWN_S} s later"
 
     strike_mid_group(c, "fault-postgres", restart)
 
@@ -628,8 +635,9 @@ def test_tracking_server_restarted_mid_run(cluster: Cluster) -> None:
 
     def restart(host: str) -> str:
         c.stop("mlflow-server")
+        time.sleep(DOWN_S)
         c.start_mlflow()
-        return "mlflow server stopped (Ctrl-C) and started again mid-run"
+        return f"mlflow server stopped (Ctrl-C) mid-run, started again {DOWN_S} s later"
 
     try:
         strike_mid_group(c, "fault-tracking", restart)
