@@ -58,3 +58,22 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlruns").mkdir()
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+# -- scheduling over pytest-xdist workers (`make test` runs `--dist loadgroup`) -------------------
+# Modules whose tests run first: the longest unit of work (the cluster module, ~7 min on one
+# worker, mostly waiting on its hosts) would otherwise start last and finish alone.
+FIRST_MODULES = ("test_cluster",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep a module's tests on one worker only where they share a module-scoped fixture (a
+    server, a cluster, a store: started once), and spread every other test on its own: whole
+    files per worker left one worker finishing a long file alone while the other waited."""
+    for item in items:
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if any(d[-1].scope == "module" for d in defs.values() if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    first = {name: i for i, name in enumerate(FIRST_MODULES)}
+    items.sort(key=lambda item: first.get(item.module.__name__.rsplit(".", 1)[-1], len(first)))
