@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,22 @@ class Reading(CellClaims):
                 for name in ("results", "histories")
             ]
         return tables[0], tables[1], run.info.run_name, dict(run.data.params)
+
+    def parent_tags(self, run_id: str) -> dict[str, str]:
+        """A parent run's tags (where its flow run is, its decisions as recorded)."""
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def report_file(self, run_id: str, name: str) -> bytes:
+        """A file of the report a parent run recorded (``report.html``, a figure's PNG).
+
+        Raises:
+            UnreadableArtifact: the run has no such file (a run that never finished).
+        """
+        path = f"report/{name}"
+        if path not in {a.path for a in self.client.list_artifacts(run_id, "report")}:
+            raise UnreadableArtifact(f"{path} is missing from the artifact store")
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(self.client.download_artifacts(run_id, path, tmp)).read_bytes()
 
     def history(self, run_id: str) -> pd.DataFrame:
         """A child run's per-epoch history, read back from its history.csv artifact.
