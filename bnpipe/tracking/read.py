@@ -26,6 +26,19 @@ from bnpipe.tracking.names import (
 )
 from bnpipe.tracking.store import UnreadableArtifact, first_line
 
+# Histories of finished runs already read by this process, by (store, run id), or None (each
+# read goes to the store). A finished run's history never changes, so a process that runs the
+# grid again and again (bnpipe.session's warm session) reads each once: reading them was most of
+# a rerun that reuses every cell.
+_kept_histories: dict[tuple[str, str], pd.DataFrame] | None = None
+
+
+def keep_histories() -> None:
+    """Keep every history this process reads, for its later runs (a warm session)."""
+    global _kept_histories
+    if _kept_histories is None:
+        _kept_histories = {}
+
 
 class Reading(CellClaims):
     """What the store recorded, as tables and records."""
@@ -119,6 +132,15 @@ class Reading(CellClaims):
         Raises:
             UnreadableArtifact: history.csv is gone or is not a history table.
         """
+        kept = _kept_histories.get((self.uri, run_id)) if _kept_histories is not None else None
+        if kept is not None:
+            return kept.copy()
+        history = self._read_history(run_id)
+        if _kept_histories is not None:
+            _kept_histories[(self.uri, run_id)] = history.copy()
+        return history
+
+    def _read_history(self, run_id: str) -> pd.DataFrame:
         self._require_artifact(run_id, "history.csv")
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, "history.csv", tmp)
