@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from bnpipe.trainer import TrainerProcess
     from flows.server import TemporaryServer
 
-__all__ = ["Run", "load", "run", "stop"]
+__all__ = ["Html", "Run", "load", "run", "stop"]
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,11 @@ class Run:
         """One row per cell (levels, seed, status, metrics) with its MLflow run id (``run_id``)."""
         return self.analysis.results
 
-    def report(self) -> Any:
+    def report(self) -> Html:
         """The whole report inline: the run's report.html (figures embedded), in a frame."""
-        from IPython.display import HTML
-
         from bnpipe.report.html import framed
 
-        return HTML(framed(self._read_report("report.html").decode("utf-8")))
+        return Html(framed(self._read_report("report.html").decode("utf-8")))
 
     def _figure(self) -> bytes | None:
         from bnpipe.report.html import headline_figure
@@ -117,6 +115,13 @@ class Run:
             f"bnpipe run {self.run_name} (MLflow parent run {self.run_id}; {self._facts()})\n"
             + answer_markdown(self.analysis)
         )
+
+
+class Html(str):
+    """HTML that Jupyter shows as such (and any other caller reads as the text it is)."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
 
 
 def overrides(sections: Mapping[str, Any]) -> list[str]:

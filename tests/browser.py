@@ -228,7 +228,12 @@ def shoot_notebook(driver: Any, notebook: Path, path: Path) -> Path:
         driver.get(page.as_uri())
         wait_text(driver, "Decided (")
         time.sleep(1.0)  # the report's frame paints its figures
-        return screenshot(driver, path)
+        screenshot(driver, path)
+        # Its end too (a page taller than a shot's 4,000 px is cut): the last cells' outputs.
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        time.sleep(0.5)
+        driver.save_screenshot(str(path.with_name(f"{path.stem}-end{path.suffix}")))
+        return path
 
 
 def shoot_link(driver: Any, url: str, link: str, path: Path) -> Path:

@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_json(path: Path | None, report: dict) -> int:
     if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a long bench must not fail at its end
         path.write_text(json.dumps(report, indent=2, default=str))
         print(f"wrote {path}")
     return 0
