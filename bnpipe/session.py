@@ -210,7 +210,7 @@ def load(run_id: str, params: str | Path | None = "params.yaml", **sections: Any
     tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
     tracker.check()
     results, histories, run_name, recorded = tracker.parent_tables(run_id)
-    own = cli.resolve_config(params, [*sets, *recorded_grid(recorded), *design_overrides(recorded)])
+    own = cli.resolve_config(params, [*sets, *design_overrides(recorded)])
     tags = tracker.parent_tags(run_id)
     return Run(
         run_id=run_id,
@@ -221,13 +221,6 @@ def load(run_id: str, params: str | Path | None = "params.yaml", **sections: Any
         flow_run_url=tags.get(FLOW_RUN_URL_TAG),
         _read_report=lambda name: tracker.report_file(run_id, name),
     )
-
-
-def recorded_grid(params: Mapping[str, str]) -> list[str]:
-    """``--set`` overrides restoring a run's fixed seed list as recorded (a fixed run read back
-    under a sequential params file is still the fixed design it was)."""
-    seeds = params.get("grid.seeds")
-    return [] if seeds in (None, "None") else [f"grid.seeds={seeds}"]
 
 
 def _local_report(folder: Path) -> Callable[[str], bytes]:
