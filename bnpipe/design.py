@@ -250,9 +250,13 @@ def recorded_settings(params: dict[str, str]) -> dict[str, Any]:
 def design_overrides(params: dict[str, str]) -> list[str]:
     """``--set`` overrides that restore the design a parent run recorded (its ``stats.*``
     params), so its report rebuilt later decides as its own design did; [] when none is
-    recorded or the run was a fixed design."""
-    fixed = params.get("stats.design") == "fixed" or params.get("grid.seeds") not in (None, "None")
-    if fixed or "stats.spending" not in params:
+    recorded. A fixed design gets its own back too: a seed list (``--set grid.seeds=[0,1]``)
+    read back under a sequential params file is still the fixed design it was."""
+    seeds = params.get("grid.seeds")
+    if params.get("stats.design") == "fixed" or seeds not in (None, "None"):
+        out = ["stats.design=fixed"] if params.get("stats.design") == "fixed" else []
+        return [*out, *([f"grid.seeds={seeds}"] if seeds not in (None, "None") else [])]
+    if "stats.spending" not in params:
         return []
     out = []
     for key, value in recorded_settings(params).items():

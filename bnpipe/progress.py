@@ -50,9 +50,14 @@ class Progress:
         self.stage = ""
         self._group = ""
         self._last_epoch: tuple[tuple, int] | None = None
-        # A bar only where a person watches: logs, pipes and CI keep plain lines.
+        # A bar only where a person watches: logs, pipes and CI keep plain lines. A Jupyter
+        # kernel's output is watched, but is no terminal: its bar is an output updated in place.
         is_tty = getattr(self.stream, "isatty", lambda: False)()
-        self._bar = _Bar(self.stream, total_cells) if (is_tty if live is None else live) else None
+        notebook = _in_notebook(self.stream)
+        watched = is_tty or notebook if live is None else live
+        self._bar: _Bar | _NotebookBar | None = None
+        if watched:
+            self._bar = _NotebookBar(total_cells) if notebook else _Bar(self.stream, total_cells)
 
     def __enter__(self) -> Progress:
         return self
@@ -156,6 +161,44 @@ class _Bar:
 
     def stop(self) -> None:
         self._rich.stop()
+
+
+def _in_notebook(stream: TextIO) -> bool:
+    """Whether ``stream`` is a Jupyter kernel's output (ipykernel's OutStream)."""
+    return type(stream).__module__.startswith("ipykernel")
+
+
+class _NotebookBar:
+    """The live bar in a notebook: one HTML output updated in place (IPython display ids), and
+    the lines printed below it."""
+
+    def __init__(self, total: int) -> None:
+        from IPython.display import display
+
+        self._start = time.perf_counter()
+        self._handle = display(self._html(0, total, ""), display_id=True)
+
+    def _html(self, done: int, total: int, text: str) -> object:
+        import html
+
+        from IPython.display import HTML
+
+        elapsed = time.perf_counter() - self._start
+        eta = _clock(elapsed / done * (total - done)) if 0 < done < total else "-"
+        return HTML(
+            f'<progress value="{done}" max="{max(total, 1)}" style="width: 30em"></progress> '
+            f"<code>cells {done}/{total} {_clock(elapsed)} ETA {eta} {html.escape(text)}</code>"
+        )
+
+    def update(self, done: int, total: int, text: str) -> None:
+        if self._handle is not None:
+            self._handle.update(self._html(done, total, text))
+
+    def print(self, line: str) -> None:
+        print(line, flush=True)
+
+    def stop(self) -> None:
+        self._handle = None
 
 
 class PhaseClock:

@@ -132,6 +132,24 @@ class TrainerProcess:
             self._send(("data", None, data))
         _active = self
 
+    @contextlib.contextmanager
+    def serving(self, data: Any) -> Iterator[TrainerProcess]:
+        """:meth:`serve` for one run of a process that outlives it (bnpipe.session's)."""
+        global _active
+        self.serve(data)
+        try:
+            yield self
+        finally:
+            _active = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        """Whether the process is still there to take calls."""
+        return self._gone is None and self._process.is_alive()
+
     def wait_ready(self) -> None:
         """Block until TensorFlow is imported there; :class:`TrainerDied` if the process is gone."""
         self._ready.wait()
@@ -176,7 +194,14 @@ class TrainerProcess:
         stopped: BaseException | None = None
         try:
             while True:
-                kind, *body = answers.get()
+                try:
+                    kind, *body = answers.get()
+                except BaseException:
+                    # Interrupted here (Ctrl-C in a notebook's kernel, which keeps this process
+                    # for its next run): the group stops there at its next epoch too.
+                    with contextlib.suppress(OSError):
+                        self._send(("stop", call_id))
+                    raise
                 if kind == "epoch":
                     if stopped is None and on_epoch is not None:
                         try:

@@ -66,7 +66,8 @@ from bnpipe.runner import (
 from bnpipe.tracking import (
     ABANDONED,
     FAILURE_TAG,
-    TAG_PREFIX,
+    FLOW_RUN_ID_TAG,
+    FLOW_RUN_URL_TAG,
     ArtifactWriteError,
     Tracker,
     redact_uri,
@@ -77,10 +78,6 @@ from bnpipe.train import TrainResult
 from bnpipe.train.common import Cell
 from bnpipe.trainer import Stopped, TrainerDied
 from flows.runners import final_state, training_runner
-
-FLOW_RUN_ID_TAG = TAG_PREFIX + "prefect.flow_run_id"
-FLOW_RUN_URL_TAG = TAG_PREFIX + "prefect.flow_run_url"
-
 
 # Tasks pass large arrays in memory: hashing them for Prefect's default cache key would cost more
 # than the work, and finished cells are found in MLflow instead, so no task caches.
@@ -531,6 +528,13 @@ def _outcome(
         "summary": analysis.summary.to_dict("records"),
         "decisions": analysis.decisions.to_dict("records"),
         "report": str(report.report_path),
+        "report_html": str(report.html_path),
+        "figures": [str(f) for f in report.figures],
+        # The answer itself, for a caller in this process (bnpipe.session renders it as the
+        # terminal renders the records above); computed once, in analyze.
+        "analysis": analysis,
+        "flow_run_id": str(current_flow_run.get_id()),
+        "flow_run_url": _flow_run_tags().get(FLOW_RUN_URL_TAG),
         "wall_time_s": times["total"],
         "timing": times,
         "trained": len(keys) - len(state.reused),

@@ -175,6 +175,11 @@ class TemporaryServer:
                 "to a running Prefect server (`prefect server start`) or retry"
             )
 
+    def alive(self) -> bool:
+        """Whether the server this object started is still running (True when it started none:
+        a configured or someone else's server is theirs to keep)."""
+        return self.process is None or self.process.poll() is None
+
     def stop(self) -> None:
         """Flush Prefect's queued logs and events to the server, then end it (idempotent)."""
         self._release_start_lock()

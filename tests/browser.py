@@ -187,7 +187,20 @@ def main(argv: list[str] | None = None) -> int:
         "served UI's address), shot as it first paints",
     )
     parser.add_argument("--name", default="page.png", help="the --url shot's file name")
+    parser.add_argument(
+        "--notebook",
+        type=Path,
+        help="only this executed notebook (tests/test_notebook.py writes quickstart.executed.ipynb"
+        " into its tmp folder): converted to HTML by nbconvert and shot as --name",
+    )
     args = parser.parse_args(argv)
+    if args.notebook:
+        if why := browser_missing():
+            print(f"cannot take screenshots: {why}", file=sys.stderr)
+            return 2
+        with chromium(width=1100) as driver:
+            print(shoot_notebook(driver, args.notebook, args.out / args.name))
+        return 0
     if not (args.store / "mlflow.db").is_file():
         print(f"--store: no mlflow.db in {args.store}", file=sys.stderr)
         return 2
@@ -201,6 +214,26 @@ def main(argv: list[str] | None = None) -> int:
         for path in shoot_all(driver, url, args.store, args.experiment, args.out):
             print(path)
     return 0
+
+
+def shoot_notebook(driver: Any, notebook: Path, path: Path) -> Path:
+    """An executed notebook as nbconvert's HTML renders it (outputs, no prompts' clutter)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "notebook.html"
+        page.write_text(body, encoding="utf-8")
+        driver.get(page.as_uri())
+        wait_text(driver, "Decided (")
+        time.sleep(1.0)  # the report's frame paints its figures
+        screenshot(driver, path)
+        # Its end too (a page taller than a shot's 4,000 px is cut): the last cells' outputs.
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        time.sleep(0.5)
+        driver.save_screenshot(str(path.with_name(f"{path.stem}-end{path.suffix}")))
+        return path
 
 
 def shoot_link(driver: Any, url: str, link: str, path: Path) -> Path:

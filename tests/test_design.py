@@ -358,3 +358,15 @@ def test_a_design_cannot_change_under_its_data(monkeypatch, tiny_mnist, store, c
     assert "bnpipe.new_design_from" not in client.get_run(again["parent_run_id"]).data.tags
     with pytest.raises(DesignChangeError, match=f"design {plan_of(new_cfg).design_id()}"):
         run_flow(monkeypatch, tiny_mnist, store, one_look)
+
+
+def test_design_overrides_restore_a_fixed_run_under_a_sequential_params_file() -> None:
+    """A run made with a seed list (``--set grid.seeds=[0,1]``), read back under the default
+    sequential params (bnpipe report, bnpipe.load), is analysed as the fixed design it was."""
+    from bnpipe.design import design_overrides
+
+    recorded = {"grid.seeds": "[0, 1]", "stats.design": "sequential", "stats.spending": "pocock"}
+    own = load_config(None, design_overrides(recorded))
+    assert not plan_of(own).sequential and list(own.grid.seeds) == [0, 1]
+    fixed = {"grid.seeds": "None", "stats.design": "fixed"}
+    assert load_config(None, design_overrides(fixed)).stats.design == "fixed"

@@ -85,12 +85,61 @@ def prefect_server(home: Path, timeout_s: float = 180.0) -> Iterator[tuple[str, 
         stop_process(proc, timeout_s=30)
 
 
+# The warm session's rows: the smoke grid's seeds, then new seeds, then the new seeds again.
+SESSION_SEEDS = ("grid.seeds=[0,1]", "grid.seeds=[2,3]", "grid.seeds=[2,3]")
+SESSION_LABELS = ("session_first", "session_new_seeds", "session_rerun")
+
+
+def session_main(sets: Sequence[str]) -> None:
+    """In a process of its own: ``bnpipe.run`` on the smoke grid three times in one warm
+    session (the first call starts the training process and Prefect's server; then new seeds;
+    then the same seeds again, every cell reused). Prints one JSON line: each call's wall and CPU
+    seconds, this process's and the session's processes' (they outlive the calls, so the
+    bench's own accounting of its children cannot see them)."""
+    import json
+
+    import bnpipe
+    from bnpipe.session import session_pids
+
+    def cpu(pids: list[int]) -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return own.ru_utime + own.ru_stime + sum(_process_cpu_s(p) for p in pids)
+
+    out = {}
+    for label, seeds in zip(SESSION_LABELS, SESSION_SEEDS, strict=True):
+        pids = session_pids()
+        cpu_before, start = cpu(pids), time.perf_counter()
+        run = bnpipe.run(None, sets=[*SMOKE_SETS, *sets, seeds])
+        out[f"{label}_s"] = time.perf_counter() - start
+        # The first call's processes started during it: all their CPU is this call's.
+        out[f"{label}_cpu_s"] = cpu(session_pids()) - cpu_before
+        out[f"{label}_trained"], out[f"{label}_reused"] = run.trained, run.reused
+    print(json.dumps(out), flush=True)
+
+
+def _session_rows(env: dict[str, str], folder: Path, sets: Sequence[str]) -> dict:
+    """:func:`session_main` in a new process in ``folder``; its JSON."""
+    import json
+
+    code = f"from bnpipe.bench.commands import session_main; session_main({list(sets)!r})"
+    log_file = folder / "session.log"
+    with log_file.open("w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=folder, stdout=subprocess.PIPE, stderr=out,
+            text=True,
+        )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"the warm session exited {proc.returncode}; see {log_file}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_smoke(
     sets: Sequence[str] = (),
     *,
     repeats: int = 1,
     keep: Path | None = None,
     served: bool = False,
+    session: bool = True,
     log: Any = print,
 ) -> dict:
     """Whole ``bnpipe run`` smoke commands against ``python -c "import tensorflow"``, in one run.
@@ -106,6 +155,8 @@ def run_smoke(
         served: also time the warm grid against a long-lived Prefect server (PREFECT_API_URL,
             started once by the bench) instead of the temporary one each run boots; its CPU
             during the command counts as the command's.
+        session: also time ``bnpipe.run`` in one warm Python session (a notebook's): new seeds
+            (XLA cache warm) and a rerun reusing every cell, against the same import.
         log: progress printer.
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -156,17 +207,37 @@ def run_smoke(
                     else ""
                 )
             )
+            if session:
+                (folder / "session").mkdir(exist_ok=True)
+                row |= _session_rows(env, folder / "session", sets)
+                for label in SESSION_LABELS:
+                    row[f"{label}_ratio"] = row[f"{label}_s"] / row["import_tf_s"]
+                    row[f"{label}_cpu_bound_ratio"] = (
+                        row[f"{label}_cpu_s"] / cores / row["import_tf_s"]
+                    )
+                log(
+                    f"round {r + 1}: warm session (bnpipe.run): first call "
+                    f"{row['session_first_s']:.1f}s, new seeds {row['session_new_seeds_s']:.1f}s "
+                    f"({row['session_new_seeds_ratio']:.2f}x, CPU "
+                    f"{row['session_new_seeds_cpu_s']:.1f}s), rerun reusing every cell "
+                    f"{row['session_rerun_s']:.1f}s ({row['session_rerun_ratio']:.2f}x, CPU "
+                    f"{row['session_rerun_cpu_s']:.1f}s)"
+                )
             rounds.append(row)
+    names = [*labels, *(SESSION_LABELS if session else ())]
     medians = {
         key: float(np.median([r[key] for r in rounds]))
-        for label in labels
+        for label in names
         for key in (f"{label}_ratio", f"{label}_cpu_bound_ratio")
     }
+    # The box's speed that day, after the commands (the probe imports TensorFlow here).
+    probe = logged_probe(2.0, log)
     return {
         "command": "bnpipe run --fresh " + " ".join(overrides),
         "rounds": rounds,
         **medians,
         "cores": cores,
+        "square_gflops": probe["square_gflops"],
         "load_avg_1min": os.getloadavg()[0],
     }
 

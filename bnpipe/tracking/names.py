@@ -52,6 +52,9 @@ SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 # (Model training) or on GenAI traces; the note is the description shown on top of a run/experiment.
 KIND_TAG = "mlflow.experimentKind"
 NOTE_TAG = "mlflow.note.content"
+# Where the Prefect flow run that wrote a parent run is (its id; its URL where a UI is known).
+FLOW_RUN_ID_TAG = TAG_PREFIX + "prefect.flow_run_id"
+FLOW_RUN_URL_TAG = TAG_PREFIX + "prefect.flow_run_url"
 EXPERIMENT_NOTE = (
     "BatchNormalization on/off x batch size x seed ablation of a 784-64-64-10 MLP on MNIST "
     "(bnpipe). One parent run per `bnpipe run` (its description is the verdict, its artifacts the "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,19 @@ from bnpipe.tracking.names import (
     grid_factors,
 )
 from bnpipe.tracking.store import UnreadableArtifact, first_line
+
+# Histories of finished runs already read by this process, by (store, run id), or None (each
+# read goes to the store). A finished run's history never changes, so a process that runs the
+# grid again and again (bnpipe.session's warm session) reads each once: reading them was most of
+# a rerun that reuses every cell.
+_kept_histories: dict[tuple[str, str], pd.DataFrame] | None = None
+
+
+def keep_histories() -> None:
+    """Keep every history this process reads, for its later runs (a warm session)."""
+    global _kept_histories
+    if _kept_histories is None:
+        _kept_histories = {}
 
 
 class Reading(CellClaims):
@@ -96,12 +110,37 @@ class Reading(CellClaims):
             ]
         return tables[0], tables[1], run.info.run_name, dict(run.data.params)
 
+    def parent_tags(self, run_id: str) -> dict[str, str]:
+        """A parent run's tags (where its flow run is, its decisions as recorded)."""
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def report_file(self, run_id: str, name: str) -> bytes:
+        """A file of the report a parent run recorded (``report.html``, a figure's PNG).
+
+        Raises:
+            UnreadableArtifact: the run has no such file (a run that never finished).
+        """
+        path = f"report/{name}"
+        if path not in {a.path for a in self.client.list_artifacts(run_id, "report")}:
+            raise UnreadableArtifact(f"{path} is missing from the artifact store")
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(self.client.download_artifacts(run_id, path, tmp)).read_bytes()
+
     def history(self, run_id: str) -> pd.DataFrame:
         """A child run's per-epoch history, read back from its history.csv artifact.
 
         Raises:
             UnreadableArtifact: history.csv is gone or is not a history table.
         """
+        kept = _kept_histories.get((self.uri, run_id)) if _kept_histories is not None else None
+        if kept is not None:
+            return kept.copy()
+        history = self._read_history(run_id)
+        if _kept_histories is not None:
+            _kept_histories[(self.uri, run_id)] = history.copy()
+        return history
+
+    def _read_history(self, run_id: str) -> pd.DataFrame:
         self._require_artifact(run_id, "history.csv")
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, "history.csv", tmp)
