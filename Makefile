@@ -57,7 +57,7 @@ ui: setup
 	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	@echo "  pick the experiment (Model training mode: runs table), or open the parent-run link"
 	@echo "  that bnpipe run printed; group the runs by bn and batch_size to compare cells"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 # PNGs of the MLflow UI over the local store's latest run (headless Chromium; docs/screenshots).
 screenshots: setup

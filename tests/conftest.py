@@ -13,6 +13,9 @@ from bnpipe.data import MnistData
 from bnpipe.factors import Cell
 
 REAL_DATA = os.environ.get("BNPIPE_DATA_DIR")
+# Every `mlflow ui` / `mlflow server` a test starts (they inherit this), as docs/servers.md says:
+# without MLflow's GenAI job runner (eight processes bnpipe never uses, ~7 s of CPU a start).
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 requires_mnist = pytest.mark.skipif(
     not REAL_DATA, reason="set BNPIPE_DATA_DIR to the MNIST folder (CI does)"
 )

@@ -197,6 +197,7 @@ class Cluster:
              "--serve-artifacts", "--artifacts-destination", str(self.work("trk") / "artifacts"),
              "--allowed-hosts", f"{a}:{MLFLOW_PORT}", "--workers", "1"],
             PGPASSWORD=self.pg_password,
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # as docs/servers.md starts it
         )  # fmt: skip
 
     def start_prefect(self) -> None:
