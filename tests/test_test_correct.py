@@ -84,6 +84,9 @@ def test_digits_run_records_outcomes_and_fills_in_earlier_cells(
     parent = runs.loc[runs["run_id"] == first["parent_run_id"]].iloc[0]
     assert parent["tags.bnpipe.population"] == POPULATIONS["digits"]
     assert parent["params.stats.population"] == "digits"
+    from bnpipe.cli import format_run_summary
+
+    assert f"about {POPULATIONS['digits']}:" in format_run_summary(first)
     report = Path(first["report"]).read_text()
     assert "handwritten digits like MNIST's test set" in report
     assert "Where the noise comes from" in report

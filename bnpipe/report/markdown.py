@@ -178,7 +178,8 @@ def answer_markdown(analysis: Analysis) -> str:
     """The decided table with one line saying what it is: the parent run's description."""
     cmp = analysis.comparison
     how = "sequential design" if analysis.sequential else "fixed design, Holm across strata"
-    return f"Decided ({how}): {cmp.diff_label} test accuracy\n\n" + decision_table(analysis)
+    about = f", about {analysis.plan.population_text}" if analysis.sequential else ""
+    return f"Decided ({how}): {cmp.diff_label} test accuracy{about}\n\n" + decision_table(analysis)
 
 
 def characteristics_table(oc: pd.DataFrame) -> str:
