@@ -558,13 +558,15 @@ def noise_table(
     """Per comparison, at the pairs its decision used: the seed, test-example and residual
     variance components of the paired per-example differences (``crossed_variance``), each
     one's share of the mean's variance (s2_seed/S, s2_example/E, s2_resid/(S E) over their sum),
-    and the interval both ways at the deciding look's boundary: about digits (crossed SE,
-    Satterthwaite df) and about these test images (seed-only SE, S - 1 df). Empty when the
+    and the interval both ways at the deciding look's boundary (the equivalence one for an
+    "equivalent"): about digits (crossed SE, Satterthwaite df) and about these test images
+    (seed-only SE, S - 1 df). Empty when the
     results hold no per-example outcomes (runs before issue 28)."""
     try:
         diffs = example_diffs(results, plan)
     except ConfigError:
         return pd.DataFrame()
+    bounds = sequential_plan(**{k: v for k, v in plan.design_args().items() if k != "margin"})
     rows = []
     for st, dec in decisions.items():
         d, n = diffs.get(st, np.zeros((0, 2))), dec.n
@@ -575,7 +577,9 @@ def noise_table(
         parts = np.array([cv.s2_seed / n, cv.s2_example / n_e, cv.s2_resid / (n * n_e)])
         total = parts.sum()
         shares = parts / total if total > 0 else np.full(3, np.nan)
-        z = float(dec.table["z_crit"].iloc[-1])
+        # The boundary behind the decision: the equivalence one for "equivalent" (TOST).
+        z_col = "z_crit_eq" if dec.decision == "equivalent" else "z_crit"
+        z = float(bounds[z_col].iloc[dec.looks - 1])
         t_c = float(t_critical_df(z, cv.df if math.isfinite(cv.df) else math.inf))
         t_s = float(t_critical_df(z, n - 1))
         rows.append(
