@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bnpipe import trainer
-from bnpipe.config import Config, ConfigError, load_config
+from bnpipe.config import POPULATIONS, TEST_SET, Config, ConfigError, load_config
 from bnpipe.factors import Cell, contrast_phrase, factor_columns, strata_phrase
 from bnpipe.progress import PhaseClock, format_breakdown
 
@@ -311,9 +311,10 @@ def format_decisions(decisions: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in decisions:
         ci = f"[{r['rci_low']:+.4f}, {r['rci_high']:+.4f}]"
+        why = f" (stopped: {r['stop_reason']})" if r.get("stop_reason") else ""
         lines.append(
             f"{r['comparison']:<{w}}  {r['decision']:>10}  {r['n_pairs']:>5}  {r['looks']:>5}  "
-            f"{r['mean_diff']:>+10.4f}  {ci:>19}"
+            f"{r['mean_diff']:>+10.4f}  {ci:>19}{why}"
         )
     return "\n".join(lines)
 
@@ -454,9 +455,10 @@ def format_run_summary(out: dict) -> str:
     )
     if out.get("design") == "sequential" and out.get("decisions"):
         alpha = out["decisions"][0]["alpha"]
+        about = POPULATIONS.get(out["decisions"][0].get("population", TEST_SET), "")
         lines = [
             f"Decided: {_contrast(out['summary'])}, sequential design ({counts}; "
-            f"alpha {alpha:.4g} per comparison):",
+            f"alpha {alpha:.4g} per comparison), about {about}:",
             format_decisions(out["decisions"]),
             "",
             "Fixed-sample tests on the same pairs (descriptive; seeds were added until decided):",
@@ -542,6 +544,23 @@ def format_fixed_plan(plan, cfg: Config, seconds: dict) -> str:
     )
 
 
+def _floor_lines(plan) -> list[str]:
+    """`bnpipe plan`'s lines on the test-example floor (about digits only)."""
+    if not plan.crossed:
+        return ["Decisions about these test images only (stats.population: test_set)."]
+    f, pp = plan.floor(), 100.0
+    verdict = (
+        "so equivalence near 0 is out of reach: such comparisons stop undecided (reason floor)"
+        if f["reaches_margin"]
+        else "inside the margin: the floor does not stop the design"
+    )
+    return [
+        f"Test-example floor (stats.planning_example_se): SE {f['floor_se'] * pp:g} pp that no "
+        f"number of seeds lowers; at {plan.max_seeds} pairs the SE is {f['se_max'] * pp:.3f} pp "
+        f"and the narrowest equivalence interval ±{f['half_eq_max'] * pp:.3f} pp, {verdict}."
+    ]
+
+
 def format_plan(summary, cfg: Config, seconds: dict, bench: Path | None) -> str:
     """`bnpipe plan`'s text: the design, its boundaries, decision probabilities and cost, laid
     out as gsDesign's design summary (per comparison: all comparisons share one design)."""
@@ -559,6 +578,7 @@ def format_plan(summary, cfg: Config, seconds: dict, bench: Path | None) -> str:
             else f"equivalence inside ±{plan.margin * pp:g} pp by the same interval"
         )
         + f"; planning SD {plan.planning_sd * pp:g} pp per seed pair.",
+        *_floor_lines(plan),
         "",
         "Boundaries per look, |t| at n-1 df: benefit or harm when mean ± t·SE excludes 0 "
         "(first t), equivalent when mean ± t·SE lies inside the margin (second t):",

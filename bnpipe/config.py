@@ -280,6 +280,14 @@ class GridConfig(_Section):
         return self.levels[self.compare]
 
 
+# stats.population: what a decision is about, as every surface says it (issue 28).
+DIGITS, TEST_SET = "digits", "test_set"
+POPULATIONS = {
+    DIGITS: "digits like MNIST's test set (seeds and test examples crossed)",
+    TEST_SET: "these test images (seeds only)",
+}
+
+
 class StatsConfig(_Section):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     equivalence_margin: float = Field(default=0.002, gt=0)
@@ -305,6 +313,14 @@ class StatsConfig(_Section):
     # SD of per-seed differences assumed when planning (design quantities such as the expected
     # seeds to a decision are computed from it, never from the observed effect).
     planning_sd: float = Field(default=0.003, gt=0)
+    # Which population a decision is about (issue 28). digits: seeds and test examples as crossed
+    # random factors, so an interval is about handwritten digits like MNIST's test set (the test
+    # examples add noise that more seeds do not remove); test_set: seeds only, about these 10,000
+    # test images (the narrower claim every run before issue 28 made).
+    population: Literal["digits", "test_set"] = "digits"
+    # The test-example part of the SE assumed when planning the digits design (measured on the
+    # 440-model run: 0.029-0.034 pp per batch size): the floor no number of seeds goes below.
+    planning_example_se: float = Field(default=0.0003, ge=0)
     n_resamples: int = Field(default=9999, ge=99)
     val_threshold: float = Field(default=0.97, gt=0, le=1)
 

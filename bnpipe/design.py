@@ -21,18 +21,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bnpipe.config import DEFAULT_COMPARE, Config, ConfigError
+from bnpipe.config import DEFAULT_COMPARE, DIGITS, POPULATIONS, TEST_SET, Config, ConfigError
+from bnpipe.evaluate import unpack_correct
 from bnpipe.factors import Stratum, factor, stratum_key, stratum_label
 from bnpipe.grid import cell_key_for, grid_cells, strata
 from bnpipe.stats import (
     HSD_GAMMA,
     SequentialResult,
     average_sample_number,
+    crossed_variance,
     look_sizes,
     paired_frame,
     sequential_decide,
+    sequential_decide_crossed,
     sequential_plan,
     t_critical,
+    t_critical_df,
 )
 
 # An explicit fixed design without a seed list trains these (the grid before designs existed).
@@ -63,6 +67,9 @@ class Plan:
     first_look: int | None = None
     hsd_gamma: float = HSD_GAMMA
     equivalence: str = "shared"  # "shared" | "tost"
+    # Defaults are the designs before issue 28: seeds only, about these test images.
+    population: str = TEST_SET  # DIGITS | TEST_SET
+    planning_example_se: float = 0.0
 
     @property
     def sequential(self) -> bool:
@@ -106,10 +113,21 @@ class Plan:
             "stats.look_every": self.look_every,
             "stats.max_seeds": self.max_seeds,
             "stats.equivalence": self.equivalence,
+            "stats.population": self.population,
         }
         if self.spending == "hsd":
             out["stats.hsd_gamma"] = self.hsd_gamma
         return out
+
+    @property
+    def crossed(self) -> bool:
+        """Decisions about digits like the test set's: seeds and test examples crossed."""
+        return self.population == DIGITS
+
+    @property
+    def population_text(self) -> str:
+        """What every surface says a decision is about."""
+        return POPULATIONS[self.population]
 
     @property
     def seed_cap(self) -> int:
@@ -118,7 +136,7 @@ class Plan:
     def design_id(self) -> str:
         """Short hash of what defines the design (not the data): runs with the same id and the
         same cell keys are looks of one design."""
-        new = ("first_look", "hsd_gamma", "equivalence")
+        new = ("first_look", "hsd_gamma", "equivalence", "population", "planning_example_se")
         facts = {
             k: v
             for k, v in dataclasses.asdict(self).items()
@@ -132,6 +150,10 @@ class Plan:
             facts["hsd_gamma"] = self.hsd_gamma
         if self.equivalence != "shared":
             facts["equivalence"] = self.equivalence
+        # Issue 28: the population changes the intervals, so it is a new design; test_set is
+        # the design every earlier run used and keeps their ids.
+        if self.population != TEST_SET:
+            facts["population"] = self.population
         # Designs keep the ids they had before the general grid (their scheduled runs stay
         # looks of one design): a stratum of one ``bare_stratum`` factor (batch size) hashes as
         # its level, and a comparison of a factor's ``keyless_compare`` levels (BN off/on) is
@@ -158,17 +180,46 @@ class Plan:
         return (
             f"sequential design ({spending} spending, alpha {self.alpha:g} split over "
             f"{len(self.strata)} comparisons by Bonferroni{equivalence}): {looks}, at most "
-            f"{self.max_seeds} per comparison"
+            f"{self.max_seeds} per comparison; decisions about {self.population_text}"
         )
 
     def decide(self, diffs: np.ndarray) -> SequentialResult:
         """The design's decision on one comparison's paired differences (seed order)."""
         return sequential_decide(diffs, **self.design_args())
 
+    def floor(self) -> dict[str, float]:
+        """The test-example floor at the planning values (about digits; all 0 about the test
+        set): ``floor_se`` (the SE no number of seeds goes below), ``se_max`` (the SE at
+        max_seeds pairs) and ``half_eq_max`` (the equivalence interval's half-width there, at
+        the last look's z boundary: the narrowest equivalence interval the design can reach;
+        ``reaches_margin`` when it is not inside the margin, so comparisons near 0 stop
+        undecided with reason floor)."""
+        if not (self.sequential and self.crossed):
+            return {"floor_se": 0.0, "se_max": 0.0, "half_eq_max": 0.0, "reaches_margin": 0.0}
+        z_eq_last = float(
+            sequential_plan(**{k: v for k, v in self.design_args().items() if k != "margin"})[
+                "z_crit_eq"
+            ].iloc[-1]
+        )
+        floor = self.planning_example_se
+        se_max = math.sqrt(self.planning_sd**2 / self.max_seeds + floor**2)
+        return {
+            "floor_se": floor,
+            "se_max": se_max,
+            "half_eq_max": z_eq_last * se_max,
+            "reaches_margin": float(z_eq_last * se_max >= self.margin),
+        }
+
+    def decide_crossed(self, d: np.ndarray) -> SequentialResult:
+        """The design's decision on one comparison's seeds x test examples differences."""
+        return sequential_decide_crossed(d, **self.design_args())
+
     def simulate(self, effect: float, n_sim: int = 20000, seed: int = 0) -> dict[str, float]:
-        """The design's operating characteristics at a true ``effect`` and the planning SD."""
+        """The design's operating characteristics at a true ``effect`` and the planning SD
+        (and, about digits, the planning test-example SE: the floor)."""
+        floor = self.planning_example_se if self.crossed else 0.0
         return average_sample_number(
-            effect, self.planning_sd, n_sim=n_sim, seed=seed, **self.design_args()
+            effect, self.planning_sd, n_sim=n_sim, seed=seed, floor_se=floor, **self.design_args()
         )
 
     def design_args(self) -> dict[str, Any]:
@@ -205,6 +256,8 @@ def plan_of(cfg: Config) -> Plan:
         first_look=cfg.stats.first_look,
         hsd_gamma=cfg.stats.hsd_gamma,
         equivalence=cfg.stats.equivalence,
+        population=cfg.stats.population,
+        planning_example_se=cfg.stats.planning_example_se,
     )
 
 
@@ -241,6 +294,7 @@ def recorded_settings(params: dict[str, str]) -> dict[str, Any]:
         "stats.look_every": every,
         "stats.max_seeds": _setting(params.get("stats.max_seeds")),
         "stats.equivalence": params.get("stats.equivalence", "shared"),
+        "stats.population": params.get("stats.population", TEST_SET),
     }
     if out["stats.spending"] == "hsd":
         out["stats.hsd_gamma"] = _setting(params.get("stats.hsd_gamma"))
@@ -333,6 +387,8 @@ def decide_all(results: pd.DataFrame, plan: Plan) -> dict[Stratum, SequentialRes
     levels = plan.levels if len(plan.levels) == 2 else None
     out = {}
     usable = len(results) and levels and plan.compare in results.columns
+    if plan.crossed:
+        return {st: plan.decide_crossed(d) for st, d in example_diffs(results, plan).items()}
     pairs = paired_frame(results, plan.compare, levels) if usable else None
     for stratum in plan.strata:
         if pairs is None or not len(pairs):
@@ -341,6 +397,49 @@ def decide_all(results: pd.DataFrame, plan: Plan) -> dict[Stratum, SequentialRes
             mine = pairs.loc[_in_stratum(pairs, stratum)]
             diffs = mine.sort_values("seed")["diff"].to_numpy(float)
         out[stratum] = plan.decide(diffs)
+    return out
+
+
+def example_diffs(results: pd.DataFrame, plan: Plan) -> dict[Stratum, np.ndarray]:
+    """Per comparison the seeds x test examples array of paired differences (treatment minus
+    control correctness: -1, 0, 1), seeds in order; the pairs of ``paired_frame`` (finished in
+    both arms) whose cells both recorded their per-example outcomes.
+
+    Raises:
+        ConfigError: No finished cell has per-example outcomes (a results table from before
+            issue 28: its decisions are about the test set only).
+    """
+    levels = plan.levels if len(plan.levels) == 2 else None
+    empty = np.zeros((0, 2))
+    if not (len(results) and levels and plan.compare in results.columns):
+        return dict.fromkeys(plan.strata, empty)
+    if (
+        "test_correct" not in results.columns
+        or not results["test_correct"].map(lambda v: isinstance(v, str) and bool(v)).any()
+    ):
+        if not (results["status"] == "finished").any():
+            return dict.fromkeys(plan.strata, empty)
+        raise ConfigError(
+            "stats.population: digits needs each cell's per-example test outcomes (the results' "
+            "test_correct column), and these results have none; use stats.population=test_set "
+            "for a decision about the test set only"
+        )
+    rows = results.reset_index(drop=True).assign(_row=lambda f: np.arange(len(f), dtype=float))
+    pairs = paired_frame(rows, plan.compare, levels, outcome="_row")
+    bits = rows["test_correct"].map(unpack_correct)
+    out = {}
+    for stratum in plan.strata:
+        mine = pairs.loc[_in_stratum(pairs, stratum)].sort_values("seed")
+        arrays = [
+            (bits[int(c)], bits[int(t)])
+            for c, t in zip(mine["control"], mine["treatment"], strict=True)
+        ]
+        kept = [
+            t.astype(np.int8) - c.astype(np.int8)
+            for c, t in arrays
+            if c is not None and t is not None
+        ]
+        out[stratum] = np.vstack(kept).astype(float) if kept else empty
     return out
 
 
@@ -392,6 +491,8 @@ def design_table(decisions: dict[Stratum, SequentialResult], plan: Plan) -> pd.D
             "rci_low": decided_interval(d)[0],
             "rci_high": decided_interval(d)[1],
             "alpha": plan.alpha_per_comparison,
+            "population": plan.population,
+            "stop_reason": d.stop_reason,
         }
         for st, d in decisions.items()
     ]
@@ -422,7 +523,11 @@ def operating_characteristics(plan: Plan, n_sim: int = 20000) -> pd.DataFrame:
 def design_record(decisions: dict[Stratum, SequentialResult], plan: Plan) -> dict[str, Any]:
     """The design's state as MLflow tags and metrics on the parent run (looks done, alpha,
     decisions), so the store says where every scheduled run left the design."""
-    tags: dict[str, Any] = {"design": plan.kind, "design_id": plan.design_id()}
+    tags: dict[str, Any] = {
+        "design": plan.kind,
+        "design_id": plan.design_id(),
+        "population": plan.population_text,
+    }
     metrics: dict[str, float] = {}
     for st, d in decisions.items():
         label = stratum_key(st)
@@ -439,14 +544,75 @@ def design_record(decisions: dict[Stratum, SequentialResult], plan: Plan) -> dic
 
 @dataclass(frozen=True)
 class DesignOutcome:
-    """A finished run's design: decided verdicts, every look, the MLflow record, and the design
-    quantities at the planning SD (all empty for a fixed design)."""
+    """A finished run's design: decided verdicts, every look, the MLflow record, the design
+    quantities at the planning SD (all empty for a fixed design), and where each decided
+    comparison's noise comes from (``noise_table``; empty without per-example outcomes)."""
 
     plan: Plan
     decisions: pd.DataFrame
     looks: pd.DataFrame
     record: dict[str, Any]
     characteristics: pd.DataFrame
+    noise: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+
+
+def noise_table(
+    results: pd.DataFrame, plan: Plan, decisions: dict[Stratum, SequentialResult]
+) -> pd.DataFrame:
+    """Per comparison, at the pairs its decision used: the seed, test-example and residual
+    variance components of the paired per-example differences (``crossed_variance``), each
+    one's share of the mean's variance (s2_seed/S, s2_example/E, s2_resid/(S E) over their sum),
+    and the interval both ways at the deciding look's boundary (the equivalence one for an
+    "equivalent"): about digits (crossed SE, Satterthwaite df) and about these test images
+    (seed-only SE, S - 1 df). Empty when the
+    results hold no per-example outcomes (runs before issue 28)."""
+    try:
+        diffs = example_diffs(results, plan)
+    except ConfigError:
+        return pd.DataFrame()
+    bounds = sequential_plan(**{k: v for k, v in plan.design_args().items() if k != "margin"})
+    rows = []
+    for st, dec in decisions.items():
+        d, n = diffs.get(st, np.zeros((0, 2))), dec.n
+        if n < 2 or d.shape[0] < n or not len(dec.table):
+            continue
+        cv = crossed_variance(d[:n])
+        n_e = cv.n_examples
+        parts = np.array([cv.s2_seed / n, cv.s2_example / n_e, cv.s2_resid / (n * n_e)])
+        total = parts.sum()
+        shares = parts / total if total > 0 else np.full(3, np.nan)
+        # The boundary behind the decision: the equivalence one for "equivalent" (TOST).
+        z_col = "z_crit_eq" if dec.decision == "equivalent" else "z_crit"
+        z = float(bounds[z_col].iloc[dec.looks - 1])
+        t_c = float(t_critical_df(z, cv.df if math.isfinite(cv.df) else math.inf))
+        t_s = float(t_critical_df(z, n - 1))
+        rows.append(
+            {
+                "comparison": stratum_label(st),
+                **dict(st),
+                "n_seeds": n,
+                "n_examples": n_e,
+                "mean_diff": cv.mean,
+                "s2_seed": cv.s2_seed,
+                "s2_example": cv.s2_example,
+                "s2_resid": cv.s2_resid,
+                "share_seed": shares[0],
+                "share_example": shares[1],
+                "share_resid": shares[2],
+                "se_digits": cv.se,
+                "df_digits": cv.df,
+                "se_test_set": cv.seed_only_se,
+                "se_ratio": cv.se / cv.seed_only_se if cv.seed_only_se > 0 else math.nan,
+                "floor_se": math.sqrt(cv.s2_example / n_e),
+                "digits_low": cv.mean - t_c * cv.se,
+                "digits_high": cv.mean + t_c * cv.se,
+                "test_set_low": cv.mean - t_s * cv.seed_only_se,
+                "test_set_high": cv.mean + t_s * cv.seed_only_se,
+                "population": plan.population,
+                "floored": ",".join(cv.floored),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def started_seeds(results: pd.DataFrame, stratum: Stratum) -> int:
@@ -473,6 +639,7 @@ def design_outcome(results: pd.DataFrame, plan: Plan, n_sim: int = 20000) -> Des
         looks_table(decisions),
         design_record(decisions, plan),
         operating_characteristics(plan, n_sim=n_sim),
+        noise_table(results, plan, decisions),
     )
 
 

@@ -1,8 +1,11 @@
-"""Test-set metrics for one trained cell: loss, accuracy, per-class accuracy, confusion matrix."""
+"""Test-set metrics for one trained cell: loss, accuracy, per-class accuracy, confusion matrix,
+and which test examples it got right (the per-example outcomes of the crossed analysis)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import binascii
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +22,8 @@ class Evaluation:
     test_accuracy: float
     per_class_accuracy: np.ndarray
     confusion: np.ndarray  # rows: true class, columns: predicted class
+    # Per test example, in test-set order: predicted class == label. Its mean is test_accuracy.
+    correct: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
 
     def metrics(self) -> dict[str, float]:
         """Flat metric dict (per-class accuracies as ``test_accuracy_class_<k>``)."""
@@ -44,7 +49,36 @@ def metrics_from_probs(probs: np.ndarray, y: np.ndarray) -> Evaluation:
         test_accuracy=float((pred == y).mean()),
         per_class_accuracy=per_class,
         confusion=confusion,
+        correct=pred == y,
     )
+
+
+def pack_correct(correct: np.ndarray) -> str:
+    """Per-example correctness as text for a table cell: ``"<n>:<base64 of np.packbits>"``
+    (10,000 examples: 1,250 bytes, 1,672 characters); "" for none."""
+    bits = np.asarray(correct, dtype=bool).ravel()
+    if not bits.size:
+        return ""
+    return f"{bits.size}:{base64.b64encode(np.packbits(bits).tobytes()).decode('ascii')}"
+
+
+def unpack_correct(text: str) -> np.ndarray | None:
+    """:func:`pack_correct`'s inverse; None for "" or a missing value (NaN read back from CSV).
+
+    Raises:
+        ValueError: The text is not ``"<n>:<base64>"`` holding n bits.
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    n, _, data = text.partition(":")
+    try:
+        packed = np.frombuffer(base64.b64decode(data, validate=True), dtype=np.uint8)
+        count = int(n)
+    except (ValueError, binascii.Error) as exc:
+        raise ValueError(f"test_correct: not per-example outcomes ({exc})") from None
+    if count < 1 or packed.size != (count + 7) // 8:
+        raise ValueError(f"test_correct: {packed.size} bytes cannot hold {count} outcomes")
+    return np.unpackbits(packed, count=count).astype(bool)
 
 
 def evaluate_weights(

@@ -37,6 +37,8 @@ RESULT_TAIL = (
     "run_id",
     "error",
     "reused",
+    # Which test examples the cell got right (evaluate.pack_correct): the crossed analysis.
+    "test_correct",
 )
 
 
@@ -314,6 +316,7 @@ def result_row(
     history: pd.DataFrame | None = None,
     error: str | None = None,
     reused: bool = False,
+    test_correct: str = "",
 ) -> dict[str, Any]:
     """One row of the results table (schema :func:`result_columns`).
 
@@ -331,4 +334,5 @@ def result_row(
         "run_id": run_id,
         "error": error or "",
         "reused": reused,
+        "test_correct": test_correct,
     }

@@ -33,7 +33,7 @@ from bnpipe.design import (
     plan_of,
     plan_summary,
 )
-from bnpipe.evaluate import Evaluation
+from bnpipe.evaluate import Evaluation, pack_correct
 from bnpipe.factors import (
     FACTORS,
     Stratum,
@@ -175,6 +175,7 @@ def log_outcome(
             timestamp_ms=timestamp_ms,
             model=keras_model(cfg, result) if log_model else None,
             input_example=example,
+            correct=evaluation.correct if evaluation is not None else None,
         )
     row = result_row(
         cell,
@@ -184,6 +185,7 @@ def log_outcome(
         test_loss=evaluation.test_loss if evaluation is not None else float("nan"),
         history=history,
         error=reason,
+        test_correct=pack_correct(evaluation.correct) if evaluation is not None else "",
     )
     return CellOutcome(row, _keyed(history, cell))
 
@@ -195,6 +197,9 @@ class GridRun:
     outcomes: dict[Cell, CellOutcome] = field(default_factory=dict)
     reused: dict[Cell, CellRun] = field(default_factory=dict)
     histories: dict[Cell, pd.DataFrame] = field(default_factory=dict)  # of the reused cells
+    # Per-example outcomes of the reused cells (pack_correct); a cell recorded before they were
+    # is missing until fill_test_correct computes them from its weights.
+    correct: dict[Cell, str] = field(default_factory=dict)
     open_claims: MutableMapping[Cell, str] = field(default_factory=dict)
 
 
@@ -217,6 +222,7 @@ def load_reused(state: GridRun) -> dict[Cell, CellOutcome]:
             history=history,
             error=run.tags.get(ERROR_TAG) if run.outcome != "finished" else None,
             reused=True,
+            test_correct=state.correct.get(cell, ""),
         )
         out[cell] = CellOutcome(row, _keyed(history, cell))
     return out
@@ -260,6 +266,10 @@ def reuse(
             again.append(cell)
             continue
         state.reused[cell], state.histories[cell] = run, history
+        with progress.clock.phase("tracking"), contextlib.suppress(UnreadableArtifact):
+            # An unreadable one is filled in again from the weights, as a missing one.
+            if (correct := tracker.test_correct(run.run_id)) is not None:
+                state.correct[cell] = pack_correct(correct)
         what = "reused" if run.outcome == "finished" else f"reused, {run.outcome}"
         progress.cell(cell, f"{what} (run {run.run_id[:8]})", run.test_accuracy)
     return again
@@ -554,9 +564,60 @@ def run_plan(
             fresh=fresh,
             common_tags=common_tags,
         )
+        fill_test_correct(state, tracker, steps, progress)
         return keys
 
     return run_design(plan, run_cells, state, progress, cfg)
+
+
+def fill_test_correct(state: GridRun, tracker: Tracker, steps: Steps, progress: Progress) -> int:
+    """Per-example outcomes of reused finished cells recorded before they were: one forward pass
+    of the cell's logged weights (no training), logged to its run as test_correct.npz.
+
+    The pass must reproduce the cell's logged test accuracy exactly (same weights, same
+    evaluation); a cell where it does not is named in a warning and its outcomes are not
+    recorded (the crossed analysis then has no pair for its seed, and says so). Returns how many
+    cells were filled in.
+    """
+    todo = [
+        (c, run)
+        for c, run in sorted(state.reused.items())
+        if run.outcome == "finished" and c not in state.correct
+    ]
+    filled = 0
+    for cell, run in todo:
+        with progress.clock.phase("tracking"):
+            try:
+                weights = tracker.weights(run.run_id)
+            except UnreadableArtifact:
+                weights = None
+        if weights is None:
+            print(
+                f"warning: {cell.name} (run {run.run_id[:8]}): no readable weights.npz, so no "
+                "per-example outcomes for it",
+                flush=True,
+            )
+            continue
+        evaluation, why = steps.evaluate(TrainResult(cell, weights))
+        if evaluation is None or evaluation.test_accuracy != run.test_accuracy:
+            got = why if evaluation is None else f"{evaluation.test_accuracy!r}"
+            print(
+                f"warning: {cell.name} (run {run.run_id[:8]}): its weights give test accuracy "
+                f"{got}, not the logged {run.test_accuracy!r}; its per-example outcomes are "
+                "not recorded",
+                flush=True,
+            )
+            continue
+        with progress.clock.phase("tracking"):
+            tracker.log_test_correct(run.run_id, evaluation.correct)
+        state.correct[cell] = pack_correct(evaluation.correct)
+        filled += 1
+    if filled:
+        progress.note(
+            f"per-example outcomes of {filled} earlier cell(s) filled in from their weights "
+            "(each reproduces its logged test accuracy exactly)"
+        )
+    return filled
 
 
 def design_start(
@@ -655,8 +716,9 @@ def seeds_by_stratum(cells: Iterable[Cell], compare: str) -> dict[Stratum, list[
 
 
 def _light_results(state: GridRun, cfg: Config) -> pd.DataFrame:
-    """Status and test accuracy of every cell so far (trained or reused): what a look needs."""
-    columns = [*cfg.grid.levels, "seed", "status", "test_accuracy"]
+    """Status, test accuracy and per-example outcomes of every cell so far (trained or reused):
+    what a look needs."""
+    columns = [*cfg.grid.levels, "seed", "status", "test_accuracy", "test_correct"]
     rows = [{k: o.row[k] for k in columns} for o in state.outcomes.values()]
     rows += [
         {
@@ -664,6 +726,7 @@ def _light_results(state: GridRun, cfg: Config) -> pd.DataFrame:
             "seed": c.seed,
             "status": run.outcome,
             "test_accuracy": run.test_accuracy,
+            "test_correct": state.correct.get(c, ""),
         }
         for c, run in state.reused.items()
     ]

@@ -49,6 +49,10 @@ SEQ = [
     "stats.max_seeds=6",
     "stats.equivalence_margin=0.05",
     "stats.spending=obf",
+    # About these test images: on tiny data the test examples' noise (a few hundred images)
+    # would stop every comparison at its first look (the floor); the digits design's looks
+    # through the flow are tests/test_test_correct.py's.
+    "stats.population=test_set",
     "stats.equivalence=shared",
 ]
 
@@ -124,7 +128,8 @@ def _results(diffs_by_bs: dict[int, list[float]]) -> pd.DataFrame:
 
 
 def test_blocks_follow_the_open_comparisons() -> None:
-    plan = plan_of(load_config(None, ["grid.batch_sizes=[16,32]"]))
+    # Synthetic frames hold test accuracies, not per-example outcomes: about the test set.
+    plan = plan_of(load_config(None, ["grid.batch_sizes=[16,32]", "stats.population=test_set"]))
     rng = np.random.default_rng(0)
     # bs16: a large clear benefit (decided at the first look); bs32: pure noise (stays open).
     results = _results(
@@ -150,7 +155,7 @@ def test_blocks_follow_the_open_comparisons() -> None:
 
 
 def test_design_outcome_records_state_and_design_quantities() -> None:
-    plan = plan_of(load_config(None, ["grid.batch_sizes=[16]"]))
+    plan = plan_of(load_config(None, ["grid.batch_sizes=[16]", "stats.population=test_set"]))
     out = design_outcome(_results({16: [0.01 + 0.0001 * i for i in range(20)]}), plan, n_sim=2000)
     assert out.decisions["decision"].tolist() == ["benefit"]
     assert out.record["tags"]["decision.batch_size_16"] == "benefit"
@@ -281,6 +286,7 @@ def test_design_change_names_the_earlier_design_and_what_differs() -> None:
         "stats.first_look 10 -> 20",
         "stats.look_every 10 -> 5",
         "stats.equivalence shared -> tost",
+        "stats.population test_set -> digits",
     )
     line = change.message()
     assert "\n" not in line and "design 129d2870fc03 (parent run old-run)" in line

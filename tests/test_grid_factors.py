@@ -27,6 +27,9 @@ from bnpipe.train.common import TrainSpec
 
 BN_LR = ["grid.factors={bn: [false, true], learning_rate: [0.001, 0.1]}", "grid.seeds=[0,1]"]
 DEFAULT_DESIGN_ID = "129d2870fc03"
+# Issue 24's default (pocock, first look 20, every 5, TOST) about the test set, captured before
+# issue 28 made digits the default: stores of its looks continue with stats.population=test_set.
+ISSUE24_DESIGN_ID = "1db704868d34"
 POSITION = [
     "grid.factors={bn_position: [after_relu, before_relu]}",
     "grid.compare=bn_position",
@@ -96,7 +99,14 @@ def _results(diffs: dict[float, list[float]]) -> pd.DataFrame:
 
 def test_paired_statistics_and_design_per_stratum():
     cfg = load_config(
-        None, [*BN_LR[:1], "stats.look_every=10", "stats.first_look=10", "stats.max_seeds=20"]
+        None,
+        [
+            *BN_LR[:1],
+            "stats.look_every=10",
+            "stats.first_look=10",
+            "stats.max_seeds=20",
+            "stats.population=test_set",  # synthetic accuracies, no per-example outcomes
+        ],
     )
     rng = np.random.default_rng(1)
     results = _results(
@@ -145,9 +155,14 @@ def test_default_design_keeps_its_id():
     # hashes what it hashed when the strata were batch sizes (captured on main at 86d33a8). Since
     # issue 24 that design is no longer the default, and its settings keep its id.
     before = ["stats.spending=obf", "stats.look_every=10", "stats.first_look=null"]
-    old = plan_of(load_config(None, [*before, "stats.equivalence=shared"]))
+    old = plan_of(
+        load_config(None, [*before, "stats.equivalence=shared", "stats.population=test_set"])
+    )
     assert old.design_id() == DEFAULT_DESIGN_ID
     assert plan_of(load_config(None)).design_id() != DEFAULT_DESIGN_ID
+    # Issue 28: about digits is a new design; about the test set, issue 24's keeps its id.
+    issue24 = plan_of(load_config(None, ["stats.population=test_set"]))
+    assert issue24.design_id() == ISSUE24_DESIGN_ID != plan_of(load_config(None)).design_id()
 
 
 def test_parent_metrics_are_named_by_stratum_key():

@@ -193,6 +193,7 @@ def test_sequential_report_over_a_generic_grid(tmp_path: Path) -> None:
         "stats.first_look=5",
         "stats.look_every=5",
         "stats.max_seeds=10",
+        "stats.population=test_set",  # synthetic accuracies, no per-example outcomes
     ]
     plan = plan_of(load_config(None, [grid, *sequential]))
     factors = {"bn": [False, True], "learning_rate": [0.001, 0.1]}

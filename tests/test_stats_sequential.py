@@ -14,14 +14,17 @@ from scipy import stats as sps
 
 from bnpipe import report
 from bnpipe.stats import (
+    FLOOR,
     LOOK_COLUMNS,
     SEQUENTIAL_SUMMARY_COLUMNS,
     alpha_spent,
     average_sample_number,
+    crossed_variance,
     look_sizes,
     looks_frame,
     sequential_bounds,
     sequential_decide,
+    sequential_decide_crossed,
     sequential_plan,
     sequential_summary,
     t_critical,
@@ -289,6 +292,111 @@ def test_simulation_follows_decide() -> None:
     assert sim["asn"] == pytest.approx(np.mean([r.n for r in runs]))
     for d in ("benefit", "harm", "equivalent", "undecided"):
         assert sim[f"p_{d}"] == pytest.approx(np.mean([r.decision == d for r in runs]))
+
+
+# ----------------------------------------------- seeds x test examples crossed (issue 28)
+
+# A crossed layout where the test examples add twice as much to the mean's variance as the seeds
+# at 20 seeds (s2_example / E = 2 s2_seed / 20; on the real default run about as much); Pocock
+# looks at 10, 15, ... 30 pairs; alpha 0.05 per comparison, so error rates show in 500 draws.
+CROSSED = {"sd_seed": 0.2, "sd_example": math.sqrt(0.8), "sd_resid": 1.0, "n_examples": 200}
+CROSSED_DESIGN = {
+    "look_every": 5,
+    "first_look": 10,
+    "max_n": 30,
+    "alpha": 0.05,
+    "margin": 0.3,
+    "spending": "pocock",
+    "equivalence_alpha": 0.1,
+}
+
+
+def _crossed_draws(effect: float, reps: int, seed: int) -> np.ndarray:
+    """``reps`` seeds x examples layouts (max_n x E) around ``effect``, vectorised."""
+    rng = np.random.default_rng(seed)
+    s, e = CROSSED_DESIGN["max_n"], CROSSED["n_examples"]
+    return (
+        effect
+        + rng.normal(0, CROSSED["sd_seed"], (reps, s, 1))
+        + rng.normal(0, CROSSED["sd_example"], (reps, 1, e))
+        + rng.normal(0, CROSSED["sd_resid"], (reps, s, e))
+    )
+
+
+def _rates(runs: list) -> dict[str, float]:
+    return {d: float(np.mean([r.decision == d for r in runs])) for d in SEQUENTIAL_DECISIONS_4}
+
+
+SEQUENTIAL_DECISIONS_4 = ("benefit", "harm", "equivalent", "undecided")
+
+
+def test_crossed_design_controls_errors_where_the_seed_only_one_does_not() -> None:
+    """On a crossed layout, the same design errs at its alpha with the crossed SE and well
+    above it with the seed-only SE (the test examples' noise left out). 400 draws: a rate
+    near 0.05 has Monte Carlo SE 0.011; the bounds are 3 SE either way."""
+    reps, alpha = 400, CROSSED_DESIGN["alpha"]
+    mc = 3 * math.sqrt(alpha * (1 - alpha) / reps)
+    # A margin that equivalence reaches late, so benefit / harm have every look to err at.
+    design = {**CROSSED_DESIGN, "margin": 0.2}
+    null = _crossed_draws(0.0, reps, 1)
+    crossed = _rates([sequential_decide_crossed(d, **design) for d in null])
+    seed_only = _rates([sequential_decide(d.mean(axis=1), **design) for d in null])
+    assert crossed["benefit"] + crossed["harm"] <= alpha + mc, crossed
+    assert seed_only["benefit"] + seed_only["harm"] >= 2 * alpha, seed_only
+    # At a true difference of one margin, a false "equivalent" is the other error: TOST at
+    # alpha per side (equivalence_alpha = 2 alpha).
+    edge = _crossed_draws(CROSSED_DESIGN["margin"], reps, 2)
+    crossed = _rates([sequential_decide_crossed(d, **CROSSED_DESIGN) for d in edge])
+    assert crossed["equivalent"] <= alpha + mc, crossed
+
+
+def test_crossed_looks_use_the_crossed_estimate() -> None:
+    d = _crossed_draws(0.1, 1, 3)[0]
+    r = sequential_decide_crossed(d, **{**CROSSED_DESIGN, "alpha": 0.001, "margin": 0.5})
+    assert r.n == r.table["n"].iloc[-1]
+    for row in r.table.itertuples():
+        cv = crossed_variance(d[: row.n])
+        assert (row.mean, row.se, row.df) == pytest.approx((cv.mean, cv.se, cv.df))
+        assert row.sd == pytest.approx(cv.se * math.sqrt(row.n))
+        assert row.floor_se == pytest.approx(math.sqrt(cv.s2_example / 200))
+        half = float(sps.t.isf(sps.norm.sf(row.z_crit), cv.df)) * cv.se
+        assert (row.rci_low, row.rci_high) == pytest.approx((cv.mean - half, cv.mean + half))
+    with pytest.raises(ValueError, match="examples"):
+        sequential_decide_crossed(np.zeros(5), **CROSSED_DESIGN)
+    with pytest.raises(ValueError, match="rows"):
+        sequential_decide_crossed(np.where(np.eye(30, 4) > 0, np.nan, 0.0), **CROSSED_DESIGN)
+
+
+def test_floor_stops_a_comparison_that_seeds_cannot_decide() -> None:
+    # The examples' noise alone puts the equivalence interval at max_n past the margin: at a
+    # true difference of 0 the comparison stops undecided at its first look, reason floor,
+    # instead of spending seeds up to max_n; a large effect is still decided.
+    wide = {**CROSSED_DESIGN, "margin": 0.1}
+    r = sequential_decide_crossed(_crossed_draws(0.0, 1, 4)[0], **wide)
+    assert (r.decision, r.stop_reason, r.n) == ("undecided", FLOOR, 10)
+    r = sequential_decide_crossed(_crossed_draws(1.0, 1, 5)[0], **wide)
+    assert r.decision == "benefit"
+    # The planning simulation knows the floor the same way; without one it is today's.
+    kw = dict(wide)
+    floor = math.sqrt(0.8 / 200)
+    plan = average_sample_number(0.0, 0.2, floor_se=floor, n_sim=2000, **kw)
+    assert plan["p_undecided"] > 0.95 and plan["asn"] < 12
+    assert average_sample_number(0.0, 0.2, n_sim=2000, **kw) == average_sample_number(
+        0.0, 0.2, floor_se=0.0, n_sim=2000, **kw
+    )
+
+
+def test_planning_simulation_of_the_crossed_design_controls_errors() -> None:
+    # Known floor, as bnpipe plan simulates the digits design: error rates at alpha.
+    design = {**CROSSED_DESIGN, "max_n": 60}
+    floor, n = 0.05, 10_000
+    mc = 3 * math.sqrt(0.05 * 0.95 / n)
+    null = average_sample_number(0.0, 0.3, floor_se=floor, n_sim=n, seed=1, **design)
+    assert null["p_benefit"] + null["p_harm"] <= 0.05 + mc, null
+    edge = average_sample_number(0.3, 0.3, floor_se=floor, n_sim=n, seed=2, **design)
+    assert edge["p_equivalent"] <= 0.05 + mc, edge
+    with pytest.raises(ValueError, match="floor_se"):
+        average_sample_number(0.0, 0.3, floor_se=-1.0, **design)
 
 
 def test_summary_and_looks_frame() -> None:

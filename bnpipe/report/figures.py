@@ -38,6 +38,7 @@ FIGURE_FILES = {
     "learning_curves": "learning_curves.png",
     "paired_seeds": "paired_seeds.png",
     "sequential_monitoring": "sequential_monitoring.png",
+    "noise_sources": "noise_sources.png",
 }  # plus accuracy_vs_<first stratum factor>.png and <compare>_difference.png, named per grid
 
 
@@ -523,3 +524,57 @@ def _separate_equivalence(looks: pd.DataFrame) -> bool:
         looks[c].to_numpy(dtype=float) for c in (["eq_low", "eq_high"], ["rci_low", "rci_high"])
     )
     return not np.allclose(eq, rci, equal_nan=True)
+
+
+# Seed, test-example and residual shares of the mean's variance (a colour-blind-safe trio).
+NOISE_COLORS = {"seed": "#0072b2", "example": "#e69f00", "resid": "#999999"}
+
+
+def plot_noise_sources(
+    noise: pd.DataFrame, path: Path, *, margin: float, diff_label: str = "treatment − control"
+) -> Path:
+    """Where each comparison's noise comes from (``design.noise_table``): left, the seed,
+    test-example and residual shares of the mean's variance; right, the interval at the
+    deciding look both ways, about digits (crossed SE, thick) and about these test images
+    (seed-only SE, thin), against 0 and the ±margin band.
+
+    Raises:
+        ValueError: If ``noise`` lacks a needed column.
+    """
+    need = ["comparison", "share_seed", "share_example", "share_resid", "mean_diff"]
+    need += ["digits_low", "digits_high", "test_set_low", "test_set_high"]
+    missing = [c for c in need if c not in noise.columns]
+    if missing:
+        raise ValueError(f"noise table lacks columns {missing}")
+    k = len(noise)
+    fig = Figure(
+        figsize=(FIGSIZE[0] + 1.5, max(2.2, 0.55 * k + 1.4)), dpi=DPI, layout="constrained"
+    )
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, width_ratios=[1, 1.4], sharey=True)
+    y = np.arange(k)[::-1]
+    start = np.zeros(k)
+    for part, color in NOISE_COLORS.items():
+        share = noise[f"share_{part}"].to_numpy(dtype=float)
+        label = {"seed": "seeds", "example": "test examples", "resid": "residual"}[part]
+        left.barh(y, share, left=start, color=color, label=label, height=0.6)
+        start = start + share
+    left.set_xlim(0, 1)
+    left.xaxis.set_major_formatter(PercentFormatter(1.0))
+    left.set_yticks(y, noise["comparison"].tolist())
+    left.set_xlabel("share of the mean's variance")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, fontsize=8, frameon=False)
+    pp, band = 100.0, 100.0 * margin
+    right.axvspan(-band, band, color="0.88", lw=0)
+    right.axvline(0, color="k", lw=0.8)
+    for (name, lo, hi), dy, lw in (
+        (("about digits", "digits_low", "digits_high"), 0.12, 3.0),
+        (("about these test images", "test_set_low", "test_set_high"), -0.12, 1.2),
+    ):
+        lows, highs = (pp * noise[c].to_numpy(dtype=float) for c in (lo, hi))
+        right.hlines(y + dy, lows, highs, color="k" if lw > 2 else "0.35", lw=lw, label=name)
+    right.plot(pp * noise["mean_diff"].to_numpy(dtype=float), y, "o", color="k", ms=4)
+    right.set_xlabel(f"{diff_label}, test accuracy (pp); band ±{band:g} pp")
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("Where the noise comes from, and the interval both ways", fontsize=10)
+    return _save(fig, path)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from bnpipe import stats
 from bnpipe.analysis import Analysis, Comparison
+from bnpipe.config import DIGITS, TEST_SET
 from bnpipe.factors import (
     factor,
     strata_phrase,
@@ -177,7 +178,8 @@ def answer_markdown(analysis: Analysis) -> str:
     """The decided table with one line saying what it is: the parent run's description."""
     cmp = analysis.comparison
     how = "sequential design" if analysis.sequential else "fixed design, Holm across strata"
-    return f"Decided ({how}): {cmp.diff_label} test accuracy\n\n" + decision_table(analysis)
+    about = f", about {analysis.plan.population_text}" if analysis.sequential else ""
+    return f"Decided ({how}): {cmp.diff_label} test accuracy{about}\n\n" + decision_table(analysis)
 
 
 def characteristics_table(oc: pd.DataFrame) -> str:
@@ -206,6 +208,72 @@ def characteristics_table(oc: pd.DataFrame) -> str:
     return md_table(headers, rows)
 
 
+# What population a decision is about, in the report's words (README "Result").
+POPULATION_NOTE = {
+    DIGITS: "**What these decisions are about: handwritten digits like MNIST's test set.** "
+    "Seeds and test examples are crossed random factors: each interval counts the noise of "
+    "training (the seed) and of which 10,000 images were drawn to test on, so it says what a "
+    'reader means by "BN helps": on new digits from the same source, not only on these '
+    "images. The test examples' part of the noise does not shrink with more seeds.",
+    TEST_SET: "**What these decisions are about: these test images only** "
+    "(`stats.population: test_set`). Each interval counts the seeds' noise alone, treating the "
+    "test set as fixed: another set of seeds scored on the same images would agree, new digits "
+    "may not.",
+}
+
+
+def noise_table(noise: pd.DataFrame) -> str:
+    """Per comparison: the variance components, their shares of the mean's variance and the
+    interval both ways (``design.noise_table``), differences in pp."""
+    headers = [
+        "comparison",
+        "pairs",
+        "s²seed",
+        "s²example",
+        "s²resid",
+        "shares seed / example / resid",
+        "SE digits",
+        "SE test set",
+        "ratio",
+        "interval about digits",
+        "interval about these images",
+    ]
+    rows = [
+        [
+            r["comparison"],
+            int(r["n_seeds"]),
+            f"{r['s2_seed']:.2e}",
+            f"{r['s2_example']:.2e}",
+            f"{r['s2_resid']:.2e}",
+            " / ".join(f"{100 * r[f'share_{p}']:.0f}%" for p in ("seed", "example", "resid")),
+            f"{100 * r['se_digits']:.3f} pp",
+            f"{100 * r['se_test_set']:.3f} pp",
+            f"{r['se_ratio']:.2f}x",
+            f"[{_pp(r['digits_low'])}, {_pp(r['digits_high'])}] pp",
+            f"[{_pp(r['test_set_low'])}, {_pp(r['test_set_high'])}] pp",
+        ]
+        for _, r in noise.iterrows()
+    ]
+    return md_table(headers, rows)
+
+
+def noise_section(noise: pd.DataFrame) -> list[str]:
+    """Where the noise comes from: the table and how to read it."""
+    return [
+        "### Where the noise comes from (seeds x test examples)",
+        "",
+        "Per comparison, at the pairs its decision used: the method-of-moments variance "
+        "components of the per-example paired differences (treatment minus control "
+        "correctness, −1 / 0 / 1) for seeds, test examples and their residual, each one's share "
+        "of the mean's variance (s²seed/S, s²example/E, s²resid/(S·E)), and the interval at the "
+        "deciding look's boundary both ways: about digits (crossed SE, Satterthwaite df) and "
+        "about these test images (seed-only SE, S − 1 df).",
+        "",
+        noise_table(noise),
+        "",
+    ]
+
+
 def design_section(analysis: Analysis) -> list[str]:
     """Markdown lines: the decided verdicts, how to read them, and the design's quantities."""
     design, cmp = analysis.design, analysis.comparison
@@ -232,10 +300,19 @@ def design_section(analysis: Analysis) -> list[str]:
     ]
     undecided = design.decisions.loc[design.decisions["decision"] == "undecided"]
     for _, r in undecided.iterrows():
+        why = (
+            " (stopped before the cap: no decision was in reach by adding seeds, the "
+            "test examples' noise does not shrink with them)"
+            if r.get("stop_reason") == stats.FLOOR
+            else ""
+        )
         lines.append(
-            f"- {r['comparison']}: undecided after {int(r['n_pairs'])} pairs; the "
+            f"- {r['comparison']}: undecided after {int(r['n_pairs'])} pairs{why}; the "
             f"difference lies in [{_pp(r['rci_low'])}, {_pp(r['rci_high'])}] pp."
         )
+    lines += ["", POPULATION_NOTE[plan.population]]
+    if len(design.noise):
+        lines += ["", *noise_section(design.noise)]
     lines += [
         "",
         f"Design quantities at the planning SD ({_pp(plan.planning_sd).lstrip('+')} pp per pair; "

@@ -19,6 +19,7 @@ from bnpipe.report.figures import (
     plot_accuracy_vs_factor,
     plot_difference,
     plot_learning_curves,
+    plot_noise_sources,
     plot_paired_seeds,
     plot_sequential_monitoring,
 )
@@ -75,6 +76,14 @@ def write_report(
             0,
             plot_sequential_monitoring(
                 design.looks, monitoring, margin=analysis.margin, diff_label=cmp.diff_label
+            ),
+        )
+    if design is not None and len(design.noise):
+        noise = out_dir / FIGURE_FILES["noise_sources"]
+        figures.insert(
+            1,
+            plot_noise_sources(
+                design.noise, noise, margin=analysis.margin, diff_label=cmp.diff_label
             ),
         )
     text = render_markdown(analysis, title=title, run_info=dict(run_info or {}), figures=figures)

@@ -75,6 +75,7 @@ from bnpipe.stats.paired import (
     verdict,
 )
 from bnpipe.stats.sequential import (
+    FLOOR,
     HSD_GAMMA,
     LOOK_COLUMNS,
     SEQUENTIAL_DECISIONS,
@@ -87,9 +88,11 @@ from bnpipe.stats.sequential import (
     looks_frame,
     sequential_bounds,
     sequential_decide,
+    sequential_decide_crossed,
     sequential_plan,
     sequential_summary,
     t_critical,
+    t_critical_df,
 )
 from bnpipe.stats.text import fmt_p
 
@@ -104,6 +107,7 @@ __all__ = [
     "FINISHED",
     "HEADLINE_COLUMNS",
     "HISTORY_COLUMNS",
+    "FLOOR",
     "HSD_GAMMA",
     "LOOK_COLUMNS",
     "MAX_SEEDS",
@@ -159,6 +163,7 @@ __all__ = [
     "seeds_needed",
     "sequential_bounds",
     "sequential_decide",
+    "sequential_decide_crossed",
     "sequential_plan",
     "sequential_summary",
     "sign_interval",
@@ -166,6 +171,7 @@ __all__ = [
     "summarize_by_stratum",
     "summary_columns",
     "t_critical",
+    "t_critical_df",
     "tost_pvalue",
     "trend_x",
     "verdict",

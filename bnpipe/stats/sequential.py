@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize, special, stats
+
+from bnpipe.stats.crossed import crossed_variance
 
 SPENDINGS = ("obf", "pocock", "hsd")
 # gsDesign's default sfHSD parameter (sfupar = -4: close to O'Brien-Fleming; 1 is close to Pocock).
@@ -66,7 +68,13 @@ LOOK_COLUMNS = [
     "t_crit_eq",
     "eq_low",
     "eq_high",
+    "se",
+    "df",
+    "floor_se",
 ]
+# Why a comparison stopped undecided before max_n: no decision is reachable by adding seeds (the
+# test-example part of its crossed SE does not shrink with them).
+FLOOR = "floor"
 SEQUENTIAL_SUMMARY_COLUMNS = [
     "label",
     "decision",
@@ -228,8 +236,20 @@ def t_critical(z_crit: np.ndarray | float, n: np.ndarray | int) -> np.ndarray:
     NaN where ``n < 2``.
     """
     n = np.asarray(n, dtype=float)
-    df = np.where(n >= 2, n - 1, np.nan)
-    return stats.t.isf(stats.norm.sf(z_crit), df)
+    return t_critical_df(z_crit, np.where(n >= 2, n - 1, np.nan))
+
+
+def t_critical_df(z_crit: np.ndarray | float, df: np.ndarray | float) -> np.ndarray:
+    """:func:`t_critical` at any (Satterthwaite, fractional) ``df``; NaN where df is NaN.
+
+    By scipy.special (``t.isf(norm.sf(z), df)`` through the distribution objects costs ~0.5 ms
+    a call, which dominated the crossed looks and their simulations); infinite z stays infinite.
+    """
+    z = np.asarray(z_crit, dtype=float)
+    df = np.asarray(df, dtype=float)
+    with np.errstate(invalid="ignore"):
+        t = -special.stdtrit(df, special.ndtr(-z))
+    return np.where(np.isposinf(z) & ~np.isnan(df), np.inf, t)
 
 
 def _decide(
@@ -359,6 +379,7 @@ class SequentialResult:
     first_look: int | None = None
     gamma: float = HSD_GAMMA
     equivalence_alpha: float | None = None
+    stop_reason: str = ""  # FLOOR: stopped undecided before max_n, out of reach by more seeds
 
     @property
     def decided(self) -> bool:
@@ -381,6 +402,7 @@ def sequential_decide(
     first_look: int | None = None,
     gamma: float = HSD_GAMMA,
     equivalence_alpha: float | None = None,
+    estimate: Callable[[int, int], LookEstimate] | None = None,
 ) -> SequentialResult:
     """Run the group-sequential decision rule over paired differences in seed order.
 
@@ -396,6 +418,9 @@ def sequential_decide(
         gamma: The ``hsd`` spending parameter (gsDesign's ``sfupar``).
         equivalence_alpha: Two-sided alpha of the equivalence RCI (two one-sided tests at
             half of it each); None: equivalence uses the benefit / harm interval.
+        estimate: ``estimate(n, max_n)``, a look's estimate from the first n pairs; default
+            the mean and SD of ``diffs[:n]`` (t at n - 1 df). ``sequential_decide_crossed``
+            passes the crossed one.
 
     Returns:
         A ``SequentialResult``; ``decision`` is benefit, harm, equivalent, undecided (capped
@@ -408,40 +433,51 @@ def sequential_decide(
     bad = np.flatnonzero(~np.isfinite(x))
     if bad.size:
         raise ValueError(f"diffs has non-finite values at positions {bad.tolist()}")
+
+    def seed_only(n: int, _max_n: int) -> LookEstimate:
+        d = x[:n]
+        sd = float(d.std(ddof=1)) if n >= 2 else math.nan
+        return LookEstimate(
+            float(d.mean()), sd, sd / math.sqrt(n), float(n - 1) if n >= 2 else math.nan
+        )
+
+    at = estimate or seed_only
     des = _design(look_every, max_n, alpha, margin, spending, first_look, gamma, equivalence_alpha)
     rows: list[dict[str, Any]] = []
-    decision = "continue"
+    decision, reason = "continue", ""
     for k, n in enumerate(des.ns):
         if n > x.size:
             break
-        d = x[:n]
-        mean = float(d.mean())
-        sd = float(d.std(ddof=1)) if n >= 2 else math.nan
-        t_crit = float(t_critical(des.z[k], n))
-        t_eq = float(t_critical(des.z_eq[k], n))
-        se = sd / math.sqrt(n)
-        half, half_eq = (_half(t, se) for t in (t_crit, t_eq))
-        decision = str(_decide(np.array(mean), np.array(half), margin, np.array(half_eq)))
+        st = at(int(n), max_n)
+        t_crit = float(t_critical_df(des.z[k], st.df))
+        t_eq = float(t_critical_df(des.z_eq[k], st.df))
+        half, half_eq = (_half(t, st.se) for t in (t_crit, t_eq))
+        decision = str(_decide(np.array(st.mean), np.array(half), margin, np.array(half_eq)))
         if decision == "continue" and k == len(des.ns) - 1:
             decision = "undecided"
+        elif decision == "continue" and _out_of_reach(des, st, margin):
+            decision, reason = "undecided", FLOOR
         with np.errstate(divide="ignore", invalid="ignore"):
-            t_stat = float(np.divide(mean, se))
+            t_stat = float(np.divide(st.mean, st.se))
         rows.append(
             {
                 "look": k + 1,
                 "n": int(n),
-                "mean": mean,
-                "sd": sd,
+                "mean": st.mean,
+                "sd": st.sd,
                 "z_crit": float(des.z[k]),
                 "t_crit": t_crit,
-                "rci_low": mean - half,
-                "rci_high": mean + half,
+                "rci_low": st.mean - half,
+                "rci_high": st.mean + half,
                 "t_stat": t_stat,
                 "alpha_spent": float(des.spent[k]),
                 "decision": decision,
                 "t_crit_eq": t_eq,
-                "eq_low": mean - half_eq,
-                "eq_high": mean + half_eq,
+                "eq_low": st.mean - half_eq,
+                "eq_high": st.mean + half_eq,
+                "se": st.se,
+                "df": st.df,
+                "floor_se": st.floor_se,
             }
         )
         if decision != "continue":
@@ -467,7 +503,77 @@ def sequential_decide(
         first_look=None if first_look is None else int(first_look),
         gamma=float(gamma),
         equivalence_alpha=None if equivalence_alpha is None else float(equivalence_alpha),
+        stop_reason=reason,
     )
+
+
+@dataclass(frozen=True)
+class LookEstimate:
+    """One look's estimate: mean, per-pair SD (for a crossed SE: SE * sqrt(n)), its SE and df;
+    ``floor_se`` / ``reach_se``: the SE that no number of seeds goes below, and the SE projected
+    at max_n (NaN: no floor, the seed-only analysis)."""
+
+    mean: float
+    sd: float
+    se: float
+    df: float
+    floor_se: float = math.nan
+    reach_se: float = math.nan
+
+
+def _out_of_reach(des: _Design, st: LookEstimate, margin: float) -> bool:
+    """No decision is reachable by max_n: with the SE projected at max_n from this look's
+    variance components (its test-example part does not shrink with seeds) and the last look's
+    boundaries, even a mean of 0 gives an equivalence interval that reaches the margin, so
+    "equivalent" is out of reach whatever the data; and this look's mean lies inside the
+    benefit / harm half-width there, so more seeds are not expected to separate it from 0.
+    Stopping only turns decisions that might have come later into "undecided", never into a
+    wrong one, so the error rates stay as designed."""
+    if not np.isfinite(st.reach_se):
+        return False
+    t_last = float(t_critical_df(des.z[-1], st.df))
+    t_eq_last = float(t_critical_df(des.z_eq[-1], st.df))
+    return bool(t_eq_last * st.reach_se >= margin and t_last * st.reach_se >= abs(st.mean))
+
+
+def sequential_decide_crossed(d: np.ndarray, **design: Any) -> SequentialResult:
+    """:func:`sequential_decide` at the population level: seeds and test examples crossed.
+
+    ``d`` is the seeds x examples array of paired differences (treatment minus control
+    correctness, first seed first); ``design`` are :func:`sequential_decide`'s design arguments
+    (``look_every``, ``max_n``, ``alpha``, ``margin``, ``spending``, ``first_look``, ``gamma``,
+    ``equivalence_alpha``). At a look at n pairs the mean, SE and Satterthwaite df are
+    ``crossed_variance(d[:n])``'s, so the interval is about the population the examples were
+    drawn from, not these examples only; the boundaries are the same z boundaries converted to
+    t at those df. The example part of the SE does not shrink with seeds: a comparison whose
+    decision is out of reach at ``max_n`` (``_out_of_reach``) stops "undecided" with
+    ``stop_reason`` FLOOR instead of spending seeds up to ``max_n``. The table's ``sd`` is
+    ``se * sqrt(n)`` and ``floor_se`` the SE that remains with any number of seeds,
+    ``sqrt(s2_example / E)``.
+
+    Raises:
+        ValueError: If ``d`` is not 2-D with at least 2 examples, has non-finite values, or a
+            design argument is bad.
+    """
+    d = np.asarray(d, dtype=float)
+    if d.ndim != 2 or d.shape[1] < 2:
+        raise ValueError(f"d must be a seeds x examples array with >= 2 examples, got {d.shape}")
+    bad = np.flatnonzero(~np.isfinite(d).all(axis=1))
+    if bad.size:
+        raise ValueError(f"d has non-finite values in rows {bad.tolist()}")
+    n_e = d.shape[1]
+
+    def at(n: int, max_n: int) -> LookEstimate:
+        cv = crossed_variance(d[:n])
+        reach = math.sqrt(cv.s2_seed / max_n + cv.s2_example / n_e + cv.s2_resid / (max_n * n_e))
+        # se 0 (every example's difference alike): a point interval, at any df.
+        df = cv.df if math.isfinite(cv.df) else math.inf
+        return LookEstimate(
+            cv.mean, cv.se * math.sqrt(n), cv.se, df, math.sqrt(cv.s2_example / n_e), reach
+        )
+
+    # The per-seed differences: their count sets the looks reached; the estimate is crossed.
+    return sequential_decide(d.mean(axis=1), estimate=at, **design)
 
 
 def _half(t_crit: float, se: float) -> float:
@@ -491,12 +597,19 @@ def average_sample_number(
     equivalence_alpha: float | None = None,
     n_sim: int = 20000,
     seed: int = 0,
+    floor_se: float = 0.0,
 ) -> dict[str, float]:
     """Operating characteristics of the design by Monte Carlo with normal differences.
 
     Simulates ``n_sim`` comparisons with differences ~ N(effect, sd^2) through the same rule
     as ``sequential_decide`` (same design arguments). This is the planning quantity: expected
     seed pairs to a decision for a planning sd, not a post-hoc power from an observed effect.
+
+    ``floor_se`` > 0 plans the crossed analysis (``sequential_decide_crossed``): the test
+    examples add a mean shift ~ N(0, floor_se^2) drawn once per comparison (the same examples
+    at every look), the SE at n pairs is ``sqrt(s^2 / n + floor_se^2)`` with the floor taken as
+    known (10,000 examples estimate it to ~1.4%), its df the Satterthwaite ones of the seed
+    part, and a comparison out of reach at ``max_n`` stops undecided as there.
 
     Returns:
         ``asn`` (mean pairs used), ``p_benefit``, ``p_harm``, ``p_equivalent``,
@@ -506,6 +619,8 @@ def average_sample_number(
         raise ValueError(f"effect must be finite and sd > 0, got effect={effect!r}, sd={sd!r}")
     if isinstance(n_sim, bool) or not isinstance(n_sim, int | np.integer) or n_sim < 1:
         raise ValueError(f"n_sim must be a positive integer, got {n_sim!r}")
+    if not (np.isfinite(floor_se) and floor_se >= 0):
+        raise ValueError(f"floor_se must be a finite number >= 0, got {floor_se!r}")
     des = _design(look_every, max_n, alpha, margin, spending, first_look, gamma, equivalence_alpha)
     ns = des.ns
     t_crit, t_eq = t_critical(des.z, ns), t_critical(des.z_eq, ns)
@@ -522,8 +637,12 @@ def average_sample_number(
         mean_y = s1 / ns
         with np.errstate(invalid="ignore", divide="ignore"):
             var = np.maximum(s2 - ns * mean_y**2, 0.0) / (ns - 1)
-        se = np.sqrt(var / ns)
-        codes = _decide(effect + mean_y, t_crit * se, margin, t_eq * se)
+        if floor_se > 0:
+            mean_y += rng.normal(0.0, floor_se, size=(m, 1))
+            codes = _crossed_codes(des, effect + mean_y, var, ns, floor_se, margin)
+        else:
+            se = np.sqrt(var / ns)
+            codes = _decide(effect + mean_y, t_crit * se, margin, t_eq * se)
         codes[:, -1] = np.where(codes[:, -1] == "continue", "undecided", codes[:, -1])
         first = np.argmax(codes != "continue", axis=1)
         used[start : start + m] = ns[first]
@@ -535,6 +654,23 @@ def average_sample_number(
         "p_max_n": float(np.mean(used == max_n)),
         "n_sim": int(n_sim),
     }
+
+
+def _crossed_codes(
+    des: _Design, mean: np.ndarray, var: np.ndarray, ns: np.ndarray, floor: float, margin: float
+) -> np.ndarray:
+    """Decisions per simulated comparison and look under the crossed SE with a known floor
+    (see :func:`average_sample_number`); "undecided" where out of reach at max_n."""
+    seed_part = var / ns
+    se = np.sqrt(seed_part + floor**2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = np.where(seed_part > 0, se**4 / (seed_part**2 / (ns - 1)), np.inf)
+    t_crit, t_eq = t_critical_df(des.z, df), t_critical_df(des.z_eq, df)
+    codes = _decide(mean, t_crit * se, margin, t_eq * se)
+    reach = np.sqrt(var / ns[-1] + floor**2)
+    t_last, t_eq_last = t_critical_df(des.z[-1], df), t_critical_df(des.z_eq[-1], df)
+    far = (t_eq_last * reach >= margin) & (t_last * reach >= np.abs(mean))
+    return np.where((codes == "continue") & far, "undecided", codes)
 
 
 def sequential_summary(per_stratum: Mapping[Any, SequentialResult]) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from bnpipe.tracking.cell_record import TEST_CORRECT
 from bnpipe.tracking.cells import CellClaims, CellRun
 from bnpipe.tracking.names import (
     ARM_ROLE,
@@ -170,6 +171,26 @@ class Reading(CellClaims):
                     return [f[f"arr_{i}"] for i in range(len(f.files))]
             except (ValueError, OSError, KeyError) as exc:
                 why = f"weights.npz cannot be read ({first_line(exc)})"
+                raise UnreadableArtifact(why) from None
+
+    def test_correct(self, run_id: str) -> np.ndarray | None:
+        """A child run's per-example test outcomes (test_correct.npz), or None if it has none
+        (a cell recorded before they were; see ``bnpipe.runner.fill_test_correct``).
+
+        Raises:
+            UnreadableArtifact: test_correct.npz is there but cannot be read.
+        """
+        try:
+            self._require_artifact(run_id, TEST_CORRECT)
+        except UnreadableArtifact:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, TEST_CORRECT, tmp)
+            try:
+                with np.load(path) as f:
+                    return np.unpackbits(f["packed"], count=int(f["n"])).astype(bool)
+            except (ValueError, OSError, KeyError) as exc:
+                why = f"{TEST_CORRECT} cannot be read ({first_line(exc)})"
                 raise UnreadableArtifact(why) from None
 
     def _require_artifact(self, run_id: str, name: str) -> None:
