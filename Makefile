@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
-# Two pytest workers, whole files each (a module's servers start once): on one worker the suite
-# keeps 1.2 of 2 cores busy, the rest is waiting on servers and subprocesses (22 -> 16 min here).
-PYTEST_WORKERS ?= -n 2 --dist loadgroup
+# Three pytest workers on two cores: a third fills the time the others spend waiting on servers,
+# schedules and the cluster module's outages. Tests sharing a module-scoped server or cluster stay
+# on one worker (xdist_group, tests/conftest.py); every other test is scheduled on its own.
+PYTEST_WORKERS ?= -n 3 --dist loadgroup
 
 .PHONY: setup compiled run claims test lint bench bench-peers ui screenshots lock clean
 
