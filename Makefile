@@ -7,8 +7,8 @@ ARGS ?=
 PYTEST_ARGS ?=
 # Three pytest workers on two cores: a third fills the time the others spend waiting on servers,
 # schedules and the cluster module's outages. Tests sharing a module-scoped server or cluster stay
-# on one worker (xdist_group, tests/conftest.py); every other test is scheduled on its own.
-PYTEST_WORKERS ?= -n 3 --dist loadgroup
+# on one worker (tests/conftest.py's scheduler); every other test is scheduled on its own.
+PYTEST_WORKERS ?= -n 3 --dist load
 
 .PHONY: setup compiled run claims test lint bench bench-peers ui screenshots lock clean
 

@@ -63,20 +63,47 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 
-# -- scheduling over pytest-xdist workers (`make test` runs `--dist loadgroup`) -------------------
+# -- scheduling over pytest-xdist workers (`make test` runs `-n 3 --dist load`) -------------------
+# Modules whose tests share a costly module-scoped fixture (a cluster, a server started once, a
+# store a flow filled): their tests go to one worker together. Every other test is scheduled on
+# its own, so a long file's tests spread over the workers. (xdist's own `loadgroup` does not
+# group under pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads.)
+SHARED_FIXTURE_MODULES = frozenset(
+    {
+        "test_arm_runs_ui",
+        "test_auth",
+        "test_browser",
+        "test_cluster",
+        "test_interrupt",
+        "test_preflight",
+        "test_servers",
+        "test_tracking_cells",
+        "test_tracking_ui",
+        "test_trainer",
+    }
+)
 # Modules whose tests run first: the longest unit of work (the cluster module, ~7 min on one
 # worker, mostly waiting on its hosts) would otherwise start last and finish alone.
 FIRST_MODULES = ("test_cluster",)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
+def _module(nodeid: str) -> str:
+    return Path(nodeid.split("::", 1)[0]).stem
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep a module's tests on one worker only where they share a module-scoped fixture (a
-    server, a cluster, a store: started once), and spread every other test on its own: whole
-    files per worker left one worker finishing a long file alone while the other waited."""
-    for item in items:
-        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if any(d[-1].scope == "module" for d in defs.values() if d):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     first = {name: i for i, name in enumerate(FIRST_MODULES)}
-    items.sort(key=lambda item: first.get(item.module.__name__.rsplit(".", 1)[-1], len(first)))
+    items.sort(key=lambda item: first.get(_module(item.nodeid), len(first)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """Under ``--dist load``: one unit of work per shared-fixture module, one per other test."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid.split("::", 1)[0] if _module(nodeid) in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixtureScheduling(config, log)
