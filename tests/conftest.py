@@ -96,14 +96,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: first.get(_module(item.nodeid), len(first)))
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """Under ``--dist load``: one unit of work per shared-fixture module, one per other test."""
-    if config.getvalue("dist") != "load":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
+class SharedFixtureScheduler:
+    """Under ``--dist load``: one unit of work per shared-fixture module, one per other test.
+    A plugin of its own, registered only where xdist is loaded (``-p no:xdist`` has no such hook).
+    """
 
-    class SharedFixtureScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return nodeid.split("::", 1)[0] if _module(nodeid) in SHARED_FIXTURE_MODULES else nodeid
+    @staticmethod
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+        if config.getvalue("dist") != "load":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
 
-    return SharedFixtureScheduling(config, log)
+        class Scheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                shared = _module(nodeid) in SHARED_FIXTURE_MODULES
+                return nodeid.split("::", 1)[0] if shared else nodeid
+
+        return Scheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(SharedFixtureScheduler(), "bnpipe-scheduler")
