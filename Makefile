@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 # Three pytest workers on two cores: a third fills the time one spends waiting out the cluster
-# module's outages and server starts (the suite is otherwise CPU-bound: 2,559 s of CPU in 23 min;
+# module's outages and server starts; otherwise the suite is CPU-bound (README, Development;
 # -n 2 vs -n 3 not yet compared A/B). Tests sharing a module-scoped server or cluster stay on one
 # worker (tests/conftest.py's scheduler); every other test is scheduled on its own.
 PYTEST_WORKERS ?= -n 3 --dist load

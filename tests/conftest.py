@@ -82,8 +82,8 @@ SHARED_FIXTURE_MODULES = frozenset(
         "test_trainer",
     }
 )
-# Modules whose tests run first: the longest unit of work (the cluster module, ~7 min on one
-# worker, mostly waiting on its hosts) would otherwise start last and finish alone.
+# Modules whose tests run first: the longest unit of work (the cluster module, 8-10 min on one
+# worker, much of it waiting on its hosts) would otherwise start last and finish alone.
 FIRST_MODULES = ("test_cluster",)
 
 
