@@ -760,6 +760,7 @@ def _on_signal(signum: int, _frame: object) -> None:
     if _signals:
         os._exit(128 + _signals[0])
     _signals.append(signum)
+    trainer.STOP_REQUESTED.set()
     raise KeyboardInterrupt
 
 
@@ -824,6 +825,7 @@ def main(argv: list[str] | None = None, *, trainer_process: bool = False) -> int
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _signals.clear()
+        trainer.STOP_REQUESTED.clear()
 
 
 def _dispatch(args: argparse.Namespace, *, trainer_process: bool = False) -> int:

@@ -68,6 +68,17 @@ class RemoteTraceback(Exception):
 
 IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# Set by the command's SIGINT/SIGTERM handler besides the KeyboardInterrupt it raises. Code
+# between the handler and us may swallow that exception (once in CI a SIGTERM landed while a
+# group trained and the run finished with exit code 0): a call from the main thread (where the
+# handler raises) that sees this set stops its group at the next epoch and raises
+# KeyboardInterrupt itself. Calls on other threads are stopped by their flow as before.
+STOP_REQUESTED = threading.Event()
+
+
+def _stop_requested() -> bool:
+    return STOP_REQUESTED.is_set() and threading.current_thread() is threading.main_thread()
+
 
 def active() -> TrainerProcess | None:
     """The training process the flow's tasks call, or None: they train in their own process."""
@@ -185,6 +196,8 @@ class TrainerProcess:
 
     def _call(self, name: str, args: tuple, on_epoch: Callable | None) -> Any:
         self.wait_ready()
+        if _stop_requested():
+            raise KeyboardInterrupt
         call_id, answers = next(self._ids), queue.SimpleQueue()
         with self._lock:
             if self._gone is not None:
@@ -202,6 +215,10 @@ class TrainerProcess:
                     with contextlib.suppress(OSError):
                         self._send(("stop", call_id))
                     raise
+                if stopped is None and _stop_requested():
+                    stopped = KeyboardInterrupt()
+                    with contextlib.suppress(OSError):
+                        self._send(("stop", call_id))
                 if kind == "epoch":
                     if stopped is None and on_epoch is not None:
                         try:

@@ -77,6 +77,29 @@ def test_an_exception_of_the_callback_stops_the_group_and_is_raised_here(setup):
     assert process.evaluate(base, result, data.digest).test_accuracy > 0.5
 
 
+def test_a_stop_request_whose_interrupt_was_swallowed_still_stops_the_group(setup):
+    """The command's signal handler sets STOP_REQUESTED and raises KeyboardInterrupt; where code
+    in between swallows that exception, the call stops its group and raises it itself."""
+    base, data, group, process = setup
+    cfg = base.model_copy(update={"train": base.train.model_copy(update={"epochs": 50})})
+    seen: list[int] = []
+
+    def on_epoch(cell, epoch, row):
+        seen.append(epoch)
+        trainer.STOP_REQUESTED.set()  # the handler ran; its exception went nowhere
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            process.train(cfg, group, data.digest, on_epoch)
+        assert max(seen) < 5  # stopped at its next epoch, not after 50
+        with pytest.raises(KeyboardInterrupt):  # a later call does not start
+            process.train(base, group, data.digest, None)
+    finally:
+        trainer.STOP_REQUESTED.clear()
+    (result, *_) = process.train(base, group, data.digest, None)
+    assert process.evaluate(base, result, data.digest).test_accuracy > 0.5
+
+
 def test_an_error_there_is_raised_here_with_where_it_happened(setup):
     cfg, data, group, process = setup
     with pytest.raises(DataError, match="has digest .*, the flow's has not-the-dig") as info:
