@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from bnpipe import stats
-from bnpipe.config import DEFAULT_COMPARE, Config
+from bnpipe.config import DEFAULT_COMPARE, POPULATIONS, TEST_SET, Config
 from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
 from bnpipe.factors import (
     factor,
@@ -156,6 +156,16 @@ class Analysis:
         return self.plan is not None and self.plan.sequential
 
     @property
+    def population(self) -> str:
+        """What the decisions are about (issue 28): a sequential design's setting; a fixed
+        design's t-tests treat the test set as fixed, so theirs are about these images."""
+        return self.plan.population if self.sequential else TEST_SET
+
+    @property
+    def population_text(self) -> str:
+        return POPULATIONS[self.population]
+
+    @property
     def interval(self) -> tuple[str, str, str]:
         """The decisions' interval columns and its name: the repeated CI of the sequential
         design, or the fixed design's CI."""
@@ -166,7 +176,10 @@ class Analysis:
     def record(self) -> dict[str, dict[str, Any]]:
         """The parent run's tags and metrics: per comparison the decision (tag
         ``decision.<stratum>``), its interval, and the fixed-sample numbers (metrics)."""
-        tags: dict[str, Any] = {"design": self.plan.kind if self.plan else "fixed"}
+        tags: dict[str, Any] = {
+            "design": self.plan.kind if self.plan else "fixed",
+            "population": self.population_text,
+        }
         metrics: dict[str, float] = {}
         if self.design is not None:
             tags |= self.design.record["tags"]
@@ -210,6 +223,7 @@ def _fixed_decisions(summary: pd.DataFrame, cmp: Comparison, alpha: float) -> pd
             "p_holm": summary["p_holm"],
             "tost_pvalue": summary["tost_pvalue"],
             "alpha": alpha,
+            "population": TEST_SET,  # the t-tests' noise is the seeds' alone
         }
     )
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -453,9 +454,10 @@ def format_run_summary(out: dict) -> str:
         f"{len(results)} cells: {out['trained']} trained, {out['reused']} reused; "
         f"{out['wall_time_s']:.0f}s"
     )
+    # What the decisions are about (issue 28); results recorded before it said nothing.
+    about = POPULATIONS[(out.get("decisions") or [{}])[0].get("population", TEST_SET)]
     if out.get("design") == "sequential" and out.get("decisions"):
         alpha = out["decisions"][0]["alpha"]
-        about = POPULATIONS.get(out["decisions"][0].get("population", TEST_SET), "")
         lines = [
             f"Decided: {_contrast(out['summary'])}, sequential design ({counts}; "
             f"alpha {alpha:.4g} per comparison), about {about}:",
@@ -466,7 +468,7 @@ def format_run_summary(out: dict) -> str:
         ]
     else:
         lines = [
-            f"{_contrast(out['summary'])}, paired by seed ({counts}):",
+            f"{_contrast(out['summary'])}, paired by seed ({counts}), about {about}:",
             format_summary(out["summary"]),
         ]
     if out["reused"]:
@@ -760,8 +762,32 @@ def _on_signal(signum: int, _frame: object) -> None:
     if _signals:
         os._exit(128 + _signals[0])
     _signals.append(signum)
-    trainer.STOP_REQUESTED.set()
     raise KeyboardInterrupt
+
+
+def _watch_signals() -> Callable[[], None]:
+    """Tell the training calls about SIGINT/SIGTERM from below Python's handlers: whichever
+    handler runs (Prefect's own SIGTERM one during a flow run), and wherever its exception ends
+    up, the C-level handler writes the signal's number to the wakeup fd (bnpipe.trainer says
+    why). Returns what undoes it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        with open(read_end, "rb", buffering=0) as signals:
+            while numbers := signals.read(64):
+                for signum in numbers:
+                    if signum in (signal.SIGINT, signal.SIGTERM):
+                        trainer.request_stop(signum)
+
+    threading.Thread(target=watch, name="bnpipe-signals", daemon=True).start()
+
+    def undo() -> None:
+        signal.set_wakeup_fd(previous)
+        os.close(write_end)  # the watcher reads the end of the pipe and leaves
+
+    return undo
 
 
 # How Prefect's crash reports name an interrupt (prefect.states.exception_to_crashed_state).
@@ -807,9 +833,10 @@ def main(argv: list[str] | None = None, *, trainer_process: bool = False) -> int
         # Before TensorFlow's first compile in this process. Not for bench: it times compiles.
         xla_cache.enable()
     # Handlers only from the main thread (Python's rule); restored after, for callers in-process.
-    previous = {}
+    previous, unwatch = {}, None
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        unwatch = _watch_signals()
     try:
         return _dispatch(args, trainer_process=trainer_process)
     except KeyboardInterrupt as exc:
@@ -824,8 +851,10 @@ def main(argv: list[str] | None = None, *, trainer_process: bool = False) -> int
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if unwatch is not None:
+            unwatch()
         _signals.clear()
-        trainer.STOP_REQUESTED.clear()
+        trainer.clear_stop()
 
 
 def _dispatch(args: argparse.Namespace, *, trainer_process: bool = False) -> int:

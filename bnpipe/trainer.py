@@ -68,16 +68,37 @@ class RemoteTraceback(Exception):
 
 IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-# Set by the command's SIGINT/SIGTERM handler besides the KeyboardInterrupt it raises. Code
-# between the handler and us may swallow that exception (once in CI a SIGTERM landed while a
-# group trained and the run finished with exit code 0): a call from the main thread (where the
-# handler raises) that sees this set stops its group at the next epoch and raises
-# KeyboardInterrupt itself. Calls on other threads are stopped by their flow as before.
-STOP_REQUESTED = threading.Event()
+# The command's SIGINT/SIGTERM, as noted below Python's handlers (bnpipe.cli watches the signal
+# wakeup fd). The handler that runs raises where the main thread is, and that exception can get
+# lost: Prefect swaps in its own SIGTERM handler for a flow run, and a TerminationSignal raised
+# inside a weakref callback is printed as "Exception ignored" and dropped (seen in CI: a SIGTERM
+# landed while a group trained and the run finished with exit code 0). A call from the main
+# thread that sees a request stops its group at the next epoch and raises KeyboardInterrupt
+# itself; calls on other threads are stopped by their flow, which that exception unwinds.
+_stop_signals: list[int] = []
 
 
-def _stop_requested() -> bool:
-    return STOP_REQUESTED.is_set() and threading.current_thread() is threading.main_thread()
+def request_stop(signum: int) -> None:
+    if not _stop_signals:
+        _stop_signals.append(signum)
+
+
+def clear_stop() -> None:
+    _stop_signals.clear()
+
+
+def stop_signal() -> int | None:
+    """The signal a stop was requested with, if one was."""
+    return _stop_signals[0] if _stop_signals else None
+
+
+def _stop_requested() -> KeyboardInterrupt | None:
+    signum = stop_signal()
+    if signum is None or threading.current_thread() is not threading.main_thread():
+        return None
+    exc = KeyboardInterrupt()
+    exc.signal = signum  # what the flow reports it as (Prefect's TerminationSignal's)
+    return exc
 
 
 def active() -> TrainerProcess | None:
@@ -196,8 +217,8 @@ class TrainerProcess:
 
     def _call(self, name: str, args: tuple, on_epoch: Callable | None) -> Any:
         self.wait_ready()
-        if _stop_requested():
-            raise KeyboardInterrupt
+        if (requested := _stop_requested()) is not None:
+            raise requested
         call_id, answers = next(self._ids), queue.SimpleQueue()
         with self._lock:
             if self._gone is not None:
@@ -215,8 +236,8 @@ class TrainerProcess:
                     with contextlib.suppress(OSError):
                         self._send(("stop", call_id))
                     raise
-                if stopped is None and _stop_requested():
-                    stopped = KeyboardInterrupt()
+                if stopped is None and (requested := _stop_requested()) is not None:
+                    stopped = requested
                     with contextlib.suppress(OSError):
                         self._send(("stop", call_id))
                 if kind == "epoch":

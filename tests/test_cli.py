@@ -141,3 +141,29 @@ def test_plan_bad_input_exits_2(capsys, workdir):
 def test_plan_of_a_fixed_design(capsys, workdir):
     assert main(["plan", "--set", "grid.seeds=[0,1]"]) == 0
     assert "fixed design: seeds [0, 1]: 16 models" in capsys.readouterr().out
+
+
+def test_a_signal_reaches_the_training_calls_whatever_python_handler_runs():
+    """Prefect swaps in its own SIGTERM handler for a flow run, and its exception can be lost
+    (raised inside a weakref callback: "Exception ignored"). The command notes the signal below
+    Python's handlers, from the wakeup fd, for the training calls (bnpipe.trainer)."""
+    import os
+    import signal
+    import time
+
+    from bnpipe import cli, trainer
+
+    swallowed: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: swallowed.append(signum))
+    undo = cli._watch_signals()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while trainer.stop_signal() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert swallowed == [signal.SIGTERM]  # the Python handler ran and raised nothing
+        assert trainer.stop_signal() == signal.SIGTERM
+    finally:
+        undo()
+        signal.signal(signal.SIGTERM, previous)
+        trainer.clear_stop()

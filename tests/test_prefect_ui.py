@@ -229,6 +229,12 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Pat
         want = run_url(uri, parent.info.experiment_id, parent.info.run_id)
         assert link.get_attribute("href") == want
 
+        # The decided table, with the population it is about and why each comparison stopped.
+        open_artifact("bn-ablation-report-table")
+        wait.until(lambda d: "stop_reason" in text())
+        assert "population" in text() and "digits" in text(), text()
+        driver.save_screenshot(str(shots / "prefect-decisions-table.png"))
+
         open_artifact("bn-ablation-report")
         widths = wait.until(_images_loaded)
         assert len(widths) >= 4 and min(widths) > 0, widths

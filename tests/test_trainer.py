@@ -3,6 +3,8 @@ stops and errors that reach the caller, and a process that dies failing its call
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -78,24 +80,25 @@ def test_an_exception_of_the_callback_stops_the_group_and_is_raised_here(setup):
 
 
 def test_a_stop_request_whose_interrupt_was_swallowed_still_stops_the_group(setup):
-    """The command's signal handler sets STOP_REQUESTED and raises KeyboardInterrupt; where code
-    in between swallows that exception, the call stops its group and raises it itself."""
+    """The command notes its SIGTERM for the training calls besides raising where the main thread
+    is; where code in between swallows that exception, the call stops its group and raises it."""
     base, data, group, process = setup
     cfg = base.model_copy(update={"train": base.train.model_copy(update={"epochs": 50})})
     seen: list[int] = []
 
     def on_epoch(cell, epoch, row):
         seen.append(epoch)
-        trainer.STOP_REQUESTED.set()  # the handler ran; its exception went nowhere
+        trainer.request_stop(signal.SIGTERM)  # the handler ran; its exception went nowhere
 
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as stopped:
             process.train(cfg, group, data.digest, on_epoch)
+        assert stopped.value.signal == signal.SIGTERM  # the flow reports the signal it was
         assert max(seen) < 5  # stopped at its next epoch, not after 50
         with pytest.raises(KeyboardInterrupt):  # a later call does not start
             process.train(base, group, data.digest, None)
     finally:
-        trainer.STOP_REQUESTED.clear()
+        trainer.clear_stop()
     (result, *_) = process.train(base, group, data.digest, None)
     assert process.evaluate(base, result, data.digest).test_accuracy > 0.5
 

@@ -178,8 +178,10 @@ def answer_markdown(analysis: Analysis) -> str:
     """The decided table with one line saying what it is: the parent run's description."""
     cmp = analysis.comparison
     how = "sequential design" if analysis.sequential else "fixed design, Holm across strata"
-    about = f", about {analysis.plan.population_text}" if analysis.sequential else ""
-    return f"Decided ({how}): {cmp.diff_label} test accuracy{about}\n\n" + decision_table(analysis)
+    about = analysis.population_text
+    return f"Decided ({how}): {cmp.diff_label} test accuracy, about {about}\n\n" + (
+        decision_table(analysis)
+    )
 
 
 def characteristics_table(oc: pd.DataFrame) -> str:
@@ -310,7 +312,7 @@ def design_section(analysis: Analysis) -> list[str]:
             f"- {r['comparison']}: undecided after {int(r['n_pairs'])} pairs{why}; the "
             f"difference lies in [{_pp(r['rci_low'])}, {_pp(r['rci_high'])}] pp."
         )
-    lines += ["", POPULATION_NOTE[plan.population]]
+    lines += ["", POPULATION_NOTE[analysis.population]]
     if len(design.noise):
         lines += ["", *noise_section(design.noise)]
     lines += [
@@ -522,6 +524,8 @@ def render_markdown(
         ]
     parts += [verdict_table(summary, cmp), ""]
     parts += [f"- {verdict_sentence(row, cmp)}" for _, row in summary.iterrows()]
+    if not sequential:
+        parts += ["", POPULATION_NOTE[analysis.population]]
     others = " and ".join(_words(n) for n in cmp.strata) or "the grid"
     does = "Does" if len(cmp.strata) == 1 else "Do"
     parts += [
