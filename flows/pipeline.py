@@ -227,7 +227,9 @@ def analyze(
     create_table_artifact(
         decisions.astype(object).where(decisions.notna(), None).to_dict("records"),
         key=key + "-table",
-        description=f"Decided: {contrast_text(cfg)} ({run_name})",
+        description=(
+            f"Decided: {contrast_text(cfg)}, about {out.analysis.population_text} ({run_name})"
+        ),
     )
     return out
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from bnpipe.config import POPULATIONS, TEST_SET
 from bnpipe.progress import Progress
 from bnpipe.tracking import run_url
 from tests.browser import browser_missing, chromium
@@ -229,10 +230,11 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(tmp_path: Pat
         want = run_url(uri, parent.info.experiment_id, parent.info.run_id)
         assert link.get_attribute("href") == want
 
-        # The decided table, with the population it is about and why each comparison stopped.
+        # The decided table, with the population it is about (a fixed design: these images).
         open_artifact("bn-ablation-report-table")
-        wait.until(lambda d: "stop_reason" in text())
-        assert "population" in text() and "digits" in text(), text()
+        wait.until(lambda d: "population" in text())
+        assert "decision" in text() and "test_set" in text(), text()
+        assert f"about {POPULATIONS[TEST_SET]} ({name})" in text(), text()  # its description
         driver.save_screenshot(str(shots / "prefect-decisions-table.png"))
 
         open_artifact("bn-ablation-report")
