@@ -265,11 +265,13 @@ class _Warm:
         """Start what is not running (again, if it died); the training process a run of
         ``cfg`` uses, or None (it trains in this process, as ``bnpipe run`` would)."""
         from bnpipe import trainer, xla_cache
-        from bnpipe.tracking.read import keep_histories
+        from bnpipe.report.figures import keep_figures
+        from bnpipe.tracking.read import keep_reads
         from flows.server import TemporaryServer
 
         xla_cache.enable()  # before the first compile here, and inherited by the trainer
-        keep_histories()  # a rerun reads each reused cell's history once per session
+        keep_reads()  # a rerun reads each reused cell's history and outcomes once per session
+        keep_figures()  # ... and draws a report's figures once per set of inputs
         wanted = trainer.wanted(cfg.orchestration.task_runner, cfg.train.engine)
         if wanted and (self.trainer is None or not self.trainer.alive()):
             if self.trainer is not None:

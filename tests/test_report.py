@@ -206,3 +206,31 @@ def test_sequential_report_over_a_generic_grid(tmp_path: Path) -> None:
     assert out.answer_markdown.startswith("Decided (sequential design): bn=on − bn=off")
     row = next(line for line in text.splitlines() if line.startswith("| 0.1 | **"))
     assert "**benefit**" in row  # +0.5 pp at the largest learning rate, tiny noise, last look
+
+
+def test_a_process_that_keeps_figures_draws_each_set_of_inputs_once(tmp_path, monkeypatch):
+    """A warm session keeps the PNGs it drew (bnpipe.report.figures.keep_figures): a report
+    from the same inputs copies them, different inputs are drawn; the pictures are the same."""
+    from bnpipe.report import figures
+
+    results, histories = make_frames()
+    plain = _build(tmp_path / "plain", results, histories)
+    drawn: list[str] = []
+    savefig = figures.Figure.savefig
+
+    def counted(self, path, **kw):
+        drawn.append(Path(path).name)
+        return savefig(self, path, **kw)
+
+    monkeypatch.setattr(figures.Figure, "savefig", counted)
+    monkeypatch.setattr(figures, "_drawn", None)
+    figures.keep_figures()
+    first = _build(tmp_path / "first", results, histories)
+    assert len(drawn) == len(first.figures) == 4
+    again = _build(tmp_path / "again", results, histories)
+    assert len(drawn) == 4  # nothing drawn: every figure copied
+    for a, b, c in zip(plain.figures, first.figures, again.figures, strict=True):
+        assert a.read_bytes() == b.read_bytes() == c.read_bytes() and c.parent.name == "out"
+    other = results.assign(test_accuracy=results["test_accuracy"] + 0.001)
+    _build(tmp_path / "other", other, histories)
+    assert len(drawn) > 4  # new numbers: drawn

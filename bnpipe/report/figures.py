@@ -7,9 +7,13 @@ building a report never touches matplotlib's global backend or state.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,53 @@ def _new_figure(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Figure, np.n
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
+
+
+# PNGs this process drew, by a digest of what they were drawn from, or None (every figure is
+# drawn). A warm session (bnpipe.session) keeps them: a rerun that reuses every cell has the same
+# analysis, and drawing its figures again was half of that rerun.
+_drawn: OrderedDict[str, bytes] | None = None
+_DRAWN_MAX = 64
+
+
+def keep_figures() -> None:
+    """Keep the figures this process draws, for later reports drawn from the same inputs."""
+    global _drawn
+    if _drawn is None:
+        _drawn = OrderedDict()
+
+
+def _drawn_once(plot: Callable[..., Path]) -> Callable[..., Path]:
+    """``plot`` (frames in, a PNG at its one Path argument out), drawn once per input when the
+    process keeps figures: the same inputs give the same picture, so its bytes are copied."""
+
+    @functools.wraps(plot)
+    def draw(*args: Any, **kwargs: Any) -> Path:
+        if _drawn is None:
+            return plot(*args, **kwargs)
+        (path,) = [a for a in (*args, *kwargs.values()) if isinstance(a, Path)]
+        inputs = (
+            plot.__name__,
+            path.name,
+            [a for a in args if a is not path],
+            {k: v for k, v in kwargs.items() if v is not path},
+        )
+        try:
+            key = hashlib.sha256(pickle.dumps(inputs, protocol=5)).hexdigest()
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return plot(*args, **kwargs)  # not comparable: draw it
+        if key in _drawn:
+            _drawn.move_to_end(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_drawn[key])
+            return path
+        out = plot(*args, **kwargs)
+        _drawn[key] = out.read_bytes()
+        while len(_drawn) > _DRAWN_MAX:
+            _drawn.popitem(last=False)
+        return out
+
+    return draw
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -146,6 +197,7 @@ def _log_axis(name: str, levels: Sequence[Any]) -> bool:
 # -------------------------------------------------------------------------------- figures
 
 
+@_drawn_once
 def plot_learning_curves(curves: pd.DataFrame, cmp: Comparison, path: Path, *, alpha=0.05) -> Path:
     """Validation accuracy per epoch: mean over seeds with a t-based band, one panel per stratum
     (``curves``: ``stats.epoch_curves`` of the finished cells, as the statistics use)."""
@@ -253,6 +305,7 @@ def accuracy_figure_name(cmp: Comparison) -> str:
     return f"accuracy_vs_{cmp.strata[0]}.png" if cmp.strata else "accuracy.png"
 
 
+@_drawn_once
 def plot_accuracy_vs_factor(
     results: pd.DataFrame, arms: pd.DataFrame, cmp: Comparison, path: Path, *, alpha: float = 0.05
 ) -> Path:
@@ -317,6 +370,7 @@ def difference_figure_name(cmp: Comparison) -> str:
     return f"{cmp.compare}_difference.png"
 
 
+@_drawn_once
 def plot_difference(analysis: Analysis, path: Path) -> Path:
     """Treatment − control test accuracy per comparison with the interval it was decided on
     (the repeated CI of a sequential design, else the CI), the zero line and the ±margin band,
@@ -371,6 +425,7 @@ def plot_difference(analysis: Analysis, path: Path) -> Path:
     return _save(fig, path)
 
 
+@_drawn_once
 def plot_paired_seeds(pairs: pd.DataFrame, cmp: Comparison, path: Path) -> Path:
     """Per-seed control vs treatment test accuracy joined by a line, one panel per stratum
     (``pairs``: ``stats.paired_frame``)."""
@@ -428,6 +483,7 @@ SEQUENTIAL_COLORS = {
 EQ_COLOR = "#9467bd"  # the equivalence interval of a TOST design, beside the repeated CI
 
 
+@_drawn_once
 def plot_sequential_monitoring(
     looks: pd.DataFrame, path: Path, *, margin: float, diff_label: str = "treatment − control"
 ) -> Path:
@@ -530,6 +586,7 @@ def _separate_equivalence(looks: pd.DataFrame) -> bool:
 NOISE_COLORS = {"seed": "#0072b2", "example": "#e69f00", "resid": "#999999"}
 
 
+@_drawn_once
 def plot_noise_sources(
     noise: pd.DataFrame, path: Path, *, margin: float, diff_label: str = "treatment − control"
 ) -> Path:

@@ -27,18 +27,18 @@ from bnpipe.tracking.names import (
 )
 from bnpipe.tracking.store import UnreadableArtifact, first_line
 
-# Histories of finished runs already read by this process, by (store, run id), or None (each
-# read goes to the store). A finished run's history never changes, so a process that runs the
-# grid again and again (bnpipe.session's warm session) reads each once: reading them was most of
-# a rerun that reuses every cell.
-_kept_histories: dict[tuple[str, str], pd.DataFrame] | None = None
+# What this process already read of finished runs (histories, per-example test outcomes), by
+# (store, run id, file), or None (each read goes to the store). A finished run's files never
+# change, so a process that runs the grid again and again (bnpipe.session's warm session) reads
+# each once: reading them was most of a rerun that reuses every cell.
+_kept: dict[tuple[str, str, str], Any] | None = None
 
 
-def keep_histories() -> None:
-    """Keep every history this process reads, for its later runs (a warm session)."""
-    global _kept_histories
-    if _kept_histories is None:
-        _kept_histories = {}
+def keep_reads() -> None:
+    """Keep every history and test outcome this process reads, for its later runs."""
+    global _kept
+    if _kept is None:
+        _kept = {}
 
 
 class Reading(CellClaims):
@@ -133,12 +133,12 @@ class Reading(CellClaims):
         Raises:
             UnreadableArtifact: history.csv is gone or is not a history table.
         """
-        kept = _kept_histories.get((self.uri, run_id)) if _kept_histories is not None else None
+        kept = _kept.get((self.uri, run_id, "history.csv")) if _kept is not None else None
         if kept is not None:
             return kept.copy()
         history = self._read_history(run_id)
-        if _kept_histories is not None:
-            _kept_histories[(self.uri, run_id)] = history.copy()
+        if _kept is not None:
+            _kept[(self.uri, run_id, "history.csv")] = history.copy()
         return history
 
     def _read_history(self, run_id: str) -> pd.DataFrame:
@@ -180,18 +180,24 @@ class Reading(CellClaims):
         Raises:
             UnreadableArtifact: test_correct.npz is there but cannot be read.
         """
+        kept = _kept.get((self.uri, run_id, TEST_CORRECT)) if _kept is not None else None
+        if kept is not None:
+            return kept.copy()
         try:
             self._require_artifact(run_id, TEST_CORRECT)
         except UnreadableArtifact:
-            return None
+            return None  # not kept: a later run may fill it in (runner.fill_test_correct)
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, TEST_CORRECT, tmp)
             try:
                 with np.load(path) as f:
-                    return np.unpackbits(f["packed"], count=int(f["n"])).astype(bool)
+                    correct = np.unpackbits(f["packed"], count=int(f["n"])).astype(bool)
             except (ValueError, OSError, KeyError) as exc:
                 why = f"{TEST_CORRECT} cannot be read ({first_line(exc)})"
                 raise UnreadableArtifact(why) from None
+        if _kept is not None:
+            _kept[(self.uri, run_id, TEST_CORRECT)] = correct.copy()
+        return correct
 
     def _require_artifact(self, run_id: str, name: str) -> None:
         # Listing first tells a file that is gone (the run is unusable) from a store that does
