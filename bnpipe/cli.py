@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bnpipe import trainer
-from bnpipe.config import POPULATIONS, TEST_SET, Config, ConfigError, load_config
+from bnpipe.config import Config, ConfigError, load_config
 from bnpipe.factors import Cell, contrast_phrase, factor_columns, strata_phrase
 from bnpipe.progress import PhaseClock, format_breakdown
 
@@ -455,7 +455,7 @@ def format_run_summary(out: dict) -> str:
     )
     if out.get("design") == "sequential" and out.get("decisions"):
         alpha = out["decisions"][0]["alpha"]
-        about = POPULATIONS.get(out["decisions"][0].get("population", TEST_SET), "")
+        about = out["decisions"][0]["population_text"]
         lines = [
             f"Decided: {_contrast(out['summary'])}, sequential design ({counts}; "
             f"alpha {alpha:.4g} per comparison), about {about}:",

@@ -222,6 +222,15 @@ POPULATION_NOTE = {
 }
 
 
+BOOTSTRAP_NOTE = (
+    "Each seed trained on its own bootstrap resample of the training images "
+    "(`data.bootstrap_train: true`), shared by both arms of its pair: the seeds' noise includes "
+    "which training images were drawn, so the decisions are about "
+    "{population}. Cells trained this way are never reused as plain ones (their cell keys "
+    "differ)."
+)
+
+
 def noise_table(noise: pd.DataFrame) -> str:
     """Per comparison: the variance components, their shares of the mean's variance and the
     interval both ways (``design.noise_table``), differences in pp."""
@@ -310,7 +319,10 @@ def design_section(analysis: Analysis) -> list[str]:
             f"- {r['comparison']}: undecided after {int(r['n_pairs'])} pairs{why}; the "
             f"difference lies in [{_pp(r['rci_low'])}, {_pp(r['rci_high'])}] pp."
         )
-    lines += ["", POPULATION_NOTE[plan.population]]
+    note = POPULATION_NOTE[plan.population]
+    if plan.bootstrap_train:
+        note += " " + BOOTSTRAP_NOTE.format(population=plan.population_text)
+    lines += ["", note]
     if len(design.noise):
         lines += ["", *noise_section(design.noise)]
     lines += [
