@@ -147,10 +147,13 @@ class Plan:
         """Short hash of what defines the design (not the data): runs with the same id and the
         same cell keys are looks of one design."""
         new = ("first_look", "hsd_gamma", "equivalence", "population", "planning_example_se")
+        # What the cells are (their keys tell bootstrap cells apart), not how they are decided.
+        outside = ("bootstrap_train",)
         facts = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("seeds", "planning_sd", "looks_per_run", "compare", "levels", *new)
+            if k
+            not in ("seeds", "planning_sd", "looks_per_run", "compare", "levels", *outside, *new)
         }
         # Settings added by issue 24 enter the hash only where they change the design, so a
         # design from before them keeps its id (its stores stay looks of one design).
