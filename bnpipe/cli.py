@@ -547,7 +547,7 @@ def format_fixed_plan(plan, cfg: Config, seconds: dict) -> str:
 def _floor_lines(plan) -> list[str]:
     """`bnpipe plan`'s lines on the test-example floor (about digits only)."""
     if not plan.crossed:
-        return ["Decisions about these test images only (stats.population: test_set)."]
+        return [f"Decisions about {plan.population_text}, as stats.population: test_set asks."]
     f, pp = plan.floor(), 100.0
     verdict = (
         "so equivalence near 0 is out of reach: such comparisons stop undecided (reason floor)"
