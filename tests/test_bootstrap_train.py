@@ -142,7 +142,7 @@ def test_a_bad_value_is_one_line_naming_the_field() -> None:
 
 
 def test_the_label_is_worded_in_one_place() -> None:
-    from bnpipe.design import plan_of
+    from bnpipe.design import design_overrides, plan_of
 
     for population in POPULATIONS:
         plain = plan_of(load_config(None, [f"stats.population={population}"]))
@@ -151,6 +151,9 @@ def test_the_label_is_worded_in_one_place() -> None:
         assert boot.population_text == population_text(population, True)
         assert "bootstrap training sets" in boot.population_text
         assert boot.design_id() == plain.design_id()  # the cell keys tell the cells apart
+    # `bnpipe report` rebuilds a run's report under the run's own option, whatever params say.
+    assert design_overrides({"data.bootstrap_train": "True"}) == ["data.bootstrap_train=true"]
+    assert design_overrides({"data.bootstrap_train": "False"}) == []
 
 
 @pytest.mark.usefixtures("prefect_api")
