@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from bnpipe import stats
-from bnpipe.config import DEFAULT_COMPARE, POPULATIONS, TEST_SET, Config
+from bnpipe.config import DEFAULT_COMPARE, TEST_SET, Config, population_text
 from bnpipe.design import DesignOutcome, Plan, design_outcome, plan_of
 from bnpipe.factors import (
     factor,
@@ -163,7 +163,7 @@ class Analysis:
 
     @property
     def population_text(self) -> str:
-        return POPULATIONS[self.population]
+        return population_text(self.population, self.plan is not None and self.plan.bootstrap_train)
 
     @property
     def interval(self) -> tuple[str, str, str]:
@@ -208,7 +208,9 @@ def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _fixed_decisions(summary: pd.DataFrame, cmp: Comparison, alpha: float) -> pd.DataFrame:
+def _fixed_decisions(
+    summary: pd.DataFrame, cmp: Comparison, alpha: float, about: str
+) -> pd.DataFrame:
     """A fixed design's answer in the decisions' shape: its verdicts (Holm across strata)."""
     return pd.DataFrame(
         {
@@ -224,6 +226,7 @@ def _fixed_decisions(summary: pd.DataFrame, cmp: Comparison, alpha: float) -> pd
             "tost_pvalue": summary["tost_pvalue"],
             "alpha": alpha,
             "population": TEST_SET,  # the t-tests' noise is the seeds' alone
+            "population_text": about,
         }
     )
 
@@ -271,7 +274,8 @@ def analyze_frames(
         # outcome must not read as a verdict anywhere.
         summary = summary.drop(columns="verdict")
     else:
-        decisions = _fixed_decisions(summary, cmp, alpha)
+        bootstrap = plan is not None and plan.bootstrap_train
+        decisions = _fixed_decisions(summary, cmp, alpha, population_text(TEST_SET, bootstrap))
     return Analysis(
         comparison=cmp,
         plan=plan,

@@ -455,7 +455,8 @@ def format_run_summary(out: dict) -> str:
         f"{out['wall_time_s']:.0f}s"
     )
     # What the decisions are about (issue 28); results recorded before it said nothing.
-    about = POPULATIONS[(out.get("decisions") or [{}])[0].get("population", TEST_SET)]
+    first = (out.get("decisions") or [{}])[0]
+    about = first.get("population_text") or POPULATIONS[first.get("population", TEST_SET)]
     if out.get("design") == "sequential" and out.get("decisions"):
         alpha = out["decisions"][0]["alpha"]
         lines = [
@@ -549,7 +550,7 @@ def format_fixed_plan(plan, cfg: Config, seconds: dict) -> str:
 def _floor_lines(plan) -> list[str]:
     """`bnpipe plan`'s lines on the test-example floor (about digits only)."""
     if not plan.crossed:
-        return ["Decisions about these test images only (stats.population: test_set)."]
+        return [f"Decisions about {plan.population_text}, as stats.population: test_set asks."]
     f, pp = plan.floor(), 100.0
     verdict = (
         "so equivalence near 0 is out of reach: such comparisons stop undecided (reason floor)"

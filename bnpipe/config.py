@@ -86,6 +86,10 @@ class DataConfig(_Section):
     dir: str | None = None
     limit_train: int | None = Field(default=None, gt=0)
     limit_test: int | None = Field(default=None, gt=0)
+    # Issue 28: each seed trains on its own bootstrap resample of the (limit_train) training set,
+    # shared by all of that seed's cells, so training-set sampling enters the seed variance. Off
+    # by default: the reference recipe trains every model on the same 60,000 images.
+    bootstrap_train: bool = False
 
 
 class ModelConfig(_Section):
@@ -286,6 +290,17 @@ POPULATIONS = {
     DIGITS: "digits like MNIST's test set (seeds and test examples crossed)",
     TEST_SET: "these test images (seeds only)",
 }
+# The same under data.bootstrap_train: a seed's noise includes which training images it drew.
+BOOTSTRAP_POPULATIONS = {
+    DIGITS: "digits like MNIST's test set (seeds, with their own bootstrap training sets, and "
+    "test examples crossed)",
+    TEST_SET: "these test images (seeds only, with their own bootstrap training sets)",
+}
+
+
+def population_text(population: str, bootstrap_train: bool = False) -> str:
+    """What a decision is about, as every surface says it: the one place that words it."""
+    return (BOOTSTRAP_POPULATIONS if bootstrap_train else POPULATIONS)[population]
 
 
 class StatsConfig(_Section):

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bnpipe.config import DEFAULT_COMPARE, DIGITS, POPULATIONS, TEST_SET, Config, ConfigError
+from bnpipe.config import (
+    DEFAULT_COMPARE,
+    DIGITS,
+    TEST_SET,
+    Config,
+    ConfigError,
+    population_text,
+)
 from bnpipe.evaluate import unpack_correct
 from bnpipe.factors import Stratum, factor, stratum_key, stratum_label
 from bnpipe.grid import cell_key_for, grid_cells, strata
@@ -70,6 +77,9 @@ class Plan:
     # Defaults are the designs before issue 28: seeds only, about these test images.
     population: str = TEST_SET  # DIGITS | TEST_SET
     planning_example_se: float = 0.0
+    # data.bootstrap_train: not part of the design (the cell keys tell such cells apart), but
+    # part of what its decisions are about.
+    bootstrap_train: bool = False
 
     @property
     def sequential(self) -> bool:
@@ -127,7 +137,7 @@ class Plan:
     @property
     def population_text(self) -> str:
         """What every surface says a decision is about."""
-        return POPULATIONS[self.population]
+        return population_text(self.population, self.bootstrap_train)
 
     @property
     def seed_cap(self) -> int:
@@ -137,10 +147,13 @@ class Plan:
         """Short hash of what defines the design (not the data): runs with the same id and the
         same cell keys are looks of one design."""
         new = ("first_look", "hsd_gamma", "equivalence", "population", "planning_example_se")
+        # What the cells are (their keys tell bootstrap cells apart), not how they are decided.
+        outside = ("bootstrap_train",)
         facts = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("seeds", "planning_sd", "looks_per_run", "compare", "levels", *new)
+            if k
+            not in ("seeds", "planning_sd", "looks_per_run", "compare", "levels", *outside, *new)
         }
         # Settings added by issue 24 enter the hash only where they change the design, so a
         # design from before them keeps its id (its stores stay looks of one design).
@@ -258,6 +271,7 @@ def plan_of(cfg: Config) -> Plan:
         equivalence=cfg.stats.equivalence,
         population=cfg.stats.population,
         planning_example_se=cfg.stats.planning_example_se,
+        bootstrap_train=cfg.data.bootstrap_train,
     )
 
 
@@ -305,14 +319,16 @@ def design_overrides(params: dict[str, str]) -> list[str]:
     """``--set`` overrides that restore the design a parent run recorded (its ``stats.*``
     params), so its report rebuilt later decides as its own design did; [] when none is
     recorded. A fixed design gets its own back too: a seed list (``--set grid.seeds=[0,1]``)
-    read back under a sequential params file is still the fixed design it was."""
+    read back under a sequential params file is still the fixed design it was. A run on
+    bootstrap training sets gets ``data.bootstrap_train`` back, so its report says so."""
+    # Not the design, but what its decisions are about (Plan.population_text).
+    out = ["data.bootstrap_train=true"] if params.get("data.bootstrap_train") == "True" else []
     seeds = params.get("grid.seeds")
     if params.get("stats.design") == "fixed" or seeds not in (None, "None"):
-        out = ["stats.design=fixed"] if params.get("stats.design") == "fixed" else []
+        out += ["stats.design=fixed"] if params.get("stats.design") == "fixed" else []
         return [*out, *([f"grid.seeds={seeds}"] if seeds not in (None, "None") else [])]
     if "stats.spending" not in params:
-        return []
-    out = []
+        return out
     for key, value in recorded_settings(params).items():
         if value is not None:
             whole = key in ("stats.first_look", "stats.look_every", "stats.max_seeds")
@@ -492,6 +508,7 @@ def design_table(decisions: dict[Stratum, SequentialResult], plan: Plan) -> pd.D
             "rci_high": decided_interval(d)[1],
             "alpha": plan.alpha_per_comparison,
             "population": plan.population,
+            "population_text": plan.population_text,
             "stop_reason": d.stop_reason,
         }
         for st, d in decisions.items()

@@ -125,6 +125,10 @@ NUMERIC_FIELDS = {
     "data.limit_train": "limit_train",
     "data.limit_test": "limit_test",
 }
+# Fields that change a cell's numbers only when set: their name and the value a cell keyed before
+# they existed trained at, which stays out of the params (as a factor's keyless_default does), so
+# every such cell keeps its key; any other value is in the params and so in the key.
+KEYLESS_FIELDS = {"data.bootstrap_train": ("bootstrap_train", False)}
 # The factors' default fields (model.bn, train.learning_rate, ...) are numeric too, through the
 # factor they feed: a cell whose grid does not list the factor takes its level from there.
 FACTOR_FIELDS = {f.default_field: f.name for f in FACTORS.values()}
@@ -156,7 +160,7 @@ SPEED_ONLY_SECTIONS = frozenset({"stats"})
 
 def field_kind(field: str) -> str | None:
     """ "numeric", "grid" or "speed-only" for a dotted config field; None if unclassified."""
-    if field in NUMERIC_FIELDS or field in FACTOR_FIELDS:
+    if field in NUMERIC_FIELDS or field in FACTOR_FIELDS or field in KEYLESS_FIELDS:
         return "numeric"
     if field in GRID_FIELDS or field.startswith("grid.factors."):
         return "grid"
@@ -202,6 +206,11 @@ def cell_params(cfg: Config, cell: Cell, data_digest: str) -> dict[str, Any]:
         {
             "seed": cell.seed,
             **{name: flat[field] for field, name in NUMERIC_FIELDS.items()},
+            **{
+                name: flat[field]
+                for field, (name, keyless) in KEYLESS_FIELDS.items()
+                if flat[field] != keyless
+            },
             "data_digest": data_digest,
         }
     )
@@ -246,6 +255,7 @@ def train_spec(cfg: Config, group: Group) -> TrainSpec:
         steps_per_execution=cfg.train.steps_per_execution,
         shard_size=cfg.train.shard_size,
         parallel_shards=cfg.train.parallel_shards,
+        bootstrap_train=cfg.data.bootstrap_train,
     )
 
 

@@ -81,12 +81,17 @@ class RecordedSettings:
     limit_test: int | None
     data_digest: str
     shard_size: int
+    bootstrap_train: bool = False  # absent from the params of a cell trained without it
 
     def config(self) -> Config:
         """The settings as a config, so the cell trains through the flow's own code path: a
         one-cell grid of the cell's own factors, every other factor in its default field."""
         raw: dict[str, Any] = {
-            "data": {"limit_train": self.limit_train, "limit_test": self.limit_test},
+            "data": {
+                "limit_train": self.limit_train,
+                "limit_test": self.limit_test,
+                "bootstrap_train": self.bootstrap_train,
+            },
             "model": {"hidden_units": list(self.hidden_units), "num_classes": self.num_classes},
             "train": {"epochs": self.epochs, "engine": self.engine, "shard_size": self.shard_size},
             "grid": {
@@ -104,6 +109,15 @@ class RecordedSettings:
 
 def _optional_int(value: str | None) -> int | None:
     return None if value in (None, "None", "null", "") else int(value)
+
+
+def _flag(value: str | None) -> bool:
+    """A logged bool param (MLflow stores "True"); absent: off."""
+    if value in (None, "False", "false"):
+        return False
+    if value in ("True", "true"):
+        return True
+    raise ValueError(f"not a bool: {value!r}")
 
 
 def recorded_settings(run: CellRun) -> RecordedSettings:
@@ -138,6 +152,7 @@ def recorded_settings(run: CellRun) -> RecordedSettings:
             limit_test=_optional_int(p.get("limit_test")),
             data_digest=p["data_digest"],
             shard_size=_optional_int(p.get("shard_size")) or DEFAULT_SHARD_SIZE,
+            bootstrap_train=_flag(p.get("bootstrap_train")),
         )
     except (KeyError, ValueError) as exc:
         raise ReproduceError(

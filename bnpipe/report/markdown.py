@@ -224,6 +224,29 @@ POPULATION_NOTE = {
 }
 
 
+FIXED_POPULATION_NOTE = (
+    "**What these decisions are about: these test images only.** A fixed design's t-tests count "
+    "the seeds' noise alone, treating the test set as fixed (the sequential design's "
+    "`stats.population: digits` counts the test examples' too): another set of seeds scored on "
+    "the same images would agree, new digits may not."
+)
+BOOTSTRAP_NOTE = (
+    "Each seed trained on its own bootstrap resample of the training images "
+    "(`data.bootstrap_train: true`), shared by both arms of its pair: the seeds' noise includes "
+    "which training images were drawn, so the decisions are about "
+    "{population}. Cells trained this way are never reused as plain ones (their cell keys "
+    "differ)."
+)
+
+
+def population_note(analysis: Analysis) -> str:
+    """The report's paragraph on what the decisions are about."""
+    note = POPULATION_NOTE[analysis.population] if analysis.sequential else FIXED_POPULATION_NOTE
+    if analysis.plan is not None and analysis.plan.bootstrap_train:
+        note += " " + BOOTSTRAP_NOTE.format(population=analysis.population_text)
+    return note
+
+
 def noise_table(noise: pd.DataFrame) -> str:
     """Per comparison: the variance components, their shares of the mean's variance and the
     interval both ways (``design.noise_table``), differences in pp."""
@@ -312,7 +335,7 @@ def design_section(analysis: Analysis) -> list[str]:
             f"- {r['comparison']}: undecided after {int(r['n_pairs'])} pairs{why}; the "
             f"difference lies in [{_pp(r['rci_low'])}, {_pp(r['rci_high'])}] pp."
         )
-    lines += ["", POPULATION_NOTE[analysis.population]]
+    lines += ["", population_note(analysis)]
     if len(design.noise):
         lines += ["", *noise_section(design.noise)]
     lines += [
@@ -525,7 +548,7 @@ def render_markdown(
     parts += [verdict_table(summary, cmp), ""]
     parts += [f"- {verdict_sentence(row, cmp)}" for _, row in summary.iterrows()]
     if not sequential:
-        parts += ["", POPULATION_NOTE[analysis.population]]
+        parts += ["", population_note(analysis)]
     others = " and ".join(_words(n) for n in cmp.strata) or "the grid"
     does = "Does" if len(cmp.strata) == 1 else "Do"
     parts += [

@@ -86,6 +86,7 @@ PARAM_NAMES = {
     "num_classes": "model.num_classes",
     "limit_train": "data.limit_train",
     "limit_test": "data.limit_test",
+    "bootstrap_train": "data.bootstrap_train",  # only on a cell that trained on a resample
     "data_digest": "data.digest",
 }
 # What tells the cells of one grid apart, besides the grid's factors' levels.

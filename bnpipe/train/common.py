@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -22,7 +23,9 @@ __all__ = [
     "TrainData",
     "TrainResult",
     "TrainSpec",
+    "bootstrap_sample",
     "epoch_permutation",
+    "training_order",
 ]
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
@@ -89,6 +92,9 @@ class TrainSpec:
     steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION
     shard_size: int = DEFAULT_SHARD_SIZE
     parallel_shards: int | None = None
+    # data.bootstrap_train: each member trains on its seed's bootstrap resample of the training
+    # set (:func:`training_order`), shared by every member of that seed.
+    bootstrap_train: bool = False
 
     def __post_init__(self) -> None:
         if not self.cells:
@@ -151,6 +157,7 @@ class TrainSpec:
         steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION,
         shard_size: int = DEFAULT_SHARD_SIZE,
         parallel_shards: int | None = None,
+        bootstrap_train: bool = False,
         **levels: Any,
     ) -> TrainSpec:
         """A group whose members differ only by seed, at ``levels`` (factor -> level; a factor
@@ -174,6 +181,7 @@ class TrainSpec:
             steps_per_execution=steps_per_execution,
             shard_size=shard_size,
             parallel_shards=parallel_shards,
+            bootstrap_train=bootstrap_train,
         )
 
     def members(self, indices: Sequence[int]) -> TrainSpec:
@@ -218,6 +226,38 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     (paired comparison), and the fused engine reproduces the keras engine's order exactly.
     """
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# The bootstrap resample's own stream: a spawn key no other stream of a seed uses (the epoch
+# orders above seed with [seed, epoch] and no spawn key; Keras' initializers take their own
+# seeds), so turning data.bootstrap_train on changes which rows a seed trains on and nothing
+# else about its cell: same initial weights, same permutation of positions.
+BOOTSTRAP_SALT = 0x626F6F74  # "boot"
+
+
+@functools.lru_cache(maxsize=8)
+def bootstrap_sample(seed: int, n: int) -> np.ndarray:
+    """Row indices of model ``seed``'s bootstrap resample of n training examples: n draws with
+    replacement, a function of the seed and n only (so BN off and on of a seed, and every other
+    level of every factor, train on the same resample: the pair stays paired). Read-only."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(BOOTSTRAP_SALT,)))
+    rows = rng.integers(0, n, size=n)
+    rows.flags.writeable = False
+    return rows
+
+
+def training_order(seed: int, epoch: int, n: int, bootstrap: bool = False) -> np.ndarray:
+    """Rows of the n training examples that model ``seed`` trains on in ``epoch``, in order.
+
+    Without ``bootstrap`` the :func:`epoch_permutation` itself. With it, the same permutation
+    of positions applied to the seed's :func:`bootstrap_sample`: training on
+    ``x[bootstrap_sample]`` with the usual shuffle, without copying the data per member (the
+    fused engine gathers these rows on device). Only the training set is resampled: validation
+    and test stay the fixed test set (there is no validation split taken from the training set;
+    the test examples are the crossed factor of ``stats.population: digits``).
+    """
+    order = epoch_permutation(seed, epoch, n)
+    return bootstrap_sample(seed, n)[order] if bootstrap else order
 
 
 def usable_cores() -> int:

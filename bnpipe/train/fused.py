@@ -9,8 +9,9 @@ alone:
 
 - initial weights come from :func:`bnpipe.models.build_model` for that member's seed and init
   scale;
-- member k's batch at step s is ``x[epoch_permutation(seed_k, epoch, n)][s*B:(s+1)*B]`` (the
-  rows are gathered on device per step, so the data is never copied K times);
+- member k's batch at step s is ``x[training_order(seed_k, epoch, n)][s*B:(s+1)*B]`` (the
+  rows are gathered on device per step, so the data is never copied K times; with
+  ``data.bootstrap_train`` each member's rows come from its own seed's resample);
 - the last partial batch is a step of its own, as in ``fit``;
 - BN sits after each hidden ReLU or (``before_relu``) between the Dense and its ReLU; it uses
   per-member batch moments in training and per-member moving averages (momentum 0.99,
@@ -42,7 +43,7 @@ from bnpipe.train.common import (
     TrainData,
     TrainResult,
     TrainSpec,
-    epoch_permutation,
+    training_order,
     usable_cores,
 )
 from bnpipe.train.optimizers import OPTIMIZERS, optimizer_of
@@ -483,6 +484,7 @@ class _Shard:
         self.seeds = [spec.seeds[i] for i in indices]
         self.members = [spec.seeds[i] for i in padded]
         self.cells = [spec.cells[i] for i in indices]
+        self.bootstrap = spec.bootstrap_train
         bns = [spec.level("bn", i) for i in padded]
         layout = shard_layout(spec, bns)
         self.layout, self.bns = layout, bns[: len(indices)]
@@ -521,7 +523,8 @@ class _Shard:
         """Train one epoch and validate; returns [real members, METRIC_KEYS] (worker thread)."""
         x_train, y_train, x_val, y_val = data
         n = int(x_train.shape[0])
-        perms = np.stack([epoch_permutation(s, epoch, n) for s in self.members])
+        # Each member's own rows: with data.bootstrap_train, its seed's resample.
+        perms = np.stack([training_order(s, epoch, n, self.bootstrap) for s in self.members])
         self.state, self.iterations, *metrics = self.run_epoch_fn(
             self.state,
             x_train,

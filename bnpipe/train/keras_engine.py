@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from bnpipe.models import build_model
-from bnpipe.train.common import Cell, TrainData, TrainResult, TrainSpec, epoch_permutation
+from bnpipe.train.common import Cell, TrainData, TrainResult, TrainSpec, training_order
 from bnpipe.train.optimizers import ADAM, Optimizer, optimizer_of
 
 EpochCallback = Callable[[Cell, int, dict[str, float]], None]
@@ -70,7 +70,7 @@ def _train_one(
     status = "finished"
     start = time.perf_counter()
     for epoch in range(spec.epochs):
-        order = epoch_permutation(seed, epoch, len(x_train))
+        order = training_order(seed, epoch, len(x_train), spec.bootstrap_train)
         t0 = time.perf_counter()
         fit = model.fit(
             x_train[order],
