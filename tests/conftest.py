@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +50,14 @@ def tiny_mnist() -> MnistData:
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory):
-    """One isolated temporary Prefect API for the whole session (its start costs seconds)."""
+    """One isolated temporary Prefect API for the whole session (one per xdist worker), and its
+    URL: a `bnpipe run` subprocess given it as PREFECT_API_URL skips its own temporary server's
+    start (20-40 s of CPU). Tests whose subject is that server (test_interrupt) do not use it."""
+    import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield str(prefect.settings.PREFECT_API_URL.value())
 
 
 @pytest.fixture
@@ -118,3 +123,37 @@ class SharedFixtureScheduler:
 def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(SharedFixtureScheduler(), "bnpipe-scheduler")
+
+
+# -- per-test CPU (the measurement README "Development" quotes) -----------------------------------
+# BNPIPE_TEST_CPU=FILE appends one line per test: node id, CPU seconds, wall seconds. The CPU is
+# user + sys of this process, of the children it waited for (`bnpipe run`, kernels, servers it
+# stopped) and what its live descendants spent meanwhile (the session's Prefect API serving a
+# test). Setup and teardown count, so a shared fixture is charged to the first test using it.
+CPU_LOG = os.environ.get("BNPIPE_TEST_CPU")
+
+
+def _cpu_s() -> float:
+    import psutil
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            t = proc.cpu_times()  # its own time and that of the children it has reaped
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+if CPU_LOG:
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+        cpu, wall = _cpu_s(), time.monotonic()
+        yield
+        with open(CPU_LOG, "a") as log:
+            log.write(f"{item.nodeid}\t{_cpu_s() - cpu:.1f}\t{time.monotonic() - wall:.1f}\n")

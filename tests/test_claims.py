@@ -29,7 +29,7 @@ def test_claims_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys) -> None
 
 @pytest.mark.slow
 @requires_mnist
-def test_claims_cli_small(tmp_path: Path) -> None:
+def test_claims_cli_small(tmp_path: Path, prefect_api: str) -> None:
     """The whole `bnpipe claims --quick` on real MNIST: every study trains, one report."""
     import os
     import subprocess
@@ -39,6 +39,9 @@ def test_claims_cli_small(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    # The session's Prefect API, not a temporary server of the command's own (its start is
+    # 20-40 s of CPU and tests/test_interrupt.py is where that server is the subject).
+    env["PREFECT_API_URL"] = prefect_api
     bnpipe = Path(sys.executable).with_name("bnpipe")
     # --quick is 2 epochs on 2000 examples; seeds 0-1 and half of that on top (the wiring is
     # what this proves, not a number): ~100 small models in 7 studies.

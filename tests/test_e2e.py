@@ -25,9 +25,12 @@ SUMMARY_ROW = re.compile(r"^batch_size=(\d+)\s+(\d+)\s+(0\.\d{4})\s+(0\.\d{4})\s
 
 @pytest.mark.slow
 @requires_mnist
-def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp_path):
+def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp_path, prefect_api):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    # The session's Prefect API instead of a temporary server per command (20-40 s of CPU each
+    # start); tests/test_interrupt.py is where the temporary server is the subject.
+    env["PREFECT_API_URL"] = prefect_api
     bnpipe = str(Path(sys.executable).with_name("bnpipe"))
     argv = [bnpipe, "run", "--params", str(ROOT / "params.yaml")]
     argv += ["--set", "grid.seeds=[0,1]", "--set", "train.epochs=1"]

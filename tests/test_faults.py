@@ -427,17 +427,20 @@ SMOKE = [
 
 @pytest.mark.slow
 @requires_mnist
-def test_two_real_runs_at_once_train_each_cell_once_and_print_no_traceback(tmp_path):
+def test_two_real_runs_at_once_train_each_cell_once_and_print_no_traceback(tmp_path, prefect_api):
     """Two ``bnpipe run`` commands started together on one new store, as two users (or a cron
-    job and a user) start them: each its own temporary Prefect server on one new PREFECT_HOME.
-    They share the grid: each cell is trained once, by one of them, and both report it."""
+    job and a user) start them, on one Prefect API (the session's: two temporary servers
+    started at once on one new PREFECT_HOME are tests/test_interrupt.py's subject, and each
+    start here cost 20-40 s of CPU). They share the grid: each cell is trained once, by one of
+    them, and both report it."""
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     sets = [f"tracking.uri={store}", f"tracking.reports_dir={tmp_path / 'reports'}", *SMOKE]
     argv = [str(Path(sys.executable).with_name("bnpipe")), "run"]
     argv += [a for s in sets for a in ("--set", s)]
-    drop = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_PROFILE")
+    drop = ("MLFLOW_TRACKING_URI", "PREFECT_PROFILE")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_API_URL"] = prefect_api
     logs = [tmp_path / f"run{i}.log" for i in range(2)]
     procs = []
     for log in logs:

@@ -175,14 +175,12 @@ sys.exit(main(sys.argv[1:]))
 @pytest.fixture
 def bnpipe_process(tmp_path, prefect_api):
     """Start ``bnpipe run`` on generated data in a real process (sharing the test Prefect API)."""
-    import prefect.settings
-
     script = tmp_path / "bnpipe_on_tiny_data.py"
     script.write_text(CHILD)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env |= {
         "PYTHONPATH": str(ROOT),
-        "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),
+        "PREFECT_API_URL": prefect_api,
         "TF_CPP_MIN_LOG_LEVEL": "3",  # what the CLI sets by default
     }
     started: list[subprocess.Popen] = []
@@ -289,8 +287,8 @@ def test_killed_run_is_resumed_training_exactly_the_missing_cells(
 
 
 # Two real processes on one store sharing the grid: tests/test_faults.py
-# (test_two_real_runs_at_once_train_each_cell_once_and_print_no_traceback), on real MNIST, each
-# with its own temporary Prefect server.
+# (test_two_real_runs_at_once_train_each_cell_once_and_print_no_traceback), on real MNIST, on
+# the session's Prefect API.
 
 
 # -- reproduce ------------------------------------------------------------------------------------
