@@ -227,7 +227,8 @@ def test_a_process_that_keeps_figures_draws_each_set_of_inputs_once(tmp_path, mo
     figures.keep_figures()
     first = _build(tmp_path / "first", results, histories)
     assert len(drawn) == len(first.figures) == 4
-    again = _build(tmp_path / "again", results, histories)
+    # A rerun: the same cells, reused this time.
+    again = _build(tmp_path / "again", results.assign(reused=True), histories)
     assert len(drawn) == 4  # nothing drawn: every figure copied
     for a, b, c in zip(plain.figures, first.figures, again.figures, strict=True):
         assert a.read_bytes() == b.read_bytes() == c.read_bytes() and c.parent.name == "out"

@@ -7,6 +7,7 @@ building a report never touches matplotlib's global backend or state.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -81,6 +82,20 @@ def keep_figures() -> None:
         _drawn = OrderedDict()
 
 
+# Results columns no figure draws: whether a cell was trained by this run or reused from an
+# earlier one is all that differs between a run and its rerun.
+_UNDRAWN = ["reused"]
+
+
+def _drawn_from(value: Any) -> Any:
+    """``value`` without what no figure draws, for the digest of a figure's inputs."""
+    if isinstance(value, pd.DataFrame):
+        return value.drop(columns=_UNDRAWN, errors="ignore")
+    if isinstance(value, Analysis):
+        return dataclasses.replace(value, results=_drawn_from(value.results))
+    return value
+
+
 def _drawn_once(plot: Callable[..., Path]) -> Callable[..., Path]:
     """``plot`` (frames in, a PNG at its one Path argument out), drawn once per input when the
     process keeps figures: the same inputs give the same picture, so its bytes are copied."""
@@ -93,8 +108,8 @@ def _drawn_once(plot: Callable[..., Path]) -> Callable[..., Path]:
         inputs = (
             plot.__name__,
             path.name,
-            [a for a in args if a is not path],
-            {k: v for k, v in kwargs.items() if v is not path},
+            [_drawn_from(a) for a in args if a is not path],
+            {k: _drawn_from(v) for k, v in kwargs.items() if v is not path},
         )
         try:
             key = hashlib.sha256(pickle.dumps(inputs, protocol=5)).hexdigest()
