@@ -400,8 +400,8 @@ class TrackingConfig(_Section):
 
 
 class ReportConfig(_Section):
-    # false: report.md / report.html with every table and no figures (drawing them is ~0.3-1 s
-    # of CPU each, the most of a quick run's report): for quick iterations, scheduled runs that
+    # false: report.md / report.html with every table and no figures (drawing them is 0.4-1.1 s
+    # of CPU a run, the most of a quick run's report): for quick iterations, scheduled runs that
     # need only the decisions, CI. Numbers and decisions are the same either way.
     figures: bool = True
 
