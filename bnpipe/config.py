@@ -399,6 +399,13 @@ class TrackingConfig(_Section):
         return v
 
 
+class ReportConfig(_Section):
+    # false: report.md / report.html with every table and no figures (drawing them is 0.4-1.1 s
+    # of CPU a run, the most of a quick run's report): for quick iterations, scheduled runs that
+    # need only the decisions, CI. Numbers and decisions are the same either way.
+    figures: bool = True
+
+
 class OrchestrationConfig(_Section):
     task_runner: Literal["serial", "dask"] = "serial"
     dask_address: str | None = None
@@ -413,6 +420,7 @@ class Config(_Section):
     grid: GridConfig = GridConfig()
     stats: StatsConfig = StatsConfig()
     tracking: TrackingConfig = TrackingConfig()
+    report: ReportConfig = ReportConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @model_validator(mode="after")

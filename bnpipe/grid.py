@@ -154,8 +154,9 @@ SPEED_ONLY_FIELDS = frozenset(
         "orchestration.retries",
     }
 )
-# Whole sections that act only after training (statistics of finished cells).
-SPEED_ONLY_SECTIONS = frozenset({"stats"})
+# Whole sections that act only after training (statistics of finished cells, how the report is
+# written).
+SPEED_ONLY_SECTIONS = frozenset({"stats", "report"})
 
 
 def field_kind(field: str) -> str | None:

@@ -46,8 +46,11 @@ def test_claims_cli_small(tmp_path: Path, prefect_api: str) -> None:
     # --quick is 2 epochs on 2000 examples; seeds 0-1 and half of that on top (the wiring is
     # what this proves, not a number): ~100 small models in 7 studies.
     cmd = [str(bnpipe), "claims", "--studies", str(STUDIES), "--quick"]
+    # report.figures=false: the six studies' run reports without figures (the claims report's
+    # own figures, checked below, are drawn either way).
     for item in ("grid.seeds=[0,1]", "train.shard_size=2", "data.limit_train=1000",
-                 "data.limit_test=500", "stats.n_resamples=199"):  # fmt: skip
+                 "data.limit_test=500", "stats.n_resamples=199",
+                 "report.figures=false"):  # fmt: skip
         cmd += ["--set", item]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -83,7 +86,8 @@ def test_run_claims_through_the_flow_on_tiny_data(monkeypatch, tiny_mnist, store
     monkeypatch.setattr(pipeline, "load_mnist", lambda _dir: tiny_mnist)
     common = [f"tracking.uri={store}", f"tracking.reports_dir={tmp_path / 'reports'}",
               "train.epochs=2", "grid.seeds=[0,1]", "train.shard_size=2",
-              "stats.n_resamples=199", "data.limit_train=300"]  # fmt: skip
+              "stats.n_resamples=199", "data.limit_train=300",
+              "report.figures=false"]  # fmt: skip
     configs = {
         # An absurd rate so that the loss goes non-finite: those cells are outcomes, not dropped.
         "learning_rate": load_config(

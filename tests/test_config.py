@@ -54,6 +54,7 @@ def test_config_is_frozen():
         ("train.engine=turbo", "train.engine"),
         ("train.learning_rate=.inf", "train.learning_rate"),
         ("grid=3", "grid"),
+        ("report.figures=maybe", "report.figures: Input should be a valid boolean"),
         ("nonsense", "expected key.path=value"),
     ],
 )

@@ -33,7 +33,9 @@ def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp
     env["PREFECT_API_URL"] = prefect_api
     bnpipe = str(Path(sys.executable).with_name("bnpipe"))
     argv = [bnpipe, "run", "--params", str(ROOT / "params.yaml")]
+    # The report's figures are not this test's subject (tests/test_flow.py, the UI tests).
     argv += ["--set", "grid.seeds=[0,1]", "--set", "train.epochs=1"]
+    argv += ["--set", "report.figures=false"]
 
     def run(cmd: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -12,6 +12,7 @@ import pytest
 
 from bnpipe.config import load_config
 from bnpipe.tracking import PARENT_TAG, Tracker
+from tests.test_resume import QUICK_REPORT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -23,7 +24,8 @@ def run_flow(monkeypatch, tiny_mnist, store, overrides):
     monkeypatch.setattr(pipeline, "load_mnist", lambda _dir: tiny_mnist)
     reports = store.removeprefix("sqlite:///").replace("mlruns/mlflow.db", "reports")
     cfg = load_config(
-        None, [f"tracking.uri={store}", f"tracking.reports_dir={reports}", *overrides]
+        None,
+        [f"tracking.uri={store}", f"tracking.reports_dir={reports}", *QUICK_REPORT, *overrides],
     )
     return pipeline.ablation(cfg.model_dump(mode="json")), cfg
 
@@ -48,6 +50,7 @@ def test_flow_logs_parent_and_one_child_per_cell(monkeypatch, tiny_mnist, store,
             "grid.seeds=[0,1,2]",
             "grid.batch_sizes=[32,64]",
             "stats.n_resamples=199",
+            "report.figures=true",  # the report's figures are logged with it (below)
         ],
     )
     runs = _search(store, cfg.tracking.experiment)

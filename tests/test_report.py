@@ -235,3 +235,29 @@ def test_a_process_that_keeps_figures_draws_each_set_of_inputs_once(tmp_path, mo
     other = results.assign(test_accuracy=results["test_accuracy"] + 0.001)
     _build(tmp_path / "other", other, histories)
     assert len(drawn) > 4  # new numbers: drawn
+
+
+def test_report_figures_false_writes_every_table_and_no_figure(tmp_path: Path) -> None:
+    """``report.figures: false`` (a run's params) leaves the figures out and says so; the rest of
+    the report is the same text, word for word."""
+    from bnpipe.analysis import analyze_frames
+    from bnpipe.config import load_config
+
+    results, histories = make_frames()
+    drawn = _build(tmp_path, results, histories)
+    analysis = analyze_frames(
+        results, histories, alpha=0.05, equivalence_margin=0.002, threshold=0.96, n_resamples=199
+    )
+    cfg = load_config(None, [f"tracking.reports_dir={tmp_path}", "report.figures=false"])
+    info = {"parent run": "run-abc", "seeds": 3}  # as _build's
+    out = report.write_run_report(analysis, cfg, "out-tables", info)
+    assert out.figures == [] and not list(out.report_path.parent.glob("*.png"))
+    text, full = out.report_path.read_text("utf-8"), drawn.report_path.read_text("utf-8")
+    before, _, after = text.partition("## Figures")
+    assert "report.figures: false" in after.partition("## Methods")[0]
+    assert before.partition("## Run")[2] == full.partition("## Figures")[0].partition("## Run")[2]
+    assert after.partition("## Methods")[2] == full.partition("## Methods")[2]
+    assert out.html_path.exists() and "<img" not in out.html_path.read_text("utf-8")
+    # The default draws them: the same call under default params.
+    on = load_config(None, [f"tracking.reports_dir={tmp_path}"])
+    assert len(report.write_run_report(analysis, on, "out-drawn", {}).figures) == 4

@@ -46,7 +46,8 @@ def logged(tmp_path_factory, prefect_api):
     tmp = tmp_path_factory.mktemp("logged")
     store = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
     data = make_tiny_mnist()
-    cfg = flow_config(store, GRID)
+    # report.html with its figures inside is checked below (the shared settings leave them out).
+    cfg = flow_config(store, [*GRID, "report.figures=true"])
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setattr(pipeline, "load_mnist", lambda *_a, **_k: data)

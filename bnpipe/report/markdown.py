@@ -586,6 +586,10 @@ def render_markdown(
         "## Figures",
         "",
     ]
-    parts += [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in figures]
+    parts += [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in figures] or [
+        "_Not drawn: this run set `report.figures: false` (the tables above are complete; "
+        "`bnpipe report <run id> --set report.figures=true` draws them)._",
+        "",
+    ]
     parts += ["## Methods", "", methods_note(analysis), ""]
     return "\n".join(parts)

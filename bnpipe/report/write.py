@@ -43,7 +43,12 @@ class ReportOutput:
 
 
 def write_report(
-    analysis: Analysis, out_dir: Path, *, title: str, run_info: Mapping[str, Any] | None = None
+    analysis: Analysis,
+    out_dir: Path,
+    *,
+    title: str,
+    run_info: Mapping[str, Any] | None = None,
+    figures: bool = True,
 ) -> ReportOutput:
     """Draw the figures of ``analysis`` and write ``out_dir/report.md`` and ``report.html``.
 
@@ -52,12 +57,28 @@ def write_report(
         out_dir: Directory for report.md and the PNG figures (created if needed).
         title: Report title.
         run_info: Key facts shown at the top (run id, config digest, versions, ...).
+        figures: False writes the tables only and says so in the report (``report.figures``).
 
     Returns:
         A ``ReportOutput`` with the written paths and the analysis.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = _draw_figures(analysis, out_dir) if figures else []
+    text = render_markdown(analysis, title=title, run_info=dict(run_info or {}), figures=drawn)
+    report_path = out_dir / "report.md"
+    report_path.write_text(text, encoding="utf-8")
+    return ReportOutput(
+        report_path,
+        drawn,
+        analysis,
+        answer_markdown=answer_markdown(analysis),
+        html_path=write_html_report(report_path),
+    )
+
+
+def _draw_figures(analysis: Analysis, out_dir: Path) -> list[Path]:
+    """The report's PNGs in ``out_dir``, in the order the report shows them."""
     cmp, alpha = analysis.comparison, analysis.alpha
     figures = [
         plot_learning_curves(
@@ -86,16 +107,7 @@ def write_report(
                 design.noise, noise, margin=analysis.margin, diff_label=cmp.diff_label
             ),
         )
-    text = render_markdown(analysis, title=title, run_info=dict(run_info or {}), figures=figures)
-    report_path = out_dir / "report.md"
-    report_path.write_text(text, encoding="utf-8")
-    return ReportOutput(
-        report_path,
-        figures,
-        analysis,
-        answer_markdown=answer_markdown(analysis),
-        html_path=write_html_report(report_path),
-    )
+    return figures
 
 
 def build_report(
@@ -123,6 +135,7 @@ def write_run_report(
         Path(cfg.tracking.reports_dir) / run_name,
         title=f"{factor(cfg.grid.compare).words} ablation: {run_name}",
         run_info=run_info,
+        figures=cfg.report.figures,
     )
 
 
