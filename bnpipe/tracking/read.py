@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +133,7 @@ class Reading(CellClaims):
         Raises:
             UnreadableArtifact: history.csv is gone or is not a history table.
         """
-        kept = _kept.get((self.uri, run_id, "history.csv")) if _kept is not None else None
-        if kept is not None:
-            return kept.copy()
-        history = self._read_history(run_id)
-        if _kept is not None:
-            _kept[(self.uri, run_id, "history.csv")] = history.copy()
-        return history
+        return self._kept_read(run_id, "history.csv", self._read_history)
 
     def _read_history(self, run_id: str) -> pd.DataFrame:
         self._require_artifact(run_id, "history.csv")
@@ -160,18 +154,9 @@ class Reading(CellClaims):
         Raises:
             UnreadableArtifact: weights.npz is there but is not an array archive.
         """
-        try:
-            self._require_artifact(run_id, "weights.npz")
-        except UnreadableArtifact:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, "weights.npz", tmp)
-            try:
-                with np.load(path) as f:
-                    return [f[f"arr_{i}"] for i in range(len(f.files))]
-            except (ValueError, OSError, KeyError) as exc:
-                why = f"weights.npz cannot be read ({first_line(exc)})"
-                raise UnreadableArtifact(why) from None
+        return self._read_npz(
+            run_id, "weights.npz", lambda f: [f[f"arr_{i}"] for i in range(len(f.files))]
+        )
 
     def test_correct(self, run_id: str) -> np.ndarray | None:
         """A child run's per-example test outcomes (test_correct.npz), or None if it has none
@@ -180,24 +165,43 @@ class Reading(CellClaims):
         Raises:
             UnreadableArtifact: test_correct.npz is there but cannot be read.
         """
-        kept = _kept.get((self.uri, run_id, TEST_CORRECT)) if _kept is not None else None
-        if kept is not None:
-            return kept.copy()
+
+        def unpacked(f: Any) -> np.ndarray:
+            return np.unpackbits(f["packed"], count=int(f["n"])).astype(bool)
+
+        return self._kept_read(
+            run_id, TEST_CORRECT, lambda r: self._read_npz(r, TEST_CORRECT, unpacked)
+        )
+
+    def _kept_read(self, run_id: str, name: str, read: Callable[[str], Any]) -> Any:
+        """``read(run_id)``, from what this process kept of the run's file ``name`` when it
+        keeps reads (a copy: the caller may change it). None is not kept: a later run may fill
+        the file in (runner.fill_test_correct)."""
+        key = (self.uri, run_id, name)
+        if _kept is not None and key in _kept:
+            return _kept[key].copy()
+        value = read(run_id)
+        if _kept is not None and value is not None:
+            _kept[key] = value.copy()
+        return value
+
+    def _read_npz(self, run_id: str, name: str, parse: Callable[[Any], Any]) -> Any:
+        """``parse`` of the open array archive ``name`` of a child run, or None if it has none.
+
+        Raises:
+            UnreadableArtifact: it is there but is not an array archive ``parse`` can read.
+        """
         try:
-            self._require_artifact(run_id, TEST_CORRECT)
+            self._require_artifact(run_id, name)
         except UnreadableArtifact:
-            return None  # not kept: a later run may fill it in (runner.fill_test_correct)
+            return None
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, TEST_CORRECT, tmp)
+            path = self.client.download_artifacts(run_id, name, tmp)
             try:
                 with np.load(path) as f:
-                    correct = np.unpackbits(f["packed"], count=int(f["n"])).astype(bool)
+                    return parse(f)
             except (ValueError, OSError, KeyError) as exc:
-                why = f"{TEST_CORRECT} cannot be read ({first_line(exc)})"
-                raise UnreadableArtifact(why) from None
-        if _kept is not None:
-            _kept[(self.uri, run_id, TEST_CORRECT)] = correct.copy()
-        return correct
+                raise UnreadableArtifact(f"{name} cannot be read ({first_line(exc)})") from None
 
     def _require_artifact(self, run_id: str, name: str) -> None:
         # Listing first tells a file that is gone (the run is unusable) from a store that does
