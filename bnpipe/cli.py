@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bnpipe import trainer
-from bnpipe.config import POPULATIONS, TEST_SET, Config, ConfigError, load_config
+from bnpipe.config import Config, ConfigError, load_config
 from bnpipe.factors import Cell, contrast_phrase, factor_columns, strata_phrase
 from bnpipe.progress import PhaseClock, format_breakdown
 
@@ -454,9 +454,7 @@ def format_run_summary(out: dict) -> str:
         f"{len(results)} cells: {out['trained']} trained, {out['reused']} reused; "
         f"{out['wall_time_s']:.0f}s"
     )
-    # What the decisions are about (issue 28); results recorded before it said nothing.
-    first = (out.get("decisions") or [{}])[0]
-    about = first.get("population_text") or POPULATIONS[first.get("population", TEST_SET)]
+    about = out["population_text"]  # what the decisions are about (issue 28)
     if out.get("design") == "sequential" and out.get("decisions"):
         alpha = out["decisions"][0]["alpha"]
         lines = [

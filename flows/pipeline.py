@@ -529,6 +529,7 @@ def _outcome(
         "design": analysis.plan.kind,
         "summary": analysis.summary.to_dict("records"),
         "decisions": analysis.decisions.to_dict("records"),
+        "population_text": analysis.population_text,  # what the decisions are about
         "report": str(report.report_path),
         "report_html": str(report.html_path),
         "figures": [str(f) for f in report.figures],
