@@ -68,7 +68,8 @@ def test_every_study_file_loads_at_the_cli_tests_scale() -> None:
 @pytest.mark.slow
 @requires_mnist
 def test_claims_cli_small(tmp_path: Path, prefect_api: str) -> None:
-    """The whole `bnpipe claims --quick` on real MNIST: every study trains, one report."""
+    """The whole `bnpipe claims --quick` on real MNIST (two-level copies of the studies): every
+    study trains, one report."""
     import os
     import subprocess
     import sys
