@@ -10,7 +10,8 @@ PREFECT_HOME and copy of MNIST (no folder is shared, nothing but TCP links them)
 - ``w1``, ``w2`` 10.27.0.3-4: ``dask worker`` each;
 - ``pw`` 10.27.0.5: ``prefect worker start`` polling a process work pool.
 
-Every component is started the way docs/servers.md tells a person to. The test process itself
+Every component is started the way docs/servers.md tells a person to (the Dask processes with
+two of their diagnostics slowed or off: ``DASK_QUIET``). The test process itself
 sits on no host: it reads records back by running small Python probes on ``sch``. Real MNIST,
 tiny (first 500/2,000 training images), 1-2 epochs, 2 seeds; needs root, iproute2 and Debian's
 PostgreSQL server (``.ci/run`` installs it), else every test skips with one line.
@@ -22,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import subprocess
 import sys
@@ -52,6 +54,9 @@ SMALL = {
     "train": {"epochs": 1, "parallel_shards": 1},
     "grid": {"seeds": [0, 1]},
     "stats": {"n_resamples": 199},
+    # No test here looks at a figure (report.md is checked; test_report draws them): drawing
+    # them cost ~1 s of CPU in each of the module's ten flow runs.
+    "report": {"figures": False},
 }
 # Faults need a group that is still training when they strike: 2 groups of 2 cells, each cell a
 # few seconds of model.fit.
@@ -60,6 +65,18 @@ LONGER = {
     "train": {"epochs": 2, "engine": "keras"},
     "grid": {"seeds": [0, 1], "batch_sizes": [32]},
     "stats": {"n_resamples": 199},
+    "report": {"figures": False},
+}
+# Two of Dask's diagnostics, off the 2-core box's CPU: its event-loop latency check (every 20 ms
+# by default; it only feeds the "event loop was unresponsive" warnings, still given past 3 s, and
+# a dashboard figure) and the worker's statistical profiler (a stack sample every 10 ms, for the
+# dashboard's profile page). They were most of an idle scheduler's, nanny's and worker's CPU,
+# measured here: 0.012 -> 0.004 CPU s/s for a scheduler or nanny, 0.024 -> 0.006 for a worker.
+# The five Dask processes sit idle through most of this ~8-10 min module. Neither changes what
+# runs where, when a worker is dropped, or the task stream the tests read.
+DASK_QUIET = {
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
 }
 # How long PostgreSQL or the tracking server stays down in the restart faults.
 DOWN_S = 20
@@ -123,15 +140,18 @@ class Cluster:
         env.update(extra)
         return env
 
-    def start(self, name: str, host: str, cmd: list[str], **env: str) -> subprocess.Popen:
-        """A long-running process on ``host`` (own process group, output to <host>/<name>.log)."""
-        with (self.work(host) / f"{name}.log").open("ab") as out:
+    def start(self, name: str, host: str, cmd: list[str], *, stdin: int | None = None,
+              stdout: int | None = None, **env: str) -> subprocess.Popen:  # fmt: skip
+        """A long-running process on ``host`` (own process group, output to <host>/<name>.log,
+        or only its stderr where ``stdout`` is a pipe)."""
+        with (self.work(host) / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 self.hosts.command(host, cmd),
                 env=self.env(host, **env),
                 cwd=self.work(host),
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                stdin=stdin,
+                stdout=log if stdout is None else stdout,
+                stderr=subprocess.STDOUT if stdout is None else log,
                 start_new_session=True,
             )
         self.procs[name] = proc
@@ -160,9 +180,26 @@ class Cluster:
         return proc
 
     def python(self, host: str, code: str, *args: str, timeout: float = 180) -> dict:
-        """Run a Python probe on ``host``; it prints one JSON line last."""
-        out = self.sh(host, [sys.executable, "-c", code, *args], timeout=timeout).stdout
-        return json.loads(out.strip().splitlines()[-1])
+        """Run a Python probe on ``host``; it prints one JSON line last.
+
+        The probes run one after another in one Python session per host (``PROBE_SESSION``), as
+        a person would type them into one: a probe in a process of its own paid its imports
+        every time (``mlflow`` ~1.6 s of CPU, ``distributed`` ~0.5 s; ~20 probes a module)."""
+        session = self.procs.get(f"probes-{host}")
+        if session is None or session.poll() is not None:
+            session = self.start(f"probes-{host}", host, [sys.executable, "-c", PROBE_SESSION],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        assert session.stdin is not None and session.stdout is not None
+        session.stdin.write(json.dumps({"code": code, "args": args}).encode() + b"\n")
+        session.stdin.flush()
+        if not select.select([session.stdout], [], [], timeout)[0]:
+            self.stop(f"probes-{host}")
+            pytest.fail(f"probe on {host} still running after {timeout}s:\n{code[:300]}")
+        line = session.stdout.readline()
+        assert line, f"the probe session on {host} ended\n{self.log(f'probes-{host}')}"
+        got = json.loads(line)
+        assert got["error"] is None, f"probe on {host} failed:\n{got['error'][-3000:]}"
+        return json.loads(got["out"].strip().splitlines()[-1])
 
     def wait_http(self, host: str, url: str, name: str, timeout: float = 240) -> None:
         got = self.python(host, WAIT_HTTP, url, str(timeout), timeout=timeout + 30)
@@ -219,6 +256,7 @@ class Cluster:
             [str(BIN / "dask"), "worker", self.dask_address, "--nthreads", "1", "--nworkers", "1",
              "--host", self.addr(host), "--no-dashboard",
              "--local-directory", str(self.work(host) / "dask")],
+            **DASK_QUIET,
         )  # fmt: skip
 
     def wait_for_workers(self, n: int) -> None:
@@ -275,6 +313,24 @@ class Cluster:
 
 
 # -- probes: small programs run on a host (the test process has no address of its own) ----------
+# The Python session the probes run in: one JSON request a line (code, argv), one JSON answer a
+# line (what the probe printed, or its traceback). A probe's sys.exit() ends the probe only.
+PROBE_SESSION = r"""
+import contextlib, io, json, sys, traceback
+for line in sys.stdin:
+    request, printed, error = json.loads(line), io.StringIO(), None
+    sys.argv = ["-c", *request["args"]]
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(compile(request["code"], "<probe>", "exec"), {"__name__": "__main__"})
+    except SystemExit as exc:
+        error = None if exc.code in (None, 0) else f"exit {exc.code}"
+    except BaseException:
+        error = traceback.format_exc()
+    sys.__stdout__.write(json.dumps({"out": printed.getvalue(), "error": error}) + "\n")
+    sys.__stdout__.flush()
+"""
+
 WAIT_HTTP = r"""
 import json, sys, time, httpx
 url, timeout = sys.argv[1], float(sys.argv[2])
@@ -435,6 +491,7 @@ def started_cluster(base: Path) -> Iterator[Cluster]:
             "sch",
             [str(BIN / "dask"), "scheduler", "--host", c.addr("sch"), "--port", str(DASK_PORT),
              "--no-dashboard"],
+            **DASK_QUIET,
         )  # fmt: skip
         for host in ("w1", "w2"):
             c.start_worker(host)
