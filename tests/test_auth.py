@@ -254,8 +254,7 @@ def test_secured_servers_work_and_no_secret_is_written(
     assert children["tags.bnpipe.cell_key"].nunique() == 4
     assert children["metrics.test/accuracy"].astype(float).between(0.1, 1).all()
     # Artifacts go through the server's proxy (mlflow-artifacts:) and land in its folder. (The
-    # checks of a run logged over HTTP: this real `mlflow server` is the only one a `bnpipe run`
-    # of the suite logs to, a server start and a run fewer than a plain server's test of its own.)
+    # checks a plain `mlflow server` had a test, a server start and a `bnpipe run` of its own for.)
     client = mlflow.MlflowClient(url)
     assert client.get_run(parent_id).info.artifact_uri.startswith("mlflow-artifacts:")
     child_id = children["run_id"].iloc[0]
