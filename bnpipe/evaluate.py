@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +16,12 @@ from bnpipe.train.common import Architecture, Cell
 # Keras clips probabilities by this epsilon in sparse categorical cross-entropy; using the same
 # value keeps test_loss comparable with the val_loss in the training history.
 _EPS = 1e-7
+
+# One Keras model per architecture, built once per process and given each cell's weights:
+# building one (layers, initializers) cost more than the forward pass on 10,000 rows, and
+# set_weights replaces every variable it has, so the outputs are the same bits.
+_models: dict[Architecture, Any] = {}
+_models_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -88,13 +96,18 @@ def evaluate_weights(
     y_test: np.ndarray,
     architecture: Architecture,
 ) -> Evaluation:
-    """Rebuild the cell's Keras model from ``weights`` and evaluate it (BN in inference mode)."""
-    # Here, not at the top: the flow's process imports Evaluation without loading TensorFlow.
-    from bnpipe.models import build_model
+    """The cell's Keras model with ``weights``, evaluated (BN in inference mode)."""
+    with _models_lock:  # one model per architecture: a call sets its weights, then runs it
+        model = _models.get(architecture)
+        if model is None:
+            # Here, not at the top: the flow's process imports Evaluation without TensorFlow.
+            from bnpipe.models import build_model
 
-    model = build_model(seed=cell.seed, **architecture.model_kwargs())
-    model.set_weights(weights)
-    # A direct call, not model.predict: predict traces a new tf.function for every rebuilt model,
-    # which costs more than the forward pass itself on 10,000 rows.
-    probs = np.asarray(model(x_test, training=False), dtype=np.float64)
+            model = _models[architecture] = build_model(
+                seed=cell.seed, **architecture.model_kwargs()
+            )
+        model.set_weights(weights)
+        # A direct call, not model.predict: predict traces a new tf.function per model, which
+        # costs more than the forward pass itself on 10,000 rows.
+        probs = np.asarray(model(x_test, training=False), dtype=np.float64)
     return metrics_from_probs(probs, np.asarray(y_test))

@@ -266,7 +266,7 @@ class _Warm:
         ``cfg`` uses, or None (it trains in this process, as ``bnpipe run`` would)."""
         from bnpipe import trainer, xla_cache
         from bnpipe.report.figures import keep_figures
-        from bnpipe.tracking.read import keep_reads
+        from bnpipe.tracking.cell_record import keep_reads
         from flows.server import TemporaryServer
 
         xla_cache.enable()  # before the first compile here, and inherited by the trainer

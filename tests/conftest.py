@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -60,11 +61,25 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
         yield str(prefect.settings.PREFECT_API_URL.value())
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite store with MLflow's tables, made once per session: creating the tables
+    (MLflow's migrations) costs ~1 s of CPU a store. Tests whose subject is a store's creation
+    (preflight, `bnpipe run` in a new folder) make their own."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite MLflow store under tmp_path (MLFLOW_TRACKING_URI is ignored)."""
+def store(empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite MLflow store under tmp_path, a copy of the empty one (MLFLOW_TRACKING_URI
+    is ignored)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_store, tmp_path / "mlruns" / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 

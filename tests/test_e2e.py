@@ -2,6 +2,11 @@
 then the same command again (trains nothing, prints the same numbers) and `bnpipe reproduce` of
 one cell (retrains it, identical to the last bit).
 
+The first run is the installed command in a process of its own (its exit code and output); the
+rerun and the reproduce call the command's entry point (``bnpipe.cli.main``, what the script
+runs) in the test process, in the same folder with the same arguments: a process each was
+15-20 s of CPU for imports and start-up that the first run already proves.
+
 Slow (trains 16 real models) and needs BNPIPE_DATA_DIR; CI sets it.
 """
 
@@ -16,6 +21,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
+# Imported at collection, before any test captures output: importing it later, inside a test
+# that captures stderr (capsys), leaves TensorFlow's log handler on a stream pytest then closes.
+import flows.pipeline  # noqa: F401
+from bnpipe.cli import main
 from bnpipe.tracking import PARENT_TAG
 from tests.conftest import requires_mnist
 
@@ -25,7 +34,9 @@ SUMMARY_ROW = re.compile(r"^batch_size=(\d+)\s+(\d+)\s+(0\.\d{4})\s+(0\.\d{4})\s
 
 @pytest.mark.slow
 @requires_mnist
-def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp_path, prefect_api):
+def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(
+    tmp_path, prefect_api, monkeypatch, capsys
+):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     # The session's Prefect API instead of a temporary server per command (20-40 s of CPU each
@@ -37,12 +48,7 @@ def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp
     argv += ["--set", "grid.seeds=[0,1]", "--set", "train.epochs=1"]
     argv += ["--set", "report.figures=false"]
 
-    def run(cmd: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
-        )
-
-    proc = run(argv)
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "[ 16/16]" in out  # progress reached the last cell
@@ -70,16 +76,23 @@ def test_bnpipe_run_on_real_mnist_rerun_trains_nothing_and_reproduce_matches(tmp
     assert acc.between(0.9, 1.0).all()  # one epoch of the reference MLP on MNIST: ~0.93-0.96
     assert (children["tags.bnpipe.data_digest"] == parents["tags.bnpipe.data_digest"].iloc[0]).all()
 
-    # The same command again: every cell reused, the same summary to the last printed digit.
-    again = run(argv)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "(16 cells: 0 trained, 16 reused" in again.stdout
-    assert [m.group(0) for m in SUMMARY_ROW.finditer(again.stdout)] == [
+    # The same command again (its entry point, in this process: same folder, same arguments,
+    # the session's Prefect API as above): every cell reused, the same summary to the last
+    # printed digit.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    capsys.readouterr()
+    code = main(argv[1:])
+    again = capsys.readouterr()
+    assert code == 0, again.out[-3000:] + again.err[-3000:]
+    assert "(16 cells: 0 trained, 16 reused" in again.out
+    assert [m.group(0) for m in SUMMARY_ROW.finditer(again.out)] == [
         m.group(0) for m in SUMMARY_ROW.finditer(out)
     ]
 
     # One cell trained again from its recorded settings (alone, not in its fused group).
     cell = children.loc[children["tags.mlflow.runName"] == "bn=on bs=128 seed=1", "run_id"]
-    rep = run([bnpipe, "reproduce", cell.iloc[0]])
-    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
-    assert "MATCH: every metric and every weight is identical" in rep.stdout
+    code = main(["reproduce", cell.iloc[0]])
+    rep = capsys.readouterr()
+    assert code == 0, rep.out[-3000:] + rep.err[-3000:]
+    assert "MATCH: every metric and every weight is identical" in rep.out

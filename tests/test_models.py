@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bnpipe.models import build_model, kernel_initializer, layer_seed
+from tests.conftest import bs_cell
 
 
 @pytest.mark.parametrize("seed", [0, 3, 41])
@@ -47,3 +48,33 @@ def test_bn_position_orders_the_layers_and_keeps_the_weights_layout():
     )
     with pytest.raises(ValueError, match="bn_position"):
         build_model(seed=0, bn_position="inside")
+
+
+def test_cells_evaluated_one_after_another_each_get_their_own_models_bits() -> None:
+    """evaluate_weights keeps one model per architecture and gives it each cell's weights: every
+    evaluation equals that of a model built for the cell alone, bit for bit, in any order."""
+    from bnpipe.evaluate import evaluate_weights, metrics_from_probs
+    from bnpipe.train.common import Architecture
+
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 300).astype(np.int32)
+    for bn in (True, False):
+        arch = Architecture(bn=bn, hidden_units=(16, 8))
+        cells = [bs_cell(bn, 32, seed) for seed in (1, 2)]
+        weights = [build_model(seed=c.seed, **arch.model_kwargs()).get_weights() for c in cells]
+        if bn:  # moving statistics of their own, so that inference-mode BN differs too
+            weights = [[w + 0.1 * s for w in ws] for s, ws in enumerate(weights, 1)]
+
+        def alone(w: list[np.ndarray], arch: Architecture = arch) -> object:
+            model = build_model(seed=7, **arch.model_kwargs())
+            model.set_weights(w)
+            return metrics_from_probs(np.asarray(model(x, training=False), np.float64), y)
+
+        for i in (0, 1, 0):
+            got, want = evaluate_weights(cells[i], weights[i], x, y, arch), alone(weights[i])
+            assert got.test_loss == want.test_loss
+            assert np.array_equal(got.correct, want.correct)
+            assert np.array_equal(got.confusion, want.confusion)
+        # The two cells' weights differ, so a model left with the other's would have failed.
+        assert alone(weights[0]).test_loss != alone(weights[1]).test_loss

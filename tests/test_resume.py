@@ -248,25 +248,27 @@ def finished_cells_in(store: str) -> set[Cell]:
 def test_killed_run_is_resumed_training_exactly_the_missing_cells(
     monkeypatch, tiny_mnist, store, tmp_path, bnpipe_process
 ):
-    # Two groups of 3 cells: killed once the first group is in, while the second trains.
+    # Two groups (the keras engine's: BN off, BN on) of 2 cells: killed once the first group is
+    # in, while the second trains. Two seeds are enough for a group to be half done or done;
+    # each cell more was one more training in each of the three runs below.
     grid = [
         "train.engine=keras",
         "train.epochs=2",
         "grid.batch_sizes=[32]",
-        "grid.seeds=[0,1,2]",
+        "grid.seeds=[0,1]",
     ]
     cfg = flow_config(store, grid)
     proc = bnpipe_process(_set_args(store, grid), "killed")
     deadline = time.monotonic() + 240
-    while len(finished_cells_in(store)) < 3:
+    while len(finished_cells_in(store)) < 2:
         assert proc.poll() is None, (tmp_path / "killed.err").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the run never finished 3 cells"
+        assert time.monotonic() < deadline, "the run never finished 2 cells"
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)  # no cleanup of any kind: what a power cut leaves
     proc.wait()
     done_cells = finished_cells_in(store)
-    everything = grid_cells(batch_sizes=(32,), seeds=(0, 1, 2))
-    assert 3 <= len(done_cells) < len(everything)
+    everything = grid_cells(batch_sizes=(32,), seeds=(0, 1))
+    assert 2 <= len(done_cells) < len(everything)
     left_running = search(store, cfg.tracking.experiment).query("status == 'RUNNING'")
     assert len(left_running) >= 1  # at least the parent
 

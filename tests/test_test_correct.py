@@ -129,3 +129,46 @@ def test_digits_run_records_outcomes_and_fills_in_earlier_cells(
         == first["parent_run_id"]
         for r in finished
     )
+
+
+def test_a_process_that_keeps_reads_reads_back_what_it_wrote_without_the_store(
+    store, monkeypatch
+) -> None:
+    """A warm session (cell_record.keep_reads) keeps a finished cell's history and outcomes as
+    it logs them: its next run reads them back equal to the store's files, without the store."""
+    import pandas as pd
+
+    from bnpipe.tracking import Tracker, cell_record
+
+    monkeypatch.setattr(cell_record, "_kept", None)
+    tracker = Tracker(store, "kept-reads")
+    history = pd.DataFrame(
+        {"epoch": [1, 2], "loss": [0.1 / 3, 0.2 / 7], "val_accuracy": [0.9, 1 / 3]}
+    )
+    bits = np.random.default_rng(1).random(999) < 0.8
+
+    def logged(status: str) -> str:
+        run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+        tracker.log_cell(
+            run_id, tags={}, history=history, final_metrics={}, confusion=None,
+            weights=None, status=status, correct=bits,
+        )  # fmt: skip
+        return run_id
+
+    plain = logged("FINISHED")  # not kept: this process does not keep reads
+    from_store = tracker.history(plain), tracker.test_correct(plain)
+    cell_record.keep_reads()
+    finished, failed = logged("FINISHED"), logged("FAILED")
+    # The store's files are gone: what comes back was kept when it was written.
+    for run_id in (finished, failed):
+        for name in (cell_record.HISTORY, TEST_CORRECT):
+            _artifact_file(store, run_id).with_name(name).unlink()
+    pd.testing.assert_frame_equal(tracker.history(finished), from_store[0], check_exact=True)
+    assert np.array_equal(tracker.test_correct(finished), from_store[1])
+    assert np.array_equal(from_store[1], bits)
+    # A copy each time: a caller changing it changes nothing kept.
+    changed = tracker.history(finished)
+    changed.loc[0, "loss"] = 5.0
+    assert tracker.history(finished)["loss"].iloc[0] == from_store[0]["loss"].iloc[0]
+    # A failed cell is never reused, so nothing of it was kept.
+    assert tracker.test_correct(failed) is None

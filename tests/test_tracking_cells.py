@@ -6,10 +6,8 @@ gone (this host, a start token no process has).
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.entities import RunTag, ViewType
@@ -27,23 +25,6 @@ from bnpipe.tracking import (
 
 EXPERIMENT = "bnpipe-store-test"
 GONE = f"{socket.gethostname()}|1|gone:0"  # pid 1 never has this start token
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty store with MLflow's tables, created once (creating them costs seconds)."""
-    db = tmp_path_factory.mktemp("migrated") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
-@pytest.fixture
-def store(migrated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh store of this test's own (a copy of the empty one)."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "mlruns").mkdir()
-    shutil.copy(migrated, tmp_path / "mlruns" / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 
 def specs(n: int) -> list[CellSpec]:

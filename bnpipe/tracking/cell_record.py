@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,33 @@ from bnpipe.tracking.store import ArtifactWriteError, Store
 
 # A cell's per-example test outcomes (the crossed analysis reads them back).
 TEST_CORRECT = "test_correct.npz"
+HISTORY = "history.csv"
+
+# What this process wrote or read of finished runs' files (histories, per-example test outcomes),
+# by (store, run id, file), or None (each read goes to the store). A finished run's files never
+# change, so a process that runs the grid again and again (bnpipe.session's warm session) reads
+# each once, and none that it wrote itself: reading them was most of a rerun that reuses every
+# cell.
+_kept: dict[tuple[str, str, str], Any] | None = None
+
+
+def keep_reads() -> None:
+    """Keep every history and test outcome this process writes or reads, for its later runs."""
+    global _kept
+    if _kept is None:
+        _kept = {}
+
+
+def kept(uri: str, run_id: str, name: str) -> Any | None:
+    """A copy of what this process kept of the run's file ``name`` (the caller may change it)."""
+    value = None if _kept is None else _kept.get((uri, run_id, name))
+    return None if value is None else value.copy()
+
+
+def keep(uri: str, run_id: str, name: str, value: Callable[[], Any]) -> None:
+    """Keep ``value()`` as the run's file ``name`` reads back, where this process keeps reads."""
+    if _kept is not None:
+        _kept[(uri, run_id, name)] = value()
 
 
 def _model_name(run_name: str) -> str:
@@ -81,8 +108,9 @@ class CellRecord(Store):
             if np.isfinite(v)
         ]
         self._log_batch(run_id, metrics=metrics, tags=tags)
+        history_csv = history.to_csv(index=False)
         try:
-            self.client.log_text(run_id, history.to_csv(index=False), "history.csv")
+            self.client.log_text(run_id, history_csv, HISTORY)
             if confusion is not None:
                 cm = pd.DataFrame(confusion).rename_axis(index="true", columns="predicted")
                 self.client.log_text(run_id, cm.to_csv(), "confusion_matrix.csv")
@@ -105,6 +133,12 @@ class CellRecord(Store):
                 "finished before are kept, rerun when it takes writes again"
             ) from None
         self.client.set_terminated(run_id, status)
+        if status == "FINISHED":  # a reusable outcome: a later run of this process reads it
+            # As a read parses the file, so the kept table is the one a read would return.
+            keep(self.uri, run_id, HISTORY, lambda: pd.read_csv(io.StringIO(history_csv)))
+            if correct is not None and np.size(correct):
+                bits = np.asarray(correct, dtype=bool).ravel()
+                keep(self.uri, run_id, TEST_CORRECT, bits.copy)
         return run_id
 
     def log_test_correct(self, run_id: str, correct: np.ndarray) -> None:

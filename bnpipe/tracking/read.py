@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from bnpipe.tracking.cell_record import TEST_CORRECT
+from bnpipe.tracking.cell_record import HISTORY, TEST_CORRECT, keep, kept
 from bnpipe.tracking.cells import CellClaims, CellRun
 from bnpipe.tracking.names import (
     ARM_ROLE,
@@ -26,19 +26,6 @@ from bnpipe.tracking.names import (
     grid_factors,
 )
 from bnpipe.tracking.store import UnreadableArtifact, first_line
-
-# What this process already read of finished runs (histories, per-example test outcomes), by
-# (store, run id, file), or None (each read goes to the store). A finished run's files never
-# change, so a process that runs the grid again and again (bnpipe.session's warm session) reads
-# each once: reading them was most of a rerun that reuses every cell.
-_kept: dict[tuple[str, str, str], Any] | None = None
-
-
-def keep_reads() -> None:
-    """Keep every history and test outcome this process reads, for its later runs."""
-    global _kept
-    if _kept is None:
-        _kept = {}
 
 
 class Reading(CellClaims):
@@ -133,12 +120,12 @@ class Reading(CellClaims):
         Raises:
             UnreadableArtifact: history.csv is gone or is not a history table.
         """
-        return self._kept_read(run_id, "history.csv", self._read_history)
+        return self._kept_read(run_id, HISTORY, self._read_history)
 
     def _read_history(self, run_id: str) -> pd.DataFrame:
-        self._require_artifact(run_id, "history.csv")
+        self._require_artifact(run_id, HISTORY)
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, "history.csv", tmp)
+            path = self.client.download_artifacts(run_id, HISTORY, tmp)
             try:
                 history = pd.read_csv(path)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -177,12 +164,12 @@ class Reading(CellClaims):
         """``read(run_id)``, from what this process kept of the run's file ``name`` when it
         keeps reads (a copy: the caller may change it). None is not kept: a later run may fill
         the file in (runner.fill_test_correct)."""
-        key = (self.uri, run_id, name)
-        if _kept is not None and key in _kept:
-            return _kept[key].copy()
+        value = kept(self.uri, run_id, name)
+        if value is not None:
+            return value
         value = read(run_id)
-        if _kept is not None and value is not None:
-            _kept[key] = value.copy()
+        if value is not None:
+            keep(self.uri, run_id, name, value.copy)
         return value
 
     def _read_npz(self, run_id: str, name: str, parse: Callable[[Any], Any]) -> Any:
