@@ -163,6 +163,7 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(
         BIN,
         EXPERIMENT,
         client_env,
+        drain_prefect_workers,
         free_port,
         logs_on_failure,
         running,
@@ -203,6 +204,7 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(
         # not the command: a `bnpipe run` process and its training process cost ~8 s of CPU more).
         with temporary_settings(updates={PREFECT_API_URL: api}):
             pipeline.ablation(load_config(params).model_dump(mode="json"))
+            drain_prefect_workers()
         uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
         client = mlflow.MlflowClient(uri)
         (parent,) = client.search_runs(

@@ -346,6 +346,17 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
         yield api, log
 
 
+def drain_prefect_workers() -> None:
+    """Send what this process's Prefect log and event workers hold while their server is up. The
+    session harness drains every worker when it stops, and one bound to a server a test has
+    since stopped never drains (the session hangs at its end)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
+
+
 def probe(api: str, tmp: Path, name: str, parameters: dict | None = None, runs: int = 1) -> dict:
     """Wait for deployment ``name`` and its scheduled runs, then trigger ``runs`` runs one after
     the other through the API (as ``prefect deployment run`` does) and wait for each.
@@ -399,6 +410,7 @@ def probe(api: str, tmp: Path, name: str, parameters: dict | None = None, runs: 
             run_deployment(name, parameters=parameters or None, timeout=180, poll_interval=2)
             for _ in range(runs)
         ]
+        drain_prefect_workers()
     got = {
         "schedules": [
             {"cron": s.schedule.cron, "timezone": s.schedule.timezone, "active": s.active}
