@@ -90,7 +90,6 @@ def store(empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 # group under pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads.)
 SHARED_FIXTURE_MODULES = frozenset(
     {
-        "test_arm_runs_ui",
         "test_auth",
         "test_browser",
         "test_cluster",

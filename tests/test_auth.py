@@ -1,5 +1,6 @@
 """Nobody in: bnpipe through a password-protected MLflow server and a Prefect server with an auth
 string, both started as docs/servers.md starts them on 127.0.0.1, and no secret written anywhere.
+The secured run is also the suite's check of a grid logged over HTTP (runs, the artifact proxy).
 
 The secrets are random per test session, so finding one in a file or in the output can only mean
 bnpipe (or something it drove) wrote it there.
@@ -14,8 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import mlflow
+import pandas as pd
 import pytest
 
+from bnpipe.tracking import PARENT_TAG
 from tests.conftest import requires_mnist
 from tests.test_servers import BIN, client_env, free_port, running, runs_of, tail, write_params
 
@@ -138,8 +142,6 @@ def test_wrong_mlflow_password_fails_in_one_line_before_training(mlflow_auth, tm
 
 def no_runs_in(uri: str) -> bool:
     """Whether the store holds no run at all (a refused run must not have started one)."""
-    import mlflow
-
     client = mlflow.MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     return not ids or not client.search_runs(ids)
@@ -245,7 +247,27 @@ def test_secured_servers_work_and_no_secret_is_written(
     parents, children = runs_of(url)
     assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
     assert parents["params.tracking.uri"].iloc[0] == url
+    parent_id = parents["run_id"].iloc[0]
+    assert parent_id in out
     assert len(children) == 4 and set(children["status"]) == {"FINISHED"}
+    assert (children[f"tags.{PARENT_TAG}"] == parent_id).all()
+    assert children["tags.bnpipe.cell_key"].nunique() == 4
+    assert children["metrics.test/accuracy"].astype(float).between(0.1, 1).all()
+    # Artifacts go through the server's proxy (mlflow-artifacts:) and land in its folder. (The
+    # checks a plain `mlflow server` had a test, a server start and a `bnpipe run` of its own for.)
+    client = mlflow.MlflowClient(url)
+    assert client.get_run(parent_id).info.artifact_uri.startswith("mlflow-artifacts:")
+    child_id = children["run_id"].iloc[0]
+    names = {a.path for a in client.list_artifacts(child_id)}
+    assert {"history.csv", "confusion_matrix.csv", "weights.npz"} <= names
+    history = pd.read_csv(client.download_artifacts(child_id, "history.csv", str(tmp_path)))
+    assert history["epoch"].tolist() == [1]
+    report = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert "report/report.md" in report
+    stored = {p.name for p in (mlflow_dir / "artifacts").rglob("*") if p.is_file()}
+    assert {"weights.npz", "history.csv", "report.md", "results.csv"} <= stored
+    # The client kept nothing locally: no SQLite store, no artifact folder beside the work dir.
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
     # Neither secret in the output, the MLflow store (database and artifacts), the reports, or
     # the Prefect server's database (flow parameters, logs); the params file holds it by design.
     (tmp_path / "params.yaml").unlink()
