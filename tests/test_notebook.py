@@ -59,6 +59,29 @@ def test_overrides_are_set_strings() -> None:
     assert sets == ["grid.seeds=[0, 1]", "grid.compare=bn", "train.epochs=1"]
 
 
+def test_a_sessions_flow_runs_send_heartbeats_only_where_the_user_asked() -> None:
+    """Prefect's default heartbeat thread holds the end of every flow run up to 1 s: a session's
+    runs go without it, unless the user set a frequency of their own."""
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    from bnpipe.session import _no_default_heartbeats
+
+    assert get_current_settings().flows.heartbeat_frequency == 180  # Prefect's default
+    with _no_default_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    # (_no_default_heartbeats() is called once the user's setting is in place)
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}),
+        _no_default_heartbeats(),
+    ):
+        assert get_current_settings().flows.heartbeat_frequency == 60
+    assert get_current_settings().flows.heartbeat_frequency == 180
+
+
 # Run in the notebook's kernel after the notebook: SIGINT (what the kernel's stop button sends)
 # once a group's cells are finished, then the same grid again, which must reuse them.
 INTERRUPT_CELL = """
