@@ -70,9 +70,12 @@ def test_a_sessions_flow_runs_send_heartbeats_only_where_the_user_asked() -> Non
 
     from bnpipe.session import _no_default_heartbeats
 
-    assert get_current_settings().flows.heartbeat_frequency == 180  # Prefect's default
-    with _no_default_heartbeats():
-        assert get_current_settings().flows.heartbeat_frequency is None
+    before = get_current_settings()
+    assert before.flows.heartbeat_frequency == 180  # Prefect's default
+    for _ in range(2):  # the second time from the settings kept the first time
+        with _no_default_heartbeats():
+            assert get_current_settings().flows.heartbeat_frequency is None
+            assert get_current_settings().api.url == before.api.url
     # (_no_default_heartbeats() is called once the user's setting is in place)
     with (
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}),
