@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -482,6 +483,40 @@ def ablation(params: Config, fresh: bool = False, new_design: bool = False) -> d
     """
     # A deployment's params may carry credentials in the URI: keep them out of what is logged.
     cfg = without_credentials(Config.model_validate(params))
+    with _signals_stop_training():
+        return _ablation(cfg, fresh, new_design)
+
+
+@contextmanager
+def _signals_stop_training() -> Iterator[None]:
+    """Whichever Python handler takes SIGINT/SIGTERM during the flow run (Prefect swaps in its
+    own for SIGTERM), the training calls hear of the signal first (bnpipe.trainer.request_stop):
+    Prefect's exception can be raised where Python drops it (a weakref callback), and the
+    command's wakeup fd (bnpipe.cli) was seen lost once in 8 runs on a new PREFECT_HOME, so this
+    is the second way a signal reaches the training calls. Off the main thread (a deployment's
+    subflow in a worker thread) there is no handler to wrap."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if not callable(handler):  # ignored, or the default (the process ends)
+            continue
+
+        def chained(number: int, frame: Any, handler: Callable[..., Any] = handler) -> None:
+            trainer.request_stop(number)
+            handler(number, frame)
+
+        previous[signum] = signal.signal(signum, chained)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _ablation(cfg: Config, fresh: bool, new_design: bool) -> dict[str, Any]:
     clock = PhaseClock()
     data = load_data.with_options(retries=cfg.orchestration.retries)(cfg.data, clock)
     run_name = current_flow_run.get_name() or new_run_name()

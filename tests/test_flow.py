@@ -221,3 +221,33 @@ def test_flow_runs_a_bn_x_learning_rate_grid_and_reuses_it(monkeypatch, tiny_mni
         pd.DataFrame(again["results"])["test_accuracy"].tolist()
         == results["test_accuracy"].tolist()
     )
+
+
+def test_a_signal_reaches_the_training_calls_whoever_handles_it() -> None:
+    """During a flow run, a SIGTERM that Prefect's handler takes (its exception can be dropped)
+    still asks the training calls to stop; after the run, the handler is the one it was."""
+    import os
+    import signal
+    import time
+
+    from bnpipe import trainer
+    from flows.pipeline import _signals_stop_training
+
+    taken: list[int] = []
+
+    def swallowing(signum: int, _frame: object) -> None:  # as Prefect's, when Python drops it
+        taken.append(signum)
+
+    before = signal.signal(signal.SIGTERM, swallowing)
+    trainer.clear_stop()
+    try:
+        with _signals_stop_training():
+            assert trainer.stop_signal() is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs in this thread, between two bytecodes
+            assert trainer.stop_signal() == signal.SIGTERM
+        assert taken == [signal.SIGTERM]  # the handler it wraps still ran
+        assert signal.getsignal(signal.SIGTERM) is swallowing
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        trainer.clear_stop()
