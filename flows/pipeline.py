@@ -514,6 +514,8 @@ def _signals_stop_training() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        # A stop request belongs to this run: a warm session's next run must not inherit it.
+        trainer.clear_stop()
 
 
 def _ablation(cfg: Config, fresh: bool, new_design: bool) -> dict[str, Any]:

@@ -246,6 +246,7 @@ def test_a_signal_reaches_the_training_calls_whoever_handles_it() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)  # the handler runs in this thread, between two bytecodes
             assert trainer.stop_signal() == signal.SIGTERM
+        assert trainer.stop_signal() is None  # the request was this run's (a session's next run)
         assert taken == [signal.SIGTERM]  # the handler it wraps still ran
         assert signal.getsignal(signal.SIGTERM) is swallowing
     finally:
