@@ -138,5 +138,9 @@ def test_withdrawn_and_unusable_runs_are_never_reused(store):
     client.log_batch(run_id, tags=[RunTag(tracking.STATUS_TAG, "finished")])
     client.set_terminated(run_id, "FINISHED")
     assert set(tracker.finished_cells(["key-0"])) == {"key-0"}
+    # A search per key (few keys) and one scan of the experiment (many) find the same runs.
+    tracker.keys_per_search_max = 0
+    assert set(tracker.finished_cells(["key-0", "key-1"])) == {"key-0"}
+    tracker.keys_per_search_max = Tracker.keys_per_search_max
     tracker.mark_unusable(run_id, "history.csv is missing from the artifact store")
     assert tracker.finished_cells(["key-0"]) == {}
