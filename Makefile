@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
-# Three pytest workers on two cores: a third fills the time one spends waiting out the cluster
-# module's outages and server starts; otherwise the suite is CPU-bound (README, Development;
-# -n 2 vs -n 3 not yet compared A/B). Tests sharing a module-scoped server or cluster stay on one
-# worker (tests/conftest.py's scheduler); every other test is scheduled on its own.
-PYTEST_WORKERS ?= -n 3 --dist load
+# Four pytest workers on two cores: two take the tests that compute, two (at a lower priority)
+# the modules that mostly wait on servers, hosts, a kernel or a browser, so waiting fills no
+# core and computing is never three TensorFlow processes on two (tests/conftest.py, README
+# Development: -n 2 and -n 3 took the same time, -n 3 with 230 s more CPU). Tests sharing a
+# module-scoped server or cluster stay on one worker; every other test is scheduled on its own.
+PYTEST_WORKERS ?= -n 4 --dist load
 
 .PHONY: setup compiled run claims test lint bench bench-peers ui screenshots lock clean
 
