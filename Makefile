@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
-# Four pytest workers on two cores: two take the tests that compute, two (at a lower priority)
-# the modules that mostly wait on servers, hosts, a kernel or a browser, so waiting fills no
-# core and computing is never three TensorFlow processes on two (tests/conftest.py, README
-# Development: -n 2 and -n 3 took the same time, -n 3 with 230 s more CPU). Tests sharing a
-# module-scoped server or cluster stay on one worker; every other test is scheduled on its own.
-PYTEST_WORKERS ?= -n 4 --dist load
+# Two pytest workers on two cores. Measured on fresh clones (README, Development): -n 2, -n 3
+# and a 4-worker split (two low-priority workers for the modules that mostly wait) all took
+# 15.6-16.3 min, within this box's spread; -n 3 and the split used ~220 s more CPU (three
+# TensorFlow processes on two cores). Tests sharing a module-scoped server or cluster stay on
+# one worker (tests/conftest.py's scheduler); every other test is scheduled on its own.
+PYTEST_WORKERS ?= -n 2 --dist load
 
 .PHONY: setup compiled run claims test lint bench bench-peers ui screenshots lock clean
 

@@ -83,7 +83,7 @@ def store(empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 
-# -- scheduling over pytest-xdist workers (`make test` runs `-n 4 --dist load`) -------------------
+# -- scheduling over pytest-xdist workers (`make test` runs `-n 2 --dist load`) -------------------
 # Modules whose tests share a costly module-scoped fixture (a cluster, a server started once, a
 # store a flow filled): their tests go to one worker together. Every other test is scheduled on
 # its own, so a long file's tests spread over the workers. (xdist's own `loadgroup` does not
@@ -101,29 +101,8 @@ SHARED_FIXTURE_MODULES = frozenset(
         "test_trainer",
     }
 )
-# Modules that mostly wait (servers starting and restarting, hosts cut off, a kernel, a browser):
-# in the last A/B (README, Development) their tests used 0.4-0.7 of a core over their wall time,
-# the rest ~0.9-1. Two workers (`-n 2`) left a fifth of both cores idle while these waited;
-# three (`-n 3`) filled it, but three TensorFlow processes on two cores cost 230 s more CPU and
-# ended no sooner. So with four workers or more, the last two run only these modules, at a
-# lower priority (WAITING_NICE): they take the cores when the other two wait, and yield them
-# otherwise. The other workers take the rest; a worker whose kind of work is done takes any.
-WAITING_MODULES = frozenset(
-    {
-        "test_browser",
-        "test_cluster",
-        "test_notebook",
-        "test_prefect_ui",
-        "test_serve",
-        "test_servers",
-    }
-)
-WAITING_WORKERS = 2
-WAITING_NICE = int(os.environ.get("BNPIPE_TEST_WAITING_NICE", "5"))
-
-
 # Modules whose tests run first: the longest unit of work (the cluster module, 6-7 min on one
-# worker, much of it waiting on its hosts) would otherwise start late and finish alone.
+# worker, a third of it waiting on its hosts) would otherwise start last and finish alone.
 FIRST_MODULES = ("test_cluster",)
 
 
@@ -136,14 +115,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: first.get(_module(item.nodeid), len(first)))
 
 
-def _waiting_worker(worker_id: str, workers: int) -> bool:
-    """Whether xdist worker ``worker_id`` ("gw3") of ``workers`` is one of the waiting ones."""
-    return workers >= 2 + WAITING_WORKERS and int(worker_id[2:]) >= workers - WAITING_WORKERS
-
-
 class SharedFixtureScheduler:
-    """Under ``--dist load``: one unit of work per shared-fixture module, one per other test;
-    with enough workers, waiting modules on the waiting workers (see WAITING_MODULES).
+    """Under ``--dist load``: one unit of work per shared-fixture module, one per other test.
     A plugin of its own, registered only where xdist is loaded (``-p no:xdist`` has no such hook).
     """
 
@@ -158,33 +131,20 @@ class SharedFixtureScheduler:
                 shared = _module(nodeid) in SHARED_FIXTURE_MODULES
                 return nodeid.split("::", 1)[0] if shared else nodeid
 
-            def _assign_work_unit(self, node) -> None:
-                # Move the first unit of this worker's kind to the front, if there is one; the
-                # base class then assigns the front unit.
-                waiting = _waiting_worker(node.gateway.id, len(self.nodes))
-                if len(self.nodes) >= 2 + WAITING_WORKERS:
-                    for scope in self.workqueue:
-                        if (_module(scope) in WAITING_MODULES) == waiting:
-                            self.workqueue.move_to_end(scope, last=False)
-                            break
-                super()._assign_work_unit(node)
-
         return Scheduling(config, log)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(SharedFixtureScheduler(), "bnpipe-scheduler")
-    worker = getattr(config, "workerinput", None)
-    if worker and _waiting_worker(worker["workerid"], int(worker["workercount"])):
-        os.nice(WAITING_NICE)  # the servers, hosts and kernels its tests start inherit it
 
 
 # -- per-test CPU (the measurement README "Development" quotes) -----------------------------------
-# BNPIPE_TEST_CPU=FILE appends one line per test: node id, CPU seconds, wall seconds. The CPU is
-# user + sys of this process, of the children it waited for (`bnpipe run`, kernels, servers it
-# stopped) and what its live descendants spent meanwhile (the session's Prefect API serving a
-# test). Setup and teardown count, so a shared fixture is charged to the first test using it.
+# BNPIPE_TEST_CPU=FILE appends one line per test: node id, CPU seconds, wall seconds, xdist
+# worker (a worker's wall seconds summed is its busy time). The CPU is user + sys of this
+# process, of the children it waited for (`bnpipe run`, kernels, servers it stopped) and what its
+# live descendants spent meanwhile (the session's Prefect API serving a test). Setup and
+# teardown count, so a shared fixture is charged to the first test using it.
 CPU_LOG = os.environ.get("BNPIPE_TEST_CPU")
 
 
@@ -211,4 +171,6 @@ if CPU_LOG:
         cpu, wall = _cpu_s(), time.monotonic()
         yield
         with open(CPU_LOG, "a") as log:
-            log.write(f"{item.nodeid}\t{_cpu_s() - cpu:.1f}\t{time.monotonic() - wall:.1f}\n")
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "-")
+            took = f"{_cpu_s() - cpu:.1f}\t{time.monotonic() - wall:.1f}"
+            log.write(f"{item.nodeid}\t{took}\t{worker}\n")
