@@ -7,7 +7,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 # Two pytest workers on two cores. Measured on fresh clones (README, Development): -n 2, -n 3
 # and a 4-worker split (two low-priority workers for the modules that mostly wait) all took
-# 15.6-16.3 min, within this box's spread; -n 3 and the split used ~220 s more CPU (three
+# 15.6-16.6 min, within this box's spread; -n 3 and the split used ~220 s more CPU (three
 # TensorFlow processes on two cores). Tests sharing a module-scoped server or cluster stay on
 # one worker (tests/conftest.py's scheduler); every other test is scheduled on its own.
 PYTEST_WORKERS ?= -n 2 --dist load
