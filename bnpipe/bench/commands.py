@@ -102,8 +102,7 @@ def session_main(sets: Sequence[str]) -> None:
     from bnpipe.session import session_pids
 
     def cpu(pids: list[int]) -> float:
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        return own.ru_utime + own.ru_stime + sum(_process_cpu_s(p) for p in pids)
+        return sum(_process_cpu_s(p) for p in (os.getpid(), *pids))
 
     out = {}
     for label, seeds in zip(SESSION_LABELS, SESSION_SEEDS, strict=True):
@@ -125,20 +124,18 @@ def _train_alone(sets: Sequence[str]) -> tuple[float, float]:
     session's training process had done before its new-seeds call."""
     from bnpipe import grid
     from bnpipe.config import load_config
-    from bnpipe.data import load_mnist
+    from bnpipe.data import read_data
 
     cfg = load_config(None, [*SMOKE_SETS, *sets, SESSION_SEEDS[1]])
-    data = load_mnist(cfg.data.dir).subset(cfg.data.limit_train, cfg.data.limit_test)
+    data = read_data(cfg.data)
     cells = grid.grid_cells(cfg, {stratum: cfg.grid.seeds for stratum in grid.strata(cfg)})
     groups = grid.training_groups(cells, grid.group_spans(cfg))
     for _ in range(2):
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        cpu, start = own.ru_utime + own.ru_stime, time.perf_counter()
+        cpu, start = _process_cpu_s(os.getpid()), time.perf_counter()
         for group in groups:
             grid.train_cells(cfg, group, data)
         wall = time.perf_counter() - start
-        own = resource.getrusage(resource.RUSAGE_SELF)
-    return wall, own.ru_utime + own.ru_stime - cpu
+    return wall, _process_cpu_s(os.getpid()) - cpu
 
 
 def _session_rows(env: dict[str, str], folder: Path, sets: Sequence[str]) -> dict:
