@@ -50,15 +50,62 @@ def tiny_mnist() -> MnistData:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+def prefect_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Prefect database migrated to this Prefect's latest schema, made once for all xdist
+    workers: a server starting on a new database spends ~5 of its ~10 s of CPU migrating it.
+    Copied into a test's PREFECT_HOME (:func:`seed_prefect_home`), it is a home whose server has
+    started before. Tests whose subject is a new home (test_interrupt's) do not use it."""
+    import fcntl
+    import subprocess
+    import sys
+    import tempfile
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if worker else root  # the workers' basetemps share this run's folder
+    db = root / "prefect-db" / "prefect.db"
+    with (root / "prefect-db.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.exists():
+            home = Path(tempfile.mkdtemp(dir=root))
+            prefect = Path(sys.executable).with_name("prefect")
+            env = {**os.environ, "PREFECT_HOME": str(home)}
+            env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+            env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
+            cmd = [str(prefect), "server", "database", "upgrade", "-y"]
+            subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+            db.parent.mkdir()
+            os.replace(home / "prefect.db", db)
+    return db
+
+
+def seed_prefect_home(home: Path, prefect_db: Path) -> Path:
+    """``home`` as a PREFECT_HOME whose server has migrated its database already."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(prefect_db, home / "prefect.db")
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_db: Path):
     """One isolated temporary Prefect API for the whole session (one per xdist worker), and its
     URL: a `bnpipe run` subprocess given it as PREFECT_API_URL skips its own temporary server's
     start (20-40 s of CPU). Tests whose subject is that server (test_interrupt) do not use it."""
     import prefect.settings
-    from prefect.testing.utilities import prefect_test_harness
+    import prefect.testing.utilities as harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(prefect.settings.PREFECT_API_URL.value())
+    made_temp_dir = harness.mkdtemp
+
+    def seeded_mkdtemp() -> str:
+        # The harness's database is <its temp dir>/prefect-test.db: start it migrated.
+        folder = made_temp_dir()
+        shutil.copy(prefect_db, Path(folder) / "prefect-test.db")
+        return folder
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(harness, "mkdtemp", seeded_mkdtemp)
+        with harness.prefect_test_harness(server_startup_timeout=120):
+            yield str(prefect.settings.PREFECT_API_URL.value())
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from bnpipe.tracking import PARENT_TAG
-from tests.conftest import requires_mnist
+from tests.conftest import requires_mnist, seed_prefect_home
 from tests.test_servers import BIN, client_env, free_port, running, runs_of, tail, write_params
 
 ADMIN = "admin"
@@ -85,9 +85,12 @@ def mlflow_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 
 @pytest.fixture(scope="module")
-def prefect_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+def prefect_auth(
+    tmp_path_factory: pytest.TempPathFactory, prefect_db: Path
+) -> Iterator[tuple[str, str, Path]]:
     """``prefect server start`` with PREFECT_SERVER_API_AUTH_STRING: (api url, auth, home)."""
     tmp = tmp_path_factory.mktemp("prefect-auth")
+    seed_prefect_home(tmp / "prefect-home", prefect_db)  # migrated already (conftest.prefect_db)
     auth = f"{ADMIN}:ps-{secrets.token_hex(8)}"
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"

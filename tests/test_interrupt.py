@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from bnpipe.tracking import PARENT_TAG
-from tests.conftest import requires_mnist
+from tests.conftest import requires_mnist, seed_prefect_home
 
 ROOT = Path(__file__).resolve().parents[1]
 BNPIPE = Path(sys.executable).parent / "bnpipe"
@@ -138,9 +138,11 @@ def runs(store: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One PREFECT_HOME for the module: only the first temporary server migrates its database."""
-    return tmp_path_factory.mktemp("prefect-home")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory, prefect_db: Path) -> Path:
+    """One PREFECT_HOME for the module, its database migrated already (a user's home after the
+    first run): no temporary server here migrates it. A new home is the subject of
+    test_two_servers_started_at_once_on_a_new_prefect_home_both_come_up, which makes its own."""
+    return seed_prefect_home(tmp_path_factory.mktemp("prefect-home"), prefect_db)
 
 
 @pytest.fixture

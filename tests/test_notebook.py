@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from bnpipe.config import ConfigError
-from tests.conftest import requires_mnist
+from tests.conftest import requires_mnist, seed_prefect_home
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "quickstart.ipynb"
@@ -161,12 +161,13 @@ def _gone(pids: list[int], within_s: float) -> list[str]:
 
 @requires_mnist
 @pytest.mark.slow
-def test_quickstart_notebook_runs_warm_in_a_kernel(tmp_path: Path, monkeypatch) -> None:
+def test_quickstart_notebook_runs_warm_in_a_kernel(tmp_path: Path, monkeypatch, prefect_db) -> None:
     from nbclient import NotebookClient
 
     (tmp_path / "mlruns").mkdir()
     # The kernel inherits the environment: an isolated Prefect home, no configured servers.
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    # Its database migrated already (conftest.prefect_db), as after a user's first notebook.
+    monkeypatch.setenv("PREFECT_HOME", str(seed_prefect_home(tmp_path / "prefect", prefect_db)))
     for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)

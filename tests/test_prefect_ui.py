@@ -21,7 +21,7 @@ from bnpipe.config import POPULATIONS, TEST_SET
 from bnpipe.progress import Progress
 from bnpipe.tracking import run_url
 from tests.browser import browser_missing, chromium
-from tests.conftest import bs_cell, requires_mnist
+from tests.conftest import bs_cell, requires_mnist, seed_prefect_home
 
 
 class _Terminal(io.StringIO):
@@ -151,7 +151,7 @@ def _images_loaded(driver) -> list[int] | None:
 @requires_mnist
 @pytest.mark.skipif(browser_missing() is not None, reason=f"browser test: {browser_missing()}")
 def test_prefect_ui_shows_progress_report_figures_and_the_run_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_db: Path
 ) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from selenium.webdriver.common.by import By
@@ -174,6 +174,7 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(
     ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
     # The UI asks this address for its data; without it, it would call port 4200.
     env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_UI_API_URL=api)
+    seed_prefect_home(tmp_path / "prefect-home", prefect_db)  # migrated (conftest.prefect_db)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # params.yaml's store
     server_log = tmp_path / "server.log"
     start = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]

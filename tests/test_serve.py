@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.conftest import requires_mnist
+from tests.conftest import requires_mnist, seed_prefect_home
 from tests.test_servers import (
     BIN,
     SERVE_POLL_S,
@@ -36,15 +36,16 @@ def _serve_and_server(tmp_path: Path) -> tuple[str, list[str], list[str]]:
 
 @pytest.mark.server
 @requires_mnist
-def test_serve_waits_for_its_server_and_keeps_serving_through_a_restart(tmp_path: Path) -> None:
+def test_serve_waits_for_its_server_and_keeps_serving_through_a_restart(
+    tmp_path: Path, prefect_db: Path
+) -> None:
     # One serve process through both lives of its server (a serve and a server start fewer than
     # a test each, ~20 s of CPU): started first, as a service manager starting both at once
     # does (serve used to exit at once, "connection refused"), then the server restarted.
     api, serve_cmd, server = _serve_and_server(tmp_path)
     env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY=SERVE_POLL_S)
     serve_log = tmp_path / "serve.log"
-    home = tmp_path / "s"
-    home.mkdir()
+    home = seed_prefect_home(tmp_path / "s" / "prefect-home", prefect_db).parent
     up = {"env": client_env(home), "ready_url": f"{api}/health"}
     with running(serve_cmd, env=env, log=serve_log, cwd=tmp_path) as serving:
         deadline = time.monotonic() + 60

@@ -43,7 +43,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from bnpipe.config import load_config
 from bnpipe.tracking import PARENT_TAG
-from tests.conftest import requires_mnist
+from tests.conftest import requires_mnist, seed_prefect_home
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -331,9 +331,13 @@ def test_dask_worker_killed_mid_group_loses_nothing_and_logs_nothing_twice(tmp_p
 
 # -- Prefect server: serve, schedule, deploy ------------------------------------------------------
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """``prefect server start`` on a free loopback port with its own PREFECT_HOME."""
+def prefect_server(
+    tmp_path_factory: pytest.TempPathFactory, prefect_db: Path
+) -> Iterator[tuple[str, Path]]:
+    """``prefect server start`` on a free loopback port with its own PREFECT_HOME (its database
+    migrated already, conftest.prefect_db)."""
     tmp = tmp_path_factory.mktemp("prefect-server")
+    seed_prefect_home(tmp / "prefect-home", prefect_db)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     log = tmp / "server.log"
