@@ -74,8 +74,9 @@ def prefect_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
             env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
             cmd = [str(prefect), "server", "database", "upgrade", "-y"]
             subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
-            db.parent.mkdir()
+            db.parent.mkdir(exist_ok=True)
             os.replace(home / "prefect.db", db)
+            shutil.rmtree(home)
     return db
 
 

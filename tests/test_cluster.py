@@ -443,9 +443,9 @@ def seed_compile_cache(home: Path) -> None:
 
     A Dask worker writes what it compiled back only when it exits cleanly, and here workers are
     stopped with Ctrl-C then SIGKILL or killed by a fault: on cold hosts each worker process
-    compiled every program it trained (a cold `bnpipe run` of the four batch sizes' fused
-    programs: ~13 s more CPU), again after each restart. What the module checks (where groups
-    train, what a fault loses) needs none of that: module alone 371 -> 304 s, 317 -> 249 s CPU."""
+    compiled every program it trained, again after each restart (a `bnpipe run` of the four
+    batch sizes' fused programs on a cold cache: ~13 s more CPU than on a warm one). What the
+    module checks (where groups train, what a fault loses) needs none of that compiling."""
     from bnpipe import xla_cache
 
     source = xla_cache.cache_root()
