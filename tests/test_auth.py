@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from bnpipe.tracking import PARENT_TAG
-from tests.conftest import requires_mnist, seed_prefect_home
+from tests.conftest import requires_mnist
 from tests.test_servers import BIN, client_env, free_port, running, runs_of, tail, write_params
 
 ADMIN = "admin"
@@ -90,12 +90,11 @@ def prefect_auth(
 ) -> Iterator[tuple[str, str, Path]]:
     """``prefect server start`` with PREFECT_SERVER_API_AUTH_STRING: (api url, auth, home)."""
     tmp = tmp_path_factory.mktemp("prefect-auth")
-    seed_prefect_home(tmp / "prefect-home", prefect_db)  # migrated already (conftest.prefect_db)
     auth = f"{ADMIN}:ps-{secrets.token_hex(8)}"
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    env = client_env(tmp, PREFECT_SERVER_API_AUTH_STRING=auth)
+    env = client_env(tmp, prefect_db=prefect_db, PREFECT_SERVER_API_AUTH_STRING=auth)
     with running(cmd, env=env, log=tmp / "server.log", ready_url=f"{api}/health", timeout=300):
         yield api, auth, tmp
 

@@ -21,7 +21,7 @@ from bnpipe.config import POPULATIONS, TEST_SET
 from bnpipe.progress import Progress
 from bnpipe.tracking import run_url
 from tests.browser import browser_missing, chromium
-from tests.conftest import bs_cell, requires_mnist, seed_prefect_home
+from tests.conftest import bs_cell, requires_mnist
 
 
 class _Terminal(io.StringIO):
@@ -173,8 +173,7 @@ def test_prefect_ui_shows_progress_report_figures_and_the_run_name(
     port = free_port()
     ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
     # The UI asks this address for its data; without it, it would call port 4200.
-    env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_UI_API_URL=api)
-    seed_prefect_home(tmp_path / "prefect-home", prefect_db)  # migrated (conftest.prefect_db)
+    env = client_env(tmp_path, prefect_db=prefect_db, PREFECT_API_URL=api, PREFECT_UI_API_URL=api)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # params.yaml's store
     server_log = tmp_path / "server.log"
     start = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.conftest import requires_mnist, seed_prefect_home
+from tests.conftest import requires_mnist
 from tests.test_servers import (
     BIN,
     SERVE_POLL_S,
@@ -45,8 +45,8 @@ def test_serve_waits_for_its_server_and_keeps_serving_through_a_restart(
     api, serve_cmd, server = _serve_and_server(tmp_path)
     env = client_env(tmp_path, PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY=SERVE_POLL_S)
     serve_log = tmp_path / "serve.log"
-    home = seed_prefect_home(tmp_path / "s" / "prefect-home", prefect_db).parent
-    up = {"env": client_env(home), "ready_url": f"{api}/health"}
+    home = tmp_path / "s"
+    up = {"env": client_env(home, prefect_db=prefect_db), "ready_url": f"{api}/health"}
     with running(serve_cmd, env=env, log=serve_log, cwd=tmp_path) as serving:
         deadline = time.monotonic() + 60
         while "waiting for Prefect at" not in serve_log.read_text():

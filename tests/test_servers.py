@@ -73,8 +73,12 @@ def tail(log: Path, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
 
 
-def client_env(tmp: Path, **extra: str) -> dict[str, str]:
-    """Environment of a user's shell: this checkout first on the path, its own Prefect home."""
+def client_env(tmp: Path, *, prefect_db: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment of a user's shell: this checkout first on the path, its own Prefect home
+    (``tmp``/prefect-home; given ``prefect_db``, its database migrated already, as for a server
+    that has started there before: conftest.prefect_db)."""
+    if prefect_db is not None:
+        seed_prefect_home(tmp / "prefect-home", prefect_db)
     env = {
         k: v
         for k, v in os.environ.items()
@@ -337,13 +341,12 @@ def prefect_server(
     """``prefect server start`` on a free loopback port with its own PREFECT_HOME (its database
     migrated already, conftest.prefect_db)."""
     tmp = tmp_path_factory.mktemp("prefect-server")
-    seed_prefect_home(tmp / "prefect-home", prefect_db)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     log = tmp / "server.log"
     with running(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=client_env(tmp),
+        env=client_env(tmp, prefect_db=prefect_db),
         log=log,
         ready_url=f"{api}/health",
     ):
