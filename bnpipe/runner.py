@@ -74,6 +74,7 @@ from bnpipe.tracking import (
     Tracker,
     UnreadableArtifact,
     redact_uri,
+    release_interrupted_write,
     resolve_uri,
 )
 from bnpipe.train import TrainResult
@@ -820,12 +821,14 @@ def collect(
     return results, pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
 
 
-def fail_open_runs(state: GridRun, tracker: Tracker, parent_id: str, why: str) -> int:
+def fail_open_runs(state: GridRun, tracker: Tracker, parent_id: str, exc: BaseException) -> int:
     """Mark the claims still open and the parent run FAILED; how many claims there were.
 
-    Called when the flow itself breaks (Ctrl-C included): a claim left open would make a
-    concurrent run wait for a cell nobody trains.
+    Called when the flow itself breaks with ``exc`` (Ctrl-C included): a claim left open would
+    make a concurrent run wait for a cell nobody trains.
     """
+    release_interrupted_write(exc)
+    why = f"{type(exc).__name__}: {exc}"
     open_runs = list(state.open_claims.values())
     for run_id in open_runs:
         tracker.fail_run(run_id, why, failure="interrupted")

@@ -456,11 +456,15 @@ def _publish(
 def _stopped(exc: BaseException, state: GridRun, run: OpenRun) -> BaseException:
     """Close our open runs FAILED when the flow itself breaks (Ctrl-C included: a claim left
     open would make a concurrent run wait for a cell nobody trains); what to raise."""
-    closed = fail_open_runs(state, run.tracker, run.parent.run_id, f"{type(exc).__name__}: {exc}")
+    closed = fail_open_runs(state, run.tracker, run.parent.run_id, exc)
     if isinstance(exc, Outage):
         exc.runs_failed = closed
-    if isinstance(exc, KeyboardInterrupt | TerminationSignal):
-        return Interrupted(getattr(exc, "signal", signal.SIGINT), closed)
+    # A signal that reached the flow's handler stops the run whatever exception carries it:
+    # Prefect's task engine, interrupted before its task run exists, raises ValueError("Task
+    # run is not set") in place of the KeyboardInterrupt (seen in the notebook test).
+    signum = getattr(exc, "signal", None) or trainer.stop_signal()
+    if isinstance(exc, KeyboardInterrupt | TerminationSignal) or signum is not None:
+        return Interrupted(signum or signal.SIGINT, closed)
     return exc
 
 

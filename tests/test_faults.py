@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 # Imported at collection, before any test captures output: importing it later, inside a test
 # that captures stderr (capsys), leaves TensorFlow's log handler on a stream pytest then closes.
 import flows.pipeline  # noqa: F401
-from bnpipe import evaluate
+from bnpipe import evaluate, trainer
 from bnpipe.cli import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, main
 from bnpipe.train import engines
 from bnpipe.train.common import Cell
@@ -414,6 +415,34 @@ def test_interrupted_run_leaves_nothing_running(monkeypatch, tiny_mnist, store):
     interrupted = cells[cells["status"] == "FAILED"]
     assert len(interrupted) == 3
     assert set(interrupted["tags.bnpipe.failure_reason"]) == {"interrupted"}
+
+
+def test_a_signal_carried_by_another_exception_still_stops_the_run_as_interrupted(
+    monkeypatch, tiny_mnist, store
+):
+    # Ctrl-C landing in Prefect's task engine before its task run exists comes out of the task
+    # call as ValueError("Task run is not set"); the flow's handler heard the signal first.
+    real = flows.pipeline.log_outcome
+
+    def signal_then_prefects_error(tracker, run_id, cell, *args, **kwargs):
+        if cell["bn"]:
+            trainer.request_stop(signal.SIGINT)  # what the flow's chained handler does
+            raise ValueError("Task run is not set")
+        return real(tracker, run_id, cell, *args, **kwargs)
+
+    monkeypatch.setattr(flows.pipeline, "log_outcome", signal_then_prefects_error)
+    with pytest.raises(KeyboardInterrupt, match="signal 2: 3 open cell run"):
+        run_flow(
+            monkeypatch,
+            tiny_mnist,
+            store,
+            [*GRID, "grid.batch_sizes=[32]", "orchestration.retries=0"],
+        )
+    runs = search(store, "bnpipe-bn-ablation")
+    assert "RUNNING" not in set(runs["status"])
+    cells = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert set(cells[cells["status"] == "FAILED"]["tags.bnpipe.failure_reason"]) == {"interrupted"}
+    assert trainer.stop_signal() is None  # a warm session's next run does not inherit it
 
 
 # -- two real runs at once on one store ---------------------------------------------------------

@@ -56,6 +56,7 @@ from bnpipe.tracking.store import (
     TrackingError,
     UnreadableArtifact,
     check_sqlite_path,
+    release_interrupted_write,
 )
 from bnpipe.tracking.uri import (
     LOCAL_UI,
@@ -120,6 +121,7 @@ __all__ = [
     "parent_params",
     "recorded_cell",
     "redact_uri",
+    "release_interrupted_write",
     "resolve_uri",
     "reused_table",
     "run_url",

@@ -53,7 +53,7 @@ from bnpipe.tracking.names import (
     recorded_cell,
     recorded_cell_params,
 )
-from bnpipe.tracking.store import Store, first_line
+from bnpipe.tracking.store import Store, first_line, release_interrupted_write
 
 # A parent's heartbeat is refreshed this often; a run on another host whose heartbeat is older
 # than STALE_AFTER_S counts as abandoned (on the same host the process table decides at once).
@@ -277,6 +277,7 @@ class CellClaims(Store):
                 return Claims(won=mine)
             return self._settle(mine, closed)
         except BaseException as exc:
+            release_interrupted_write(exc)
             for run_id in mine.values():
                 if run_id not in closed:
                     self.fail_run(run_id, f"{type(exc).__name__}: {exc}", failure=INTERRUPTED)

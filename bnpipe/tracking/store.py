@@ -4,6 +4,7 @@ rides out SQLite's lock errors, and the writes every other job builds on."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -213,6 +214,38 @@ class _RetryingClient:
             raise AssertionError("unreachable")
 
         return call
+
+
+# The frames whose locals can hold an interrupted statement's cursor or session.
+_DB_MODULES = ("sqlalchemy.", "mlflow.", "sqlite3.")
+
+
+def release_interrupted_write(exc: BaseException) -> None:
+    """Let go of the SQLite write that ``exc`` (Ctrl-C, SIGTERM) interrupted, before writing more.
+
+    sqlite3 checks for signals inside a statement (between executemany's rows): the interrupted
+    statement's cursor stays referenced from the exception's traceback, and its connection keeps
+    the database's write lock while it is. Every later write of this process, marking the open
+    runs FAILED included, then waits out MLflow's 20 s busy timeout on each of its retries (an
+    interrupted notebook run hung 4 minutes and failed). Clearing the locals of the database
+    layers' frames frees the cursor; the traceback still prints, bnpipe's frames with their
+    arguments.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        tb = e.__traceback__
+        while tb is not None:
+            if f"{tb.tb_frame.f_globals.get('__name__', '')}.".startswith(_DB_MODULES):
+                with contextlib.suppress(RuntimeError):  # a frame still running keeps its locals
+                    tb.tb_frame.clear()
+            tb = tb.tb_next
+        stack += [e.__cause__, e.__context__]
+    gc.collect()  # the cursor may sit in a reference cycle of its frames
 
 
 class _DropLockedRetries(logging.Filter):
