@@ -5,17 +5,46 @@ Framework-free (the standard library only), so flows/ and tests/ import it as we
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 
 
-def stop_process(proc: subprocess.Popen, timeout_s: float) -> None:
-    """Ask ``proc`` to end (SIGTERM), give it ``timeout_s`` to shut down cleanly, then kill it.
+def stop_process(
+    proc: subprocess.Popen,
+    timeout_s: float,
+    *,
+    first: int = signal.SIGTERM,
+    group: bool = False,
+) -> None:
+    """Ask ``proc`` to end (``first``: SIGTERM, or SIGINT as a user's Ctrl-C), give it
+    ``timeout_s`` to shut down cleanly, then kill it.
 
-    Always reaped: a child that is never waited for stays a zombie as long as its parent lives.
+    ``group``: signal its process group (a child started with ``start_new_session=True``, and
+    everything it started), and kill what is left of the group even when the leader ended in
+    time: a server's workers can outlive it. Always reaped: a child that is never waited for
+    stays a zombie as long as its parent lives.
     """
-    proc.terminate()
+
+    def send(signum: int) -> bool:
+        try:
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+        except ProcessLookupError:  # the group is empty
+            return False
+        return True
+
+    if not send(first):
+        proc.wait()
+        return
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        pass
+    else:
+        if not group:
+            return
+    send(signal.SIGKILL)
+    proc.wait()

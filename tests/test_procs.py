@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+
+import psutil
 
 from bnpipe.procs import stop_process
 
@@ -28,3 +31,29 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout() -> None:
     proc = _child(ignore + "; print('up', flush=True); time.sleep(60)")
     stop_process(proc, timeout_s=0.5)
     assert proc.returncode == -9  # SIGKILL, and reaped (returncode set)
+
+
+def test_a_group_gets_ctrl_c_and_what_outlives_its_leader_is_killed() -> None:
+    # A server (the leader) that ends on Ctrl-C, and a worker it started that ignores it.
+    worker = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
+    leader = (
+        "import subprocess, sys, time; "
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}]); "
+        "print(w.pid, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", leader], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None
+    worker_pid = int(proc.stdout.readline())
+    time.sleep(0.5)  # the worker's handler is in place
+    stop_process(proc, timeout_s=10, first=signal.SIGINT, group=True)
+    assert proc.returncode is not None and proc.returncode != -9  # the leader took the Ctrl-C
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.pid_exists(worker_pid):
+        if psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE:
+            break  # killed; its parent is gone and init reaps it
+        time.sleep(0.05)
+    assert not psutil.pid_exists(worker_pid) or (
+        psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+    ), "the worker that ignored Ctrl-C outlived the stop"

@@ -42,6 +42,7 @@ import yaml
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from bnpipe.config import load_config
+from bnpipe.procs import stop_process
 from bnpipe.tracking import PARENT_TAG
 from tests.conftest import requires_mnist, seed_prefect_home
 
@@ -96,17 +97,8 @@ def client_env(tmp: Path, *, prefect_db: Path | None = None, **extra: str) -> di
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server and everything it started (its process group): Ctrl-C first, as a user
-    would, then SIGKILL after a bounded wait."""
-    for sig, wait_s in ((signal.SIGINT, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            # the leader is gone; its children may not be: one more pass kills the group
-        except subprocess.TimeoutExpired:
-            continue
+    would, then SIGKILL to what is left after a bounded wait."""
+    stop_process(proc, timeout_s=15, first=signal.SIGINT, group=True)
 
 
 @contextmanager
