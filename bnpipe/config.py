@@ -303,6 +303,15 @@ def population_text(population: str, bootstrap_train: bool = False) -> str:
     return (BOOTSTRAP_POPULATIONS if bootstrap_train else POPULATIONS)[population]
 
 
+def logged_bool(value: str | None) -> bool:
+    """A bool setting read back from a run's params (MLflow stores "True"); absent: off."""
+    if value in (None, "False", "false"):
+        return False
+    if value in ("True", "true"):
+        return True
+    raise ValueError(f"not a bool: {value!r}")
+
+
 class StatsConfig(_Section):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     equivalence_margin: float = Field(default=0.002, gt=0)

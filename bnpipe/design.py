@@ -27,6 +27,7 @@ from bnpipe.config import (
     TEST_SET,
     Config,
     ConfigError,
+    logged_bool,
     population_text,
 )
 from bnpipe.evaluate import unpack_correct
@@ -322,7 +323,7 @@ def design_overrides(params: dict[str, str]) -> list[str]:
     read back under a sequential params file is still the fixed design it was. A run on
     bootstrap training sets gets ``data.bootstrap_train`` back, so its report says so."""
     # Not the design, but what its decisions are about (Plan.population_text).
-    out = ["data.bootstrap_train=true"] if params.get("data.bootstrap_train") == "True" else []
+    out = ["data.bootstrap_train=true"] if logged_bool(params.get("data.bootstrap_train")) else []
     seeds = params.get("grid.seeds")
     if params.get("stats.design") == "fixed" or seeds not in (None, "None"):
         out += ["stats.design=fixed"] if params.get("stats.design") == "fixed" else []

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bnpipe.config import Config
+from bnpipe.config import Config, logged_bool
 from bnpipe.data import MnistData, load_mnist
 from bnpipe.factors import FACTORS, parse_level
 from bnpipe.grid import Group, evaluate_cell, history_frame, train_cells
@@ -111,15 +111,6 @@ def _optional_int(value: str | None) -> int | None:
     return None if value in (None, "None", "null", "") else int(value)
 
 
-def _flag(value: str | None) -> bool:
-    """A logged bool param (MLflow stores "True"); absent: off."""
-    if value in (None, "False", "false"):
-        return False
-    if value in ("True", "true"):
-        return True
-    raise ValueError(f"not a bool: {value!r}")
-
-
 def recorded_settings(run: CellRun) -> RecordedSettings:
     """Parse a child run's params.
 
@@ -152,7 +143,7 @@ def recorded_settings(run: CellRun) -> RecordedSettings:
             limit_test=_optional_int(p.get("limit_test")),
             data_digest=p["data_digest"],
             shard_size=_optional_int(p.get("shard_size")) or DEFAULT_SHARD_SIZE,
-            bootstrap_train=_flag(p.get("bootstrap_train")),
+            bootstrap_train=logged_bool(p.get("bootstrap_train")),
         )
     except (KeyError, ValueError) as exc:
         raise ReproduceError(

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bnpipe.config import Config, ConfigError, load_config
+from bnpipe.config import Config, ConfigError, load_config, logged_bool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,3 +202,16 @@ def test_alias_and_factor_in_one_file_is_an_error(tmp_path):
         f"{p}: grid.batch_sizes and grid.factors.batch_size both given; keep one "
         "(grid.batch_sizes is the older spelling of grid.factors.batch_size)"
     )
+
+
+def test_a_bool_read_back_from_logged_params() -> None:
+    # MLflow stores a bool param as "True"/"False"; a run from before the setting existed has none.
+    assert [logged_bool(v) for v in ("True", "true", "False", "false", None)] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    with pytest.raises(ValueError, match="not a bool: 'yes'"):
+        logged_bool("yes")
