@@ -36,15 +36,12 @@ def stop_process(
             return False
         return True
 
-    if not send(first):
-        proc.wait()
-        return
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        pass
-    else:
-        if not group:
-            return
-    send(signal.SIGKILL)
+    if send(first):
+        try:
+            proc.wait(timeout=timeout_s)
+            if not group:
+                return
+        except subprocess.TimeoutExpired:
+            pass
+        send(signal.SIGKILL)
     proc.wait()
