@@ -34,19 +34,24 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout() -> None:
 
 
 def test_a_group_gets_ctrl_c_and_what_outlives_its_leader_is_killed() -> None:
-    # A server (the leader) that ends on Ctrl-C, and a worker it started that ignores it.
-    worker = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
+    # A server (the leader) that ends on Ctrl-C, and a worker it started that ignores it. Both
+    # set their handling themselves (a disposition inherited from the test process may differ)
+    # and say so before the stop.
+    worker = (
+        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(60)"
+    )
     leader = (
-        "import subprocess, sys, time; "
-        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}]); "
-        "print(w.pid, flush=True); time.sleep(60)"
+        "import signal, subprocess, sys, time; "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE); "
+        "w.stdout.readline(); print(w.pid, flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", leader], stdout=subprocess.PIPE, start_new_session=True
     )
     assert proc.stdout is not None
     worker_pid = int(proc.stdout.readline())
-    time.sleep(0.5)  # the worker's handler is in place
     stop_process(proc, timeout_s=10, first=signal.SIGINT, group=True)
     assert proc.returncode is not None and proc.returncode != -9  # the leader took the Ctrl-C
     deadline = time.monotonic() + 10
