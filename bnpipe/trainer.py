@@ -34,6 +34,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 # How long the command waits for the process to leave after telling it to (a group finishes
@@ -135,10 +136,13 @@ class TrainerProcess:
         # dying of it would fail the group's task with a traceback before the command's one
         # line. The command stops it instead (close), and it leaves by itself when the
         # command's end of the pipe closes.
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            previous = {s: signal.signal(s, signal.SIG_IGN) for s in IGNORED_SIGNALS}
+        previous: dict[int, Any] = {}
         try:
+            # Each one noted as soon as it is set: a signal pending from before raises here, and
+            # what was set by then must still be restored (else this process ignores Ctrl-C).
+            if threading.current_thread() is threading.main_thread():
+                for sig in IGNORED_SIGNALS:
+                    previous[sig] = signal.signal(sig, signal.SIG_IGN)
             self._process = ctx.Process(
                 target=_serve, args=(child,), name="bnpipe-trainer", daemon=True
             )
@@ -148,7 +152,16 @@ class TrainerProcess:
                 signal.signal(sig, handler)
         child.close()
         self._ids = itertools.count()
-        self._lock = threading.Lock()  # sends and the table of pending calls
+        self._lock = threading.Lock()  # the order of sends and the table of pending calls
+        # Messages are written by a thread of their own. Ctrl-C raises on the main thread
+        # wherever it is, and a message larger than the pipe's buffer (a trained cell's
+        # weights) is written in pieces as the process reads: cut there, the process would wait
+        # forever for the rest of it (a notebook's next run hung with no epoch trained, in CI).
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._write, name="bnpipe-trainer-writer", daemon=True
+        )
+        self._writer.start()
         self._pending: dict[int, queue.SimpleQueue] = {}
         self._ready = threading.Event()
         self._gone: str | None = None
@@ -160,8 +173,7 @@ class TrainerProcess:
     def serve(self, data: Any) -> None:
         """Read ``data`` (a :class:`bnpipe.config.DataConfig`) there, and take the flow's calls."""
         global _active
-        with contextlib.suppress(OSError):  # already gone: its calls raise TrainerDied
-            self._send(("data", None, data))
+        self._send(("data", None, data))  # already gone: its calls raise TrainerDied
         _active = self
 
     @contextlib.contextmanager
@@ -202,29 +214,39 @@ class TrainerProcess:
         is still importing or does not leave in :data:`EXIT_TIMEOUT_S`."""
         if self._process.is_alive():
             if self._ready.is_set():
-                with contextlib.suppress(OSError):
-                    self._send(("exit", None))
+                self._send(("exit", None))
                 self._process.join(EXIT_TIMEOUT_S)
             if self._process.is_alive():
                 self._process.kill()  # it ignores SIGTERM
                 self._process.join(5)
+        self._outbox.put(None)
+        self._writer.join(5)
         self._reader.join(5)
         self._conn.close()
 
     def _send(self, message: tuple) -> None:
+        payload = _pickled(message)
         with self._lock:
-            self._conn.send(message)
+            self._outbox.put(payload)
+
+    def _write(self) -> None:
+        while (payload := self._outbox.get()) is not None:
+            try:
+                self._conn.send_bytes(payload)
+            except OSError:  # the process is gone: the reader fails the pending calls
+                return
 
     def _call(self, name: str, args: tuple, on_epoch: Callable | None) -> Any:
         self.wait_ready()
         if (requested := _stop_requested()) is not None:
             raise requested
         call_id, answers = next(self._ids), queue.SimpleQueue()
+        payload = _pickled(("call", call_id, name, args))
         with self._lock:
             if self._gone is not None:
                 raise TrainerDied(self._gone)
             self._pending[call_id] = answers
-            self._conn.send(("call", call_id, name, args))
+            self._outbox.put(payload)
         stopped: BaseException | None = None
         try:
             while True:
@@ -233,13 +255,11 @@ class TrainerProcess:
                 except BaseException:
                     # Interrupted here (Ctrl-C in a notebook's kernel, which keeps this process
                     # for its next run): the group stops there at its next epoch too.
-                    with contextlib.suppress(OSError):
-                        self._send(("stop", call_id))
+                    self._send(("stop", call_id))
                     raise
                 if stopped is None and (requested := _stop_requested()) is not None:
                     stopped = requested
-                    with contextlib.suppress(OSError):
-                        self._send(("stop", call_id))
+                    self._send(("stop", call_id))
                 if kind == "epoch":
                     if stopped is None and on_epoch is not None:
                         try:
@@ -402,6 +422,12 @@ def _release_stderr(hold: tuple[int, Any]) -> None:
         while data:
             data = data[os.write(2, data) :]
     held.close()
+
+
+def _pickled(message: tuple) -> bytes:
+    """``message`` as :meth:`Connection.send` writes it, pickled by the caller: what cannot be
+    sent raises there, not in the writer thread."""
+    return bytes(ForkingPickler.dumps(message))
 
 
 def _portable(exc: BaseException) -> BaseException:

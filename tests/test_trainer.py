@@ -4,6 +4,8 @@ stops and errors that reach the caller, and a process that dies failing its call
 from __future__ import annotations
 
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -147,3 +149,33 @@ def test_tensorflows_start_up_lines_are_not_shown_by_default(capfd, monkeypatch)
         process.serve(load_config(None, [f"data.dir={REAL_DATA}"]).data)
     err = capfd.readouterr().err
     assert "InitializeLog" not in err and "oneDNN" not in err, err
+
+
+def test_a_message_cut_by_ctrl_c_halfway_leaves_the_process_in_step(setup):
+    """Ctrl-C lands on the main thread wherever it is, also halfway through writing a call's
+    arguments to the process (a trained cell's weights are larger than the pipe's buffer). The
+    process must still read the next call whole: a message cut short put it out of step, waiting
+    for bytes that never came, and a notebook's next run hung with no epoch trained (CI)."""
+    cfg, data, _, _ = setup
+    with trainer.started() as process:  # not reading yet: it imports TensorFlow first
+        main = threading.main_thread().ident
+        threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT)).start()
+        try:
+            process.serve(bytes(4 << 20))  # blocks once the pipe is full, until the process reads
+            time.sleep(5)  # where the Ctrl-C lands when the write does not wait for the process
+        except KeyboardInterrupt:
+            pass
+        process.serve(cfg.data)
+        answered: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                process.evaluate(cfg, None, data.digest)  # no result: an error comes back
+            except BaseException as exc:
+                answered.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(120)
+        assert answered, "the call got no answer: the process is out of step"
+        assert isinstance(answered[0], AttributeError), answered
