@@ -72,6 +72,41 @@ def test_unreadable_entries_are_removed_and_never_published_back(fresh_cache, ca
     assert not (shared / "random.pb").exists()
 
 
+def test_an_entry_is_parsed_once_until_it_changes(fresh_cache, monkeypatch):
+    """Every process that trains starts with the check above: what it found readable is noted,
+    and the next process parses only what is new or was written since."""
+    shared = fresh_cache / xla_cache.machine_key()
+    shared.mkdir(parents=True)
+    for name in ("a.pb", "b.pb"):
+        (shared / name).write_bytes(ENTRY)
+    parsed: list[str] = []
+    check = xla_cache.readable
+    monkeypatch.setattr(xla_cache, "readable", lambda e: parsed.append(e.name) or check(e))
+
+    def next_process() -> list[str]:
+        monkeypatch.setattr(xla_cache, "_active", {})
+        parsed.clear()
+        assert xla_cache.enable() is not None
+        return sorted(parsed)
+
+    assert next_process() == ["a.pb", "b.pb"]
+    assert next_process() == []
+    (shared / "c.pb").write_bytes(ENTRY)
+    assert next_process() == ["c.pb"]
+    # Torn in place later (same inode and size; the clock's tick is coarser than these steps,
+    # so the later write's time is set): parsed again, and removed.
+    torn = shared / "b.pb"
+    was = torn.stat()
+    torn.write_bytes(b"\xff" * len(ENTRY))
+    os.utime(torn, ns=(was.st_atime_ns, was.st_mtime_ns + 10**9))
+    assert next_process() == ["b.pb"]
+    assert sorted(p.name for p in shared.glob("*.pb")) == ["a.pb", "c.pb"]
+    # A record that is not one (a torn write of it) only costs a parse of everything.
+    (shared / xla_cache.CHECKED).write_text("[1,")
+    assert next_process() == ["a.pb", "c.pb"]
+    assert next_process() == []
+
+
 def test_private_folder_links_shared_entries_and_publishes_only_new_ones(fresh_cache):
     shared = fresh_cache / xla_cache.machine_key()
     shared.mkdir(parents=True)
