@@ -173,7 +173,7 @@ class TrainerProcess:
     def serve(self, data: Any) -> None:
         """Read ``data`` (a :class:`bnpipe.config.DataConfig`) there, and take the flow's calls."""
         global _active
-        self._send(("data", None, data))  # already gone: its calls raise TrainerDied
+        self._send(("data", None, data))  # to a process already gone too: its calls fail
         _active = self
 
     @contextlib.contextmanager
