@@ -197,11 +197,12 @@ def _remove_unreadable(shared: Path) -> None:
     if checked != known:
         # Replaced whole (processes start at once); a record lost to a race costs a parse.
         tmp = shared / f"{CHECKED}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        with contextlib.suppress(OSError):
+        try:
             tmp.write_text(json.dumps(checked))
             os.replace(tmp, record)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        except OSError:  # a full or read-only disk: no record, a parse next time
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     for entry in bad:
         with contextlib.suppress(FileNotFoundError):
             entry.unlink()
