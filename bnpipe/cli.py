@@ -412,7 +412,7 @@ def _run_checked(
     with TemporaryServer() as server:  # boots while TensorFlow is imported; always stopped
         if process is None:
             with clock.phase("tf_import"):
-                import tensorflow  # noqa: F401 -- timed here; the pipeline imports it anyway
+                import bnpipe.tfkeras  # noqa: F401 -- timed here; the pipeline imports it anyway
         from bnpipe.runner import Outage
         from bnpipe.tracking import ArtifactWriteError
         from flows.pipeline import ablation, quiet_reported_errors

@@ -277,7 +277,7 @@ def train_cells(
     call, for the flow and for ``bnpipe reproduce`` alike (fused: stacked shards; keras: one fit
     per seed)."""
     # Looked up at call time (TensorFlow only once something trains; tests wrap it there).
-    from bnpipe import xla_cache
+    from bnpipe import tfkeras, xla_cache  # noqa: F401 -- tfkeras: before the engines import TF
     from bnpipe.train import engines
 
     # Before this process's first compile; a Dask worker's first one is here.
@@ -294,6 +294,7 @@ def train_cells(
 
 def evaluate_cell(cfg: Config, result: TrainResult, data: MnistData) -> Evaluation:
     """Test metrics of one trained cell (an ordinary Keras model, BN in inference mode)."""
+    from bnpipe import tfkeras  # noqa: F401 -- before bnpipe.evaluate imports Keras
     from bnpipe.evaluate import evaluate_weights
 
     return evaluate_weights(
@@ -303,6 +304,7 @@ def evaluate_cell(cfg: Config, result: TrainResult, data: MnistData) -> Evaluati
 
 def keras_model(cfg: Config, result: TrainResult) -> Any:
     """The cell's trained Keras model (whichever engine trained it: both return weights)."""
+    from bnpipe import tfkeras  # noqa: F401 -- before bnpipe.models imports Keras
     from bnpipe.models import build_model
 
     model = build_model(seed=result.cell.seed, **architecture(cfg, result.cell).model_kwargs())

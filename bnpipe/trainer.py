@@ -313,7 +313,10 @@ def _serve(conn: Any) -> None:
     held = _hold_stderr()
     try:
         # What this process is for, before anything asks: TensorFlow, Keras and the engines.
-        from bnpipe import grid
+        from bnpipe import (
+            grid,
+            tfkeras,  # noqa: F401 -- TensorFlow and Keras, before the engines
+        )
         from bnpipe.data import read_data, worker_data
         from bnpipe.train import fused  # noqa: F401 -- imports TensorFlow and Keras
     except BaseException:
@@ -383,6 +386,7 @@ def import_quietly() -> None:
     (for a command that trains in its own process: ``bnpipe reproduce``)."""
     held = _hold_stderr()
     try:
+        from bnpipe import tfkeras  # noqa: F401 -- TensorFlow and Keras, before the engines
         from bnpipe.train import fused  # noqa: F401 -- imports TensorFlow and Keras
     finally:
         _release_stderr(held)

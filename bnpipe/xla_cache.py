@@ -305,7 +305,7 @@ def stable_names(fn: Callable, *key: object) -> Callable:
     Here the counter is replaced, during this call on this thread only, by a hash of ``key``
     and the arguments' shapes and a count within the trace. Names change nothing but names.
     """
-    import tensorflow as tf
+    from bnpipe.tfkeras import tf
 
     def call(*args: Any) -> Any:
         shapes = [(t.shape.as_list(), t.dtype.name) for t in tf.nest.flatten(args)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import urllib.error
 
-import keras
 import pytest
 
 from bnpipe.data import DataError, load_mnist
+from bnpipe.tfkeras import keras
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 
 from bnpipe.models import build_model, kernel_initializer, layer_seed
+from bnpipe.tfkeras import keras
 from tests.conftest import bs_cell
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import keras
 import numpy as np
 import pytest
 
 from bnpipe.data import MnistData
+from bnpipe.tfkeras import keras
 from bnpipe.train import fused
 from bnpipe.train.common import TrainSpec
 from bnpipe.train.engines import train_group

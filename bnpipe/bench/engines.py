@@ -51,7 +51,7 @@ def matmul_probe(seconds: float = 2.0) -> dict[str, float]:
     The square GEMM is what the CPU can sustain; the stacked [10, 320, 784] x [10, 784, 64] batch
     is what the fused engine's biggest matmul looks like at batch 32 with 10 members.
     """
-    import tensorflow as tf
+    from bnpipe.tfkeras import tf
 
     def rate(a: tf.Tensor, b: tf.Tensor, flops: float) -> float:
         mm = tf.function(lambda a, b: tf.reduce_sum(tf.linalg.matmul(a, b)), jit_compile=True)
@@ -85,9 +85,8 @@ def logged_probe(seconds: float, log: Any) -> dict[str, float]:
 
 def _time_reference(data: MnistData, bn: bool, batch_size: int, seeds: int, epochs: int) -> dict:
     """The notebook recipe exactly as written: default fit settings (own shuffle, no seeds)."""
-    import keras
-
     from bnpipe.models import build_model
+    from bnpipe.tfkeras import keras
 
     epoch_times: list[float] = []
 
