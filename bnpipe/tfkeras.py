@@ -12,6 +12,8 @@ every cell key (bnpipe.provenance.code_digest), and where TensorFlow comes from 
 Both are hidden from this one import only (``sys.modules[name] = None`` makes ``import name``
 raise ImportError, which Keras catches and goes without) and are importable as usual right
 after; where one is loaded already (a notebook that imported pyplot first), it is left as it is.
+While that import runs (4-5 s, once per process), another thread importing either one gets the
+ImportError too (no thread of bnpipe's, Prefect's or MLflow's imports either).
 Keras' scikit-learn wrappers then say scikit-learn is missing if called; bnpipe never calls them.
 """
 
