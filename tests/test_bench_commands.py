@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -28,13 +29,17 @@ def test_smoke_timer_counts_the_cpu_of_processes_the_command_waited_for(tmp_path
 
 
 def test_process_cpu_counts_a_live_process():
-    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 1: pass')"
+    # The child burns 1.5 s of CPU by its own clock, then waits; /proc counts in clock ticks,
+    # sampled, and can stay a tick short of the child's clock for good: wait for 1 s there, with
+    # a deadline (a loop waiting for exactly the child's figure once spun for 13 minutes).
+    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 1.5: pass')"
     with subprocess.Popen([sys.executable, "-c", burn + "; input()"], stdin=subprocess.PIPE) as p:
         first = _process_cpu_s(p.pid)
-        while (later := _process_cpu_s(p.pid)) < 1.0:  # the burn ends at 1 s of CPU, then waits
-            pass
+        deadline = time.monotonic() + 60
+        while (later := _process_cpu_s(p.pid)) < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         p.communicate(b"\n")
-    assert 0 <= first < later
+    assert 0 <= first < 1.0 <= later
 
 
 @pytest.mark.server
