@@ -8,8 +8,10 @@ PYTEST_ARGS ?=
 # Two pytest workers on two cores. Measured on fresh clones (README, Development): -n 2, -n 3
 # and a 4-worker split (two low-priority workers for the modules that mostly wait) all took
 # 15.6-16.6 min, within this box's spread; -n 3 and the split used ~220 s more CPU (three
-# TensorFlow processes on two cores). Tests sharing a module-scoped server or cluster stay on
-# one worker (tests/conftest.py's scheduler); every other test is scheduled on its own.
+# TensorFlow processes on two cores). Session 19: three workers, the last taking the waiting
+# modules first at normal priority and the others at nice 5, ended no sooner either (634 vs
+# 632 s; 840 vs 858 s) on 11-18% more CPU. Tests sharing a module-scoped server or cluster
+# stay on one worker (tests/conftest.py's scheduler); every other test is scheduled on its own.
 PYTEST_WORKERS ?= -n 2 --dist load
 
 .PHONY: setup compiled run claims test lint bench bench-peers ui screenshots lock clean
