@@ -124,6 +124,9 @@ QUIET_API_SERVICES = (
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED",
     "PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED",
     "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED",
+    # Nor its telemetry, which `bnpipe run` turns off too (bnpipe/cli.py): it tried to reach
+    # Prefect's servers whenever this fixture started before anything had set that.
+    "PREFECT_SERVER_ANALYTICS_ENABLED",
 )
 
 
