@@ -104,11 +104,13 @@ def prefect_api(prefect_db: Path):
         shutil.copy(prefect_db, Path(folder) / "prefect-test.db")
         return folder
 
-    with pytest.MonkeyPatch.context() as patch, contextlib.ExitStack() as stack:
-        patch.setattr(harness, "mkdtemp", seeded_mkdtemp)
-        with pytest.MonkeyPatch.context() as server_env:  # the server's own environment only
+    with contextlib.ExitStack() as stack:
+        # Both only while the server starts: the harness makes its folder then, and the server
+        # takes its environment from this process's then (later servers keep every service).
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(harness, "mkdtemp", seeded_mkdtemp)
             for name in QUIET_API_SERVICES:
-                server_env.setenv(name, "false")
+                patch.setenv(name, "false")
             stack.enter_context(harness.prefect_test_harness(server_startup_timeout=120))
         yield str(prefect.settings.PREFECT_API_URL.value())
 
